@@ -1,0 +1,1 @@
+"""spared_utils."""

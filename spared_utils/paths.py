@@ -1,0 +1,59 @@
+"""Where the book keeps its files: downloads, processed datasets, results.
+
+Every location can be overridden by an environment variable, so tests and CI
+can redirect all writes into a temporary directory.
+
+=====================  ===========================  ==============================
+what                   environment variable         default
+=====================  ===========================  ==============================
+project root           ``SPARED_BOOK_ROOT``         first parent with ``_toc.yml``
+download cache         ``SPARED_CACHE_DIR``         ``pooch.os_cache("spared-book")``
+processed datasets     ``SPARED_PROCESSED_DIR``     ``<root>/processed``
+results (store, runs)  ``SPARED_RESULTS_DIR``       ``<root>/results``
+=====================  ===========================  ==============================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def project_root() -> Path:
+    """The book's root folder (holds ``_toc.yml``), or the package's parent."""
+    env = os.environ.get("SPARED_BOOK_ROOT")
+    if env:
+        return Path(env).resolve()
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "_toc.yml").is_file() and (folder / "spared_utils").is_dir():
+            return folder
+    return PACKAGE_DIR.parent
+
+
+def data_dir() -> Path:
+    """The folder with ``datasets.yml`` and the vendored annotation tables."""
+    return project_root() / "data"
+
+
+def cache_dir() -> Path:
+    """Download cache (raw archives and extracted Space Ranger folders)."""
+    env = os.environ.get("SPARED_CACHE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    import pooch
+
+    return Path(pooch.os_cache("spared-book"))
+
+
+def processed_dir() -> Path:
+    """Root of ``processed/<dataset>/`` (curated AnnData and patch stores)."""
+    env = os.environ.get("SPARED_PROCESSED_DIR")
+    return Path(env).expanduser().resolve() if env else project_root() / "processed"
+
+
+def results_dir() -> Path:
+    """Root of ``results/`` (executed chapters, the results store, checkpoints)."""
+    env = os.environ.get("SPARED_RESULTS_DIR")
+    return Path(env).expanduser().resolve() if env else project_root() / "results"
