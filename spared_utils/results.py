@@ -1,0 +1,98 @@
+"""The results store: one CSV row per evaluated run, shared by every chapter.
+
+A row says what was run (``stage``, ``dataset``, ``model``, ``scenario``, ``learning_rate``,
+``seed``, ``split``, ``config_hash``), how it did (``mse``, ``pcc_gene``, ...), what it cost
+(``n_params``, ``wall_time_s``, ``device``) and with which software (``versions``).
+
+Appending is atomic: under an exclusive file lock the store is read, the row added and the
+whole file written to a temporary sibling that replaces the original, so an interrupted run
+never leaves a half-written line and two processes never interleave rows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from . import paths
+
+STORE_NAME = "results.csv"
+KEY_COLUMNS = ["timestamp", "stage", "dataset", "model", "scenario", "learning_rate", "seed", "split"]
+
+
+def store_path(path: str | os.PathLike | None = None) -> Path:
+    """The store's file: ``path`` if given, else ``<results_dir>/results.csv``."""
+    return Path(path) if path is not None else paths.results_dir() / STORE_NAME
+
+
+def versions() -> str:
+    """Versions of the packages that produce results, as one compact string."""
+    import importlib.metadata as md
+
+    out = []
+    for name in ("spared-utils", "torch", "timm", "scanpy", "squidpy", "anndata"):
+        try:
+            out.append(f"{name}={md.version(name)}")
+        except md.PackageNotFoundError:
+            pass
+    return ";".join(out)
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def append(rows: Mapping | Iterable[Mapping], path: str | os.PathLike | None = None) -> Path:
+    """Add one row (a mapping) or several to the store; new columns are added as needed.
+
+    ``timestamp`` and ``versions`` are filled in when absent.
+    """
+    if isinstance(rows, Mapping):
+        rows = [rows]
+    rows = [dict(r) for r in rows]
+    if not rows:
+        return store_path(path)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    vers = versions()
+    for r in rows:
+        r.setdefault("timestamp", now)
+        r.setdefault("versions", vers)
+    target = store_path(path)
+    with _locked(target):
+        old = read(target)
+        new = pd.DataFrame(rows)
+        table = new if old.empty else pd.concat([old, new], ignore_index=True)
+        front = [c for c in KEY_COLUMNS if c in table.columns]
+        table = table[front + [c for c in table.columns if c not in front]]
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        table.to_csv(tmp, index=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    return target
+
+
+def read(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The whole store as a DataFrame (empty, with the key columns, when nothing is stored yet)."""
+    target = store_path(path)
+    if not target.is_file() or target.stat().st_size == 0:
+        return pd.DataFrame(columns=KEY_COLUMNS)
+    try:
+        return pd.read_csv(target)
+    except pd.errors.ParserError as err:
+        raise ValueError(
+            f"the results store {target} cannot be parsed ({err}); move it aside to start a new one"
+        ) from err
