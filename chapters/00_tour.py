@@ -1,0 +1,168 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # A tour of the data
+#
+# **What it shows:** the slides, spot grid, genes and H&E images of one dataset, as every later
+# chapter will see them, and the plan of the book.
+# **What it needs:** nothing but a CPU; the embedded synthetic dataset is generated in seconds
+# (a SpaRED dataset id downloads its raw data first).
+# **What it writes:** `results/<dataset>/tour_slides.csv`, one row per slide.
+#
+# Spatial transcriptomics measures gene expression at thousands of *spots* laid out on a grid
+# over a tissue section, next to an H&E image of the same section. On 10x Visium, spots are 55 µm
+# wide, 100 µm apart, on a hexagonal grid. The paper {cite:p}`mejia2024spackle` asks two
+# questions of such data: can missing values be completed from neighbouring spots (SpaCKLE), and
+# how well can the image alone predict expression once they are.
+
+# %% tags=["parameters"]
+dataset = "synthetic"
+seed = 0
+out_dir = "results"
+
+# %%
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import squidpy as sq
+from IPython.display import Markdown, display
+
+from spared_utils import datasets, graphs, paths, plots, synthetic
+
+t0 = time.perf_counter()
+spec = datasets.registry()[dataset]
+if spec.source == "synthetic":
+    adata = synthetic.make_dataset(**{**spec.generator, "seed": seed})
+else:
+    adata = datasets.load(dataset, processed=False)
+load_seconds = time.perf_counter() - t0
+adata
+
+# %% [markdown]
+# ## Slides and splits
+#
+# Every dataset is one AnnData object holding all its slides. Slides, not spots, are assigned
+# to the training, validation and test splits, so a model is always evaluated on tissue it has
+# never seen. `obs["slide_id"]`, `obs["split"]` and `obs["patient"]` carry that information.
+
+# %%
+counts = adata.layers["counts"]
+total = np.asarray(counts.sum(axis=1)).ravel()
+zeros = 1 - np.asarray((counts > 0).sum(axis=1)).ravel() / adata.n_vars
+slides = (
+    pd.DataFrame({"slide_id": adata.obs["slide_id"].astype(str), "split": adata.obs["split"].astype(str),
+                  "patient": adata.obs["patient"].astype(str), "umi": total, "zero_fraction": zeros})
+    .groupby(["slide_id", "split", "patient"], observed=True)
+    .agg(spots=("umi", "size"), median_umi=("umi", "median"), zero_fraction=("zero_fraction", "mean"))
+    .reset_index()
+)
+table_path = Path(paths.project_root(), out_dir, dataset, "tour_slides.csv")
+table_path.parent.mkdir(parents=True, exist_ok=True)
+slides.to_csv(table_path, index=False)
+slides.round(3)
+
+# %%
+fig = plots.slides_overview(adata)
+
+# %% [markdown]
+# The objects follow the scanpy/squidpy conventions: pixel coordinates in `obsm["spatial"]`,
+# images and scale factors in `uns["spatial"][slide_id]`. Squidpy therefore plots them
+# unchanged. Below, the total counts per spot on each slide, over its H&E image.
+
+# %%
+adata.obs["total_counts"] = total
+sq.pl.spatial_scatter(adata, color="total_counts", library_key="slide_id", shape="hex",
+                      library_id=list(adata.obs["slide_id"].cat.categories), img_res_key="hires",
+                      ncols=4, figsize=(4, 4), cmap="viridis")
+
+# %% [markdown]
+# ## The hexagonal neighbourhood
+#
+# Each Visium spot has six neighbours. Curation completes missing values from rings of
+# neighbours, and SpaCKLE attends over the 18 spots within two rings. `spared_utils.graphs`
+# finds them from the array coordinates.
+
+# %%
+index = graphs.neighbour_index(adata, n_hops=2, hex_geometry=spec.hex_geometry)
+n_nb = graphs.n_neighbours(index)
+centre = int(np.argmax(n_nb == n_nb.max()))
+ax = plots.hex_neighbourhood(adata, index, centre)
+
+# %% [markdown]
+# ## Genes: spatial structure and dropout
+#
+# Some genes follow tissue structure and are autocorrelated in space; others are noise. Moran's I
+# {cite:p}`moran1950` measures this, and curation keeps the genes with the highest I. We compute
+# it with squidpy {cite:p}`palla2022squidpy` on the hexagonal graph of each slide, on
+# log-normalised counts, and average over slides.
+
+# %%
+norm = adata.copy()
+norm.X = norm.layers["counts"].copy()
+sc.pp.normalize_total(norm, target_sum=1e4)
+sc.pp.log1p(norm)
+morans = []
+for sid in norm.obs["slide_id"].cat.categories:
+    sub = norm[norm.obs["slide_id"] == sid].copy()
+    sq.gr.spatial_neighbors(sub, coord_type="grid", n_neighs=6 if spec.hex_geometry else 4)
+    sq.gr.spatial_autocorr(sub, mode="moran", n_perms=None, n_jobs=1, show_progress_bar=False)
+    morans.append(sub.uns["moranI"]["I"].rename(sid))
+moran = pd.concat(morans, axis=1).mean(axis=1).sort_values(ascending=False)
+top, bottom = moran.index[0], moran.index[-1]
+axes = plots.gene_maps(norm, [top, bottom], slide=str(norm.obs["slide_id"].cat.categories[0]),
+                       titles=[f"{top}: Moran's I {moran[top]:.2f}", f"{bottom}: Moran's I {moran[bottom]:.2f}"])
+
+# %%
+fig, axs = plt.subplots(1, 2, figsize=(11, 4))
+if "spatial_gene" in adata.var:
+    kind = adata.var.loc[moran.index, "spatial_gene"].map({True: "spatial", False: "noise"})
+    import seaborn as sns
+    sns.histplot(x=moran.values, hue=kind.values, bins=40, palette="colorblind", ax=axs[0], element="step")
+else:
+    axs[0].hist(moran.values, bins=40)
+axs[0].set(xlabel="Moran's I (mean over slides)", ylabel="genes", title="Spatial autocorrelation per gene")
+plots.dropout_vs_expression(adata, ax=axs[1])
+fig.tight_layout()
+
+# %% [markdown]
+# ## What the book does next
+#
+# | chapter | question | writes |
+# |---|---|---|
+# | Curation | turn raw slides into the SpaRED layers (QC, TPM, median completion, Moran's I, ComBat, Δ, patches) | `processed/<dataset>/` |
+# | Completion | does SpaCKLE complete missing values better than the median and stLearn? | `c_t_log1p` layer, results rows |
+# | Predictors | how well does each model predict expression from a patch, on raw and on completed data? | results rows |
+# | Analysis | the paper's figures and tables, from the results store | figures |
+
+# %%
+spatial_true = adata.var["spatial_gene"] if "spatial_gene" in adata.var else None
+lines = [
+    f"- **{adata.n_obs:,} spots** on **{adata.obs['slide_id'].nunique()} slides** "
+    f"({', '.join(f'{k}: {v}' for k, v in adata.obs.groupby('split', observed=True)['slide_id'].nunique().items())}), "
+    f"{adata.n_vars} genes, loaded in {load_seconds:.1f} s.",
+    f"- {100 * (counts.toarray() == 0).mean():.1f}% of the count matrix is zero; "
+    f"median {np.median(total):.0f} UMI per spot.",
+    f"- Spots have {n_nb.min()}–{n_nb.max()} neighbours within two rings "
+    f"(mean {n_nb.mean():.1f}; fewer at the tissue edge).",
+    f"- Moran's I ranges from {moran.min():.2f} to {moran.max():.2f}.",
+]
+if spatial_true is not None:
+    top_k = moran.index[: int(spatial_true.sum())]
+    lines.append(f"- Of the {int(spatial_true.sum())} genes with the highest Moran's I, "
+                 f"{100 * spatial_true[top_k].mean():.0f}% are the generator's spatial genes.")
+display(Markdown("## What we saw\n\n" + "\n".join(lines)))

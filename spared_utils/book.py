@@ -1,0 +1,141 @@
+"""Build the book: run every chapter with papermill, then render the executed notebooks to HTML.
+
+``python -m spared_utils.book [--dataset synthetic] [--params FILE] [--render-only]``
+
+1. Each chapter listed in ``_toc.yml`` is executed (:func:`spared_utils.run.execute`) on the
+   dataset, with the per-chapter overrides of ``--params`` (a YAML file mapping chapter name to
+   parameters; key ``all`` applies to every chapter).
+2. A staging folder ``_build/src`` receives ``_config.yml``, ``_toc.yml``, the markdown pages and
+   the *executed* notebooks; Jupyter Book 1.x renders it with execution turned off (our papermill
+   runs play the role of a pre-executed cache), into ``_build/html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from . import paths
+from .run import execute
+
+
+def toc_files(root: Path) -> list[str]:
+    """Every ``file:`` entry of ``_toc.yml`` (root first), without suffix."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    out = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                out.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk({k: v for k, v in toc.items() if k != "root"})
+    return out
+
+
+def chapters_in_toc(root: Path) -> list[str]:
+    return [Path(f).name for f in toc_files(root) if f.startswith("chapters/")]
+
+
+def load_params(path: str | None) -> dict[str, dict]:
+    if not path:
+        return {}
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of chapter name → parameters")
+    return data
+
+
+def execute_all(dataset: str, params: dict[str, dict], root: Path) -> dict[str, Path]:
+    """Run every chapter of the table of contents; returns chapter → executed notebook."""
+    executed = {}
+    for chapter in chapters_in_toc(root):
+        chosen = {**params.get("all", {}), **params.get(chapter, {})}
+        ds = chosen.pop("dataset", dataset)
+        t0 = time.perf_counter()
+        print(f"[book] running {chapter} on {ds} {chosen or ''}", flush=True)
+        executed[chapter] = execute(chapter, ds, chosen, progress=False)
+        print(f"[book] {chapter} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return executed
+
+
+def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
+    """Copy the book's sources, with executed notebooks in place of the chapters, to a staging folder."""
+    src = build_dir / "src"
+    if src.exists():
+        shutil.rmtree(src)
+    (src / "chapters").mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, src / name)
+    for f in root.glob("*.bib"):
+        shutil.copy2(f, src / f.name)
+    for entry in toc_files(root):
+        if entry.startswith("chapters/"):
+            continue
+        for suffix in (".md", ".ipynb"):
+            if (root / f"{entry}{suffix}").is_file():
+                target = src / f"{entry}{suffix}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / f"{entry}{suffix}", target)
+    for chapter, nb in executed.items():
+        shutil.copy2(nb, src / "chapters" / f"{chapter}.ipynb")
+    figures = root / "chapters" / "figures"
+    if figures.is_dir():
+        shutil.copytree(figures, src / "chapters" / "figures")
+    return src
+
+
+def render(src: Path, build_dir: Path) -> Path:
+    """Render the staged book with Jupyter Book into ``<build_dir>/html``."""
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(src), "--path-output", str(build_dir.parent), "--keep-going"]
+    if build_dir.name != "_build":
+        raise ValueError("the build folder must be called _build (Jupyter Book writes <path-output>/_build/html)")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = build_dir / "jupyter-book.log"
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed (exit {proc.returncode}); see {log}\n{proc.stderr[-3000:]}")
+    return build_dir / "html"
+
+
+def build(dataset: str = "synthetic", params_file: str | None = None, render_only: bool = False) -> Path:
+    root = paths.project_root()
+    build_dir = root / "_build"
+    build_dir.mkdir(exist_ok=True)
+    if render_only:
+        executed = {}
+        for chapter in chapters_in_toc(root):
+            nb = paths.results_dir() / dataset / f"{chapter}.ipynb"
+            if not nb.is_file():
+                raise FileNotFoundError(f"{nb} is missing: run the chapters first (drop --render-only)")
+            executed[chapter] = nb
+    else:
+        executed = execute_all(dataset, load_params(params_file), root)
+    html = render(stage(root, executed, build_dir), build_dir)
+    print(f"[book] HTML in {html}/index.html")
+    return html
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spared_utils.book", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--params", help="YAML file: chapter name (or 'all') → parameter overrides")
+    parser.add_argument("--render-only", action="store_true", help="render the already executed notebooks")
+    args = parser.parse_args(argv)
+    build(args.dataset, args.params, args.render_only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The results store: atomic appends, schema growth, read-back."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+from spared_utils import results
+
+
+def test_append_and_read_back(tmp_path):
+    path = tmp_path / "r.csv"
+    results.append({"stage": "prediction", "dataset": "d", "model": "m", "mse": 0.5}, path)
+    results.append([{"stage": "completion", "dataset": "d", "model": "spackle", "masking": 0.3, "mse": 0.1}], path)
+    df = results.read(path)
+    assert len(df) == 2
+    assert list(df.columns[:4]) == ["timestamp", "stage", "dataset", "model"]
+    assert df["masking"].isna().tolist() == [True, False]
+    assert "torch=" in df["versions"].iloc[0]
+    assert not list(tmp_path.glob(".r.csv.*.tmp"))
+
+
+def test_empty_store_reads_as_empty_frame(tmp_path):
+    df = results.read(tmp_path / "none.csv")
+    assert df.empty and "dataset" in df.columns
+
+
+def test_default_location_follows_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARED_RESULTS_DIR", str(tmp_path))
+    results.append({"dataset": "x"})
+    assert (tmp_path / "results.csv").is_file()
+    assert results.read()["dataset"].tolist() == ["x"]
+
+
+def _writer(path, k):
+    for i in range(5):
+        results.append({"dataset": f"w{k}", "i": i}, path)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "r.csv"
+    procs = [mp.get_context("fork").Process(target=_writer, args=(path, k)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert len(results.read(path)) == 15
+
+
+def test_corrupt_store_names_the_file(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text('a,b\n1,"unterminated\n')
+    with pytest.raises(ValueError, match="r.csv"):
+        results.read(path)
