@@ -1,0 +1,59 @@
+"""SpaRED curation: from raw counts of all slides to the layers every model trains on.
+
+One function per step of SPEC §1 "Preprocessing", each a verb on AnnData, and
+:func:`run_pipeline` chaining them:
+
+1. :func:`collect` – in-tissue spots, harmonised gene ids, clean counts;
+2. :func:`filter_dataset` – spot/gene count filters and the ``real_data_percentage`` rule;
+3. :func:`tpm`, :func:`log1p` – TPM with GENCODE merged-exon lengths, log2(TPM + 1);
+4. :func:`median_complete` – adaptive median completion (vectorised);
+5. :func:`select_top_moran` – the genes with the highest mean Moran's I;
+6. :func:`combat` – ComBat batch correction;
+7. :func:`deltas`, :func:`add_mask` – Δ layers and the real-value mask.
+
+Patches (step 10 of the SPEC) are in :mod:`spared_utils.patches`.
+"""
+
+from .collection import check_counts, collect
+from .filters import expression_fractions, filter_dataset, filter_spots, real_data_genes
+from .layers import add_mask, combat, deltas
+from .median import (
+    median_complete,
+    median_complete_array,
+    median_complete_loop,
+    nonzero_medians,
+    window_tables,
+)
+from .moran import moran_i, select_top_moran
+from .normalise import gene_lengths_for, load_gene_lengths, log1p, tpm
+from .pipeline import DELTA_LAYERS, PipelineParams, run_pipeline
+from .store import processed_path, read_processed, write_processed
+
+__all__ = [
+    "DELTA_LAYERS",
+    "PipelineParams",
+    "add_mask",
+    "check_counts",
+    "collect",
+    "combat",
+    "deltas",
+    "expression_fractions",
+    "filter_dataset",
+    "filter_spots",
+    "gene_lengths_for",
+    "load_gene_lengths",
+    "log1p",
+    "median_complete",
+    "median_complete_array",
+    "median_complete_loop",
+    "moran_i",
+    "nonzero_medians",
+    "processed_path",
+    "read_processed",
+    "real_data_genes",
+    "run_pipeline",
+    "select_top_moran",
+    "tpm",
+    "window_tables",
+    "write_processed",
+]

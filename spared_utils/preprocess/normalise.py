@@ -1,0 +1,112 @@
+"""Step 3: TPM with merged-exon gene lengths, then log2(TPM + 1).
+
+TPM divides each count by its gene's length (GENCODE merged-exon length, v43 human / vM33
+mouse) and rescales every spot to 10^6. Genes without a known length are dropped. Layers are
+kept sparse here (they hold the missing values as zeros) and densified once the gene set is
+final (:func:`spared_utils.preprocess.run_pipeline`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .. import paths
+from .collection import counts_matrix
+
+GENE_LENGTH_FILES = {
+    "human": "gene_length_human_gencode_v43.tsv.gz",
+    "mouse": "gene_length_mouse_gencode_vM33.tsv.gz",
+}
+
+
+def gene_length_file(organism: str) -> Path:
+    """Path of the vendored GENCODE gene-length table for ``organism``."""
+    if organism not in GENE_LENGTH_FILES:
+        raise ValueError(
+            f"no gene-length table for organism {organism!r} (known: {sorted(GENE_LENGTH_FILES)}); "
+            "put gene lengths in var['gene_length'] or set the dataset's organism in data/datasets.yml"
+        )
+    return paths.data_dir() / "annotations" / GENE_LENGTH_FILES[organism]
+
+
+@lru_cache(maxsize=4)
+def load_gene_lengths(organism: str) -> pd.Series:
+    """Merged-exon length (bp) per Ensembl gene id (version suffix removed; first row wins)."""
+    path = gene_length_file(organism)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"gene-length table {path} not found; it is vendored in the repository's data/annotations/ "
+            "(or set SPARED_BOOK_ROOT to the repository root)"
+        )
+    table = pd.read_csv(path, sep="\t", usecols=["gene", "merged"])
+    table["gene"] = table["gene"].str.split(".").str[0]
+    table = table.drop_duplicates("gene")
+    return table.set_index("gene")["merged"].astype(np.float64)
+
+
+def gene_lengths_for(adata: AnnData, organism: str | None = None) -> pd.Series:
+    """Length of each gene of ``adata``: ``var["gene_length"]`` if present, else the GENCODE table.
+
+    Genes without a length get NaN.
+    """
+    if "gene_length" in adata.var:
+        return pd.Series(pd.to_numeric(adata.var["gene_length"], errors="coerce").to_numpy(dtype=np.float64),
+                         index=adata.var_names)
+    if organism is None:
+        raise ValueError("var['gene_length'] is missing and no organism was given to look gene lengths up")
+    ids = pd.Index(adata.var_names.str.split(".").str[0])
+    return pd.Series(load_gene_lengths(organism).reindex(ids).to_numpy(), index=adata.var_names)
+
+
+def tpm(adata: AnnData, layer: str = "counts", key_added: str = "tpm", organism: str | None = None,
+        lengths: pd.Series | None = None) -> AnnData:
+    """TPM normalisation: ``counts / length``, each spot rescaled to sum to 10^6.
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``layers[layer]``.
+    organism
+        ``"human"`` / ``"mouse"``: where to look lengths up when ``var["gene_length"]`` is absent.
+    lengths
+        Explicit lengths per gene (overrides both).
+
+    Returns
+    -------
+    AnnData
+        A new object without the genes that have no (positive) length; ``var["gene_length"]``
+        filled, ``layers[key_added]`` float32 CSR. Spots left with zero counts get TPM 0.
+    """
+    lengths = gene_lengths_for(adata, organism) if lengths is None else lengths.reindex(adata.var_names)
+    has_length = np.isfinite(lengths.to_numpy()) & (lengths.to_numpy() > 0)
+    if not has_length.any():
+        raise ValueError(
+            f"none of the {adata.n_vars} genes has a gene length (e.g. {list(adata.var_names[:3])}); "
+            "are var_names Ensembl ids of the dataset's organism?"
+        )
+    out = adata[:, has_length].copy()
+    out.var["gene_length"] = lengths.to_numpy()[has_length]
+    x = sp.csr_matrix(counts_matrix(out, layer), dtype=np.float64)
+    per_bp = x @ sp.diags(1.0 / out.var["gene_length"].to_numpy())
+    total = np.asarray(per_bp.sum(axis=1)).ravel()
+    scale = np.divide(1e6, total, out=np.zeros_like(total), where=total > 0)
+    out.layers[key_added] = sp.csr_matrix(sp.diags(scale) @ per_bp, dtype=np.float32)
+    return out
+
+
+def log1p(adata: AnnData, layer: str = "tpm", key_added: str = "log1p") -> AnnData:
+    """``log2(x + 1)`` of ``layers[layer]`` into ``layers[key_added]`` (in place; returns ``adata``)."""
+    x = adata.layers[layer]
+    if sp.issparse(x):
+        y = sp.csr_matrix(x, dtype=np.float32, copy=True)
+        y.data = np.log2(y.data.astype(np.float64) + 1).astype(np.float32)
+    else:
+        y = np.log2(np.asarray(x, dtype=np.float64) + 1).astype(np.float32)
+    adata.layers[key_added] = y
+    return adata

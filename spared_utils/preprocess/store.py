@@ -1,0 +1,53 @@
+"""Where a curated dataset lives: ``<processed_dir>/<dataset>/adata.h5ad`` (+ the patch store)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import anndata as ad
+from anndata import AnnData
+
+from .. import paths
+
+ADATA_NAME = "adata.h5ad"
+PATCHES_NAME = "patches"
+
+
+def processed_path(dataset: str, name: str = ADATA_NAME) -> Path:
+    """``<processed_dir>/<dataset>/<name>`` (``adata.h5ad`` or ``patches``)."""
+    return paths.processed_dir() / dataset / name
+
+
+def write_processed(adata: AnnData, dataset: str, drop_fullres: bool = True) -> Path:
+    """Write a curated collection atomically (temporary file, then rename).
+
+    Full-resolution images held in ``uns["spatial"][slide]["images"]["fullres"]`` are left out
+    of the file when ``drop_fullres`` (the patches already hold what models need; the hires and
+    lowres images stay for plots).
+    """
+    out = processed_path(dataset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    to_write = adata
+    if drop_fullres and any("fullres" in lib.get("images", {}) for lib in adata.uns.get("spatial", {}).values()):
+        to_write = adata.copy()
+        for lib in to_write.uns["spatial"].values():
+            lib.get("images", {}).pop("fullres", None)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        to_write.write_h5ad(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_processed(dataset: str) -> AnnData:
+    """Read ``<processed_dir>/<dataset>/adata.h5ad`` (written by :func:`write_processed`)."""
+    path = processed_path(dataset)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run chapters/01_curation with dataset={dataset!r} first")
+    return ad.read_h5ad(path)
