@@ -1,0 +1,263 @@
+"""Patch-encoder predictors: one 224 px patch → the expression of every gene.
+
+Four predictors of the paper share one shape, :class:`PatchRegressor`: an ImageNet backbone
+(torchvision, as in the authors' SpaRED code), its classifier replaced by one linear layer with
+one output per gene.
+
+==============  ==============================  ===============================================
+name            backbone (torchvision)           what differs
+==============  ==============================  ===============================================
+``shufflenet``  ``shufflenet_v2_x0_5`` (width)   nothing: the cheapest fine-tuned encoder
+``vit_b``       ``vit_b_16``                     nothing
+``vit_b_delta`` ``vit_b_16``                     predicts Δ = expression − training mean; the
+                                                 mean is added back (ViT-B+Δ of SEPAL)
+``stnet``       ``densenet121``                  head weights start at 0 and its bias at the
+                                                 training mean; input normalised with the
+                                                 training patches' channel mean/std; prediction
+                                                 averaged over the 8 dihedral views (ST-Net)
+==============  ==============================  ===============================================
+
+Facts checked in the official code: SpaRED's ``ImageEncoder`` builds ShuffleNetV2 with
+``shufflenet_v2_x0_5`` (the issue text said x1.0; the width is the ``width`` option here, default
+0.5 as the authors ran it), ``vit_b_16`` and ``densenet121``, all with ``IMAGENET1K_V1`` weights,
+and trains with random horizontal/vertical flips and 90° rotations. ST-Net (bryanhe/ST-Net,
+``run_spatial.py``) zeroes the last layer's weights, sets its bias to the mean training
+expression, and normalises patches with a channel mean/std estimated on training patches.
+
+Input convention: a batch of patches as ``uint8`` (B, 3, H, W) in 0–255 (what the patch dataset
+yields; cheap to move to a GPU) or ``float`` in 0–1. Normalisation is the model's first layer
+(:class:`ImageNormalize`), so a checkpoint carries the statistics it was trained with.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+SHUFFLENET_WIDTHS = {0.5: "x0_5", 1.0: "x1_0", 1.5: "x1_5", 2.0: "x2_0"}
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights were asked for but are neither cached nor downloadable."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class ImageNormalize(nn.Module):
+    """``uint8`` 0–255 or float 0–1 patches → float, normalised with per-channel mean/std."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def set_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Replace the statistics (values on the 0–1 scale)."""
+        std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        if not torch.all(std_t > 0):
+            raise ValueError(f"channel std must be positive, got {list(map(float, std_t.ravel()))}")
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.std.copy_(std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return (x - self.mean) / self.std
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of a square (4 rotations × with/without a flip) of a (B, C, H, W) batch."""
+    views = []
+    for flipped in (x, torch.flip(x, dims=(-1,))):
+        for k in range(4):
+            views.append(torch.rot90(flipped, k, dims=(-2, -1)))
+    return views
+
+
+class PatchRegressor(nn.Module):
+    """Backbone features → linear head → one value per gene (see the module docstring).
+
+    Parameters
+    ----------
+    backbone
+        Module mapping normalised (B, 3, 224, 224) images to (B, n_features).
+    n_features, n_genes
+        Width of the backbone's output and number of genes predicted.
+    predict_delta
+        If True the head predicts Δ from :attr:`offset`, set to the training mean by
+        :meth:`set_target_mean` (ViT-B+Δ); MSE on Δ equals MSE on the sum, so the loss is unchanged.
+    mean_init_head
+        If True :meth:`set_target_mean` zeroes the head's weights and puts the mean in its bias (STNet).
+    dihedral_average
+        If True, in eval mode the prediction is the mean over the 8 dihedral views (STNet).
+    input_stats
+        ``"imagenet"`` (the default normalisation) or ``"training"`` (the harness estimates a
+        channel mean/std on training patches and calls :meth:`set_input_stats`).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_features: int,
+        n_genes: int,
+        *,
+        name: str = "patch_regressor",
+        predict_delta: bool = False,
+        mean_init_head: bool = False,
+        dihedral_average: bool = False,
+        input_stats: str = "imagenet",
+    ):
+        super().__init__()
+        if n_genes < 1:
+            raise ValueError(f"n_genes must be at least 1, got {n_genes}")
+        if input_stats not in ("imagenet", "training"):
+            raise ValueError(f"input_stats must be 'imagenet' or 'training', got {input_stats!r}")
+        self.name = name
+        self.predict_delta = predict_delta
+        self.mean_init_head = mean_init_head
+        self.dihedral_average = dihedral_average
+        self.input_stats = input_stats
+        self.normalize = ImageNormalize()
+        self.backbone = backbone
+        self.head = nn.Linear(n_features, n_genes)
+        self.register_buffer("offset", torch.zeros(n_genes))
+
+    @property
+    def n_genes(self) -> int:
+        return self.head.out_features
+
+    def set_target_mean(self, mean: np.ndarray | torch.Tensor) -> None:
+        """Hand the model the training mean of each gene (used by ViT-B+Δ and STNet only)."""
+        mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).to(self.offset.device)
+        if mean.shape != (self.n_genes,):
+            raise ValueError(f"the training mean has shape {tuple(mean.shape)}, expected ({self.n_genes},)")
+        with torch.no_grad():
+            if self.predict_delta:
+                self.offset.copy_(mean)
+            if self.mean_init_head:
+                self.head.weight.zero_()
+                self.head.bias.copy_(mean)
+
+    def set_input_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise inputs with this channel mean/std (0–1 scale) instead of ImageNet's."""
+        self.normalize.set_stats(mean, std)
+
+    def forward_single(self, x: torch.Tensor) -> torch.Tensor:
+        """One prediction per patch, without test-time averaging."""
+        return self.head(self.backbone(self.normalize(x))) + self.offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dihedral_average and not self.training:
+            total = None
+            for view in dihedral_views(x):
+                out = self.forward_single(view)
+                total = out if total is None else total + out
+            return total / 8.0
+        return self.forward_single(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained weights: cached or downloaded, with a clear error offline
+# ---------------------------------------------------------------------------------------------
+
+
+def weights_cache_path(weights) -> Path:
+    """Where torch.hub keeps (or would keep) a torchvision weights file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    host = urlparse(url).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_message(weights, detail: str) -> str:
+    cache = weights_cache_path(weights)
+    return (
+        f"pretrained=True needs the ImageNet weights {weights} but {detail}. This machine seems to have "
+        f"no internet access. Either pass pretrained=False (random initialisation, as the offline "
+        f"demo does), or download {weights.url} on a machine with internet and copy it to {cache} "
+        f"(TORCH_HOME selects the cache folder)."
+    )
+
+
+def load_torchvision(factory: Callable[..., nn.Module], weights, pretrained: bool, **kwargs) -> nn.Module:
+    """``factory(weights=...)`` with ImageNet weights if ``pretrained``, failing fast offline."""
+    if not pretrained:
+        return factory(weights=None, **kwargs)
+    if not weights_cache_path(weights).is_file() and not _reachable(weights.url):
+        raise PretrainedWeightsUnavailable(_offline_message(weights, f"{weights_cache_path(weights)} is not cached "
+                                                                     f"and {urlparse(weights.url).hostname} cannot be reached"))
+    try:
+        return factory(weights=weights, **kwargs)
+    except OSError as err:  # URLError is an OSError
+        raise PretrainedWeightsUnavailable(_offline_message(weights, f"the download failed ({err})")) from err
+
+
+# ---------------------------------------------------------------------------------------------
+# The four predictors
+# ---------------------------------------------------------------------------------------------
+
+
+def shufflenet(n_genes: int, pretrained: bool = False, width: float = 0.5) -> PatchRegressor:
+    """ShuffleNetV2 (channel multiplier ``width``: 0.5 as in SpaRED, or 1.0, 1.5, 2.0) + linear head."""
+    from torchvision import models
+
+    if width not in SHUFFLENET_WIDTHS:
+        raise ValueError(f"ShuffleNetV2 width must be one of {sorted(SHUFFLENET_WIDTHS)}, got {width}")
+    suffix = SHUFFLENET_WIDTHS[width]
+    weights = getattr(models, f"ShuffleNet_V2_{suffix.upper()}_Weights").IMAGENET1K_V1
+    net = load_torchvision(getattr(models, f"shufflenet_v2_{suffix}"), weights, pretrained)
+    n_features = net.fc.in_features
+    net.fc = nn.Identity()
+    return PatchRegressor(net, n_features, n_genes, name="shufflenet")
+
+
+def _vit_b_16(pretrained: bool) -> tuple[nn.Module, int]:
+    from torchvision import models
+
+    net = load_torchvision(models.vit_b_16, models.ViT_B_16_Weights.IMAGENET1K_V1, pretrained)
+    n_features = net.heads.head.in_features
+    net.heads = nn.Identity()
+    return net, n_features
+
+
+def vit_b(n_genes: int, pretrained: bool = False) -> PatchRegressor:
+    """ViT-B/16 at 224 px + linear head."""
+    net, n_features = _vit_b_16(pretrained)
+    return PatchRegressor(net, n_features, n_genes, name="vit_b")
+
+
+def vit_b_delta(n_genes: int, pretrained: bool = False) -> PatchRegressor:
+    """ViT-B/16 predicting Δ from the training mean; the mean is added back."""
+    net, n_features = _vit_b_16(pretrained)
+    return PatchRegressor(net, n_features, n_genes, name="vit_b_delta", predict_delta=True)
+
+
+def stnet(n_genes: int, pretrained: bool = False, dihedral_average: bool = True) -> PatchRegressor:
+    """DenseNet-121 + linear head started at the training mean; 8-view average at evaluation."""
+    from torchvision import models
+
+    net = load_torchvision(models.densenet121, models.DenseNet121_Weights.IMAGENET1K_V1, pretrained)
+    n_features = net.classifier.in_features
+    net.classifier = nn.Identity()
+    return PatchRegressor(
+        net, n_features, n_genes, name="stnet", mean_init_head=True,
+        dihedral_average=dihedral_average, input_stats="training",
+    )
