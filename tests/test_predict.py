@@ -1,0 +1,262 @@
+"""The prediction harness: patch dataset, masked loss, scenarios, training runs, results rows."""
+
+from __future__ import annotations
+
+import pickle
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spared_utils import models, patches, predict, results
+
+
+def _toy_adata(n_per_slide: int = 20, n_genes: int = 3, seed: int = 0) -> ad.AnnData:
+    """Three slides (train/val/test); each spot is a flat square whose brightness b sets gene 0 = 4b.
+
+    Gene 1 = 2 - 2b, gene 2 is noise. A third of the values are not real (mask False); their
+    ``c_d_log1p`` holds a median-like 0.5 and SpaCKLE's ``c_t_log1p`` the true value.
+    """
+    rng = np.random.default_rng(seed)
+    slides, obs, truth, xy = {}, [], [], []
+    side = 32
+    for s, split in zip(("S1", "S2", "S3"), ("train", "val", "test")):
+        image = np.zeros((side * 2, side * n_per_slide, 3), dtype=np.uint8)
+        for i in range(n_per_slide):
+            b = rng.uniform(0.1, 0.9)
+            image[:, i * side:(i + 1) * side] = int(255 * b)
+            obs.append({"name": f"{s}_{i}", "slide_id": s, "split": split, "array_row": 0, "array_col": 2 * i})
+            truth.append([4 * b, 2 - 2 * b, rng.normal(1, 0.3)][:n_genes])
+            xy.append([i * side + side / 2, side])
+        slides[s] = {"images": {"fullres": image}, "scalefactors": {"spot_diameter_fullres": side / 2}}
+    obs = pd.DataFrame(obs).set_index("name")
+    truth = np.asarray(truth, dtype=np.float32)
+    real = rng.random(truth.shape) > 1 / 3
+    real[:, 0] |= ~real.any(axis=1)
+    c_d = np.where(real, truth, 0.5).astype(np.float32)
+    adata = ad.AnnData(X=c_d.copy(), obs=obs, var=pd.DataFrame(index=[f"G{j}" for j in range(n_genes)]))
+    adata.layers["c_d_log1p"] = c_d
+    adata.layers["c_t_log1p"] = truth
+    adata.layers["mask"] = real
+    adata.obsm["spatial"] = np.asarray(xy)
+    adata.uns["spatial"] = slides
+    return adata
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """The toy AnnData and a patch store of 64-px patches, written in shuffled order."""
+    adata = _toy_adata()
+    order = np.random.default_rng(1).permutation(adata.n_obs)
+    path = patches.extract_patches(adata[order].copy(), tmp_path_factory.mktemp("store") / "patches",
+                                   patch_size=64, progress=False)
+    return adata, patches.PatchStore(path)
+
+
+def _config(**kw) -> predict.PredictorConfig:
+    base = dict(model="shufflenet", iterations=2, batch_size=4, eval_every=1, eval_batch_size=8, progress=False,
+                device="cpu")
+    return predict.PredictorConfig(**{**base, **kw})
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_masked_mse_loss_hand_computed():
+    pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    target = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    mask = torch.tensor([[True, False], [True, True]])
+    # squared errors on real entries: 1, 4, 9 → 14 / 3
+    assert predict.masked_mse_loss(pred, target, mask).item() == pytest.approx(14 / 3)
+    # hidden entries never count, whatever their value
+    target2 = target.clone()
+    target2[0, 1] = 1e6
+    assert predict.masked_mse_loss(pred, target2, mask).item() == pytest.approx(14 / 3)
+    # all True: plain MSE
+    full = torch.ones_like(mask)
+    assert predict.masked_mse_loss(pred, target, full).item() == pytest.approx(F.mse_loss(pred, target).item())
+    assert predict.masked_mse_loss(pred, target, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_scenarios_choose_target_and_loss_mask(toy):
+    adata, store = toy
+    raw = predict.prediction_data(adata, store, "raw")
+    done = predict.prediction_data(adata, store, "completed")
+    assert np.array_equal(raw.target, adata.layers["c_d_log1p"])
+    assert np.array_equal(done.target, adata.layers["c_t_log1p"])
+    assert np.array_equal(raw.loss_mask, adata.layers["mask"]) and done.loss_mask.all()
+    # evaluation reads the same real values in both scenarios
+    assert np.array_equal(raw.truth, done.truth) and np.array_equal(raw.real, done.real)
+    assert {k: len(v) for k, v in raw.splits.items()} == {"train": 20, "val": 20, "test": 20}
+    # store rows undo the shuffled order of the store
+    assert list(store.obs_names[raw.store_rows]) == list(adata.obs_names)
+    bare = adata.copy()
+    del bare.layers["c_t_log1p"]
+    with pytest.raises(KeyError, match="SpaCKLE"):
+        predict.prediction_data(bare, store, "completed")
+    with pytest.raises(ValueError, match="scenario"):
+        predict.prediction_data(adata, store, "denoised")
+
+
+def test_training_mean_uses_the_values_the_loss_sees(toy):
+    adata, store = toy
+    raw = predict.prediction_data(adata, store, "raw")
+    train = adata.obs["split"].to_numpy() == "train"
+    y, m = adata.layers["c_d_log1p"][train], adata.layers["mask"][train]
+    expected = [y[m[:, j], j].mean() for j in range(y.shape[1])]
+    assert np.allclose(raw.training_mean(), expected, atol=1e-6)
+    done = predict.prediction_data(adata, store, "completed")
+    assert np.allclose(done.training_mean(), adata.layers["c_t_log1p"][train].mean(0), atol=1e-6)
+
+
+def test_patch_dataset_items_and_augmentation(toy):
+    adata, store = toy
+    data = predict.prediction_data(adata, store, "raw")
+    ds = data.dataset(data.rows("val"))
+    image, target, mask = ds[3]
+    row = data.rows("val")[3]
+    assert image.dtype == torch.uint8 and image.shape == (3, 64, 64)
+    assert torch.equal(image, torch.from_numpy(store[data.store_rows[row]]).permute(2, 0, 1))
+    assert np.array_equal(target.numpy(), data.target[row]) and np.array_equal(mask.numpy(), data.real[row])
+
+    # augmentation draws uniformly among the 8 symmetries of the square
+    x = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(3, 4, 4)
+    views = [tuple(v.flatten().tolist()) for v in models.dihedral_views(x[None])]
+    torch.manual_seed(0)
+    seen = [views.index(tuple(predict.random_symmetry(x).flatten().tolist())) for _ in range(400)]
+    counts = np.bincount(seen, minlength=8)
+    assert (counts > 25).all(), counts
+
+
+def test_patch_dataset_pickles_without_the_pixels(toy):
+    adata, store = toy
+    data = predict.prediction_data(adata, store, "raw")
+    ds = data.dataset(data.rows("train"), augment=True)
+    _ = ds[0]  # opens the memory map
+    blob = pickle.dumps(ds)
+    assert len(blob) < 20_000, "workers must reopen the memory map, not receive the patches"
+    again = pickle.loads(blob)
+    assert again[0][0].shape == (3, 64, 64)
+
+
+def test_loader_with_worker_processes(toy):
+    adata, store = toy
+    data = predict.prediction_data(adata, store, "raw")
+    loader = predict.make_loader(data.dataset(data.rows("train"), augment=True), 8, True, 2,
+                                 torch.device("cpu"), seed=0, drop_last=True)
+    batches = list(loader)
+    assert len(batches) == 2 and batches[0][0].shape == (8, 3, 64, 64) and batches[0][1].shape == (8, 3)
+
+
+def test_channel_stats_of_flat_patches(toy):
+    adata, store = toy
+    rows = np.arange(len(store))
+    mean, std = predict.patch_channel_stats(store, rows, n_patches=len(rows))
+    pixels = np.stack([store[i] for i in rows]).reshape(-1, 3) / 255.0
+    assert np.allclose(mean, pixels.mean(0), atol=1e-5) and np.allclose(std, pixels.std(0), atol=1e-5)
+
+
+def test_trivial_baseline_known_answer(toy):
+    adata, store = toy
+    data = predict.prediction_data(adata, store, "raw")
+    table = predict.trivial_baseline(data).set_index("split")
+    rows = data.rows("val")
+    mean = data.training_mean()
+    real = data.real[rows]
+    expected = float(((data.truth[rows] - mean)[real] ** 2).mean())
+    assert table.loc["val", "mse"] == pytest.approx(expected, rel=1e-6)
+    assert table.loc["val", "n_values"] == real.sum()
+
+
+def test_train_predictor_writes_rows_and_resumes(toy):
+    adata, store = toy
+    data = predict.prediction_data(adata, store, "raw")
+    cfg = _config(val_spots=6, eval_spots=10)
+    run = predict.train_predictor(data, cfg, dataset="toy")
+    assert list(run.history["iteration"]) == [1, 2]
+    assert set(run.metrics["split"]) == {"val", "test"} and (run.metrics["n_spots"] == 10).all()
+    assert run.predictions["test"].shape == (10, 3)
+    assert run.n_params == models.count_parameters(run.model)
+    store_rows = results.read()
+    rows = store_rows[store_rows["stage"] == "predict"]
+    assert len(rows) == 2
+    assert {"mse", "pcc_gene", "pcc_global", "n_params", "wall_time_s", "device", "versions", "config_hash",
+            "learning_rate", "seed", "scenario"} <= set(rows.columns)
+    assert rows["scenario"].eq("raw").all() and rows["dataset"].eq("toy").all()
+    # the metric of the row is the metric of the predictions on real values only
+    r = run.rows["val"]
+    expected = float(((run.predictions["val"] - data.truth[r])[data.real[r]] ** 2).mean())
+    assert rows.set_index("split").loc["val", "mse"] == pytest.approx(expected, rel=1e-5)
+    # a rerun with the same config resumes from the finished checkpoint: same history, same predictions
+    again = predict.train_predictor(data, cfg, dataset="toy")
+    assert again.history["val_loss"].tolist() == pytest.approx(run.history["val_loss"].tolist())
+    assert np.allclose(again.predictions["test"], run.predictions["test"], atol=1e-5)
+
+
+def test_same_seed_same_numbers(toy):
+    adata, store = toy
+    data = predict.prediction_data(adata, store, "completed")
+    a = predict.train_predictor(data, _config(scenario="completed", resume=False), write_results=False, checkpoints=False)
+    b = predict.train_predictor(data, _config(scenario="completed", resume=False), write_results=False, checkpoints=False)
+    assert a.history["train_loss"].tolist() == pytest.approx(b.history["train_loss"].tolist(), rel=1e-5)
+
+
+def test_stnet_run_gets_training_statistics(toy):
+    adata, store = toy
+    data = predict.prediction_data(adata, store, "raw")
+    model = predict.build_for_data(_config(model="stnet"), data)
+    mean, _ = predict.patch_channel_stats(store, data.store_rows[data.rows("train")])
+    assert np.allclose(model.normalize.mean.flatten().numpy(), mean)
+    assert np.allclose(model.head.bias.detach().numpy(), data.training_mean())
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="unknown predictor"):
+        predict.PredictorConfig(model="nope")
+    with pytest.raises(ValueError, match="scenario"):
+        predict.PredictorConfig(scenario="both")
+    with pytest.raises(ValueError, match="eval_spots"):
+        predict.PredictorConfig(eval_spots=0)
+    assert predict.parse_scenarios("both") == ["raw", "completed"]
+    with pytest.raises(ValueError):
+        predict.parse_scenarios("denoised")
+
+
+def test_lr_search_picks_the_best_grid_value(toy):
+    adata, store = toy
+    data = predict.prediction_data(adata, store, "raw")
+    best, table = predict.search_learning_rate(data, _config(iterations=3, resume=False), grid=[1e-6, 1e-2],
+                                               dataset="toy")
+    assert best == table.loc[table["best_val"].idxmin(), "learning_rate"]
+    rows = results.read()
+    assert (rows["stage"] == "predict_lr_search").sum() == 2
+    assert rows.loc[rows["stage"] == "predict_lr_search", "selected"].sum() == 1
+
+
+def test_run_chapter_on_given_data(toy):
+    adata, store = toy
+    out = predict.run_chapter("toy", "shufflenet", scenario="both", learning_rate=1e-3, adata=adata, store=store,
+                              iterations=2, batch_size=4, eval_every=1, eval_spots=8, progress=False, device="cpu")
+    table = out.metrics()
+    assert set(table["scenario"]) == {"raw", "completed"}  # baseline rows carry the raw scenario
+    assert (table["model"] == "training mean").sum() == 2
+    best, worst = out.best_and_worst_genes("raw")
+    assert best in adata.var_names and worst in adata.var_names
+    slide, rows, pred = out.map_inputs("completed")
+    assert slide == "S3" and len(rows) == len(pred) == 8
+    stored = results.read()
+    assert set(stored["stage"]) == {"predict", "predict_baseline"}
+
+
+def test_a_predictor_learns_what_the_image_shows(toy):
+    """ShuffleNet trained briefly beats the training mean on validation (brightness → gene 0, 1)."""
+    adata, store = toy
+    data = predict.prediction_data(adata, store, "completed")
+    cfg = _config(scenario="completed", iterations=60, batch_size=10, eval_every=10, learning_rate=3e-3,
+                  augment=True, resume=False)
+    run = predict.train_predictor(data, cfg, write_results=False, checkpoints=False)
+    baseline = predict.trivial_baseline(data).set_index("split").loc["val", "mse"]
+    assert run.train.best_val < 0.8 * baseline, (run.train.best_val, baseline)
