@@ -66,9 +66,9 @@ def collect(
         ``obs`` with ``slide_id``, ``split``, ``patient``, ``array_row``, ``array_col``
         (and optionally ``in_tissue``).
     organism
-        ``"human"`` or ``"mouse"``: gene symbols are mapped to Ensembl ids with
-        :func:`spared_utils.datasets.harmonise_gene_ids`; any other value (e.g. ``"synthetic"``)
-        keeps ``var_names`` as they are.
+        Passed to :func:`spared_utils.datasets.harmonise_gene_ids`: for ``"human"``/``"mouse"``
+        gene symbols become Ensembl ids; for any organism version suffixes are stripped and
+        duplicated ids merged. ``None`` keeps ``var_names`` as they are.
     harmonise
         Set ``False`` to skip the identifier mapping.
 
@@ -94,7 +94,7 @@ def collect(
     out.layers["counts"] = sp.csr_matrix(counts, dtype=np.float32)
     out.X = None  # one copy of the counts only; run_pipeline sets X at the end
     check_counts(out, "counts", slide_key)
-    if harmonise and organism in ("human", "mouse"):
+    if harmonise and organism is not None:
         from .. import datasets
 
         out = datasets.harmonise_gene_ids(out, organism)

@@ -20,15 +20,27 @@ def processed_path(dataset: str, name: str = ADATA_NAME) -> Path:
     return paths.processed_dir() / dataset / name
 
 
-def write_processed(adata: AnnData, dataset: str, drop_fullres: bool = True) -> Path:
+def spec_fingerprint(spec) -> str:
+    """The registry's fingerprint of a spec's curation parameters (what ``datasets.load`` checks)."""
+    from .. import datasets
+
+    fingerprint = getattr(datasets, "spec_fingerprint", None) or getattr(datasets, "_spec_fingerprint")
+    return fingerprint(spec)
+
+
+def write_processed(adata: AnnData, dataset: str, drop_fullres: bool = True, spec=None) -> Path:
     """Write a curated collection atomically (temporary file, then rename).
 
     Full-resolution images held in ``uns["spatial"][slide]["images"]["fullres"]`` are left out
     of the file when ``drop_fullres`` (the patches already hold what models need; the hires and
-    lowres images stay for plots).
+    lowres images stay for plots). With the dataset's ``spec``, ``uns["dataset_spec"]`` records
+    its curation parameters, so that ``datasets.load(dataset)`` reuses the file.
     """
     out = processed_path(dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if spec is not None:
+        adata.uns["dataset_spec"] = spec_fingerprint(spec)
+        adata.uns["dataset_id"] = dataset
     to_write = adata
     if drop_fullres and any("fullres" in lib.get("images", {}) for lib in adata.uns.get("spatial", {}).values()):
         to_write = adata.copy()
