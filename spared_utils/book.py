@@ -109,10 +109,16 @@ def render(src: Path, build_dir: Path) -> Path:
     return build_dir / "html"
 
 
-def build(dataset: str = "synthetic", params_file: str | None = None, render_only: bool = False) -> Path:
+def build(
+    dataset: str = "synthetic",
+    params_file: str | None = None,
+    render_only: bool = False,
+    build_dir: str | Path | None = None,
+) -> Path:
+    """Run the chapters (unless ``render_only``) and render the book; returns the HTML folder."""
     root = paths.project_root()
-    build_dir = root / "_build"
-    build_dir.mkdir(exist_ok=True)
+    build_dir = Path(build_dir) if build_dir else root / "_build"
+    build_dir.mkdir(parents=True, exist_ok=True)
     if render_only:
         executed = {}
         for chapter in chapters_in_toc(root):
@@ -132,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--params", help="YAML file: chapter name (or 'all') → parameter overrides")
     parser.add_argument("--render-only", action="store_true", help="render the already executed notebooks")
+    parser.add_argument("--build-dir", help="output folder, named _build (default: <root>/_build)")
     args = parser.parse_args(argv)
-    build(args.dataset, args.params, args.render_only)
+    build(args.dataset, args.params, args.render_only, args.build_dir)
     return 0
 
 

@@ -1,0 +1,45 @@
+"""The whole book: every chapter executes with papermill (tiny parameters) and renders to HTML."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from spared_utils.book import chapters_in_toc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_book_builds_with_every_chapter(tmp_path, monkeypatch):
+    build_dir = tmp_path / "_build"
+    proc = subprocess.run(
+        [sys.executable, "-m", "spared_utils.book", "--params", str(ROOT / "tests" / "chapter_params.yml"),
+         "--build-dir", str(build_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    html = build_dir / "html"
+    index = html / "index.html"
+    assert index.is_file()
+    chapters = chapters_in_toc(ROOT)
+    assert "00_tour" in chapters
+    for chapter in chapters:
+        page = html / "chapters" / f"{chapter}.html"
+        assert page.is_file(), f"{page} missing"
+        text = page.read_text()
+        assert "Traceback" not in text
+        n_img = len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", text))
+        assert n_img >= 1, f"{chapter}.html shows no figure"
+    tour = (html / "chapters" / "00_tour.html").read_text()
+    assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", tour)) >= 4
+    assert "What we saw" in tour
+    assert "Mejia" in tour, "citations render"
+    for chapter in chapters:
+        nb = nbformat.read(build_dir / "src" / "chapters" / f"{chapter}.ipynb", as_version=4)
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{chapter} was not executed"
