@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 book: $(STAMP)
-	MPLBACKEND=agg $(BIN)/python -m spared_utils.book --dataset $(DATASET)
+	$(BIN)/python -m spared_utils.book --dataset $(DATASET)
 
 # pytest's exit code 5 ("no tests collected") is non-zero, so it fails here as it should.
 test: $(STAMP)

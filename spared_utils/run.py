@@ -74,9 +74,15 @@ def chapter_parameters(source: Path) -> dict[str, Any]:
 def parse_value(text: str) -> Any:
     """A command-line value as a YAML literal (int, float, bool, null, list) or a string."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def check_parameters(source: Path, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,18 +131,25 @@ def execute(
     out.parent.mkdir(parents=True, exist_ok=True)
     import jupytext
 
-    with tempfile.TemporaryDirectory() as tmp:
-        nb_in = Path(tmp) / f"{source.stem}.ipynb"
-        jupytext.write(read_notebook(source), nb_in)
-        pm.execute_notebook(
-            str(nb_in),
-            str(out),
-            parameters=params,
-            kernel_name=kernel,
-            cwd=str(paths.project_root()),
-            progress_bar=progress,
-            report_mode=False,
-        )
+    # A non-interactive MPLBACKEND (e.g. "agg", common in scripts and CI) would stop the kernel's
+    # figures from reaching the notebook: the kernel must use its inline backend.
+    saved_backend = os.environ.pop("MPLBACKEND", None)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            nb_in = Path(tmp) / f"{source.stem}.ipynb"
+            jupytext.write(read_notebook(source), nb_in)
+            pm.execute_notebook(
+                str(nb_in),
+                str(out),
+                parameters=params,
+                kernel_name=kernel,
+                cwd=str(paths.project_root()),
+                progress_bar=progress,
+                report_mode=False,
+            )
+    finally:
+        if saved_backend is not None:
+            os.environ["MPLBACKEND"] = saved_backend
     return out
 
 
