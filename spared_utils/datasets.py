@@ -803,7 +803,9 @@ def combine_slides(pieces: Mapping[str, ad.AnnData], spec: DatasetSpec) -> ad.An
     return adata
 
 
-def _spec_fingerprint(spec: DatasetSpec) -> str:
+def spec_fingerprint(spec: DatasetSpec) -> str:
+    """A string that changes whenever a dataset's curation parameters change (stored in the
+    curated file's ``uns["dataset_spec"]``; :func:`load` recomputes when it differs)."""
     return json.dumps(spec.curation_params(), sort_keys=True, default=str)
 
 
@@ -877,7 +879,7 @@ def _load_processed(spec: DatasetSpec, cache_dir, force: bool, redownload: bool,
     if not spec.pipeline_ready:
         raise ValueError(f"dataset {spec.id!r} cannot be curated: {spec.notes or 'pipeline_ready is false'} "
                          f"(data/datasets.yml line {spec.line}); load it with processed=False")
-    fingerprint = _spec_fingerprint(spec)
+    fingerprint = spec_fingerprint(spec)
     path = processed_path(spec.id)
     if path.is_file() and not force and not redownload:
         cached = ad.read_h5ad(path)
@@ -888,9 +890,7 @@ def _load_processed(spec: DatasetSpec, cache_dir, force: bool, redownload: bool,
                progress=progress, load_fullres=load_fullres)
     curated = run_pipeline(raw, spec, progress=progress)
     curated = raw if curated is None else curated
-    curated.uns["dataset_spec"] = fingerprint
-    curated.uns["dataset_id"] = spec.id
-    write_processed(curated, spec.id)
+    write_processed(curated, spec.id, spec=spec)  # stamps uns["dataset_spec"] and uns["dataset_id"]
     return curated
 
 
