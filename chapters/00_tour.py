@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -46,7 +48,7 @@ from spared_utils import datasets, graphs, paths, plots, synthetic
 
 t0 = time.perf_counter()
 spec = datasets.registry()[dataset]
-if spec.source == "synthetic":
+if spec.source.kind == "synthetic":  # generate directly, with this chapter's seed
     adata = synthetic.make_dataset(**{**spec.generator, "seed": seed})
 else:
     adata = datasets.load(dataset, processed=False)

@@ -98,7 +98,7 @@ def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
 
 def render(src: Path, build_dir: Path) -> Path:
     """Render the staged book with Jupyter Book into ``<build_dir>/html``."""
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(src), "--path-output", str(build_dir.parent), "--keep-going"]
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(build_dir.parent), "--keep-going"]
     if build_dir.name != "_build":
         raise ValueError("the build folder must be called _build (Jupyter Book writes <path-output>/_build/html)")
     proc = subprocess.run(cmd, capture_output=True, text=True)
