@@ -136,3 +136,189 @@ def dropout_vs_expression(adata: AnnData, layer: str = "counts", ax: plt.Axes | 
     ax.set_ylabel("fraction of spots with zero counts")
     ax.set_title("Dropout follows low expression")
     return ax
+
+
+def spot_counts_qc(total_counts: np.ndarray, slides: Sequence[str], min_counts: float,
+                   max_counts: float | None = None, ax: plt.Axes | None = None) -> plt.Axes:
+    """Histogram of total UMI counts per spot (log scale), one colour per slide, with the thresholds."""
+    ax = ax or plt.subplots(figsize=(6, 3.6))[1]
+    counts = np.maximum(np.asarray(total_counts, dtype=float), 1.0)
+    bins = np.logspace(0, np.log10(counts.max()) + 0.1, 50)
+    sns.histplot(x=counts, hue=np.asarray(slides), bins=bins, element="step", fill=False,
+                 palette="colorblind", ax=ax)
+    ax.set_xscale("log")
+    for value in (min_counts, max_counts):
+        if value is not None and value <= bins[-1]:
+            ax.axvline(value, color="0.2", ls="--", lw=1)
+    ax.set_xlabel("total counts per spot (UMI, log scale)")
+    ax.set_ylabel("spots")
+    ax.set_title(f"Spot filter: keep {min_counts:g} < total counts" + (f" < {max_counts:g}" if max_counts else ""))
+    return ax
+
+
+def real_data_curve(exp_frac: np.ndarray, glob_exp_frac: np.ndarray, threshold: float,
+                    kept: np.ndarray) -> np.ndarray:
+    """The ``real_data_percentage`` rule: genes by expression fraction, and the running mean it cuts."""
+    exp_frac, glob = np.asarray(exp_frac, float), np.asarray(glob_exp_frac, float)
+    kept = np.asarray(kept, bool)
+    order = np.argsort(-exp_frac, kind="stable")
+    running = np.cumsum(glob[order]) / np.arange(1, len(order) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    axes[0].scatter(exp_frac[~kept], glob[~kept], s=8, color=PALETTE[7], label="dropped", linewidths=0)
+    axes[0].scatter(exp_frac[kept], glob[kept], s=8, color=PALETTE[0], label="kept", linewidths=0)
+    axes[0].set_xlabel("exp_frac (min over slides of the fraction of spots expressing)")
+    axes[0].set_ylabel("glob_exp_frac (fraction over all spots)")
+    axes[0].set_title("Genes by how often they are measured")
+    axes[0].legend(frameon=False)
+    axes[1].plot(np.arange(1, len(order) + 1), running, color=PALETTE[0])
+    axes[1].axhline(threshold, color="0.2", ls="--", lw=1, label=f"real_data_percentage = {threshold:g}")
+    axes[1].axvline(kept.sum(), color=PALETTE[3], lw=1, label=f"{kept.sum()} genes kept")
+    axes[1].set_xlabel("genes, sorted by exp_frac (descending)")
+    axes[1].set_ylabel("running mean of glob_exp_frac")
+    axes[1].set_title("Longest prefix with mean ≥ threshold")
+    axes[1].legend(frameon=False)
+    fig.tight_layout()
+    return axes
+
+
+def moran_ranking(moran: "pd.DataFrame", n_keep: int, ax: plt.Axes | None = None) -> plt.Axes:
+    """Mean Moran's I of every candidate gene by rank (range over slides shaded), kept genes marked."""
+    ax = ax or plt.subplots(figsize=(6.5, 3.8))[1]
+    per_slide = moran.drop(columns=["mean"], errors="ignore")
+    mean = per_slide.mean(axis=1)
+    order = np.argsort(-mean.fillna(-np.inf).to_numpy(), kind="stable")
+    rank = np.arange(1, len(order) + 1)
+    ax.fill_between(rank, per_slide.min(axis=1).to_numpy()[order], per_slide.max(axis=1).to_numpy()[order],
+                    color=PALETTE[0], alpha=0.25, lw=0, label="range over slides")
+    ax.plot(rank, mean.to_numpy()[order], color=PALETTE[0], label="mean over slides")
+    ax.axvline(n_keep + 0.5, color=PALETTE[3], lw=1, label=f"top {n_keep} kept")
+    ax.set_xlabel("gene rank")
+    ax.set_ylabel("Moran's I of d_log1p")
+    ax.set_title("Spatial autocorrelation of the candidate genes")
+    ax.legend(frameon=False)
+    return ax
+
+
+def embeddings_by_slide(coords: "dict[str, np.ndarray]", slides: Sequence[str], xlabel: str = "dim 1",
+                        ylabel: str = "dim 2") -> np.ndarray:
+    """Side-by-side 2-D embeddings (e.g. before/after batch correction), spots coloured by slide."""
+    fig, axes = plt.subplots(1, len(coords), figsize=(5 * len(coords), 4.2), squeeze=False)
+    for ax, (title, xy) in zip(axes[0], coords.items()):
+        sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=np.asarray(slides), palette="colorblind", s=6,
+                        linewidth=0, ax=ax, legend=ax is axes[0, -1])
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    if axes[0, -1].get_legend() is not None:
+        sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1, 1), frameon=False, title="slide",
+                        markerscale=2.5)
+    fig.tight_layout()
+    return axes[0]
+
+
+def patch_grid(patches: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 8) -> np.ndarray:
+    """Image patches in a grid, one title each."""
+    n = len(patches)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.1 * nrows), squeeze=False)
+    for ax, patch, title in zip(axes.ravel(), patches, titles):
+        ax.imshow(patch)
+        ax.set_title(title, fontsize=7)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.tight_layout()
+    return axes
+
+
+# --------------------------------------------------------------------------------------------
+# Predictors (chapters 10-13)
+# --------------------------------------------------------------------------------------------
+
+
+def learning_curves(histories, baseline: float | None = None, ax: plt.Axes | None = None,
+                    title: str = "Learning curves") -> plt.Axes:
+    """Training and validation MSE against iteration, one colour per run (e.g. per scenario).
+
+    ``histories`` maps a label (``"raw"``, ``"completed"``, ...) to a history table with columns
+    ``iteration``, ``train_loss``, ``val_loss`` (:class:`spared_utils.training.TrainResult`);
+    ``baseline`` draws the trivial predictor's validation MSE as a dotted line.
+    """
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    for k, (label, hist) in enumerate(histories.items()):
+        colour = METHOD_COLOURS.get(label, PALETTE[k % len(PALETTE)])
+        ax.plot(hist["iteration"], hist["val_loss"], "-o", ms=3, color=colour, label=f"{label}: validation")
+        ax.plot(hist["iteration"], hist["train_loss"], "--", color=colour, alpha=0.7, label=f"{label}: training")
+    if baseline is not None and np.isfinite(baseline):
+        ax.axhline(baseline, ls=":", color="0.3", label="training mean (validation)")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration (optimiser steps)")
+    ax.set_ylabel("MSE of log2(TPM + 1), log scale")
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def per_gene_pcc(tables, ax: plt.Axes | None = None, title: str = "Per-gene correlation") -> plt.Axes:
+    """Distribution of per-gene PCC (real values only) per run: box plot with one dot per gene.
+
+    ``tables`` maps a label to a table with a ``pcc`` column (:func:`spared_utils.metrics.per_gene_table`).
+    """
+    import pandas as pd
+
+    ax = ax or plt.subplots(figsize=(5, 4))[1]
+    long = pd.concat([t.assign(run=label) for label, t in tables.items()], ignore_index=True).dropna(subset=["pcc"])
+    palette = {label: METHOD_COLOURS.get(label, PALETTE[k % len(PALETTE)]) for k, label in enumerate(tables)}
+    order = list(tables)
+    sns.boxplot(data=long, x="run", y="pcc", hue="run", order=order, hue_order=order, palette=palette,
+                showfliers=False, ax=ax, legend=False, boxprops={"alpha": 0.5})
+    sns.stripplot(data=long, x="run", y="pcc", hue="run", order=order, hue_order=order, palette=palette,
+                  size=3.5, ax=ax, legend=False)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("")
+    ax.set_ylabel("PCC per gene (across spots)")
+    ax.set_title(title)
+    return ax
+
+
+def predicted_vs_true_maps(adata: AnnData, slide: str, rows: np.ndarray, pred: np.ndarray, genes: Sequence[str],
+                           truth_layer: str = "c_d_log1p", mask_layer: str = "mask",
+                           titles: Sequence[str] | None = None, cmap: str = "viridis") -> np.ndarray:
+    """Ground truth (top row) and prediction (bottom row) of ``genes`` on one slide.
+
+    ``rows`` are the AnnData rows that were predicted (``pred`` aligned with them, all genes in
+    ``adata.var_names`` order). Ground-truth values that are not real measurements (``mask``
+    False) are drawn as grey crosses; spots of the slide that were not evaluated are light grey.
+    Each gene has one colour scale shared by its two panels.
+    """
+    rows = np.asarray(rows)
+    on_slide = np.flatnonzero((adata.obs["slide_id"] == slide).to_numpy())
+    xy_all = np.asarray(adata.obsm["spatial"])[on_slide]
+    xy = np.asarray(adata.obsm["spatial"])[rows]
+    fig, axes = plt.subplots(2, len(genes), figsize=(3.4 * len(genes), 6.2), squeeze=False)
+    for k, gene in enumerate(genes):
+        j = adata.var_names.get_loc(gene)
+        col = adata.layers[truth_layer][rows][:, j]
+        truth = np.asarray(col.toarray() if hasattr(col, "toarray") else col).ravel()
+        real = np.asarray(adata.layers[mask_layer][rows][:, j]).ravel().astype(bool) if mask_layer in adata.layers \
+            else np.ones(len(rows), bool)
+        values = truth[real] if real.any() else truth
+        vmin, vmax = np.percentile(np.concatenate([values, pred[:, j]]), [2, 98])
+        for r, (label, shown, keep) in enumerate((("ground truth", truth, real), ("predicted", pred[:, j], None))):
+            ax = axes[r, k]
+            size = spot_size(adata, slide, ax)
+            ax.scatter(xy_all[:, 0], xy_all[:, 1], s=size, marker="h", color="0.92", linewidths=0)
+            sel = np.ones(len(rows), bool) if keep is None else keep
+            sc = ax.scatter(xy[sel, 0], xy[sel, 1], c=shown[sel], s=size, marker="h", cmap=cmap, vmin=vmin, vmax=vmax,
+                            linewidths=0)
+            if keep is not None and (~keep).any():
+                ax.scatter(xy[~keep, 0], xy[~keep, 1], s=size * 0.5, marker="x", color="0.5", linewidths=0.6)
+            ax.invert_yaxis()
+            ax.set_aspect("equal")
+            ax.set_axis_off()
+            head = titles[k] if titles else gene
+            ax.set_title(f"{head}\n{label}" if r == 0 else label, fontsize=9)
+            fig.colorbar(sc, ax=ax, shrink=0.7, label="log2(TPM + 1)")
+    fig.suptitle(f"Slide {slide}: measured (crosses: not measured) vs predicted")
+    fig.tight_layout()
+    return axes

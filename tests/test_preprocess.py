@@ -308,3 +308,21 @@ def test_write_and_read_processed(processed, tmp_path, monkeypatch):
     assert "fullres" not in next(iter(back.uns["spatial"].values()))["images"]
     assert "fullres" in next(iter(processed.uns["spatial"].values()))["images"]  # input untouched
     assert list(tmp_path.joinpath("synthetic_tiny").iterdir()) == [path]  # no temporary left
+
+
+def test_filter_qc_tables_record_every_spot_and_gene():
+    counts = np.array([[10, 0, 0, 0], [6, 5, 0, 1], [6, 6, 0, 1], [9, 9, 5, 1]], dtype=float)
+    out, spot_qc, gene_qc = pp.filter_dataset(collection(counts, ["a", "a", "b", "b"]), real_data_percentage=0.0,
+                                              return_qc=True)
+    assert spot_qc["total_counts"].tolist() == [10, 12, 13, 24]
+    assert spot_qc["kept"].tolist() == [False, True, True, True]
+    assert gene_qc["passes_counts"].tolist() == [True, True, False, False]
+    assert gene_qc["kept"].tolist() == [True, True, False, False]
+    np.testing.assert_allclose(gene_qc["glob_exp_frac"], [1.0, 1.0, 1 / 3, 1.0])  # after the spot filter
+
+
+def test_pipeline_keeps_qc_tables(processed, tiny_adata):
+    rec = processed.uns["preprocessing"]
+    assert len(rec["spot_qc"]) == tiny_adata.n_obs and rec["spot_qc"]["kept"].sum() == processed.n_obs
+    assert len(rec["gene_qc"]) == tiny_adata.n_vars
+    assert set(processed.var_names) <= set(rec["gene_qc"].index[rec["gene_qc"]["kept"]])

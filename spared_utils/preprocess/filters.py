@@ -112,14 +112,23 @@ def filter_dataset(
     real_data_percentage: float = 0.7,
     slide_key: str = "slide_id",
     layer: str = "counts",
-) -> AnnData:
+    return_qc: bool = False,
+):
     """Step 2: spot filter, gene-count filter, ``real_data_percentage`` rule, empty-spot filter.
+
+    Parameters
+    ----------
+    return_qc
+        Also return the per-spot and per-gene QC tables (what each filter saw and decided).
 
     Returns
     -------
-    AnnData
+    AnnData or (AnnData, DataFrame, DataFrame)
         A new object; ``var`` gains ``total_counts``, ``exp_frac`` and ``glob_exp_frac``
         (computed after the spot filter), ``obs`` gains ``total_counts`` (over kept genes).
+        With ``return_qc``: also ``spot_qc`` (every input spot: slide, ``total_counts``, ``kept``)
+        and ``gene_qc`` (every input gene: ``total_counts``, ``exp_frac``, ``glob_exp_frac`` after
+        the spot filter, ``passes_counts``, ``kept``).
 
     Raises
     ------
@@ -127,16 +136,22 @@ def filter_dataset(
         A slide loses all its spots, or no gene passes.
     """
     slides = list(dict.fromkeys(adata.obs[slide_key].astype(str)))
-    out = filter_spots(adata, cell_min_counts, cell_max_counts, layer)
+    spot_total = _sums(counts_matrix(adata, layer), axis=1)
+    spot_qc = pd.DataFrame({slide_key: adata.obs[slide_key].astype(str).to_numpy(), "total_counts": spot_total},
+                           index=adata.obs_names)
+    out = adata[(spot_total > cell_min_counts) & (spot_total < cell_max_counts)].copy()
     check_slides(out, slides, f"the spot filter ({cell_min_counts} < total counts < {cell_max_counts})",
                  "lower cell_min_counts for this dataset in data/datasets.yml or check the slide's counts",
                  slide_key)
     fractions = expression_fractions(out, layer, slide_key)
-    out.var["exp_frac"] = fractions["exp_frac"].to_numpy()
-    out.var["glob_exp_frac"] = fractions["glob_exp_frac"].to_numpy()
     gene_total = _sums(counts_matrix(out, layer), axis=0)
-    out.var["total_counts"] = gene_total
     passing = (gene_total > gene_min_counts) & (gene_total < gene_max_counts)
+    gene_qc = pd.DataFrame({"total_counts": gene_total, "exp_frac": fractions["exp_frac"].to_numpy(),
+                            "glob_exp_frac": fractions["glob_exp_frac"].to_numpy(), "passes_counts": passing},
+                           index=adata.var_names)
+    out.var["exp_frac"] = gene_qc["exp_frac"].to_numpy()
+    out.var["glob_exp_frac"] = gene_qc["glob_exp_frac"].to_numpy()
+    out.var["total_counts"] = gene_total
     if not passing.any():
         raise ValueError(
             f"no gene has {gene_min_counts} < total counts < {gene_max_counts}; check the counts "
@@ -145,9 +160,13 @@ def filter_dataset(
     out = out[:, passing].copy()
     keep = real_data_genes(out.var["exp_frac"], out.var["glob_exp_frac"], real_data_percentage)
     out = out[:, keep].copy()
-    spot_total = _sums(counts_matrix(out, layer), axis=1)
-    out = out[spot_total > 0].copy()
+    total = _sums(counts_matrix(out, layer), axis=1)
+    out = out[total > 0].copy()
     check_slides(out, slides, "dropping spots with zero counts in the kept genes",
                  "lower real_data_percentage or gene_min_counts for this dataset", slide_key)
     out.obs["total_counts"] = _sums(counts_matrix(out, layer), axis=1)
-    return out
+    if not return_qc:
+        return out
+    spot_qc["kept"] = spot_qc.index.isin(out.obs_names)
+    gene_qc["kept"] = gene_qc.index.isin(out.var_names)
+    return out, spot_qc, gene_qc

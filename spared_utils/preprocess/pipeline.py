@@ -104,7 +104,8 @@ def run_pipeline(adata: AnnData, spec: Any = None, *, progress: bool = True, **o
         ``c_d_deltas`` (float32) and ``mask`` (bool, True = real measurement); ``X`` is
         ``c_d_log1p``. ``uns["preprocessing"]`` holds the parameters (``params``), spots and genes
         after each step with timings (``steps``), spots per slide after each step
-        (``spots_per_slide``), Moran's I of every candidate gene per slide (``moran``) and the
+        (``spots_per_slide``), Moran's I of every candidate gene per slide (``moran``), what the
+        filters saw for every in-tissue spot (``spot_qc``) and gene (``gene_qc``), and the
         fraction of missing values (``missing_fraction``).
 
     Raises
@@ -125,8 +126,9 @@ def run_pipeline(adata: AnnData, spec: Any = None, *, progress: bool = True, **o
     record("raw", adata)
     data = collect(adata, organism=p.organism, slide_key=p.slide_key)
     advance("1 in-tissue collection", data)
-    data = filter_dataset(data, p.cell_min_counts, p.cell_max_counts, p.gene_min_counts, p.gene_max_counts,
-                          p.real_data_percentage, p.slide_key)
+    data, spot_qc, gene_qc = filter_dataset(data, p.cell_min_counts, p.cell_max_counts, p.gene_min_counts,
+                                            p.gene_max_counts, p.real_data_percentage, p.slide_key,
+                                            return_qc=True)
     advance("2 spot and gene filters", data)
     data = log1p(tpm(data, organism=p.organism))
     advance("3 TPM, log2(TPM+1)", data)
@@ -153,6 +155,8 @@ def run_pipeline(adata: AnnData, spec: Any = None, *, progress: bool = True, **o
         "steps": record.steps(),
         "spots_per_slide": record.spots_per_slide(),
         "moran": data.uns.pop("moran_per_slide"),
+        "spot_qc": spot_qc,
+        "gene_qc": gene_qc,
         "missing_fraction": float(1 - data.layers["mask"].mean()),
     }
     return data
