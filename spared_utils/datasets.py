@@ -288,8 +288,13 @@ DATASET_KEYS = ("abbreviation", "in_paper", "publication", "organism", "tissue",
                 "splits", "patients", "source", "paper", "notes", "generator", "hex_geometry", "cell_min_counts",
                 "cell_max_counts", "gene_min_counts", "gene_max_counts", "real_data_percentage", "patch_scale",
                 "patch_size", "prediction_layer", "pipeline_ready")
-DEFAULT_KEYS = ("cell_min_counts", "cell_max_counts", "gene_min_counts", "gene_max_counts", "real_data_percentage",
-                "patch_scale", "patch_size", "hex_geometry", "prediction_layer", "in_paper", "pipeline_ready")
+#: SpaRED's shared parameters (the authors' configs); the file's ``defaults`` and each entry override them.
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "cell_min_counts": 10, "cell_max_counts": 1_000_000, "gene_min_counts": 10, "gene_max_counts": 1_000_000,
+    "real_data_percentage": 0.7, "patch_scale": 1.0, "patch_size": 224, "hex_geometry": True,
+    "prediction_layer": "c_d_log1p", "in_paper": False, "pipeline_ready": True,
+}
+DEFAULT_KEYS = tuple(BUILTIN_DEFAULTS)
 SOURCE_KEYS = ("kind", "format", "files", "layout", "source_names", "nested", "root", "provenance", "layout_verified")
 FILE_KEYS = ("path", "urls", "sha256", "extract", "slide")
 PAPER_KEYS = tuple(f.name for f in PaperStats.__dataclass_fields__.values())
@@ -334,7 +339,7 @@ def _parse_dataset(ds_id: Any, entry: Any, defaults: dict, publications: dict, c
         check.fail(line, where, "expected a mapping")
     check.keys(entry, DATASET_KEYS, where,
                required=("organism", "tissue", "n_genes", "combat_key", "splits", "patients", "source", "publication"))
-    merged = _Lined({**defaults, **entry})
+    merged = _Lined({**BUILTIN_DEFAULTS, **defaults, **entry})
     merged.line, merged.lines = check.line_of(entry), {**getattr(defaults, "lines", {}), **entry.lines}
     organism = check.choice(merged, "organism", ORGANISMS, where)
     combat_key = check.choice(merged, "combat_key", COMBAT_KEYS, where)

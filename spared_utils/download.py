@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: (connect, read) timeouts in seconds of every request.
 DEFAULT_TIMEOUT: tuple[float, float] = (15.0, 60.0)
+#: Extra attempts after a failed one, and the base of the pause between them (seconds).
+DEFAULT_RETRIES = 3
+DEFAULT_BACKOFF = 1.0
 #: Statuses worth retrying (server-side or rate limiting); any other HTTP error fails at once.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ARCHIVE_SUFFIXES: dict[str, str] = {".tar.gz": "tar.gz", ".tgz": "tar.gz", ".tar": "tar", ".zip": "zip"}
@@ -224,9 +227,9 @@ def fetch(
     extract: str | None = None,
     force: bool = False,
     progressbar: bool = True,
-    retries: int = 3,
+    retries: int | None = None,
     timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
-    backoff: float = 1.0,
+    backoff: float | None = None,
 ) -> Path:
     """Download a file into the cache once, verify it, and optionally extract it.
 
@@ -247,7 +250,8 @@ def fetch(
     force
         Download again even if a verified file is present.
     progressbar, retries, timeout, backoff
-        See :class:`ResumableDownloader`.
+        See :class:`ResumableDownloader`; ``None`` takes :data:`DEFAULT_RETRIES` /
+        :data:`DEFAULT_BACKOFF`.
 
     Returns
     -------
@@ -275,7 +279,9 @@ def fetch(
     if not present:
         if target.exists():  # pooch would keep an existing file whose checksum it cannot check
             target.unlink()
-        _download(url_list, target, sha256, ResumableDownloader(retries, timeout, backoff, progressbar))
+        downloader = ResumableDownloader(DEFAULT_RETRIES if retries is None else retries, timeout,
+                                         DEFAULT_BACKOFF if backoff is None else backoff, progressbar)
+        _download(url_list, target, sha256, downloader)
     return extract_archive(target, extract, force=force) if extract else target
 
 

@@ -199,3 +199,78 @@ def test_extraction_is_done_once(tmp_path):
     assert (folder / "f.txt").read_bytes() == b"edited"  # not extracted again
     download.extract_archive(archive, force=True)
     assert (folder / "f.txt").read_bytes() == b"1"
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end: a registry entry whose archive is served locally, downloaded, extracted and read
+# ------------------------------------------------------------------------------------------------
+
+
+def _remote_registry(url: str, sha: str | None) -> str:
+    return f"""\
+schema_version: 1
+defaults: {{hex_geometry: true, in_paper: false, pipeline_ready: true}}
+publications:
+  me: {{citation: "test"}}
+datasets:
+  toy_remote:
+    publication: me
+    organism: synthetic
+    tissue: test
+    n_genes: 8
+    combat_key: slide_id
+    splits: {{train: [SYN_A1, SYN_B1], val: [SYN_C1], test: [SYN_D1]}}
+    patients: {{P1: [SYN_A1, SYN_B1], P2: [SYN_C1, SYN_D1]}}
+    source:
+      kind: remote
+      format: spaceranger
+      files:
+        - path: toy/toy.zip
+          urls: [{url}]
+          sha256: {sha or 'null'}
+          extract: zip
+      nested: ["toy/toy/**/spaceranger_output/*.tar.gz"]
+      layout:
+        slide_dir: "toy/toy/**/slides/{{slide_id}}"
+        fullres: image.tif
+"""
+
+
+def test_load_downloads_extracts_and_reads_a_remote_dataset(http_server, tmp_path, tiny_adata, monkeypatch):
+    from spared_utils import datasets, synthetic
+
+    slides = synthetic.write_spaceranger(tiny_adata, tmp_path / "build" / "slides")
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as tf:
+        tf.add(slides, arcname="slides")
+    archive = _zip_bytes({"Top folder/spaceranger_output/slides.tar.gz": inner.getvalue()})
+    url = http_server.add("/toy.zip", archive, behaviour="drop", drop_after=len(archive) // 3)
+    registry_file = tmp_path / "datasets.yml"
+    registry_file.write_text(_remote_registry(url, hashlib.sha256(archive).hexdigest()))
+    monkeypatch.setattr(datasets, "registry_path", lambda: registry_file)
+
+    cache = tmp_path / "cache"
+    adata = datasets.load("toy_remote", processed=False, cache_dir=cache, progress=False)
+    assert [r["range"] for r in http_server.requests_for("/toy.zip")] == [None, f"bytes={len(archive) // 3}-"]
+    # zip → toy/toy/, then the nested slides.tar.gz → .../spaceranger_output/slides/ (holding slides/)
+    assert (cache / "toy" / "toy" / "Top folder" / "spaceranger_output" / "slides" / "slides" / "SYN_B1").is_dir()
+    assert list(adata.obs_names) == list(tiny_adata.obs_names)
+    assert (adata.layers["counts"] != tiny_adata.layers["counts"]).nnz == 0
+    assert list(adata.obs["split"].cat.categories) == ["train", "val", "test"]
+    assert adata.uns["spatial"]["SYN_D1"]["metadata"]["source_image_path"].endswith("SYN_D1/image.tif")
+    datasets.load("toy_remote", processed=False, cache_dir=cache, progress=False)
+    assert len(http_server.requests_for("/toy.zip")) == 2  # second load: nothing downloaded
+
+
+def test_load_offline_names_url_and_path(tmp_path, monkeypatch):
+    from spared_utils import datasets
+
+    monkeypatch.setattr(download, "DEFAULT_BACKOFF", 0.0)
+    registry_file = tmp_path / "datasets.yml"
+    registry_file.write_text(_remote_registry("http://127.0.0.1:9/toy.zip", None))
+    monkeypatch.setattr(datasets, "registry_path", lambda: registry_file)
+    with pytest.raises(DownloadError) as err:
+        datasets.load("toy_remote", processed=False, cache_dir=tmp_path / "c", progress=False)
+    assert "http://127.0.0.1:9/toy.zip" in str(err.value)
+    assert str(tmp_path / "c" / "toy" / "toy.zip") in str(err.value)
+    assert files_under(tmp_path / "c") == []
