@@ -15,6 +15,7 @@ Patches (step 10 of the SPEC) are in :mod:`spared_utils.patches`.
 """
 
 from .collection import check_counts, collect
+from .diagnostics import embed, missing_by_slide, slide_silhouette, table_totals
 from .filters import expression_fractions, filter_dataset, filter_spots, real_data_genes
 from .layers import add_mask, combat, deltas
 from .median import (
@@ -37,6 +38,7 @@ __all__ = [
     "collect",
     "combat",
     "deltas",
+    "embed",
     "expression_fractions",
     "filter_dataset",
     "filter_spots",
@@ -44,6 +46,7 @@ __all__ = [
     "load_gene_lengths",
     "log1p",
     "median_complete",
+    "missing_by_slide",
     "median_complete_array",
     "median_complete_loop",
     "moran_i",
@@ -53,6 +56,8 @@ __all__ = [
     "real_data_genes",
     "run_pipeline",
     "select_top_moran",
+    "slide_silhouette",
+    "table_totals",
     "tpm",
     "window_tables",
     "write_processed",

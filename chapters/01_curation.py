@@ -1,0 +1,257 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Curation: from raw slides to the SpaRED layers
+#
+# **What it shows:** every step that turns a dataset's raw counts and H&E images into the curated
+# collection all models train on (QC filters, TPM, adaptive median completion, Moran's I gene
+# selection, ComBat, Δ layers, missing-value mask, image patches), with a figure per step.
+# **What it needs:** a CPU and a few minutes on the embedded synthetic dataset; a SpaRED dataset id
+# downloads its raw data first (the largest, 43,804 spots, curates in minutes).
+# **What it writes:** `processed/<dataset>/adata.h5ad` and the patch store `processed/<dataset>/patches/`
+# (both atomically), and `results/<dataset>/curation_steps.csv` (spots and genes after each step).
+#
+# SpaRED {cite:p}`mejia2024spackle` curates 26 public datasets with one pipeline, inherited from
+# SEPAL {cite:p}`mejia2023sepal`. We run the same steps, in the authors' order, with `spared_utils.preprocess`; each is a
+# function on AnnData tested on small data with a known answer.
+
+# %% tags=["parameters"]
+dataset = "synthetic"
+device = "auto"  # unused: curation runs on the CPU
+seed = 0
+out_dir = "results"
+n_patch_examples = 16
+n_map_genes = 3
+embedding = "umap"
+
+# %%
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+from spared_utils import datasets, patches, paths, plots, preprocess
+
+out = (paths.results_dir() if out_dir == "results" else Path(out_dir)) / dataset
+out.mkdir(parents=True, exist_ok=True)
+spec = datasets.get_spec(dataset)
+t0 = time.perf_counter()
+raw = datasets.load(dataset, processed=False)
+load_seconds = time.perf_counter() - t0
+params = preprocess.PipelineParams.from_spec(spec)
+pd.Series(asdict(params), name="value").to_frame()
+
+# %% [markdown]
+# The raw collection holds every slide of the dataset, raw counts in `layers["counts"]`, and
+# `obs["slide_id"]`, `obs["split"]`, `obs["patient"]` from `data/datasets.yml`. The parameters above
+# are the dataset's (the authors' values: spots need more than 10 UMI, genes more than 10 in total,
+# `real_data_percentage` 0.7, four rings for the median, 32 or 128 genes by Moran's I).
+#
+# ## The whole pipeline in one call
+#
+# `run_pipeline` chains steps 1–7 and records spots and genes after each step.
+
+# %%
+t0 = time.perf_counter()
+adata = preprocess.run_pipeline(raw, spec)
+pipeline_seconds = time.perf_counter() - t0
+record = adata.uns["preprocessing"]
+steps = record["steps"]
+steps.to_csv(out / "curation_steps.csv", index=False)
+steps
+
+# %%
+per_slide = record["spots_per_slide"].iloc[:, [1, 2, -1]]
+per_slide.columns = ["in tissue", "after filters", "curated"]
+per_slide.insert(0, "split", [spec.slide_split.get(s, "?") for s in per_slide.index])
+per_slide
+
+# %% [markdown]
+# ## Steps 1–2: in-tissue spots, spot and gene filters
+#
+# Step 1 keeps the spots under the tissue and maps gene symbols to Ensembl ids (GENCODE tables
+# in `data/annotations/`). Step 2 drops spots with too few (or implausibly many) UMI, then genes
+# with too few counts in total.
+
+# %%
+spot_qc = record["spot_qc"]
+ax = plots.spot_counts_qc(spot_qc["total_counts"], spot_qc["slide_id"], params.cell_min_counts,
+                          params.cell_max_counts)
+
+# %% [markdown]
+# Most genes of a Visium dataset are detected in few spots. The `real_data_percentage` rule sorts
+# genes by `exp_frac`, the smallest fraction of spots expressing them on any slide, and keeps the
+# longest prefix whose mean `glob_exp_frac` (the fraction over all spots) is at least 0.7: on
+# average at least 70% of the values kept are real measurements, the rest will be completed.
+
+# %%
+gene_qc = record["gene_qc"]
+candidates = gene_qc[gene_qc["passes_counts"]]
+axes = plots.real_data_curve(candidates["exp_frac"], candidates["glob_exp_frac"], params.real_data_percentage,
+                             candidates["kept"])
+
+# %% [markdown]
+# ## Step 3: TPM and log2(TPM + 1)
+#
+# Counts are divided by each gene's merged-exon length (GENCODE v43 human, vM33 mouse; the
+# synthetic genes carry their own lengths) and each spot is rescaled to 10⁶; genes without a
+# known length are dropped. `log1p` holds log2(TPM + 1). A zero stays a zero: it is a missing value.
+
+# %%
+mask = adata.layers["mask"]
+missing = preprocess.missing_by_slide(adata)
+missing.round(1)
+
+# %% [markdown]
+# ## Step 4: adaptive median completion (`d_log1p`)
+#
+# Each zero is replaced by the median of the spot's window: itself and its neighbours within one
+# ring of the hexagonal grid; if that median is zero, within two rings, and so on up to four; if
+# every window is zero, by the slide's median of the gene's non-zero values. Measured values are
+# never changed. The authors loop over every (spot, gene) pair in Python; `median_complete`
+# gathers all windows of all zero entries at once and sorts them (identical values, ≥ 20× faster:
+# `benchmarks/bench_curation.py`). Below, the genes with the highest Moran's I on the first slide:
+# measured values (grey crosses = missing) and after completion.
+
+# %%
+slide = str(adata.obs["slide_id"].cat.categories[0])
+genes = list(adata.var_names[:n_map_genes])
+sel = (adata.obs["slide_id"] == slide).to_numpy()
+col = [adata.var_names.get_loc(g) for g in genes]
+symbols = adata.var["gene_symbol"].reindex(genes).fillna(pd.Series(genes, index=genes)).tolist() \
+    if "gene_symbol" in adata.var else genes
+axes = plots.gene_maps(adata, genes, slide, layer="log1p", missing=~mask[sel][:, col],
+                       titles=[f"{s}: log1p (missing = ×)" for s in symbols])
+axes = plots.gene_maps(adata, genes, slide, layer="d_log1p", titles=[f"{s}: d_log1p (median-completed)" for s in symbols])
+
+# %% [markdown]
+# ## Step 5: genes with the highest Moran's I
+#
+# Moran's I {cite:p}`moran1950` measures how much a gene's neighbouring spots resemble each other.
+# It is computed with squidpy {cite:p}`palla2022squidpy` on every slide's hexagonal neighbour graph,
+# from the median-completed values, and averaged over slides; the top genes are kept.
+
+# %%
+moran = record["moran"]
+ax = plots.moran_ranking(moran, params.n_genes)
+
+# %%
+top = adata.var[["gene_symbol", "d_log1p_moran", "exp_frac", "gene_length"]].head(10) if "gene_symbol" in adata.var \
+    else adata.var[["d_log1p_moran", "exp_frac", "gene_length"]].head(10)
+top.round(3)
+
+# %% [markdown]
+# ## Step 6: ComBat batch correction
+#
+# Slides (or patients, per dataset) differ in sequencing depth and chemistry. ComBat
+# {cite:p}`johnson2007combat` (scanpy's implementation) removes those batch effects from `log1p`
+# (→ `c_log1p`) and `d_log1p` (→ `c_d_log1p`, the layer models predict). Spots coloured by slide,
+# before and after; the silhouette of the slides in PCA space measures how separated they are.
+
+# %%
+coords = {f"{name} ({layer})": preprocess.embed(adata, layer, embedding, seed)
+          for name, layer in (("before ComBat", "d_log1p"), ("after ComBat", "c_d_log1p"))}
+axes = plots.embeddings_by_slide(coords, adata.obs["slide_id"].astype(str), f"{embedding.upper()} 1",
+                                 f"{embedding.upper()} 2")
+silhouette = {layer: preprocess.slide_silhouette(adata, layer, seed=seed) for layer in ("d_log1p", "c_d_log1p")}
+pd.Series(silhouette, name="silhouette of slides").to_frame().round(3)
+
+# %% [markdown]
+# ## Step 7: Δ layers and the mask
+#
+# `deltas`, `d_deltas`, `c_deltas`, `c_d_deltas` subtract each gene's mean over the training
+# spots (as the authors do, so no validation or test value enters it); the mean is kept in
+# `var["<layer>_avg_exp"]`. `mask` is True where TPM is non-zero: metrics are computed there only.
+
+# %%
+pd.DataFrame({layer: [adata.layers[layer].mean(), adata.layers[layer].std()] for layer in preprocess.DELTA_LAYERS.values()},
+             index=["mean", "sd"]).round(3)
+
+# %% [markdown]
+# ## Patches
+#
+# Models see a square crop of the full-resolution H&E image around each spot, one spot diameter
+# wide (`patch_scale` 1.0), resized to 224 × 224 pixels. They are written once to a memory-mapped
+# array that training streams from, so the set is never held in memory.
+
+# %%
+store_path = preprocess.processed_path(dataset, "patches")
+t0 = time.perf_counter()
+patches.extract_patches(adata, store_path, patch_scale=spec.patch_scale, patch_size=spec.patch_size, overwrite=True)
+patch_seconds = time.perf_counter() - t0
+store = patches.PatchStore(store_path)
+rng = np.random.default_rng(seed)
+shown = np.sort(rng.choice(len(store), size=min(n_patch_examples, len(store)), replace=False))
+obs = adata.obs.loc[store.obs_names[shown]]
+axes = plots.patch_grid([store[i] for i in shown], [f"{s} #{i}" for s, i in zip(obs["slide_id"], shown)])
+plt.suptitle(f"{n_patch_examples} random patches of {len(store):,} ({spec.patch_size} px, "
+             f"{store.meta['window_px'][slide]} px crops)", y=1.02);
+
+# %% [markdown]
+# ## Writing the curated dataset
+#
+# The curated collection is written atomically (a temporary file, then a rename) with a
+# fingerprint of the dataset's parameters, so later chapters load it with
+# `datasets.load(dataset)` and it is recomputed only when `data/datasets.yml` changes.
+
+# %%
+adata_path = preprocess.write_processed(adata, dataset, spec=spec)
+sizes = {"adata.h5ad": adata_path.stat().st_size, "patches/": sum(p.stat().st_size for p in store_path.iterdir())}
+pd.Series({k: f"{v / 2**20:.1f} MiB" for k, v in sizes.items()}, name=str(adata_path.parent)).to_frame()
+
+# %% [markdown]
+# ## Supplementary Table 1: the datasets
+#
+# Per-dataset statistics from the authors' metadata table beside ours, for the datasets curated
+# on this machine (`*_ours`; the others are empty until curated).
+
+# %%
+curated_ids = [d for d in datasets.registry() if preprocess.processed_path(d).is_file()]
+table = datasets.summary_table(processed_ids=curated_ids)
+cols = ["abbreviation", "organism", "tissue", "task", "slides", "patients", "spots_paper", "spots_ours",
+        "genes", "genes_ours", "missing_pct_paper", "missing_pct_ours"]
+table[cols]
+
+# %%
+totals = preprocess.table_totals(table)
+totals
+
+# %%
+by_step = steps.set_index("step")
+kept_genes = int(gene_qc["kept"].sum())
+lines = [
+    f"- **{dataset}**: {int(by_step['n_spots'].iloc[0]):,} spots × {int(by_step['n_genes'].iloc[0]):,} genes on "
+    f"{raw.obs['slide_id'].nunique()} slides (loaded in {load_seconds:.1f} s); curated in {pipeline_seconds:.1f} s to "
+    f"**{adata.n_obs:,} spots × {adata.n_vars} genes**.",
+    f"- Spot filter: {int((~spot_qc['kept']).sum())} spots dropped; gene filters: "
+    f"{int(gene_qc['passes_counts'].sum()):,} genes pass the count threshold, {kept_genes:,} pass the "
+    f"real_data_percentage rule (mean glob_exp_frac {gene_qc.loc[gene_qc['kept'], 'glob_exp_frac'].mean():.2f}).",
+    f"- Missing values among the {adata.n_vars} selected genes: {100 * record['missing_fraction']:.1f}% "
+    f"(spots with at least one: {100 * (~mask).any(axis=1).mean():.0f}%); median completion took "
+    f"{by_step.loc['4 adaptive median completion', 'seconds']:.2f} s for {kept_genes:,} genes.",
+    f"- Moran's I of the kept genes: {adata.var['d_log1p_moran'].min():.2f}–{adata.var['d_log1p_moran'].max():.2f} "
+    f"(all candidates: median {moran['mean'].median():.2f}).",
+    f"- Silhouette of the slides in PCA space: {silhouette['d_log1p']:.3f} before ComBat, "
+    f"{silhouette['c_d_log1p']:.3f} after.",
+    f"- {len(store):,} patches extracted in {patch_seconds:.1f} s ({len(store) / patch_seconds:.0f} patches/s), "
+    f"{sizes['patches/'] / 2**20:.0f} MiB on disk.",
+]
+if "spatial_gene" in adata.var:
+    lines.append(f"- {100 * adata.var['spatial_gene'].mean():.0f}% of the kept genes are the generator's spatial genes "
+                 f"({100 * raw.var['spatial_gene'].mean():.0f}% of all genes).")
+display(Markdown("## What we saw\n\n" + "\n".join(lines)))
