@@ -326,3 +326,27 @@ def test_pipeline_keeps_qc_tables(processed, tiny_adata):
     assert len(rec["spot_qc"]) == tiny_adata.n_obs and rec["spot_qc"]["kept"].sum() == processed.n_obs
     assert len(rec["gene_qc"]) == tiny_adata.n_vars
     assert set(processed.var_names) <= set(rec["gene_qc"].index[rec["gene_qc"]["kept"]])
+
+
+def test_missing_by_slide_and_table_totals_known_answers():
+    adata = AnnData(X=np.zeros((4, 2)), obs=pd.DataFrame({"slide_id": ["a", "a", "b", "b"]}, index=list("wxyz")))
+    adata.layers["mask"] = np.array([[True, False], [True, True], [True, True], [True, True]])
+    table = pp.missing_by_slide(adata)
+    assert table.loc["a", "missing %"] == 25.0 and table.loc["b", "missing %"] == 0.0
+    assert table.loc["a", "spots with a missing value %"] == 50.0
+    supp = pd.DataFrame({"spots_paper": [100, 50, np.nan], "slides_paper": [2, 3, np.nan],
+                         "patients_paper": [1, 2, np.nan], "spots_ours": [np.nan, 40, 7],
+                         "slides_ours": [np.nan, 3, 4], "patients_ours": [np.nan, 2, 2]})
+    totals = pp.table_totals(supp)
+    assert totals["paper"].tolist() == [2, 5, 3, 150]
+    assert totals["curated here"].tolist() == [2, 7, 4, 47]
+
+
+def test_embedding_separates_slides_before_combat():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (120, 10))
+    x[60:] += 4.0
+    adata = AnnData(X=x, obs=pd.DataFrame({"slide_id": ["a"] * 60 + ["b"] * 60}, index=[str(i) for i in range(120)]))
+    adata.layers["d_log1p"] = x
+    assert pp.embed(adata, "d_log1p", "pca").shape == (120, 2)
+    assert pp.slide_silhouette(adata, "d_log1p") > 0.5
