@@ -22,7 +22,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -288,13 +288,11 @@ DATASET_KEYS = ("abbreviation", "in_paper", "publication", "organism", "tissue",
                 "splits", "patients", "source", "paper", "notes", "generator", "hex_geometry", "cell_min_counts",
                 "cell_max_counts", "gene_min_counts", "gene_max_counts", "real_data_percentage", "patch_scale",
                 "patch_size", "prediction_layer", "pipeline_ready")
-#: SpaRED's shared parameters (the authors' configs); the file's ``defaults`` and each entry override them.
-BUILTIN_DEFAULTS: dict[str, Any] = {
-    "cell_min_counts": 10, "cell_max_counts": 1_000_000, "gene_min_counts": 10, "gene_max_counts": 1_000_000,
-    "real_data_percentage": 0.7, "patch_scale": 1.0, "patch_size": 224, "hex_geometry": True,
-    "prediction_layer": "c_d_log1p", "in_paper": False, "pipeline_ready": True,
-}
-DEFAULT_KEYS = tuple(BUILTIN_DEFAULTS)
+DEFAULT_KEYS = ("cell_min_counts", "cell_max_counts", "gene_min_counts", "gene_max_counts", "real_data_percentage",
+                "patch_scale", "patch_size", "hex_geometry", "prediction_layer", "in_paper", "pipeline_ready")
+#: SpaRED's shared parameters (DatasetSpec's defaults); the file's ``defaults`` and each entry override them.
+BUILTIN_DEFAULTS: dict[str, Any] = {**{f.name: f.default for f in fields(DatasetSpec) if f.name in DEFAULT_KEYS},
+                                    "in_paper": False}
 SOURCE_KEYS = ("kind", "format", "files", "layout", "source_names", "nested", "root", "provenance", "layout_verified")
 FILE_KEYS = ("path", "urls", "sha256", "extract", "slide")
 PAPER_KEYS = tuple(f.name for f in PaperStats.__dataclass_fields__.values())
@@ -631,7 +629,8 @@ def harmonise_gene_ids(adata: ad.AnnData, organism: str) -> ad.AnnData:
         reverse = {v: k for k, v in mapping.items()}
         filled = np.array([reverse.get(i, s) if ENSEMBL_ID.match(s) else s for i, s in zip(var.index, filled)])
     var["gene_symbol"] = filled
-    out = ad.AnnData(X=combine(adata.X), obs=adata.obs.copy(), var=var, uns=copy.deepcopy(dict(adata.uns)),
+    # uns is shared, not copied: it may hold large images that this step does not touch
+    out = ad.AnnData(X=combine(adata.X), obs=adata.obs.copy(), var=var, uns=dict(adata.uns),
                      obsm={k: v.copy() for k, v in adata.obsm.items()})
     for key, layer in adata.layers.items():
         out.layers[key] = combine(layer)
