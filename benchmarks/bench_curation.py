@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/bench_curation.py            # full size (minutes, several GiB)
     python benchmarks/bench_curation.py --quick    # small sizes, < 60 s
+    python benchmarks/bench_curation.py --setup-spared-env --skip-pipeline   # also time the authors' package
 """
 
 from __future__ import annotations
@@ -70,17 +71,31 @@ def hex_slide(n_rows: int, n_cols: int, n_genes: int, zero_fraction: float, seed
     return adata
 
 
+#: What ``spared.denoising`` imports beyond this project's environment (found by trial on 2.2.1).
+SPARED_EXTRA_PACKAGES = ("lightning", "wget", "combat", "torch_geometric", "positional_encodings", "plotly",
+                         "opencv-python-headless")
+
+
 def spared_env_python() -> Path | None:
-    """Python of a venv with the authors' package (``spared==2.2.1``), if one was set up.
-
-    Set-up (needs PyPI)::
-
-        python -m venv benchmarks/.env-spared
-        echo <site-packages of .venv> > benchmarks/.env-spared/lib/python3.11/site-packages/project.pth
-        benchmarks/.env-spared/bin/pip install --no-deps spared==2.2.1 <its extra imports>
-    """
+    """Python of the venv with the authors' package (``spared==2.2.1``), if it was set up."""
     py = SPARED_ENV / "bin" / "python"
     return py if py.is_file() else None
+
+
+def setup_spared_env() -> Path:
+    """Create ``benchmarks/.env-spared``: a venv that sees this project's packages (a ``.pth``
+    file) plus ``spared==2.2.1`` (``--no-deps``) and the few packages it imports on top (PyPI)."""
+    import site
+
+    subprocess.run([sys.executable, "-m", "venv", str(SPARED_ENV)], check=True)
+    py = SPARED_ENV / "bin" / "python"
+    target = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    Path(target, "project.pth").write_text(site.getsitepackages()[0] + "\n")
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--no-deps", "spared==2.2.1"], check=True)
+    subprocess.run([*pip, *SPARED_EXTRA_PACKAGES], check=True)
+    return py
 
 
 def time_authors_package(adata: AnnData, ours: np.ndarray) -> dict | None:
@@ -88,7 +103,7 @@ def time_authors_package(adata: AnnData, ours: np.ndarray) -> dict | None:
     py = spared_env_python()
     if py is None:
         print(f"  authors' package: skipped (no venv at {SPARED_ENV.relative_to(ROOT)}; "
-              "see spared_env_python() to set one up)")
+              "create it with --setup-spared-env, which needs PyPI)")
         return None
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "slide.h5ad"
@@ -247,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-median", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.add_argument("--setup-spared-env", action="store_true",
+                        help="first install the authors' spared==2.2.1 into benchmarks/.env-spared (PyPI)")
     args = parser.parse_args(argv)
+    if args.setup_spared_env and spared_env_python() is None:
+        setup_spared_env()
     results = {}
     if not args.skip_median:
         size = (20, 40, 200) if args.quick else (60, 120, 1000)  # 400 / 3,600 spots
