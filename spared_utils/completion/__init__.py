@@ -1,0 +1,186 @@
+"""Completion of missing expression values: SpaCKLE and its baselines (SPEC §2).
+
+One verb, :func:`complete`, runs any method on a curated dataset and adds the completed layer
+(``c_t_log1p``) and its Δ (``c_t_deltas``):
+
+* ``"spackle"`` – the transformer of :mod:`spared_utils.completion.spackle` (trained on the
+  training slides, or loaded from a checkpoint, or given as a trained result);
+* ``"median"`` – the adaptive median of SEPAL/SpaRED (:func:`spared_utils.preprocess.median_complete`);
+* ``"stlearn"`` – stLearn's SME imputation (:mod:`spared_utils.completion.sme`).
+
+:mod:`spared_utils.completion.evaluate` holds the paper's protocol (synthetic masking of real
+values, metrics on hidden values only); :func:`results_rows` turns its table into rows of the
+shared results store and :func:`save_completed` writes the processed dataset back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from . import evaluate, sme, spackle
+from .evaluate import MASKING_LEVELS, evaluate_masking, predictors, relative_reduction
+from .sme import SmeConfig
+from .spackle import (
+    SpackleConfig,
+    SpackleResult,
+    check_input,
+    complete_with,
+    load_checkpoint,
+    save_checkpoint,
+    train_spackle,
+)
+
+METHODS = ("spackle", "median", "stlearn")
+
+
+def delta_key(key: str) -> str:
+    """Name of the Δ layer of a completed layer (``c_t_log1p`` → ``c_t_deltas``)."""
+    return key.replace("log1p", "deltas") if "log1p" in key else f"{key}_deltas"
+
+
+def hex_geometry_of(adata: AnnData, default: bool = True) -> bool:
+    """The dataset's grid (from the curation parameters in ``uns["preprocessing"]``)."""
+    pre = adata.uns.get("preprocessing")
+    params = pre.get("params", {}) if isinstance(pre, Mapping) else {}
+    value = params.get("hex_geometry", default)
+    return bool(value) if not isinstance(value, str) else value.lower() == "true"
+
+
+def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", key_added: str = "c_t_log1p",
+             **config: Any) -> AnnData:
+    """Complete the missing entries of ``layers[layer]`` (``layers["mask"]`` False) with ``method``.
+
+    Parameters
+    ----------
+    adata
+        Curated dataset: ``layers[layer]`` (median-completed expression), ``layers["mask"]``
+        (True = real measurement), ``obs["slide_id"]``, ``obs["split"]``, ``obs["array_row"]``,
+        ``obs["array_col"]`` (``obsm["spatial"]`` and the images for ``"stlearn"``).
+    method
+        ``"spackle"``, ``"median"`` or ``"stlearn"``.
+    layer, key_added
+        Input layer and the completed layer to add; its Δ (minus the training mean of each gene)
+        is added as ``key_added`` with ``log1p`` → ``deltas`` (``c_t_deltas``).
+    **config
+        ``spackle``: any :class:`SpackleConfig` field (``iterations``, ``learning_rate``,
+        ``lr_grid``, ``seed``, ``device``, ``checkpoint_dir``, ...), or ``model=`` a trained
+        :class:`SpackleResult`, or ``checkpoint=`` a path saved by :func:`save_checkpoint`.
+        ``median``: ``n_rings`` (4). ``stlearn``: any :class:`SmeConfig` field. All methods:
+        ``hex_geometry`` (default: the curation's).
+
+    Returns
+    -------
+    AnnData
+        ``adata`` itself with the two new layers and ``uns["completion"]`` (method, parameters,
+        learning rate and validation MSE for SpaCKLE, seconds).
+
+    Raises
+    ------
+    KeyError
+        No mask layer (or no input layer).
+    ValueError
+        Unknown method, NaN values, a slide with a single spot, iterations ≤ 0, genes that do
+        not match a checkpoint's.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown completion method {method!r}; choose one of {METHODS}")
+    config = dict(config)
+    hex_geometry = config.pop("hex_geometry", None)
+    hex_geometry = hex_geometry_of(adata) if hex_geometry is None else bool(hex_geometry)
+    values, real = check_input(adata, layer)
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {"method": method, "layer": layer, "key_added": key_added}
+    if method == "spackle":
+        model = config.pop("model", None)
+        ckpt = config.pop("checkpoint", None)
+        cfg, rest = SpackleConfig.from_kwargs(**config)
+        _no_extra(rest, method, SpackleConfig)
+        if model is None and ckpt is not None:
+            model = load_checkpoint(ckpt, device=cfg.device)
+        if model is None:
+            model = train_spackle(adata, layer, cfg, hex_geometry=hex_geometry)
+        completed = complete_with(model, adata, layer, hex_geometry=hex_geometry)
+        info.update(learning_rate=model.learning_rate, best_val_mse=model.best_val,
+                    best_iteration=model.best_iteration, n_params=model.n_params,
+                    checkpoint=str(model.checkpoint) if model.checkpoint else "",
+                    config=json.dumps(asdict(model.config), default=str))
+    elif method == "median":
+        n_rings = int(config.pop("n_rings", 4))
+        _no_extra(config, method, None, allowed=("n_rings",))
+        completed = evaluate.median_fill(adata, values, real, np.arange(adata.n_obs), hex_geometry, n_rings)
+        completed = np.where(real, values, completed).astype(np.float32)
+        info.update(config=json.dumps({"n_rings": n_rings}))
+    else:
+        cfg_sme, rest = _sme_config(config)
+        _no_extra(rest, method, SmeConfig)
+        completed = sme.sme_fill(adata, values, real, None, cfg_sme, hex_geometry=hex_geometry)
+        info.update(config=json.dumps(asdict(cfg_sme), default=str))
+    adata.layers[key_added] = completed
+    _add_deltas(adata, key_added)
+    info["seconds"] = time.perf_counter() - t0
+    info["missing_completed"] = int((~real).sum())
+    adata.uns["completion"] = info
+    return adata
+
+
+def _sme_config(config: dict) -> tuple[SmeConfig, dict]:
+    names = {f.name for f in fields(SmeConfig)}
+    return SmeConfig(**{k: v for k, v in config.items() if k in names}), {k: v for k, v in config.items() if k not in names}
+
+
+def _no_extra(rest: Mapping, method: str, cls, allowed: tuple = ()) -> None:
+    if rest:
+        valid = sorted(f.name for f in fields(cls)) if cls is not None else list(allowed)
+        raise TypeError(f"complete(method={method!r}) got unknown option(s) {sorted(rest)}; valid: {valid}")
+
+
+def _add_deltas(adata: AnnData, key: str) -> None:
+    from ..preprocess import deltas
+
+    deltas(adata, key, delta_key(key))
+
+
+def save_completed(adata: AnnData, dataset: str):
+    """Write the dataset (with its completed layers) to ``processed/<dataset>/adata.h5ad`` atomically."""
+    from ..preprocess import write_processed
+
+    return write_processed(adata, dataset)
+
+
+def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_result: SpackleResult | None = None,
+                 extra: Mapping[str, Any] | None = None) -> list[dict]:
+    """Rows of the results store (``stage="completion"``) from :func:`evaluate_masking`'s summary."""
+    rows = []
+    for rec in summary.to_dict(orient="records"):
+        method = rec["method"]
+        row = {
+            "stage": "completion", "dataset": dataset, "model": method,
+            "scenario": f"masking_{int(round(100 * rec['masking']))}", "masking": rec["masking"],
+            "split": rec["split"], "seed": seed, "mse": rec["mse"], "mae": rec["mae"],
+            "pcc_gene": rec["pcc_gene"], "pcc_global": rec["pcc_global"], "n_values": rec["n_values"],
+            "wall_time_s": rec["seconds"], "masked_fraction": rec["masked_fraction"],
+        }
+        if method == "spackle" and spackle_result is not None:
+            row.update(learning_rate=spackle_result.learning_rate, n_params=spackle_result.n_params,
+                       train_time_s=spackle_result.wall_time_s, device=spackle_result.device,
+                       iterations=spackle_result.config.iterations,
+                       config_hash=spackle_result.config.train_config(spackle_result.learning_rate).hash("Spackle"),
+                       params=json.dumps(asdict(spackle_result.config), default=str))
+        row.update(dict(extra or {}))
+        rows.append(row)
+    return rows
+
+
+__all__ = [
+    "METHODS", "MASKING_LEVELS", "SmeConfig", "SpackleConfig", "SpackleResult", "complete", "delta_key",
+    "evaluate", "evaluate_masking", "hex_geometry_of", "load_checkpoint", "predictors", "relative_reduction",
+    "results_rows", "save_checkpoint", "save_completed", "sme", "spackle", "train_spackle",
+]
