@@ -13,6 +13,12 @@ fixed-width index tables (``-1`` = no spot) built once per slide from
 gather their window values, pad with ``+inf``, sort each row and read the median from the number
 of real values. The result is bit-identical to the loop (``tests/test_preprocess_median.py``,
 ``benchmarks/bench_curation.py``).
+
+One difference with the authors' package is the graph, not the rule: they build it with
+squidpy's 6 nearest neighbours in pixel space (Visium) or its 8-neighbour grid (legacy ST), we use
+the exact array-coordinate lattice of :mod:`spared_utils.graphs` (6 or 4 neighbours). Inside the
+tissue both are the same hexagonal graph; at the tissue edge a 6-NN graph links spots two rings
+apart. On a 3,600-spot block 98.9% of completed values agree with their ``median_cleaner``.
 """
 
 from __future__ import annotations
@@ -198,7 +204,9 @@ def median_complete_loop(values: np.ndarray, tables: Sequence[np.ndarray]) -> np
     per-entry decision), kept to check :func:`median_complete_array` and to time it in
     ``benchmarks/bench_curation.py``. Slow by design; do not use on real data.
     """
-    values = np.asarray(values, dtype=np.float64) if not np.issubdtype(np.asarray(values).dtype, np.floating) else np.asarray(values)
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float64)
     n_spots, n_genes = values.shape
     windows = [[t[i][t[i] >= 0] for i in range(n_spots)] for t in tables]
     medians = np.zeros((n_spots, len(tables), n_genes))

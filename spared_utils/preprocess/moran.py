@@ -3,7 +3,8 @@
 Moran's I is computed by squidpy (:func:`squidpy.gr.spatial_autocorr`, row-normalised weights)
 on each slide's first-ring neighbour graph from :func:`spared_utils.graphs.adjacency`, from the
 median-completed layer ``d_log1p``. Genes that are constant on a slide have no I there (NaN); the
-average skips them, and genes with no I on any slide rank last.
+average skips them, and genes with no I on any slide rank last. (The authors also run 1,000
+permutations for p-values they do not use; the statistic itself needs none.)
 """
 
 from __future__ import annotations
