@@ -322,3 +322,97 @@ def predicted_vs_true_maps(adata: AnnData, slide: str, rows: np.ndarray, pred: n
     fig.suptitle(f"Slide {slide}: measured (crosses: not measured) vs predicted")
     fig.tight_layout()
     return axes
+
+
+# --------------------------------------------------------------------------------------------
+# Completion (chapter 02, Fig. 3)
+# --------------------------------------------------------------------------------------------
+
+COMPLETION_LABELS = {"median": "median", "spackle": "SpaCKLE", "stlearn": "stLearn (SME)"}
+
+
+def completion_mse_violin(table, by: str = "gene", ax: plt.Axes | None = None,
+                          methods: Sequence[str] = ("spackle", "median", "stlearn")) -> plt.Axes:
+    """Fig. 3a: violin of log10 completion MSE per method.
+
+    ``table`` has columns ``method`` and ``mse``, one row per point: a dataset (the paper's
+    figure, when several were processed) or a gene of one dataset (``by`` names what a point is).
+    """
+    import pandas as pd
+
+    ax = ax or plt.subplots(figsize=(5, 4))[1]
+    data = pd.DataFrame(table)
+    data = data[data["method"].isin(methods) & (data["mse"] > 0)].copy()
+    order = [m for m in methods if m in set(data["method"])]
+    data["log_mse"] = np.log10(data["mse"].astype(float))
+    palette = {m: METHOD_COLOURS.get(m, PALETTE[k]) for k, m in enumerate(order)}
+    sns.violinplot(data=data, x="method", y="log_mse", hue="method", order=order, hue_order=order,
+                   palette=palette, inner=None, cut=0, ax=ax, legend=False)
+    sns.stripplot(data=data, x="method", y="log_mse", order=order, color="0.2", size=3, ax=ax)
+    ax.set_xticks(range(len(order)), [COMPLETION_LABELS.get(m, m) for m in order])
+    ax.set_xlabel("")
+    ax.set_ylabel("log10 MSE of hidden values (log2(TPM + 1)²)")
+    ax.set_title(f"Completion error per method (one point per {by})")
+    return ax
+
+
+def mse_vs_masking(summary, ax: plt.Axes | None = None, methods: Sequence[str] = ("median", "spackle"),
+                   title: str = "Completion error vs synthetic masking") -> plt.Axes:
+    """Fig. 3b: MSE of hidden values against the masking percentage, one line per method.
+
+    ``summary`` is :func:`spared_utils.completion.evaluate_masking`'s table (``masking``,
+    ``method``, ``mse``; several splits are averaged).
+    """
+    ax = ax or plt.subplots(figsize=(5, 4))[1]
+    mean = summary.groupby(["method", "masking"], observed=True)["mse"].mean().reset_index()
+    for k, method in enumerate(m for m in methods if m in set(mean["method"])):
+        part = mean[mean["method"] == method].sort_values("masking")
+        ax.plot(100 * part["masking"], part["mse"], "-o", color=METHOD_COLOURS.get(method, PALETTE[k]),
+                label=COMPLETION_LABELS.get(method, method))
+    ax.set_yscale("log")
+    ax.set_xlabel("synthetic masking (% of each gene's entries hidden)")
+    ax.set_ylabel("MSE of hidden values, log scale")
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return ax
+
+
+def completion_maps(adata: AnnData, runs, gene: str, slide: str,
+                    methods: Sequence[str] = ("median", "spackle"), cmap: str = "viridis") -> np.ndarray:
+    """Fig. 3c: one gene on one slide at increasing masking: ground truth, then each method.
+
+    ``runs`` are :class:`spared_utils.completion.evaluate.MaskingRun` objects (one per level, same
+    split); each panel shows the completed slide (measured values where visible, the method's
+    values where hidden); hidden spots are outlined. One colour scale for the whole figure.
+    """
+    j = adata.var_names.get_loc(gene)
+    on_slide = (adata.obs["slide_id"] == slide).to_numpy()
+    runs = [r for r in runs if on_slide[r.rows].any()]
+    if not runs:
+        raise ValueError(f"no masking run covers slide {slide!r}")
+    cols = ["ground truth", *methods]
+    fig, axes = plt.subplots(len(runs), len(cols), figsize=(3.2 * len(cols), 3.0 * len(runs)), squeeze=False)
+    panels = []
+    for run in runs:
+        sel = on_slide[run.rows]
+        panels.append([run.truth[sel, j]] + [run.completed(m)[sel, j] for m in methods])
+    lo = min(np.percentile(p, 1) for row in panels for p in row)
+    hi = max(np.percentile(p, 99) for row in panels for p in row)
+    for r, run in enumerate(runs):
+        sel = on_slide[run.rows]
+        xy = np.asarray(adata.obsm["spatial"])[run.rows[sel]]
+        hidden = run.hidden[sel, j]
+        for c, (label, vals) in enumerate(zip(cols, panels[r])):
+            ax = axes[r, c]
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=vals, s=8, marker="h", cmap=cmap, vmin=lo, vmax=hi, linewidths=0)
+            if c > 0:
+                ax.scatter(xy[hidden, 0], xy[hidden, 1], s=8, marker="h", facecolors="none",
+                           edgecolors="white", linewidths=0.3)
+            ax.invert_yaxis()
+            ax.set_aspect("equal")
+            ax.set_axis_off()
+            name = COMPLETION_LABELS.get(label, label)
+            ax.set_title(f"{name}, {100 * run.level:.0f}% masked" if c else f"{name} ({100 * run.level:.0f}%)", fontsize=9)
+    fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.6, label=f"{gene}: log2(TPM + 1)")
+    fig.suptitle(f"Slide {slide}, gene {gene}: hidden spots (outlined) completed by each method")
+    return axes
