@@ -196,6 +196,30 @@ def make_large(n_slides: int, n_rows: int, n_cols: int, n_base_genes: int, n_gen
     return widen_genes(base, n_genes)
 
 
+def _status_kib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def _rss_gib() -> float:
+    return _status_kib("VmRSS") / 2**20
+
+
+def _peak_rss_gib() -> float:
+    """Peak resident memory since start or the last :func:`_reset_peak_rss` (Linux VmHWM)."""
+    peak = _status_kib("VmHWM")
+    return (peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 2**20
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not permitted: the peak then includes reading the input
+        pass
+
+
 def run_child(h5ad: Path, n_genes: int, n_patches: int, patch_dir: Path) -> dict:
     """Child process: pipeline on the collection, then patch extraction (timings and peak RSS)."""
     import anndata as ad
@@ -206,17 +230,20 @@ def run_child(h5ad: Path, n_genes: int, n_patches: int, patch_dir: Path) -> dict
     t = time.perf_counter()
     raw = ad.read_h5ad(h5ad)
     t_read = time.perf_counter() - t
-    rss_input = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss_read_peak = _peak_rss_gib()
+    _reset_peak_rss()  # from here on, the peak of the pipeline alone (the input stays resident)
+    rss_input = _rss_gib()
     t = time.perf_counter()
     curated = run_pipeline(raw, None, n_genes=n_genes, combat_key="patient", progress=False)
     t_pipe = time.perf_counter() - t
-    rss_pipe = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss_pipe = _peak_rss_gib()
     steps = curated.uns["preprocessing"]["steps"]
     subset = raw[: min(n_patches, raw.n_obs)]
     t = time.perf_counter()
     extract_patches(subset, patch_dir, progress=False)
     t_patch = time.perf_counter() - t
     return {"read_s": t_read, "pipeline_s": t_pipe, "peak_rss_gib": rss_pipe, "input_rss_gib": rss_input,
+            "read_peak_rss_gib": rss_read_peak,
             "steps": steps[["step", "n_spots", "n_genes", "seconds"]].to_dict("records"),
             "patches": subset.n_obs, "patch_s": t_patch, "patches_per_s": subset.n_obs / t_patch,
             "missing_fraction": curated.uns["preprocessing"]["missing_fraction"]}
@@ -248,8 +275,9 @@ def bench_pipeline(n_slides: int, n_rows: int, n_cols: int, n_base_genes: int, n
     verdict_m = "within" if out["peak_rss_gib"] <= 8 else "OVER"
     print(f"  pipeline total {out['pipeline_s']:.1f} s ({verdict_t} the 5-min goal); reading the input "
           f"{out['read_s']:.1f} s")
-    print(f"  peak RSS {out['peak_rss_gib']:.2f} GiB ({verdict_m} the 8-GiB goal; {out['input_rss_gib']:.2f} GiB "
-          "after reading the input)")
+    print(f"  peak RSS during the pipeline {out['peak_rss_gib']:.2f} GiB ({verdict_m} the 8-GiB goal), of which "
+          f"{out['input_rss_gib']:.2f} GiB is the input collection held by the caller (reading it peaked at "
+          f"{out['read_peak_rss_gib']:.2f} GiB)")
     print(f"  missing values after curation: {out['missing_fraction']:.1%}")
     print(f"  patch extraction: {out['patches']} patches in {out['patch_s']:.1f} s = "
           f"{out['patches_per_s']:.0f} patches/s (224×224, memory-mapped .npy)")
@@ -275,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             size = dict(n_slides=4, n_rows=24, n_cols=48, n_base_genes=300, n_genes=3000, n_keep=32, n_patches=500)
         else:  # 14 slides of ~3,130 spots (vicari_mouse_brain: 43,804 spots on 14 slides)
-            size = dict(n_slides=14, n_rows=70, n_cols=144, n_base_genes=2000, n_genes=20000, n_keep=128,
+            size = dict(n_slides=14, n_rows=70, n_cols=152, n_base_genes=2000, n_genes=20000, n_keep=128,
                         n_patches=8000)
         results["pipeline"] = bench_pipeline(**size)
     if args.json:

@@ -350,3 +350,14 @@ def test_embedding_separates_slides_before_combat():
     adata.layers["d_log1p"] = x
     assert pp.embed(adata, "d_log1p", "pca").shape == (120, 2)
     assert pp.slide_silhouette(adata, "d_log1p") > 0.5
+
+
+def test_pipeline_leaves_its_input_untouched(tiny_adata):
+    raw = tiny_adata.copy()
+    before = raw.layers["counts"].copy()
+    uns_keys = set(raw.uns)
+    out = pp.run_pipeline(raw, Spec(), progress=False)
+    assert (raw.layers["counts"] != before).nnz == 0
+    assert set(raw.uns) == uns_keys and "preprocessing" not in raw.uns
+    assert raw.n_obs == tiny_adata.n_obs and raw.n_vars == tiny_adata.n_vars
+    assert out.uns["spatial"].keys() == raw.uns["spatial"].keys()

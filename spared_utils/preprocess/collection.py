@@ -9,6 +9,43 @@ from anndata import AnnData
 REQUIRED_OBS = ("slide_id", "split", "patient", "array_row", "array_col")
 
 
+def _positions(index, n: int) -> np.ndarray | None:
+    """Integer positions of a boolean mask or index array; ``None`` when it selects everything in order."""
+    if index is None:
+        return None
+    index = np.asarray(index)
+    pos = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64)
+    return None if len(pos) == n and np.array_equal(pos, np.arange(n)) else pos
+
+
+def _slice(matrix, rows: np.ndarray | None, cols: np.ndarray | None):
+    if matrix is None:
+        return None
+    if cols is not None:  # columns first: the row slice then copies only the kept genes
+        matrix = matrix[:, cols]
+    if rows is not None:
+        matrix = matrix[rows]
+    return matrix
+
+
+def subset(adata: AnnData, rows=None, cols=None) -> AnnData:
+    """A new AnnData with the selected spots and genes, sliced without a full copy first.
+
+    ``X``, ``layers`` and ``obsm`` are sliced (matrices that need no slicing are shared, not
+    copied: the pipeline never modifies a matrix in place); ``obs``/``var`` are copied; ``uns``
+    is a new dict holding the same values (images are not duplicated); ``obsp``/``varm`` are
+    dropped. ``AnnData[...].copy()`` would copy every matrix and image whole before slicing.
+    """
+    r = _positions(rows, adata.n_obs)
+    c = _positions(cols, adata.n_vars)
+    obs = adata.obs if r is None else adata.obs.iloc[r]
+    var = adata.var if c is None else adata.var.iloc[c]
+    out = AnnData(X=_slice(adata.X, r, c), obs=obs.copy(), var=var.copy(), uns=dict(adata.uns),
+                  obsm={k: (v if r is None else (v.iloc[r] if hasattr(v, "iloc") else v[r])) for k, v in adata.obsm.items()},
+                  layers={k: _slice(v, r, c) for k, v in adata.layers.items()})
+    return out
+
+
 def counts_matrix(adata: AnnData, layer: str = "counts"):
     """The raw count matrix: ``layers[layer]`` when present, else ``X``."""
     return adata.layers[layer] if layer in adata.layers else adata.X
@@ -76,7 +113,9 @@ def collect(
     -------
     AnnData
         A new object: in-tissue spots only, counts as float32 CSR in ``layers["counts"]``
-        (``X`` is left empty so the counts are held once), categorical ``slide_id``/``split``/``patient``.
+        (``X`` is left empty so the counts are held once; other layers are dropped), categorical
+        ``slide_id``/``split``/``patient``. When every spot is in tissue and the counts are already
+        float32 CSR, the count matrix is shared with ``adata``, not copied.
     """
     missing = [k for k in REQUIRED_OBS if k not in adata.obs]
     if missing:
@@ -89,10 +128,11 @@ def collect(
     keep = np.ones(adata.n_obs, dtype=bool)
     if "in_tissue" in adata.obs:
         keep = adata.obs["in_tissue"].astype(int).to_numpy() == 1
-    out = adata[keep].copy()
-    counts = counts_matrix(out)
-    out.layers["counts"] = sp.csr_matrix(counts, dtype=np.float32)
-    out.X = None  # one copy of the counts only; run_pipeline sets X at the end
+    counts = counts_matrix(adata)
+    if not (sp.isspmatrix_csr(counts) and counts.dtype == np.float32):
+        counts = sp.csr_matrix(counts, dtype=np.float32)
+    bare = AnnData(obs=adata.obs, var=adata.var, uns=adata.uns, obsm=dict(adata.obsm), layers={"counts": counts})
+    out = subset(bare, rows=keep)  # X stays empty: the counts are held once; run_pipeline sets X at the end
     check_counts(out, "counts", slide_key)
     if harmonise and organism is not None:
         from .. import datasets

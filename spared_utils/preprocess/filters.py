@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import graphs
-from .collection import counts_matrix
+from .collection import counts_matrix, subset
 
 
 def _sums(x, axis: int) -> np.ndarray:
@@ -35,24 +35,37 @@ def _expressing(x) -> np.ndarray:
     return (np.asarray(x) != 0).sum(axis=0)
 
 
-def expression_fractions(adata: AnnData, layer: str = "counts", slide_key: str = "slide_id") -> pd.DataFrame:
+def expression_fractions(adata: AnnData, layer: str = "counts", slide_key: str = "slide_id",
+                         spots: np.ndarray | None = None) -> pd.DataFrame:
     """Per gene: fraction of expressing spots on each slide, ``exp_frac`` and ``glob_exp_frac``.
+
+    Parameters
+    ----------
+    spots
+        Optional boolean mask: only these spots count (e.g. those passing the spot filter).
 
     Returns
     -------
     DataFrame
         Index ``var_names``; one column per slide, then ``exp_frac`` (minimum over slides) and
-        ``glob_exp_frac`` (over all spots).
+        ``glob_exp_frac`` (over all counted spots).
     """
     x = counts_matrix(adata, layer)
     if sp.issparse(x):
         x = sp.csr_matrix(x)
-    per_slide = {}
+    per_slide, expressing, n_spots = {}, np.zeros(adata.n_vars), 0
     for slide, idx in graphs.slide_groups(adata, slide_key).items():
-        per_slide[slide] = _expressing(x[idx]) / len(idx)
+        if spots is not None:
+            idx = idx[np.asarray(spots)[idx]]
+        if len(idx) == 0:
+            continue
+        hits = _expressing(x[idx])
+        per_slide[slide] = hits / len(idx)
+        expressing += hits
+        n_spots += len(idx)
     frame = pd.DataFrame(per_slide, index=adata.var_names)
     frame["exp_frac"] = frame.min(axis=1)
-    frame["glob_exp_frac"] = _expressing(x) / adata.n_obs
+    frame["glob_exp_frac"] = expressing / max(n_spots, 1)
     return frame
 
 
@@ -92,15 +105,7 @@ def filter_spots(adata: AnnData, min_counts: float = 10, max_counts: float = 1e6
                  layer: str = "counts") -> AnnData:
     """Keep spots with ``min_counts < total counts < max_counts`` (a new object)."""
     total = _sums(counts_matrix(adata, layer), axis=1)
-    return adata[(total > min_counts) & (total < max_counts)].copy()
-
-
-def check_slides(adata: AnnData, slides, step: str, fix: str, slide_key: str = "slide_id") -> None:
-    """Raise if a slide of ``slides`` has no spot left in ``adata`` after ``step``."""
-    present = set(adata.obs[slide_key].astype(str))
-    for slide in slides:
-        if str(slide) not in present:
-            raise ValueError(f"slide {slide!r} has no spots left after {step}; {fix}")
+    return subset(adata, rows=(total > min_counts) & (total < max_counts))
 
 
 def filter_dataset(
@@ -136,37 +141,47 @@ def filter_dataset(
         A slide loses all its spots, or no gene passes.
     """
     slides = list(dict.fromkeys(adata.obs[slide_key].astype(str)))
-    spot_total = _sums(counts_matrix(adata, layer), axis=1)
-    spot_qc = pd.DataFrame({slide_key: adata.obs[slide_key].astype(str).to_numpy(), "total_counts": spot_total},
-                           index=adata.obs_names)
-    out = adata[(spot_total > cell_min_counts) & (spot_total < cell_max_counts)].copy()
-    check_slides(out, slides, f"the spot filter ({cell_min_counts} < total counts < {cell_max_counts})",
-                 "lower cell_min_counts for this dataset in data/datasets.yml or check the slide's counts",
-                 slide_key)
-    fractions = expression_fractions(out, layer, slide_key)
-    gene_total = _sums(counts_matrix(out, layer), axis=0)
+    slide_of = adata.obs[slide_key].astype(str).to_numpy()
+    x = counts_matrix(adata, layer)
+    spot_total = _sums(x, axis=1)
+    spot_qc = pd.DataFrame({slide_key: slide_of, "total_counts": spot_total}, index=adata.obs_names)
+    spot_ok = (spot_total > cell_min_counts) & (spot_total < cell_max_counts)
+    _check_left(slide_of[spot_ok], slides, f"the spot filter ({cell_min_counts} < total counts < {cell_max_counts})",
+                "lower cell_min_counts for this dataset in data/datasets.yml or check the slide's counts")
+    # Masks first, one slice at the end: the collection is never copied whole.
+    fractions = expression_fractions(adata, layer, slide_key, spots=spot_ok)
+    gene_total = np.asarray(x.T @ spot_ok.astype(np.float64)).ravel()
     passing = (gene_total > gene_min_counts) & (gene_total < gene_max_counts)
     gene_qc = pd.DataFrame({"total_counts": gene_total, "exp_frac": fractions["exp_frac"].to_numpy(),
                             "glob_exp_frac": fractions["glob_exp_frac"].to_numpy(), "passes_counts": passing},
                            index=adata.var_names)
-    out.var["exp_frac"] = gene_qc["exp_frac"].to_numpy()
-    out.var["glob_exp_frac"] = gene_qc["glob_exp_frac"].to_numpy()
-    out.var["total_counts"] = gene_total
     if not passing.any():
         raise ValueError(
             f"no gene has {gene_min_counts} < total counts < {gene_max_counts}; check the counts "
             "or lower gene_min_counts in data/datasets.yml"
         )
-    out = out[:, passing].copy()
-    keep = real_data_genes(out.var["exp_frac"], out.var["glob_exp_frac"], real_data_percentage)
-    out = out[:, keep].copy()
-    total = _sums(counts_matrix(out, layer), axis=1)
-    out = out[total > 0].copy()
-    check_slides(out, slides, "dropping spots with zero counts in the kept genes",
-                 "lower real_data_percentage or gene_min_counts for this dataset", slide_key)
-    out.obs["total_counts"] = _sums(counts_matrix(out, layer), axis=1)
+    genes = np.flatnonzero(passing)
+    genes = genes[real_data_genes(gene_qc["exp_frac"].to_numpy()[genes], gene_qc["glob_exp_frac"].to_numpy()[genes],
+                                  real_data_percentage)]
+    gene_ind = np.zeros(adata.n_vars)
+    gene_ind[genes] = 1.0
+    kept_total = np.asarray(x @ gene_ind).ravel()
+    spots = spot_ok & (kept_total > 0)
+    _check_left(slide_of[spots], slides, "dropping spots with zero counts in the kept genes",
+                "lower real_data_percentage or gene_min_counts for this dataset")
+    out = subset(adata, rows=spots, cols=genes)
+    for key in ("exp_frac", "glob_exp_frac", "total_counts"):
+        out.var[key] = gene_qc[key].to_numpy()[genes]
+    out.obs["total_counts"] = kept_total[spots]
     if not return_qc:
         return out
-    spot_qc["kept"] = spot_qc.index.isin(out.obs_names)
+    spot_qc["kept"] = spots
     gene_qc["kept"] = gene_qc.index.isin(out.var_names)
     return out, spot_qc, gene_qc
+
+
+def _check_left(slides_left: np.ndarray, slides, step: str, fix: str) -> None:
+    present = set(slides_left)
+    for slide in slides:
+        if slide not in present:
+            raise ValueError(f"slide {slide!r} has no spots left after {step}; {fix}")

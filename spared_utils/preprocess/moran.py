@@ -18,6 +18,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .. import graphs
+from .collection import subset
 
 
 def moran_i(adata: AnnData, layer: str = "d_log1p", hex_geometry: bool = True,
@@ -68,7 +69,7 @@ def select_top_moran(adata: AnnData, n_genes: int, layer: str = "d_log1p", hex_g
     table = moran_i(adata, layer, hex_geometry, slide_key, progress)
     mean = table.mean(axis=1, skipna=True)
     order = np.argsort(-mean.fillna(-np.inf).to_numpy(), kind="stable")[:n_genes]
-    out = adata[:, order].copy()
+    out = subset(adata, cols=order)
     out.var[f"{layer}_moran"] = mean.to_numpy()[order]
     out.uns["moran_per_slide"] = table.assign(mean=mean)
     return out

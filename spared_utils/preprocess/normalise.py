@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import paths
-from .collection import counts_matrix
+from .collection import counts_matrix, subset
 
 GENE_LENGTH_FILES = {
     "human": "gene_length_human_gencode_v43.tsv.gz",
@@ -90,13 +90,22 @@ def tpm(adata: AnnData, layer: str = "counts", key_added: str = "tpm", organism:
             f"none of the {adata.n_vars} genes has a gene length (e.g. {list(adata.var_names[:3])}); "
             "are var_names Ensembl ids of the dataset's organism?"
         )
-    out = adata[:, has_length].copy()
+    out = subset(adata, cols=has_length)
     out.var["gene_length"] = lengths.to_numpy()[has_length]
-    x = sp.csr_matrix(counts_matrix(out, layer), dtype=np.float64)
-    per_bp = x @ sp.diags(1.0 / out.var["gene_length"].to_numpy())
-    total = np.asarray(per_bp.sum(axis=1)).ravel()
-    scale = np.divide(1e6, total, out=np.zeros_like(total), where=total > 0)
-    out.layers[key_added] = sp.csr_matrix(sp.diags(scale) @ per_bp, dtype=np.float32)
+    x = sp.csr_matrix(counts_matrix(out, layer), dtype=np.float32, copy=True)
+    # in place on one float32 copy: divide by length, then rescale each spot to 1e6
+    x.data /= out.var["gene_length"].to_numpy(np.float32)[x.indices]
+    total = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
+    scale = np.divide(1e6, total, out=np.zeros_like(total), where=total > 0).astype(np.float32)
+    x.data *= np.repeat(scale, np.diff(x.indptr))
+    out.layers[key_added] = x
+    return out
+
+
+def _log2_1p(values: np.ndarray) -> np.ndarray:
+    """log2(1 + x) in float32, accurate for small x (via log1p)."""
+    out = np.log1p(values, dtype=np.float32)
+    out /= np.float32(np.log(2.0))
     return out
 
 
@@ -105,8 +114,8 @@ def log1p(adata: AnnData, layer: str = "tpm", key_added: str = "log1p") -> AnnDa
     x = adata.layers[layer]
     if sp.issparse(x):
         y = sp.csr_matrix(x, dtype=np.float32, copy=True)
-        y.data = np.log2(y.data.astype(np.float64) + 1).astype(np.float32)
+        y.data = _log2_1p(y.data)
     else:
-        y = np.log2(np.asarray(x, dtype=np.float64) + 1).astype(np.float32)
+        y = _log2_1p(np.asarray(x, dtype=np.float32))
     adata.layers[key_added] = y
     return adata
