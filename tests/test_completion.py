@@ -124,6 +124,21 @@ def test_model_width_and_parameter_count():
     assert authors.d_model == 32
 
 
+def test_gene_scaling_is_a_reparametrisation_of_the_adapters():
+    torch.manual_seed(0)
+    cfg = S.SpackleConfig(d_model=16, dim_feedforward=32, iterations=1, dropout=0.0)
+    s_in, s_out = torch.tensor([2.0, 10.0, 0.5]), torch.tensor([3.0, 1.0, 4.0])
+    scaled = S.Spackle(3, 4, cfg, gene_scale=s_in, out_scale=s_out).eval()
+    plain = S.Spackle(3, 4, cfg).eval()
+    plain.load_state_dict({k: v for k, v in scaled.state_dict().items() if "scale" not in k}, strict=False)
+    with torch.no_grad():
+        plain.adapter_in.weight.copy_(scaled.adapter_in.weight / s_in)
+        plain.adapter_out.weight.copy_(scaled.adapter_out.weight * s_out[:, None])
+        plain.adapter_out.bias.copy_(scaled.adapter_out.bias * s_out)
+        x = torch.randn(2, 4, 3)
+        torch.testing.assert_close(scaled(x), plain(x))
+
+
 def test_knn_neighbourhood_stays_on_its_slide(data):
     index = S.knn_index(data, k=18)
     slides = data.obs["slide_id"].to_numpy()
@@ -169,7 +184,12 @@ def test_complete_spackle_fills_missing_and_keeps_real(data):
 def test_checkpoint_roundtrip_and_gene_mismatch(data, tmp_path):
     res = S.train_spackle(data, config=S.SpackleConfig(**FAST, device="cpu", checkpoint_dir=str(tmp_path / "ck")))
     assert res.checkpoint is not None and res.checkpoint.is_file()
-    assert (tmp_path / "ck" / f"lr_{FAST['learning_rate']:g}" / "best.pt").is_file()
+    assert len(list((tmp_path / "ck").glob(f"*_lr_{FAST['learning_rate']:g}/best.pt"))) == 1
+    again = S.train_spackle(data, config=S.SpackleConfig(**FAST, device="cpu", checkpoint_dir=str(tmp_path / "ck")))
+    assert again.best_val == res.best_val  # resumed from the finished run
+    S.train_spackle(data, config=S.SpackleConfig(**FAST, device="cpu", loss_on="hidden",
+                                                 checkpoint_dir=str(tmp_path / "ck")))
+    assert len(list((tmp_path / "ck").glob("*_lr_*"))) == 2  # another configuration, another run
     a = data.copy()
     completion.complete(a, method="spackle", checkpoint=res.checkpoint, device="cpu")
     np.testing.assert_allclose(a.layers["c_t_log1p"], S.complete_with(res, data), rtol=1e-6)

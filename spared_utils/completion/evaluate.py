@@ -41,10 +41,20 @@ METHODS: tuple[str, ...] = ("median", "spackle", "stlearn")
 
 def evaluation_spots(adata: AnnData, splits: Sequence[str] = ("val", "test"),
                      split_key: str = "split") -> dict[str, np.ndarray]:
-    """Spots of each evaluation split present; ``{"train": ...}`` when none of ``splits`` exists."""
+    """Spots of each requested split that exists.
+
+    When none exists, the first present of test, val, train is used (a dataset with a single
+    training slide is then evaluated in-sample, on masks it never saw; the split is named in
+    every result).
+    """
     spots = S.split_spots(adata, split_key)
     chosen = {s: spots[s] for s in splits if s in spots}
-    return chosen or {"train": spots.get("train", np.arange(adata.n_obs))}
+    if chosen:
+        return chosen
+    for name in ("test", "val", "train"):
+        if name in spots:
+            return {name: spots[name]}
+    return {"train": np.arange(adata.n_obs)}
 
 
 def slides_of(adata: AnnData, rows: np.ndarray, slide_key: str = "slide_id") -> dict[str, np.ndarray]:

@@ -79,6 +79,7 @@ class SpackleConfig:
     dim_feedforward: int = 2048  #: PyTorch default
     dropout: float = 0.1  #: PyTorch default
     positional_encoding: bool = False  #: neither the paper nor the authors use one
+    gene_scaling: bool = True  #: adapters see x / gene mean (same function class; see Spackle)
     init_output_bias: str = "mean"  #: output adapter bias starts at the genes' training means ("default": PyTorch's)
     attention: str = "neighbourhood"  #: ``"batch"`` = the authors' batch_first=False defect
     # --- neighbourhood ---------------------------------------------------------------------
@@ -151,7 +152,8 @@ class Spackle(nn.Module):
     genes)``.
     """
 
-    def __init__(self, n_genes: int, n_tokens: int, config: SpackleConfig | None = None):
+    def __init__(self, n_genes: int, n_tokens: int, config: SpackleConfig | None = None,
+                 gene_scale: torch.Tensor | None = None, out_scale: torch.Tensor | None = None):
         super().__init__()
         cfg = config or SpackleConfig()
         d = cfg.d_model or n_genes
@@ -165,9 +167,17 @@ class Spackle(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.adapter_out = nn.Linear(d, n_genes)
         self.position = nn.Parameter(torch.zeros(n_tokens, d)) if cfg.positional_encoding else None
+        # Per-gene scales: the input adapter reads x / gene_scale (the gene's mean, so values are
+        # near 1 instead of log2(TPM + 1) ≈ 10–20 and masked entries stay exactly 0) and the output
+        # adapter writes out_scale · y (the gene's standard deviation). Composed with the linear
+        # adapters these are again linear maps g → d → g: the model is the paper's, the scales only
+        # precondition training.
+        ones = torch.ones(n_genes)
+        self.register_buffer("gene_scale", ones.clone() if gene_scale is None else torch.as_tensor(gene_scale).float().clone())
+        self.register_buffer("out_scale", ones.clone() if out_scale is None else torch.as_tensor(out_scale).float().clone())
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.adapter_in(x)
+        h = self.adapter_in(x / self.gene_scale)
         if self.position is not None:
             h = h + self.position[: h.shape[1]]
         if self.within_neighbourhood:
@@ -175,7 +185,7 @@ class Spackle(nn.Module):
         else:
             # The authors' layout: a (batch, tokens, d) tensor read as (sequence, batch, d).
             h = self.encoder(h)
-        return self.adapter_out(h)
+        return self.adapter_out(h) * self.out_scale
 
 
 def n_parameters(model: nn.Module) -> int:
@@ -496,21 +506,25 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
 
     genes = [str(g) for g in adata.var_names]
     n_tokens = index.shape[1] + 1
+    run_tag = config_tag(cfg, values, real, index)
     runs: dict[float, tuple[Spackle, training.TrainResult]] = {}
 
-    gene_means = torch.as_tensor(values[spots["train"]].mean(axis=0))
+    gene_means = torch.as_tensor(values[spots["train"]].mean(axis=0), dtype=torch.float32)
+    scales = gene_scales(values[spots["train"]]) if cfg.gene_scaling else (None, None)
 
     def run(lr: float) -> training.TrainResult:
         training.seed_everything(cfg.seed)
-        model = Spackle(len(genes), n_tokens, cfg)
+        model = Spackle(len(genes), n_tokens, cfg, gene_scale=scales[0], out_scale=scales[1])
         if cfg.init_output_bias == "mean":
             # Starts the output at each gene's mean, so training learns deviations from it
             # instead of first climbing from 0 to the scale of log2(TPM + 1) (~10-20).
             with torch.no_grad():
-                model.adapter_out.bias.copy_(gene_means)
+                model.adapter_out.bias.copy_(gene_means / model.out_scale)
         ckpt = None
         if cfg.checkpoint_dir:
-            ckpt = str(Path(cfg.checkpoint_dir) / f"lr_{lr:g}")
+            # One folder per (configuration, data, learning rate): fit() resumes from it, so a
+            # rerun with identical settings reuses the finished run and anything else starts anew.
+            ckpt = str(Path(cfg.checkpoint_dir) / f"{run_tag}_lr_{lr:g}")
         sampler = CentreSampler(spots["train"], cfg.batch_size, cfg.seed)
         res = training.fit(model, sampler, loss_fn, validate, cfg.train_config(lr, ckpt))
         runs[lr] = (model, res)
@@ -533,8 +547,28 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
                "train_wall_time_s": res.wall_time_s},
     )
     if cfg.checkpoint_dir:
-        result.checkpoint = save_checkpoint(result, Path(cfg.checkpoint_dir) / "spackle.pt")
+        result.checkpoint = save_checkpoint(result, Path(cfg.checkpoint_dir) / f"spackle_{run_tag}.pt")
     return result
+
+
+def config_tag(config: SpackleConfig, values: np.ndarray, real: np.ndarray, index: np.ndarray) -> str:
+    """Short hash of everything that determines a training run except the learning rate."""
+    import hashlib
+
+    keep = {k: v for k, v in asdict(config).items()
+            if k not in ("progress", "checkpoint_dir", "device", "learning_rate", "lr_grid", "predict_batch")}
+    h = hashlib.sha1(repr(sorted(keep.items())).encode())
+    for arr in (values, real, index):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:10]
+
+
+def gene_scales(values: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-gene input and output scales: mean absolute value and standard deviation (1 if ~0)."""
+    v = np.asarray(values, dtype=np.float64)
+    m, sd = np.abs(v).mean(axis=0), v.std(axis=0)
+    return (torch.as_tensor(np.where(m > 1e-6, m, 1.0), dtype=torch.float32),
+            torch.as_tensor(np.where(sd > 1e-6, sd, 1.0), dtype=torch.float32))
 
 
 def _hex_geometry(adata: AnnData, hex_geometry: bool | None) -> bool:
@@ -647,6 +681,6 @@ def predict_hidden(result: SpackleResult, adata: AnnData, hidden: np.ndarray, ro
 __all__: Sequence[str] = (
     "SpackleConfig", "Spackle", "SpackleResult", "Neighbourhoods", "CentreSampler", "train_spackle",
     "complete_with", "predict_hidden", "save_checkpoint", "load_checkpoint", "check_input", "check_genes",
-    "neighbourhoods", "knn_index", "gather", "training_mask", "mask_probabilities", "synthetic_hidden", "split_spots",
+    "neighbourhoods", "knn_index", "gather", "training_mask", "config_tag", "mask_probabilities", "synthetic_hidden", "split_spots",
     "n_parameters",
 )
