@@ -24,8 +24,7 @@ def spec_fingerprint(spec) -> str:
     """The registry's fingerprint of a spec's curation parameters (what ``datasets.load`` checks)."""
     from .. import datasets
 
-    fingerprint = getattr(datasets, "spec_fingerprint", None) or getattr(datasets, "_spec_fingerprint")
-    return fingerprint(spec)
+    return datasets.spec_fingerprint(spec)
 
 
 def write_processed(adata: AnnData, dataset: str, drop_fullres: bool = True, spec=None) -> Path:
