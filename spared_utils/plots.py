@@ -352,7 +352,7 @@ def completion_mse_violin(table, by: str = "gene", ax: plt.Axes | None = None,
     ax.set_xticks(range(len(order)), [COMPLETION_LABELS.get(m, m) for m in order])
     ax.set_xlabel("")
     ax.set_ylabel("log10 MSE of hidden values (log2(TPM + 1)²)")
-    ax.set_title(f"Completion error per method (one point per {by})")
+    ax.set_title(f"Completion error per method, one point per {by}")
     return ax
 
 
@@ -398,21 +398,38 @@ def completion_maps(adata: AnnData, runs, gene: str, slide: str,
         panels.append([run.truth[sel, j]] + [run.completed(m)[sel, j] for m in methods])
     lo = min(np.percentile(p, 1) for row in panels for p in row)
     hi = max(np.percentile(p, 99) for row in panels for p in row)
+    xy_slide = np.asarray(adata.obsm["spatial"])[on_slide]
     for r, run in enumerate(runs):
         sel = on_slide[run.rows]
         xy = np.asarray(adata.obsm["spatial"])[run.rows[sel]]
         hidden = run.hidden[sel, j]
         for c, (label, vals) in enumerate(zip(cols, panels[r])):
             ax = axes[r, c]
-            sc = ax.scatter(xy[:, 0], xy[:, 1], c=vals, s=8, marker="h", cmap=cmap, vmin=lo, vmax=hi, linewidths=0)
-            if c > 0:
-                ax.scatter(xy[hidden, 0], xy[hidden, 1], s=8, marker="h", facecolors="none",
-                           edgecolors="white", linewidths=0.3)
-            ax.invert_yaxis()
             ax.set_aspect("equal")
+            ax.set_xlim(xy_slide[:, 0].min() - 50, xy_slide[:, 0].max() + 50)
+            ax.set_ylim(xy_slide[:, 1].max() + 50, xy_slide[:, 1].min() - 50)
+            size = _touching_hex_size(ax, xy_slide)
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=vals, s=size, marker="h", cmap=cmap, vmin=lo, vmax=hi, linewidths=0)
+            if c > 0:
+                ax.scatter(xy[hidden, 0], xy[hidden, 1], s=size, marker="h", facecolors="none",
+                           edgecolors="black", linewidths=0.4)
             ax.set_axis_off()
             name = COMPLETION_LABELS.get(label, label)
             ax.set_title(f"{name}, {100 * run.level:.0f}% masked" if c else f"{name} ({100 * run.level:.0f}%)", fontsize=9)
     fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.6, label=f"{gene}: log2(TPM + 1)")
-    fig.suptitle(f"Slide {slide}, gene {gene}: hidden spots (outlined) completed by each method")
+    fig.suptitle(f"Slide {slide}, gene {gene}: hidden spots (outlined in black) completed by each method")
     return axes
+
+
+def _touching_hex_size(ax: plt.Axes, xy: np.ndarray) -> float:
+    """Marker area (points²) of hexagons that touch their neighbours on ``ax`` (after limits are set)."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 2:
+        return 20.0
+    step = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]))
+    ax.figure.canvas.draw_idle()
+    width_pt = ax.get_window_extent().width * 72 / ax.figure.dpi
+    span = abs(np.diff(ax.get_xlim())[0])
+    return float((step / span * width_pt * 1.1) ** 2)
+
