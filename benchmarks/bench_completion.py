@@ -75,7 +75,7 @@ def spackle_config(quick: bool, iterations: int | None, lr_grid, seed: int, devi
     from spared_utils.completion import SpackleConfig
 
     if quick:
-        return SpackleConfig(iterations=iterations or 60, learning_rate=3e-3, dim_feedforward=512, eval_every=20,
+        return SpackleConfig(iterations=iterations or 80, learning_rate=3e-3, dim_feedforward=512, eval_every=20,
                              val_max_spots=512, seed=seed, device=device, progress=False)
     grid = tuple(lr_grid) if lr_grid and len(lr_grid) > 1 else None
     return SpackleConfig(iterations=iterations or 500, learning_rate=lr_grid[0] if lr_grid else 1e-3,
@@ -226,7 +226,6 @@ SPARED_CHILD = textwrap.dedent("""
     import spared.spackle.main as M
     from spared.spackle.utils import get_args_dict
     from spared.spackle.model import GeneImputationModel
-    from spared.spackle.dataset import ImputationDataset
 
     _Trainer = M.Trainer
     def cpu_trainer(*a, **k):  # the package hard-codes accelerator='gpu'
@@ -234,6 +233,17 @@ SPARED_CHILD = textwrap.dedent("""
                  logger=False)
         return _Trainer(*a, **k)
     M.Trainer = cpu_trainer
+
+    import squidpy as sq
+    Dataset = M.ImputationDataset
+    def get_adjacency(self, num_neighs=6):
+        # The package reads column idx of squidpy's kNN matrix; squidpy 1.8 keeps each spot's k
+        # nearest spots in its *row* (columns hold a varying number of in-neighbours, which the
+        # DataLoader cannot stack). Transposed, column idx is idx's 18 nearest spots, as the
+        # package's docstring intends. Still the dense spots x spots matrix of the original.
+        sq.gr.spatial_neighbors(self.adata, coord_type="generic", n_neighs=num_neighs)
+        self.adj_mat = torch.tensor(self.adata.obsp["spatial_connectivities"].T.todense())
+    Dataset.get_adjacency = get_adjacency
 
     adata = ad.read_h5ad(args["h5ad"])
     cfg = get_args_dict(None)
@@ -255,7 +265,7 @@ SPARED_CHILD = textwrap.dedent("""
         hidden = masks[key]
         sub.layers["masked_expression_matrix"] = np.where(hidden, 0, values).astype(np.float32)
         sub.layers["random_mask"] = hidden
-        data = ImputationDataset(sub, cfg, "test", "c_d_log1p", pre_masked=True)
+        data = Dataset(sub, cfg, "test", "c_d_log1p", pre_masked=True)
         loader = DataLoader(data, batch_size=cfg["batch_size"], shuffle=False, drop_last=False)
         preds = []
         with torch.no_grad():
@@ -422,7 +432,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="(a) on the embedded dataset with a small budget")
     parser.add_argument("--only", default="a,b,c,d,e", help="sections to run, e.g. 'a,c'")
-    parser.add_argument("--iterations", type=int, default=None, help="SpaCKLE budget (quick 60, full 500)")
+    parser.add_argument("--iterations", type=int, default=None, help="SpaCKLE budget (quick 80, full 500)")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=[1e-3, 3e-3])
     parser.add_argument("--authors-iterations", type=int, default=None, help="budget of (c) (default: --iterations)")
     parser.add_argument("--seed", type=int, default=0)

@@ -79,7 +79,7 @@ class SpackleConfig:
     dim_feedforward: int = 2048  #: PyTorch default
     dropout: float = 0.1  #: PyTorch default
     positional_encoding: bool = False  #: neither the paper nor the authors use one
-    gene_scaling: bool = True  #: adapters see x / gene mean (same function class; see Spackle)
+    gene_scaling: bool = False  #: adapters see x / gene mean, write std · y (same function class; trained worse here)
     init_output_bias: str = "mean"  #: output adapter bias starts at the genes' training means ("default": PyTorch's)
     attention: str = "neighbourhood"  #: ``"batch"`` = the authors' batch_first=False defect
     # --- neighbourhood ---------------------------------------------------------------------
