@@ -25,8 +25,14 @@ Documented alternatives (:class:`SpackleConfig` fields), after SPEC §2 "How the
 differs": ``d_model=None`` (width = number of genes), ``neighbourhood="knn"`` (18 nearest spots
 by Euclidean distance), ``masking="per_gene"`` (probability ``ρ / fraction of real values of
 the gene``, capped at 1), ``attention="batch"`` (the authors' ``batch_first=False`` encoder fed
-``(batch, tokens, genes)``, which attends across the batch's spots), plus two of ours:
-``positional_encoding`` (a learned embedding per neighbourhood slot) and ``loss_on="hidden"``.
+``(batch, tokens, genes)``, which attends across the batch's spots), plus ablations of ours:
+``positional_encoding`` (a learned embedding per neighbourhood slot), ``loss_on="hidden"``,
+``missing_in_training="zero"`` (median-completed entries hidden from the input and the loss) and
+``gene_scaling`` (per-gene input/output scales around the adapters, the same function class).
+
+One choice of ours is on by default: ``init_output_bias="mean"`` starts the output adapter's bias
+at each gene's training mean (PyTorch initialises it near 0). Values of log2(TPM + 1) are about
+10–20, and from a zero start the first hundreds of steps only learn that offset.
 
 Training goes through :func:`spared_utils.training.fit` (budget, Adam, validation every
 ``eval_every`` iterations, best-validation checkpoint, mixed precision on CUDA, progress bar).
