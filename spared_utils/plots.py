@@ -433,3 +433,16 @@ def _touching_hex_size(ax: plt.Axes, xy: np.ndarray) -> float:
     span = abs(np.diff(ax.get_xlim())[0])
     return float((step / span * width_pt * 1.1) ** 2)
 
+
+def patch_symmetries(image: np.ndarray, title: str = "The 8 symmetries of a patch") -> plt.Figure:
+    """A patch (H, W, 3) under the 4 rotations (columns), without and with a mirror (rows)."""
+    fig, axes = plt.subplots(2, 4, figsize=(9, 4.8))
+    for r, base in enumerate((image, image[:, ::-1])):
+        for k in range(4):
+            ax = axes[r, k]
+            ax.imshow(np.rot90(base, k))
+            ax.set_title(f"{'mirrored, ' if r else ''}rotated {90 * k}°", fontsize=9)
+            ax.set_axis_off()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -610,28 +610,46 @@ def load_dataset(dataset: str, seed: int = 0) -> tuple[AnnData, Any]:
     try:
         store = patches.PatchStore(store_path)
         store.positions(adata.obs_names)
+        return adata, store
     except (FileNotFoundError, KeyError):
-        try:
-            patches.extract_patches(adata, store_path)
-        except KeyError as err:
-            raise FileNotFoundError(
-                f"no patch store at {store_path} and no full-resolution image in the curated AnnData to cut one "
-                f"from ({err}); run the curation chapter (01) for dataset {dataset!r} first"
-            ) from err
-        store = patches.PatchStore(store_path)
-    return adata, store
+        pass
+    source = adata
+    if not _has_fullres(adata):  # the cached curated file drops full-resolution images: read them again
+        raw = datasets.load(dataset, processed=False, load_fullres=True)
+        missing = adata.obs_names.difference(raw.obs_names)
+        if len(missing):
+            raise KeyError(f"{len(missing)} curated spot(s) of {dataset!r} are not in its raw collection "
+                           f"(e.g. {list(missing[:3])}); re-curate with datasets.load({dataset!r}, force=True)")
+        source = raw[adata.obs_names]
+    patches.extract_patches(source, store_path)
+    return adata, patches.PatchStore(store_path)
 
 
-def ensure_completed(adata: AnnData, **options) -> AnnData:
-    """Add SpaCKLE's ``c_t_log1p`` layer if the dataset does not carry it yet."""
+def _has_fullres(adata: AnnData) -> bool:
+    libs = adata.uns.get("spatial", {}).values()
+    return bool(libs) and all("fullres" in lib.get("images", {}) or (lib.get("metadata") or {}).get("fullres_path")
+                              for lib in libs)
+
+
+def ensure_completed(adata: AnnData, dataset: str | None = None, iterations: int = 200, seed: int = 0,
+                     device: str = "auto", progress: bool = True, save: bool = True) -> AnnData:
+    """Add SpaCKLE's ``c_t_log1p`` layer if the dataset does not carry it yet.
+
+    The completion chapter (02) normally writes it into the processed dataset. When it is missing,
+    SpaCKLE is trained here for ``iterations`` steps (the paper: 10,000) with the completion
+    chapter's CPU settings, and the processed dataset is saved with the layer (``save``) so that
+    the other predictor chapters reuse it.
+    """
     if TARGET_LAYERS["completed"] in adata.layers:
         return adata
     from . import completion
 
-    out = completion.complete(adata, method="spackle", layer=TRUTH_LAYER, **options)
-    adata = out if isinstance(out, AnnData) else adata
+    completion.complete(adata, method="spackle", layer=TRUTH_LAYER, iterations=int(iterations), seed=seed,
+                        device=device, progress=progress, learning_rate=3e-3, dim_feedforward=512)
     if TARGET_LAYERS["completed"] not in adata.layers:
         raise KeyError("completion.complete did not add layer 'c_t_log1p'")
+    if save and dataset is not None:
+        completion.save_completed(adata, dataset)
     return adata
 
 
@@ -662,6 +680,12 @@ class ChapterRun:
     @property
     def histories(self) -> dict[str, pd.DataFrame]:
         return {s: r.history for s, r in self.runs.items()}
+
+    @property
+    def baseline_val_loss(self) -> float:
+        """Validation MSE of the trivial predictor on the spots used during training (raw scenario if run)."""
+        run = self.runs["raw"] if "raw" in self.runs else next(iter(self.runs.values()))
+        return run.baseline_val_loss
 
     @property
     def eval_split(self) -> str:
@@ -712,6 +736,7 @@ def run_chapter(
     out_dir: str | os.PathLike | None = "results",
     adata: AnnData | None = None,
     store=None,
+    completion_iterations: int = 200,
     **costs,
 ) -> ChapterRun:
     """Everything a predictor chapter computes, in one call.
@@ -723,14 +748,19 @@ def run_chapter(
     results rows (plus the trivial predictor's, stage ``predict_baseline``).
 
     ``**costs`` are fields of :class:`PredictorConfig` (``iterations``, ``batch_size``,
-    ``eval_every``, ``val_spots``, ``eval_spots``, ``seed``, ``device``, ``pretrained``, ...).
+    ``eval_every``, ``val_spots``, ``eval_spots``, ``seed``, ``device``, ``pretrained``, ...);
+    ``completion_iterations`` is SpaCKLE's budget if the dataset has no ``c_t_log1p`` yet
+    (see :func:`ensure_completed`).
     """
     t0 = time.perf_counter()
     scenarios = parse_scenarios(scenario)
-    if adata is None or store is None:
+    loaded = adata is None or store is None
+    if loaded:
         adata, store = load_dataset(dataset)
-    if "completed" in scenarios:
-        adata = ensure_completed(adata)
+    if "completed" in scenarios:  # a completed layer made here is saved only into a dataset loaded here
+        adata = ensure_completed(adata, dataset=dataset if loaded else None, iterations=completion_iterations,
+                                 seed=costs.get("seed", 0), device=costs.get("device", "auto"),
+                                 progress=costs.get("progress", True))
     base = PredictorConfig(model=model, scenario="raw", learning_rate=learning_rate or 1e-3, **costs)
     data = {s: prediction_data(adata, store, s) for s in scenarios}
 
@@ -754,3 +784,33 @@ def run_chapter(
     return ChapterRun(dataset=dataset, model=model, config=replace(base, learning_rate=float(learning_rate)),
                       adata=adata, data=data, runs=runs, baseline=baseline, lr_table=lr_table,
                       learning_rate=float(learning_rate), seconds=time.perf_counter() - t0)
+
+
+def summary_lines(chapter: ChapterRun) -> list[str]:
+    """The numbers of a chapter's "What we saw", as markdown bullet lines."""
+    cfg, split = chapter.config, chapter.eval_split
+    name = models.display_name(chapter.model)
+    first = next(iter(chapter.runs.values()))
+    lines = [
+        f"- **{name}**: {first.n_params:,} trainable parameters; {cfg.iterations} iterations × batch "
+        f"{cfg.batch_size} at learning rate {chapter.learning_rate:g} per scenario, on `{first.train.device}` "
+        f"({chapter.seconds:.0f} s for the whole chapter)."
+    ]
+    base = chapter.baseline.set_index("split")
+    for scenario, run in chapter.runs.items():
+        m = run.metrics.set_index("split")
+        parts = [f"{s} MSE {m.loc[s, 'mse']:.3f} (training mean {base.loc[s, 'mse']:.3f}), "
+                 f"PCC-Gene {m.loc[s, 'pcc_gene']:.3f}" for s in m.index if s in base.index]
+        lines.append(f"- **{scenario}** data: " + "; ".join(parts)
+                     + f"; best validation MSE at iteration {run.train.best_iteration}.")
+    if {"raw", "completed"} <= set(chapter.runs):
+        raw = chapter.runs["raw"].metrics.set_index("split").loc[split]
+        done = chapter.runs["completed"].metrics.set_index("split").loc[split]
+        lines.append(f"- Training on completed instead of raw data changed {split} MSE by {done['mse'] - raw['mse']:+.3f} "
+                     f"and PCC-Gene by {done['pcc_gene'] - raw['pcc_gene']:+.3f} (both scored on real values only).")
+    scenario = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
+    table = chapter.runs[scenario].gene_tables[split].set_index("gene")
+    best, worst = chapter.best_and_worst_genes(scenario, split)
+    lines.append(f"- Per gene ({scenario}, {split}): best {best} (PCC {table.loc[best, 'pcc']:.2f}), "
+                 f"worst {worst} (PCC {table.loc[worst, 'pcc']:.2f}).")
+    return lines

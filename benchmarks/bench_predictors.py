@@ -1,0 +1,242 @@
+"""Benchmark of the patch-encoder predictors (ShuffleNet, ViT-B, ViT-B+Δ, STNet).
+
+Prints three tables:
+
+1. **Trainable parameters** of every predictor (at the dataset's gene count and at 128 genes),
+   next to the paper's ordering (Fig 4b: ShuffleNet fewest) and the estimates of
+   ``predictors.md``.
+2. **Throughput** on this machine: loader-only samples/s (patch store → augmented uint8
+   batches, with 0 and ``--workers`` worker processes) against model-step samples/s
+   (forward + backward + Adam on one batch) and evaluation samples/s (STNet: 8 views).
+3. **Quality** on the embedded dataset: each predictor trained on raw and on completed data;
+   validation MSE against the trivial predictor (training mean), and completed − raw.
+
+Usage::
+
+    python benchmarks/bench_predictors.py [--dataset synthetic] [--models shufflenet stnet]
+        [--quick] [--json out.json] [--threads 2]
+
+Everything runs in a temporary results folder unless ``--out-dir`` is given; the curated dataset
+is read from (or written to) the usual processed folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spared_utils import models, predict  # noqa: E402
+from spared_utils.training import resolve_device, seed_everything  # noqa: E402
+
+#: Estimates of predictors.md (from layer sizes, G = 128) and the paper's rank by trainable parameters
+#: among these four (1 = fewest; Fig 4b: ShuffleNet fewest, the ViT-B baselines most of these four).
+PAPER = {
+    "shufflenet": {"paper_estimate": "~0.5 M", "paper_rank": 1},
+    "stnet": {"paper_estimate": "~7 M", "paper_rank": 2},
+    "vit_b": {"paper_estimate": "~86 M", "paper_rank": 3},
+    "vit_b_delta": {"paper_estimate": "~86 M", "paper_rank": 3},
+}
+
+#: Per-model training budget for the quality table on a CPU (iterations, batch size, lr).
+CPU_BUDGET = {
+    "shufflenet": {"iterations": 100, "batch_size": 16, "learning_rate": 1e-3},
+    "stnet": {"iterations": 40, "batch_size": 8, "learning_rate": 1e-3},
+    "vit_b": {"iterations": 24, "batch_size": 8, "learning_rate": 1e-3},
+    "vit_b_delta": {"iterations": 24, "batch_size": 8, "learning_rate": 1e-3},
+}
+
+
+def parameter_table(names, n_genes: int) -> pd.DataFrame:
+    rows = []
+    for name in names:
+        at_g = models.count_parameters(models.build(name, n_genes))
+        at_128 = models.count_parameters(models.build(name, 128))
+        rows.append({"model": models.display_name(name), "params_dataset_genes": at_g, "params_128_genes": at_128,
+                     **PAPER.get(name, {})})
+    table = pd.DataFrame(rows).sort_values("params_128_genes").reset_index(drop=True)
+    table["our_rank"] = table["params_128_genes"].rank(method="min").astype(int)
+    return table
+
+
+def loader_throughput(data: predict.PredictionData, batch_size: int, workers: int, n_batches: int) -> float:
+    rows = data.rows("train")
+    loader = predict.make_loader(data.dataset(rows, augment=True), batch_size, True, workers, torch.device("cpu"),
+                                 seed=0, drop_last=True)
+    it = iter(loader)
+    next(it)  # start-up (workers fork, first reads) is not counted
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(n_batches):
+        try:
+            images, _, _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            images, _, _ = next(it)
+        n += len(images)
+    return n / (time.perf_counter() - t0)
+
+
+def step_throughput(name: str, data: predict.PredictionData, batch_size: int, n_steps: int, device) -> dict:
+    seed_everything(0)
+    model = models.build(name, data.n_genes).to(device)
+    rows = data.rows("train")[:batch_size]
+    ds = data.dataset(rows, augment=True)
+    images = torch.stack([ds[i][0] for i in range(len(rows))]).to(device)
+    target = torch.from_numpy(data.target[rows]).to(device)
+    mask = torch.from_numpy(data.loss_mask[rows]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        loss = predict.masked_mse_loss(model(images), target, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        step()
+    train_sps = n_steps * batch_size / (time.perf_counter() - t0)
+    model.eval()
+    with torch.no_grad():
+        model(images)
+        t0 = time.perf_counter()
+        for _ in range(max(1, n_steps // 2)):
+            model(images)
+        eval_sps = max(1, n_steps // 2) * batch_size / (time.perf_counter() - t0)
+    return {"train_samples_per_s": train_sps, "eval_samples_per_s": eval_sps}
+
+
+def quality_table(names, adata, store, dataset: str, out_dir: str, budget: dict, val_spots: int,
+                  eval_spots: int | None, seed: int, device: str) -> pd.DataFrame:
+    rows = []
+    for name in names:
+        cost = budget[name]
+        t0 = time.perf_counter()
+        chapter = predict.run_chapter(dataset, name, scenario="both", learning_rate=cost["learning_rate"],
+                                      out_dir=out_dir, adata=adata, store=store, iterations=cost["iterations"],
+                                      batch_size=cost["batch_size"], eval_every=max(1, cost["iterations"] // 4),
+                                      val_spots=val_spots, eval_spots=eval_spots, seed=seed, device=device,
+                                      progress=False)
+        base = chapter.baseline.set_index("split")
+        for scenario, run in chapter.runs.items():
+            m = run.metrics.set_index("split")
+            for split in m.index:
+                rows.append({"model": models.display_name(name), "scenario": scenario, "split": split,
+                             "mse": m.loc[split, "mse"], "train_mean_mse": base.loc[split, "mse"],
+                             "beats_mean": bool(m.loc[split, "mse"] < base.loc[split, "mse"]),
+                             "pcc_gene": m.loc[split, "pcc_gene"], "best_iteration": run.train.best_iteration,
+                             "iterations": cost["iterations"], "batch_size": cost["batch_size"],
+                             "train_s": round(run.train.wall_time_s, 1)})
+        print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return pd.DataFrame(rows)
+
+
+def completed_vs_raw(quality: pd.DataFrame) -> pd.DataFrame:
+    wide = quality.pivot_table(index=["model", "split"], columns="scenario", values=["mse", "pcc_gene"])
+    out = pd.DataFrame({
+        "mse_raw": wide[("mse", "raw")], "mse_completed": wide[("mse", "completed")],
+        "pcc_raw": wide[("pcc_gene", "raw")], "pcc_completed": wide[("pcc_gene", "completed")],
+    })
+    out["d_mse"] = out["mse_completed"] - out["mse_raw"]
+    out["d_pcc"] = out["pcc_completed"] - out["pcc_raw"]
+    return out.reset_index()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--models", nargs="+", default=list(models.NAMES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for the loader measurement")
+    parser.add_argument("--val-spots", type=int, default=64)
+    parser.add_argument("--eval-spots", type=int, default=200, help="spots per split scored (0 = all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (smoke test of the script)")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--out-dir", default=None, help="results folder (default: a temporary one)")
+    parser.add_argument("--json", default=None, help="also write every table to this JSON file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 30)
+    out_dir = args.out_dir or tempfile.mkdtemp(prefix="bench_predictors_")
+    report: dict = {"dataset": args.dataset, "device": str(device), "threads": args.threads,
+                    "load_average_start": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+
+    print(f"== dataset {args.dataset}, device {device}, {args.threads} torch threads, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    t0 = time.perf_counter()
+    adata, store = predict.load_dataset(args.dataset)
+    adata = predict.ensure_completed(adata, dataset=args.dataset, iterations=20 if args.quick else 200,
+                                     device=str(device), progress=False)
+    raw = predict.prediction_data(adata, store, "raw")
+    print(f"   {adata.n_obs} spots × {adata.n_vars} genes, splits "
+          f"{ {k: len(v) for k, v in raw.splits.items()} }, loaded in {time.perf_counter() - t0:.1f} s")
+
+    print("\n== 1. Trainable parameters (paper ordering, Fig 4b: ShuffleNet fewest)")
+    params = parameter_table(args.models, adata.n_vars)
+    print(params.to_string(index=False))
+    ok = params.iloc[0]["model"] == "ShuffleNet" if "shufflenet" in args.models else True
+    print(f"   ShuffleNet has the fewest: {ok}")
+    report["parameters"] = params.to_dict("records")
+
+    print("\n== 2. Throughput on this machine (samples/s)")
+    bs = 8 if args.quick else 16
+    n_batches = 3 if args.quick else 20
+    loader = {w: loader_throughput(raw, bs, w, n_batches) for w in sorted({0, args.workers})}
+    thr = []
+    for name in args.models:
+        steps = 1 if args.quick else (2 if name.startswith("vit") else 4)
+        r = step_throughput(name, raw, bs, steps, device)
+        thr.append({"model": models.display_name(name), "batch": bs, **{k: round(v, 1) for k, v in r.items()},
+                    **{f"loader_{w}_workers": round(v, 1) for w, v in loader.items()}})
+    thr = pd.DataFrame(thr)
+    print(thr.to_string(index=False))
+    print("   (loader = patch store → augmented uint8 batch; step = forward + backward + Adam on one batch;"
+          " eval = forward in eval mode, STNet averaging 8 views)")
+    report["throughput"] = thr.to_dict("records")
+
+    if not args.skip_quality:
+        print("\n== 3. Quality on the embedded dataset: validation/test MSE vs the training mean")
+        budget = {n: ({"iterations": 2, "batch_size": 4, "learning_rate": 1e-3} if args.quick else CPU_BUDGET[n])
+                  for n in args.models}
+        quality = quality_table(args.models, adata, store, args.dataset, out_dir, budget,
+                                8 if args.quick else args.val_spots,
+                                16 if args.quick else (args.eval_spots or None), args.seed, str(device))
+        print(quality.round(4).to_string(index=False))
+        val = quality[quality["split"] == "val"]
+        print(f"   every predictor beats the training mean on validation MSE (both scenarios): "
+              f"{bool(val['beats_mean'].all())}")
+        cmp = completed_vs_raw(quality)
+        print("\n   completed − raw training (scored on real values only):")
+        print(cmp.round(4).to_string(index=False))
+        report["quality"] = quality.to_dict("records")
+        report["completed_vs_raw"] = cmp.to_dict("records")
+
+    report["load_average_end"] = os.getloadavg()[0]
+    report["seconds"] = time.perf_counter() - t0
+    print(f"\n== done in {report['seconds']:.0f} s (load average now {report['load_average_end']:.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
