@@ -164,8 +164,8 @@ def slide_image(adata: AnnData, slide: str, image_key: str = "auto") -> tuple[np
 
     ``image_key="auto"`` takes, in order: ``uns["spatial"][slide]["images"]["fullres"]``; the
     file named by ``metadata["fullres_path"]`` (or ``"source_image_path"``); the ``hires``
-    image with ``tissue_hires_scalef`` (with a warning: patches are then blurrier).
-    ``"fullres"`` or ``"hires"`` forces one of them.
+    image with ``tissue_hires_scalef``; the ``lowres`` image with ``tissue_lowres_scalef`` (both
+    with a warning: patches are then blurrier). ``"fullres"``, ``"hires"`` or ``"lowres"`` forces one.
     """
     lib = adata.uns.get("spatial", {}).get(slide)
     if lib is None:
@@ -179,13 +179,15 @@ def slide_image(adata: AnnData, slide: str, image_key: str = "auto") -> tuple[np
                 return read_image(meta[key]), 1.0, str(meta[key])
         if image_key == "fullres":
             raise KeyError(f"slide {slide!r}: no full-resolution image (images['fullres'] or metadata['fullres_path'])")
-    if "hires" in images:
-        scale = float(lib["scalefactors"]["tissue_hires_scalef"])
-        if image_key == "auto":
-            warnings.warn(f"slide {slide!r}: no full-resolution image; cropping the hires image "
-                          f"(scale {scale}) instead", stacklevel=2)
-        return as_rgb_uint8(images["hires"]), scale, "uns images['hires']"
-    raise KeyError(f"slide {slide!r}: no image to crop patches from (fullres, fullres_path or hires)")
+    for key in ("hires", "lowres") if image_key == "auto" else (image_key,):
+        if key in images:
+            scale = float(lib["scalefactors"][f"tissue_{key}_scalef"])
+            if image_key == "auto":
+                warnings.warn(f"slide {slide!r}: no full-resolution image; cropping the {key} image "
+                              f"(scale {scale}) instead, so patches are blurrier", stacklevel=2)
+            return as_rgb_uint8(images[key]), scale, f"uns images[{key!r}]"
+    raise KeyError(f"slide {slide!r}: no image to crop patches from (fullres, fullres_path, hires or lowres); "
+                   f"the reader must store one in uns['spatial'][{slide!r}]")
 
 
 def _store_matches(path: Path, adata: AnnData, patch_scale: float, patch_size: int) -> bool:

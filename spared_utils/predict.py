@@ -37,7 +37,7 @@ from anndata import AnnData
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import metrics, models, paths, results
+from . import metrics, models, patches, paths, results
 from .training import TrainConfig, TrainResult, autocast, fit, lr_search, resolve_device, seed_everything, to_device
 
 SCENARIOS = ("raw", "completed")
@@ -602,7 +602,7 @@ def load_dataset(dataset: str, seed: int = 0) -> tuple[AnnData, Any]:
     ``<processed_dir>/<dataset>/patches`` (written by the curation; extracted here from the
     full-resolution images if it is missing).
     """
-    from . import datasets, patches
+    from . import datasets
     from .preprocess import processed_path
 
     adata = datasets.load(dataset, processed=True)
@@ -627,7 +627,8 @@ def load_dataset(dataset: str, seed: int = 0) -> tuple[AnnData, Any]:
 
 def _has_fullres(adata: AnnData) -> bool:
     libs = adata.uns.get("spatial", {}).values()
-    return bool(libs) and all("fullres" in lib.get("images", {}) or (lib.get("metadata") or {}).get("fullres_path")
+    return bool(libs) and all("fullres" in lib.get("images", {})
+                              or any((lib.get("metadata") or {}).get(k) for k in patches.IMAGE_PATH_KEYS)
                               for lib in libs)
 
 

@@ -108,6 +108,13 @@ def test_image_file_and_hires_fallbacks(tmp_path):
         hires = patches.PatchStore(patches.extract_patches(adata, tmp_path / "c", patch_size=8, progress=False))
     assert hires.meta["window_px"]["s1"] == 6  # 10 px * 0.5, made even
     del lib["images"]["hires"]
+    lib["images"]["lowres"] = img[::5, ::5]
+    lib["scalefactors"]["tissue_lowres_scalef"] = 0.2
+    with pytest.warns(UserWarning, match="lowres"):
+        lowres = patches.PatchStore(patches.extract_patches(adata, tmp_path / "e", patch_size=8, progress=False))
+    assert lowres.meta["window_px"]["s1"] == 2  # 10 px * 0.2
+    assert lowres.meta["image_source"]["s1"] == "uns images['lowres']"
+    del lib["images"]["lowres"]
     with pytest.raises(KeyError, match="no image"):
         patches.extract_patches(adata, tmp_path / "d", progress=False)
 

@@ -260,3 +260,17 @@ def test_a_predictor_learns_what_the_image_shows(toy):
     run = predict.train_predictor(data, cfg, write_results=False, checkpoints=False)
     baseline = predict.trivial_baseline(data).set_index("split").loc["val", "mse"]
     assert run.train.best_val < 0.8 * baseline, (run.train.best_val, baseline)
+
+
+def test_full_resolution_image_is_found_in_memory_or_on_disk():
+    lib = {"images": {"hires": np.zeros((2, 2, 3))}, "metadata": {}}
+    adata = ad.AnnData(np.zeros((1, 1)), uns={"spatial": {"s1": lib}})
+    assert not predict._has_fullres(adata)  # hires only: the patch store must be cut from the raw files
+    lib["metadata"]["source_image_path"] = "/data/s1_fullres.tif"  # what the Space Ranger reader writes
+    assert predict._has_fullres(adata)
+    lib["metadata"] = {"fullres_path": "/data/s1.tif"}
+    assert predict._has_fullres(adata)
+    lib["metadata"] = {}
+    lib["images"]["fullres"] = np.zeros((4, 4, 3))
+    assert predict._has_fullres(adata)
+    assert not predict._has_fullres(ad.AnnData(np.zeros((1, 1))))
