@@ -181,7 +181,12 @@ class DatasetSpec:
         """The values that determine the curated AnnData (used to invalidate its cache)."""
         keys = ("organism", "n_genes", "combat_key", "hex_geometry", "cell_min_counts", "cell_max_counts",
                 "gene_min_counts", "gene_max_counts", "real_data_percentage", "splits", "patients", "generator")
-        return {k: getattr(self, k) for k in keys}
+        params = {k: getattr(self, k) for k in keys}
+        if self.generator is not None:
+            from spared_utils.synthetic import GENERATOR_VERSION
+
+            params["generator_version"] = GENERATOR_VERSION
+        return params
 
 
 # ------------------------------------------------------------------------------------------------
@@ -684,11 +689,14 @@ def prepare_source(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None
                 f"../shared/data/real beside the repository; set SPARED_REAL_DATA_DIR to their folder")
         return root
     if source.kind == "synthetic":
-        root = dataset_cache_dir(spec, cache_dir) / "raw"
-        if regenerate or not (root / "gene_lengths.tsv").is_file():
-            from spared_utils import synthetic
+        from spared_utils import synthetic
 
+        root = dataset_cache_dir(spec, cache_dir) / "raw"
+        stamp = root / "generator.json"
+        wanted = json.dumps({"version": synthetic.GENERATOR_VERSION, "arguments": spec.generator}, sort_keys=True)
+        if regenerate or not (root / "gene_lengths.tsv").is_file() or not stamp.is_file() or stamp.read_text() != wanted:
             synthetic.write_spaceranger(synthetic.make_dataset(**spec.generator), root)
+            stamp.write_text(wanted)  # written last: a run cut short before it regenerates next time
         return root
     root = download.resolve_cache_dir(cache_dir)
     for item in tqdm(source.files, desc=f"{spec.id}: files", disable=not progress or len(source.files) < 2,

@@ -190,13 +190,13 @@ def slide_image(adata: AnnData, slide: str, image_key: str = "auto") -> tuple[np
                    f"the reader must store one in uns['spatial'][{slide!r}]")
 
 
-def _store_matches(path: Path, adata: AnnData, patch_scale: float, patch_size: int) -> bool:
+def _store_matches(path: Path, adata: AnnData, patch_scale: float, patch_size: int, source_id: str | None) -> bool:
     try:
         store = PatchStore(path)
     except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError):
         return False
     return (store.meta.get("patch_scale") == patch_scale and store.patch_size == patch_size
-            and store.obs_names.equals(pd.Index(adata.obs_names)))
+            and store.meta.get("source_id") == source_id and store.obs_names.equals(pd.Index(adata.obs_names)))
 
 
 def extract_patches(
@@ -208,6 +208,7 @@ def extract_patches(
     slide_key: str = "slide_id",
     overwrite: bool = False,
     progress: bool = True,
+    source_id: str | None = None,
 ) -> Path:
     """Crop, resize and store the patch of every spot of ``adata`` (in ``obs_names`` order).
 
@@ -227,6 +228,11 @@ def extract_patches(
     overwrite
         Rewrite an existing store; otherwise a complete store for the same spots and parameters
         is reused as it is.
+    source_id
+        What the images come from, kept in the store's metadata; a store made from another
+        source is rewritten. Default: ``adata.uns["dataset_spec"]`` (the curation fingerprint
+        that :func:`spared_utils.preprocess.write_processed` stamps), so re-curated data (other
+        parameters, a new synthetic generator) never reuses old patches.
 
     Returns
     -------
@@ -234,7 +240,9 @@ def extract_patches(
         ``out_path``; open it with :class:`PatchStore`.
     """
     out_path = Path(out_path)
-    if not overwrite and _store_matches(out_path, adata, patch_scale, patch_size):
+    if source_id is None:
+        source_id = adata.uns.get("dataset_spec")
+    if not overwrite and _store_matches(out_path, adata, patch_scale, patch_size, source_id):
         return out_path
     if "spatial" not in adata.obsm:
         raise KeyError("obsm['spatial'] (full-resolution pixel x, y of each spot) is needed to crop patches")
@@ -262,7 +270,8 @@ def extract_patches(
         del array
         (tmp / NAMES_NAME).write_text("".join(f"{name}\n" for name in adata.obs_names))
         meta = {"n_patches": int(adata.n_obs), "patch_scale": patch_scale, "patch_size": patch_size,
-                "window_px": windows, "image_source": sources, "dtype": "uint8", "layout": "NHWC"}
+                "window_px": windows, "image_source": sources, "source_id": source_id, "dtype": "uint8",
+                "layout": "NHWC"}
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
         if out_path.exists():
             shutil.rmtree(out_path)

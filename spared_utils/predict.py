@@ -610,9 +610,10 @@ def load_dataset(dataset: str, seed: int = 0) -> tuple[AnnData, Any]:
     try:
         store = patches.PatchStore(store_path)
         store.positions(adata.obs_names)
-        return adata, store
+        if store.meta.get("source_id") == adata.uns.get("dataset_spec"):
+            return adata, store
     except (FileNotFoundError, KeyError):
-        pass
+        pass  # no store, or one without these spots: cut it
     source = adata
     if not _has_fullres(adata):  # the cached curated file drops full-resolution images: read them again
         raw = datasets.load(dataset, processed=False, load_fullres=True)
@@ -621,7 +622,7 @@ def load_dataset(dataset: str, seed: int = 0) -> tuple[AnnData, Any]:
             raise KeyError(f"{len(missing)} curated spot(s) of {dataset!r} are not in its raw collection "
                            f"(e.g. {list(missing[:3])}); re-curate with datasets.load({dataset!r}, force=True)")
         source = raw[adata.obs_names]
-    patches.extract_patches(source, store_path)
+    patches.extract_patches(source, store_path, source_id=adata.uns.get("dataset_spec"))
     return adata, patches.PatchStore(store_path)
 
 

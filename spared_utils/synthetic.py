@@ -17,7 +17,9 @@ goes through. What it imitates, and how:
   Each slide has its own sequencing depth and per-gene multiplicative batch effect.
 * **An H&E-like image.** Colour follows the Beer–Lambert stain model (haematoxylin and eosin
   optical-density vectors of Ruifrok & Johnston, 2001). Nuclear density and size depend on the
-  domain and on the first two latent fields; eosin intensity on the third. The same latent
+  domain and on the first two latent fields; eosin intensity on the third. A domain looks the
+  same on every slide (its look is drawn once per dataset), so what a model learns from the
+  images of training slides carries over to held-out slides. The same latent
   fields drive expression, so an image model can learn expression, but only through texture.
 
 Everything is drawn from ``numpy.random.default_rng`` seeded by ``seed``: the same arguments give
@@ -44,6 +46,10 @@ from scipy import ndimage
 #: Haematoxylin and eosin optical-density vectors (Ruifrok & Johnston, Anal Quant Cytol Histol 2001).
 STAIN_H = np.array([0.650, 0.704, 0.286])
 STAIN_E = np.array([0.072, 0.990, 0.105])
+
+#: Bumped whenever the same arguments would give other data; cached copies of older versions are
+#: regenerated (:func:`spared_utils.datasets.prepare_source`) and re-curated.
+GENERATOR_VERSION = 2
 
 SPOT_DIAMETER_UM = 55.0
 SPOT_SPACING_UM = 100.0
@@ -149,7 +155,7 @@ def make_dataset(seed: int = 0, **size) -> ad.AnnData:
         adata.obs[key] = adata.obs[key].astype("category")
     adata.layers["counts"] = adata.X.copy()
     adata.uns["spatial"] = spatial
-    adata.uns["synthetic_config"] = {k: v for k, v in asdict(cfg).items()}
+    adata.uns["synthetic_config"] = asdict(cfg)
     return adata
 
 
@@ -165,6 +171,12 @@ def _gene_programme(cfg: SyntheticConfig, rng: np.random.Generator) -> dict:
         loadings[j, f] = rng.normal(0, 0.7, size=2)
     domain_effect = rng.normal(0, 0.8, size=(g, cfg.n_domains)) * spatial[:, None]
     lengths = np.exp(rng.normal(np.log(2500), 0.6, size=g)).astype(np.int64) + 200
+    # How each domain looks (nuclear density and size, eosin): one tissue, so the same on every slide.
+    look = {
+        "density": np.linspace(0.004, 0.016, cfg.n_domains)[rng.permutation(cfg.n_domains)],
+        "radius": np.linspace(1.2, 2.6, cfg.n_domains)[rng.permutation(cfg.n_domains)],
+        "eosin": np.linspace(0.25, 0.6, cfg.n_domains)[rng.permutation(cfg.n_domains)],
+    }
     return {
         "ids": [f"SYNG{i:05d}" for i in range(g)],
         "symbols": [f"Syn{i}" for i in range(g)],
@@ -173,6 +185,7 @@ def _gene_programme(cfg: SyntheticConfig, rng: np.random.Generator) -> dict:
         "base": base,
         "loadings": loadings,
         "domain_effect": domain_effect,
+        "look": look,
     }
 
 
@@ -261,7 +274,7 @@ def _make_slide(cfg: SyntheticConfig, genes: dict, rng: np.random.Generator):
             "domain": [f"D{d}" for d in domain],
         }
     )
-    fullres = _render_he(cfg, fields, inside, width, height, rng)
+    fullres = _render_he(cfg, fields, genes["look"], inside, width, height, rng)
     spot_d = cfg.spot_spacing_px * SPOT_DIAMETER_UM / SPOT_SPACING_UM
     images = {
         "images": {"hires": _resize(fullres, cfg.hires_scalef), "fullres": fullres},
@@ -277,8 +290,8 @@ def _make_slide(cfg: SyntheticConfig, genes: dict, rng: np.random.Generator):
     return obs, xy, sp.csr_matrix(counts.astype(np.float32)), images
 
 
-def _render_he(cfg, fields, inside, width, height, rng) -> np.ndarray:
-    """An H&E-like RGB image whose texture follows the latent fields."""
+def _render_he(cfg, fields, look, inside, width, height, rng) -> np.ndarray:
+    """An H&E-like RGB image whose texture follows the latent fields and the domains' ``look``."""
     step = 8  # evaluate the smooth fields on a coarse grid, then interpolate
     ys, xs = np.mgrid[0:height:step, 0:width:step]
     coarse = fields(np.column_stack([xs.ravel(), ys.ravel()]).astype(float))
@@ -290,13 +303,11 @@ def _render_he(cfg, fields, inside, width, height, rng) -> np.ndarray:
     tissue = inside(xx, yy)
 
     # Nuclei: a Poisson point process whose rate follows domain and fields 0-1; size by domain.
-    dom_density = np.linspace(0.004, 0.016, cfg.n_domains)[rng.permutation(cfg.n_domains)]
-    rate = dom_density[dom] * np.exp(0.45 * z[..., 0] - 0.25 * z[..., 1]) * tissue
+    rate = look["density"][dom] * np.exp(0.45 * z[..., 0] - 0.25 * z[..., 1]) * tissue
     centres = rng.random((height, width)) < rate
-    dom_radius = np.linspace(1.2, 2.6, cfg.n_domains)[rng.permutation(cfg.n_domains)]
     nuclei = np.zeros((height, width), dtype=np.float32)
-    for r in np.unique(dom_radius):
-        seeds = centres & (dom_radius[dom] == r)
+    for r in np.unique(look["radius"]):
+        seeds = centres & (look["radius"][dom] == r)
         rr = int(np.ceil(r))
         yk, xk = np.mgrid[-rr : rr + 1, -rr : rr + 1]
         disc = (np.hypot(yk, xk) <= r).astype(np.float32)
@@ -305,8 +316,7 @@ def _render_he(cfg, fields, inside, width, height, rng) -> np.ndarray:
 
     grain = ndimage.gaussian_filter(rng.normal(0, 1, (height, width)), 1.5)
     grain /= grain.std() + 1e-8
-    dom_eosin = np.linspace(0.25, 0.6, cfg.n_domains)[rng.permutation(cfg.n_domains)]
-    eosin = tissue * dom_eosin[dom] * np.exp(0.25 * z[..., 2]) * (1 + 0.15 * grain)
+    eosin = tissue * look["eosin"][dom] * np.exp(0.25 * z[..., 2]) * (1 + 0.15 * grain)
     haem = nuclei * (0.9 + 0.1 * grain) + tissue * 0.06
     od = haem[..., None] * STAIN_H + eosin[..., None] * STAIN_E
     rgb = 245.0 * np.exp(-od) + rng.normal(0, 2.0, (height, width, 1))

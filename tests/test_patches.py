@@ -130,3 +130,17 @@ def test_synthetic_patches_show_tissue(tiny_adata, tmp_path):
     store = patches.PatchStore(patches.extract_patches(one, tmp_path / "p", progress=False))
     assert store.array.shape == (20, 224, 224, 3)
     assert 60 < store.array.mean() < 250  # stained tissue, neither blank nor black
+
+
+def test_store_from_another_curation_is_rewritten(tmp_path):
+    img = position_image()
+    adata = spots_on(img, [[30, 20], [40, 30]])
+    adata.uns["dataset_spec"] = "curation A"
+    out = patches.extract_patches(adata, tmp_path / "store", patch_size=8, progress=False)
+    assert patches.PatchStore(out).meta["source_id"] == "curation A"
+    adata.uns["spatial"]["s1"]["images"]["fullres"] = 255 - img  # new images, same spots and sizes
+    adata.uns["dataset_spec"] = "curation B"
+    patches.extract_patches(adata, out, patch_size=8, progress=False)
+    store = patches.PatchStore(out)
+    assert store.meta["source_id"] == "curation B"
+    assert abs(int(store[0][4, 4, 0]) - (255 - 20)) <= 2  # red = 255 - row: cut from the new image

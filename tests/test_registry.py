@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -393,3 +394,19 @@ def test_summary_table_with_a_processed_dataset(tmp_path):
     expected = 100 * (1 - np.asarray(curated.layers["mask"]).mean())
     assert row["missing_pct_ours"] == pytest.approx(expected, abs=0.05)
     assert np.isnan(row["spots_paper"])
+
+
+def test_synthetic_files_are_regenerated_for_a_new_generator_version(tmp_path, monkeypatch):
+    from spared_utils import synthetic
+
+    spec = datasets.get_spec("synthetic_tiny")
+    root = datasets.prepare_source(spec, tmp_path)
+    h5 = root / "SYN_A1" / "filtered_feature_bc_matrix.h5"
+    first = h5.stat().st_mtime_ns
+    assert datasets.prepare_source(spec, tmp_path) == root and h5.stat().st_mtime_ns == first  # reused
+    before = datasets.spec_fingerprint(spec)
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    assert datasets.spec_fingerprint(spec) != before  # curated copies are invalidated too
+    datasets.prepare_source(spec, tmp_path)
+    assert h5.stat().st_mtime_ns != first
+    assert json.loads((root / "generator.json").read_text())["version"] == synthetic.GENERATOR_VERSION
