@@ -51,8 +51,8 @@ PAPER = {
 
 #: Per-model training budget for the quality table on a CPU (iterations, batch size, lr).
 CPU_BUDGET = {
-    "shufflenet": {"iterations": 100, "batch_size": 16, "learning_rate": 1e-3},
-    "stnet": {"iterations": 40, "batch_size": 8, "learning_rate": 1e-3},
+    "shufflenet": {"iterations": 200, "batch_size": 32, "learning_rate": 1e-3},
+    "stnet": {"iterations": 60, "batch_size": 16, "learning_rate": 1e-3},
     "vit_b": {"iterations": 24, "batch_size": 8, "learning_rate": 1e-3},
     "vit_b_delta": {"iterations": 24, "batch_size": 8, "learning_rate": 1e-3},
 }

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -39,9 +41,9 @@ out_dir = "results"
 scenario = "both"
 learning_rate = 0.001
 lr_grid = [0.0001, 0.001, 0.01]
-iterations = 60
-batch_size = 16
-eval_every = 10
+iterations = 200
+batch_size = 32
+eval_every = 25
 val_spots = 200
 eval_spots = None
 pretrained = False

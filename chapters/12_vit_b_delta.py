@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,8 +42,8 @@ lr_grid = [0.0001, 0.001, 0.01]
 iterations = 16
 batch_size = 8
 eval_every = 4
-val_spots = 32
-eval_spots = 120
+val_spots = 16
+eval_spots = 60
 pretrained = False
 completion_iterations = 200
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,10 +42,10 @@ scenario = "both"
 learning_rate = 0.001
 lr_grid = [0.0001, 0.001, 0.01]
 iterations = 30
-batch_size = 8
+batch_size = 16
 eval_every = 10
-val_spots = 32
-eval_spots = 150
+val_spots = 24
+eval_spots = 80
 pretrained = False
 completion_iterations = 200
 dihedral_average = True
