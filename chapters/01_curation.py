@@ -192,7 +192,8 @@ pd.DataFrame({layer: [adata.layers[layer].mean(), adata.layers[layer].std()] for
 # %%
 store_path = preprocess.processed_path(dataset, "patches")
 t0 = time.perf_counter()
-patches.extract_patches(adata, store_path, patch_scale=spec.patch_scale, patch_size=spec.patch_size, overwrite=True)
+patches.extract_patches(adata, store_path, patch_scale=spec.patch_scale, patch_size=spec.patch_size, overwrite=True,
+                        source_id=datasets.spec_fingerprint(spec))  # the stamp write_processed gives the AnnData
 patch_seconds = time.perf_counter() - t0
 store = patches.PatchStore(store_path)
 rng = np.random.default_rng(seed)
