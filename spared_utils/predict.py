@@ -788,6 +788,21 @@ def run_chapter(
                       learning_rate=float(learning_rate), seconds=time.perf_counter() - t0)
 
 
+def beats_training_mean(chapter: ChapterRun, split: str | None = None) -> dict[str, bool]:
+    """Scenario → whether its model's MSE on ``split`` (default: the chapter's) is below the
+    trivial predictor's on the same spots."""
+    split = split or chapter.eval_split
+    base = chapter.baseline.set_index("split")
+    if split not in base.index:
+        return {}
+    out = {}
+    for scenario, run in chapter.runs.items():
+        m = run.metrics.set_index("split")
+        if split in m.index:
+            out[scenario] = bool(m.loc[split, "mse"] < base.loc[split, "mse"])
+    return out
+
+
 def summary_lines(chapter: ChapterRun) -> list[str]:
     """The numbers of a chapter's "What we saw", as markdown bullet lines."""
     cfg, split = chapter.config, chapter.eval_split
@@ -805,6 +820,15 @@ def summary_lines(chapter: ChapterRun) -> list[str]:
                  f"PCC-Gene {m.loc[s, 'pcc_gene']:.3f}" for s in m.index if s in base.index]
         lines.append(f"- **{scenario}** data: " + "; ".join(parts)
                      + f"; best validation MSE at iteration {run.train.best_iteration}.")
+    verdict = beats_training_mean(chapter)
+    if verdict:
+        behind = [k for k, ok in verdict.items() if not ok]
+        text = ", ".join(f"{scenario} {'yes' if ok else 'no'}" for scenario, ok in verdict.items())
+        lines.append(f"- Below the training mean on {split} MSE: {text}."
+                     + (f" At this budget the {' and '.join(behind)} model has not yet learned more than the "
+                        f"mean: raise `iterations` (the learning curve shows whether it is still falling)"
+                        + (" or start from ImageNet weights (`pretrained = True`)." if not cfg.pretrained else ".")
+                        if behind else ""))
     if {"raw", "completed"} <= set(chapter.runs):
         raw = chapter.runs["raw"].metrics.set_index("split").loc[split]
         done = chapter.runs["completed"].metrics.set_index("split").loc[split]

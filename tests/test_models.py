@@ -58,7 +58,7 @@ def test_shufflenet_width_is_a_parameter():
 
 @pytest.mark.parametrize("name,flags", [
     ("vit_b", dict(predict_delta=False, mean_init_head=False, dihedral_average=False, input_stats="imagenet")),
-    ("vit_b_delta", dict(predict_delta=True, mean_init_head=False, dihedral_average=False, input_stats="imagenet")),
+    ("vit_b_delta", dict(predict_delta=True, mean_init_head=True, dihedral_average=False, input_stats="imagenet")),
     ("stnet", dict(predict_delta=False, mean_init_head=True, dihedral_average=True, input_stats="training")),
 ])
 def test_each_predictor_has_its_recipe(name, flags):
@@ -109,6 +109,17 @@ def test_stnet_head_starts_at_the_training_mean():
     with torch.no_grad():
         out = m(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8))
     assert np.allclose(out.numpy(), mean[None], atol=1e-6)
+
+
+def test_mean_initialised_delta_head_starts_at_the_mean_not_twice_the_mean():
+    mean = np.array([1.5, -2.0, 7.25], dtype=np.float32)
+    m = _tiny(predict_delta=True, mean_init_head=True)
+    m.set_target_mean(mean)
+    assert torch.count_nonzero(m.head.weight) == 0 and torch.count_nonzero(m.head.bias) == 0
+    with torch.no_grad():
+        out = m(torch.rand(5, 3, 16, 16))
+    assert np.allclose(out.numpy(), np.broadcast_to(mean, (5, 3)), atol=1e-6)
+    assert not models.build("vit_b_delta", 3, mean_init_head=False).mean_init_head  # the authors' random head
 
 
 def test_dihedral_views_are_the_eight_symmetries():

@@ -250,6 +250,21 @@ def test_run_chapter_on_given_data(toy):
     stored = results.read()
     assert set(stored["stage"]) == {"predict", "predict_baseline"}
 
+    # The verdict of "What we saw" compares each scenario with the trivial predictor on the same spots.
+    split = out.eval_split
+    base_mse = out.baseline.set_index("split").loc[split, "mse"]
+    verdict = predict.beats_training_mean(out)
+    for scenario, run in out.runs.items():
+        assert verdict[scenario] == (run.metrics.set_index("split").loc[split, "mse"] < base_mse)
+    raw_metrics = out.runs["raw"].metrics
+    raw_metrics.loc[raw_metrics["split"] == split, "mse"] = base_mse + 1.0
+    completed_metrics = out.runs["completed"].metrics
+    completed_metrics.loc[completed_metrics["split"] == split, "mse"] = base_mse - 1.0
+    assert predict.beats_training_mean(out) == {"raw": False, "completed": True}
+    text = "\n".join(predict.summary_lines(out))
+    assert "raw no, completed yes" in text and "the raw model has not yet learned more than the mean" in text
+    assert "pretrained = True" in text  # the run used random weights
+
 
 def test_a_predictor_learns_what_the_image_shows(toy):
     """ShuffleNet trained briefly beats the training mean on validation (brightness → gene 0, 1)."""

@@ -10,7 +10,9 @@ name            backbone (torchvision)           what differs
 ``shufflenet``  ``shufflenet_v2_x0_5`` (width)   nothing: the cheapest fine-tuned encoder
 ``vit_b``       ``vit_b_16``                     nothing
 ``vit_b_delta`` ``vit_b_16``                     predicts Δ = expression − training mean; the
-                                                 mean is added back (ViT-B+Δ of SEPAL)
+                                                 mean is added back (ViT-B+Δ of SEPAL); head
+                                                 starts at 0, so the untrained model predicts
+                                                 the training mean
 ``stnet``       ``densenet121``                  head weights start at 0 and its bias at the
                                                  training mean; input normalised with the
                                                  training patches' channel mean/std; prediction
@@ -99,7 +101,9 @@ class PatchRegressor(nn.Module):
         If True the head predicts Δ from :attr:`offset`, set to the training mean by
         :meth:`set_target_mean` (ViT-B+Δ); MSE on Δ equals MSE on the sum, so the loss is unchanged.
     mean_init_head
-        If True :meth:`set_target_mean` zeroes the head's weights and puts the mean in its bias (STNet).
+        If True :meth:`set_target_mean` zeroes the head's weights and sets its bias so that the first
+        prediction of every patch is the training mean: the mean itself (STNet), or 0 when the head
+        predicts Δ (the mean is then in :attr:`offset`).
     dihedral_average
         If True, in eval mode the prediction is the mean over the 8 dihedral views (STNet).
     input_stats
@@ -148,7 +152,10 @@ class PatchRegressor(nn.Module):
                 self.offset.copy_(mean)
             if self.mean_init_head:
                 self.head.weight.zero_()
-                self.head.bias.copy_(mean)
+                if self.predict_delta:
+                    self.head.bias.zero_()
+                else:
+                    self.head.bias.copy_(mean)
 
     def set_input_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Normalise inputs with this channel mean/std (0–1 scale) instead of ImageNet's."""
@@ -238,16 +245,22 @@ def _vit_b_16(pretrained: bool) -> tuple[nn.Module, int]:
     return net, n_features
 
 
-def vit_b(n_genes: int, pretrained: bool = False) -> PatchRegressor:
+def vit_b(n_genes: int, pretrained: bool = False, mean_init_head: bool = False) -> PatchRegressor:
     """ViT-B/16 at 224 px + linear head."""
     net, n_features = _vit_b_16(pretrained)
-    return PatchRegressor(net, n_features, n_genes, name="vit_b")
+    return PatchRegressor(net, n_features, n_genes, name="vit_b", mean_init_head=mean_init_head)
 
 
-def vit_b_delta(n_genes: int, pretrained: bool = False) -> PatchRegressor:
-    """ViT-B/16 predicting Δ from the training mean; the mean is added back."""
+def vit_b_delta(n_genes: int, pretrained: bool = False, mean_init_head: bool = True) -> PatchRegressor:
+    """ViT-B/16 predicting Δ from the training mean; the mean is added back.
+
+    ``mean_init_head=True`` (default) zeroes the head, so training starts from the training mean
+    (Δ = 0); ``False`` keeps PyTorch's randomly initialised head, as the authors' code does, which
+    starts from the mean plus that head's output on random features.
+    """
     net, n_features = _vit_b_16(pretrained)
-    return PatchRegressor(net, n_features, n_genes, name="vit_b_delta", predict_delta=True)
+    return PatchRegressor(net, n_features, n_genes, name="vit_b_delta", predict_delta=True,
+                          mean_init_head=mean_init_head)
 
 
 def stnet(n_genes: int, pretrained: bool = False, dihedral_average: bool = True) -> PatchRegressor:
