@@ -825,7 +825,8 @@ def summary_lines(chapter: ChapterRun) -> list[str]:
         behind = [k for k, ok in verdict.items() if not ok]
         text = ", ".join(f"{scenario} {'yes' if ok else 'no'}" for scenario, ok in verdict.items())
         lines.append(f"- Below the training mean on {split} MSE: {text}."
-                     + (f" At this budget the {' and '.join(behind)} model has not yet learned more than the "
+                     + (f" At this budget the {' and '.join(behind)} {'models have' if len(behind) > 1 else 'model has'}"
+                        f" not yet learned more than the "
                         f"mean: raise `iterations` (the learning curve shows whether it is still falling)"
                         + (" or start from ImageNet weights (`pretrained = True`)." if not cfg.pretrained else ".")
                         if behind else ""))

@@ -264,6 +264,9 @@ def test_run_chapter_on_given_data(toy):
     text = "\n".join(predict.summary_lines(out))
     assert "raw no, completed yes" in text and "the raw model has not yet learned more than the mean" in text
     assert "pretrained = True" in text  # the run used random weights
+    completed_metrics.loc[completed_metrics["split"] == split, "mse"] = base_mse + 1.0
+    text = "\n".join(predict.summary_lines(out))
+    assert "raw no, completed no" in text and "the raw and completed models have not yet learned" in text
 
 
 def test_a_predictor_learns_what_the_image_shows(toy):
