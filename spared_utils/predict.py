@@ -824,12 +824,13 @@ def summary_lines(chapter: ChapterRun) -> list[str]:
     if verdict:
         behind = [k for k, ok in verdict.items() if not ok]
         text = ", ".join(f"{scenario} {'yes' if ok else 'no'}" for scenario, ok in verdict.items())
-        lines.append(f"- Below the training mean on {split} MSE: {text}."
-                     + (f" At this budget the {' and '.join(behind)} {'models have' if len(behind) > 1 else 'model has'}"
-                        f" not yet learned more than the "
-                        f"mean: raise `iterations` (the learning curve shows whether it is still falling)"
-                        + (" or start from ImageNet weights (`pretrained = True`)." if not cfg.pretrained else ".")
-                        if behind else ""))
+        advice = ""
+        if behind:
+            subject = f"the {' and '.join(behind)} " + ("models have" if len(behind) > 1 else "model has")
+            weights = "" if cfg.pretrained else " or start from ImageNet weights (`pretrained = True`)"
+            advice = (f" At this budget {subject} not yet learned more than the mean: raise `iterations`"
+                      f" (the learning curve shows whether it is still falling){weights}.")
+        lines.append(f"- Below the training mean on {split} MSE: {text}.{advice}")
     if {"raw", "completed"} <= set(chapter.runs):
         raw = chapter.runs["raw"].metrics.set_index("split").loc[split]
         done = chapter.runs["completed"].metrics.set_index("split").loc[split]
