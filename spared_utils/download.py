@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ import urllib3
 from tqdm.auto import tqdm
 
 from spared_utils import paths
+from spared_utils.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -361,18 +361,14 @@ def extract_archive(archive: str | os.PathLike, kind: str | None = None, *, forc
     dest = extraction_dir(archive)
     if (dest / _DONE_MARKER).exists() and not force:
         return dest
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=archive.parent))
     try:
-        if kind == "zip":
-            _extract_zip(archive, tmp)
-        else:
-            _extract_tar(archive, tmp, "r:gz" if kind == "tar.gz" else "r:")
-        (tmp / _DONE_MARKER).write_text(f"{archive.name}\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        with atomic_path(dest, directory=True) as tmp:
+            if kind == "zip":
+                _extract_zip(archive, tmp)
+            else:
+                _extract_tar(archive, tmp, "r:gz" if kind == "tar.gz" else "r:")
+            (tmp / _DONE_MARKER).write_text(f"{archive.name}\n")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, ArchiveError):
             raise
         raise ArchiveError(

@@ -176,6 +176,14 @@ def slide_groups(adata: AnnData, slide_key: str = "slide_id") -> dict[str, np.nd
     return {s: np.flatnonzero(labels == s) for s in dict.fromkeys(labels)}
 
 
+def slides_containing(adata: AnnData, rows: np.ndarray, slide_key: str = "slide_id") -> dict[str, np.ndarray]:
+    """Whole slides containing ``rows`` (integer positions of all their spots), by slide id."""
+    groups = slide_groups(adata, slide_key)
+    wanted = np.zeros(adata.n_obs, dtype=bool)
+    wanted[rows] = True
+    return {s: idx for s, idx in groups.items() if wanted[idx].any()}
+
+
 __all__: Sequence[str] = (
     "adjacency",
     "ring_neighbourhoods",
@@ -184,4 +192,5 @@ __all__: Sequence[str] = (
     "neighbour_offsets",
     "n_neighbours",
     "slide_groups",
+    "slides_containing",
 )

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +31,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import graphs
+from .readers import as_rgb_uint8, read_image
+from .utils import atomic_path
 
 ARRAY_NAME = "patches.npy"
 NAMES_NAME = "obs_names.txt"
@@ -126,39 +126,6 @@ def crop(image: np.ndarray, x: float, y: float, window: int) -> np.ndarray:
     return image[np.ix_(_reflect(rows, h), _reflect(cols, w))]
 
 
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """An image as ``(H, W, 3)`` uint8: channel-first and RGBA fixed, 16-bit rescaled."""
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim == 3 and img.shape[0] in (3, 4) and img.shape[2] not in (3, 4):
-        img = np.moveaxis(img, 0, -1)
-    if img.shape[2] == 4:
-        img = img[..., :3]
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 65535.0 * 255).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        arr = img.astype(np.float32)
-        img = (arr * 255 if arr.max() <= 1.0 else arr).clip(0, 255).astype(np.uint8)
-    return np.ascontiguousarray(img)
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an H&E image file (TIFF via tifffile, anything else via Pillow) as RGB uint8."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"full-resolution image {path} not found; re-download the dataset")
-    if path.suffix.lower() in (".tif", ".tiff", ".btf"):
-        import tifffile
-
-        img = tifffile.imread(path)
-    else:
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(path) as im:
-            img = np.asarray(im.convert("RGB"))
-    return as_rgb_uint8(img)
-
-
 def slide_image(adata: AnnData, slide: str, image_key: str = "auto") -> tuple[np.ndarray, float, str]:
     """The image to crop from for one slide: ``(image, scale to full-res pixels, source)``.
 
@@ -246,9 +213,7 @@ def extract_patches(
         return out_path
     if "spatial" not in adata.obsm:
         raise KeyError("obsm['spatial'] (full-resolution pixel x, y of each spot) is needed to crop patches")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
+    with atomic_path(out_path, directory=True) as tmp:
         array = np.lib.format.open_memmap(tmp / ARRAY_NAME, mode="w+", dtype=np.uint8,
                                           shape=(adata.n_obs, patch_size, patch_size, 3))
         xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
@@ -273,10 +238,4 @@ def extract_patches(
                 "window_px": windows, "image_source": sources, "source_id": source_id, "dtype": "uint8",
                 "layout": "NHWC"}
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        os.replace(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_path

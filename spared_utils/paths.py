@@ -57,3 +57,14 @@ def results_dir() -> Path:
     """Root of ``results/`` (executed chapters, the results store, checkpoints)."""
     env = os.environ.get("SPARED_RESULTS_DIR")
     return Path(env).expanduser().resolve() if env else project_root() / "results"
+
+
+def output_dir(out_dir: str | os.PathLike | None = "results", dataset: str | None = None) -> Path:
+    """Where a chapter or a run writes its files.
+
+    ``"results"`` (every chapter's default) or ``None`` means :func:`results_dir` (so
+    ``SPARED_RESULTS_DIR`` moves it); any other value is a folder, relative to the project root
+    unless absolute. With ``dataset``, its sub-folder ``<dataset>/``.
+    """
+    root = results_dir() if out_dir is None or str(out_dir) == "results" else Path(project_root(), out_dir)
+    return root / dataset if dataset else root

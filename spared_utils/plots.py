@@ -1,5 +1,7 @@
-"""Figures shared by the chapters. Every function returns the matplotlib axes (or figure) it drew.
+"""Figures shared by the chapters (``su.pl``).
 
+One rule for every function: a single-panel figure takes ``ax=`` (a new one is made when it is
+``None``) and returns that Axes; a figure of several panels makes its own Figure and returns it.
 Conventions: seaborn's colour-blind-safe palette, one colour per method everywhere
 (:data:`METHOD_COLOURS`), titles and axis labels with units.
 """
@@ -13,6 +15,8 @@ import numpy as np
 import seaborn as sns
 from anndata import AnnData
 
+from .utils import dense
+
 PALETTE = sns.color_palette("colorblind")
 METHOD_COLOURS = {
     "ground truth": "0.3",
@@ -24,10 +28,30 @@ METHOD_COLOURS = {
 }
 SPLIT_COLOURS = {"train": PALETTE[0], "val": PALETTE[1], "test": PALETTE[2]}
 
+__all__ = [
+    "COMPLETION_LABELS", "METHOD_COLOURS", "PALETTE", "SPLIT_COLOURS", "spot_size",
+    "slides_overview",
+    "gene_maps",
+    "hex_neighbourhood",
+    "dropout_vs_expression",
+    "spot_counts_qc",
+    "real_data_curve",
+    "moran_ranking",
+    "embeddings_by_slide",
+    "patch_grid",
+    "learning_curves",
+    "per_gene_pcc",
+    "predicted_vs_true_maps",
+    "completion_mse_violin",
+    "mse_vs_masking",
+    "completion_maps",
+    "patch_symmetries",
+]
+
 
 def _values(adata: AnnData, gene: str, layer: str | None) -> np.ndarray:
     col = adata[:, gene].layers[layer] if layer else adata[:, gene].X
-    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+    col = dense(col)
     return col.ravel()
 
 
@@ -72,7 +96,7 @@ def gene_maps(
     titles: Sequence[str] | None = None,
     cmap: str = "viridis",
     missing: np.ndarray | None = None,
-) -> np.ndarray:
+) -> plt.Figure:
     """Expression of ``genes`` on one slide as hexagon maps (one panel per gene).
 
     ``missing`` (bool, spots × genes of the slide) draws those spots as grey crosses.
@@ -93,7 +117,7 @@ def gene_maps(
         ax.set_title(titles[k] if titles else f"{gene}")
         fig.colorbar(sc, ax=ax, shrink=0.7, label=layer or "X")
     fig.tight_layout()
-    return axes[0]
+    return fig
 
 
 def hex_neighbourhood(adata: AnnData, index: np.ndarray, spot: int, ax: plt.Axes | None = None) -> plt.Axes:
@@ -126,7 +150,7 @@ def dropout_vs_expression(adata: AnnData, layer: str = "counts", ax: plt.Axes | 
     """Per gene: fraction of spots with zero counts against mean count (log scale)."""
     ax = ax or plt.subplots(figsize=(5, 4))[1]
     x = adata.layers[layer] if layer else adata.X
-    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+    x = dense(x)
     mean = x.mean(axis=0)
     zero = (x == 0).mean(axis=0)
     hue = adata.var["spatial_gene"].map({True: "spatial", False: "noise"}) if "spatial_gene" in adata.var else None
@@ -157,7 +181,7 @@ def spot_counts_qc(total_counts: np.ndarray, slides: Sequence[str], min_counts: 
 
 
 def real_data_curve(exp_frac: np.ndarray, glob_exp_frac: np.ndarray, threshold: float,
-                    kept: np.ndarray) -> np.ndarray:
+                    kept: np.ndarray) -> plt.Figure:
     """The ``real_data_percentage`` rule: genes by expression fraction, and the running mean it cuts."""
     exp_frac, glob = np.asarray(exp_frac, float), np.asarray(glob_exp_frac, float)
     kept = np.asarray(kept, bool)
@@ -178,7 +202,7 @@ def real_data_curve(exp_frac: np.ndarray, glob_exp_frac: np.ndarray, threshold: 
     axes[1].set_title("Longest prefix with mean ≥ threshold")
     axes[1].legend(frameon=False)
     fig.tight_layout()
-    return axes
+    return fig
 
 
 def moran_ranking(moran: "pd.DataFrame", n_keep: int, ax: plt.Axes | None = None) -> plt.Axes:
@@ -200,7 +224,7 @@ def moran_ranking(moran: "pd.DataFrame", n_keep: int, ax: plt.Axes | None = None
 
 
 def embeddings_by_slide(coords: "dict[str, np.ndarray]", slides: Sequence[str], xlabel: str = "dim 1",
-                        ylabel: str = "dim 2") -> np.ndarray:
+                        ylabel: str = "dim 2") -> plt.Figure:
     """Side-by-side 2-D embeddings (e.g. before/after batch correction), spots coloured by slide."""
     fig, axes = plt.subplots(1, len(coords), figsize=(5 * len(coords), 4.2), squeeze=False)
     for ax, (title, xy) in zip(axes[0], coords.items()):
@@ -213,10 +237,10 @@ def embeddings_by_slide(coords: "dict[str, np.ndarray]", slides: Sequence[str], 
         sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1, 1), frameon=False, title="slide",
                         markerscale=2.5)
     fig.tight_layout()
-    return axes[0]
+    return fig
 
 
-def patch_grid(patches: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 8) -> np.ndarray:
+def patch_grid(patches: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 8) -> plt.Figure:
     """Image patches in a grid, one title each."""
     n = len(patches)
     ncols = max(1, min(ncols, n))
@@ -228,7 +252,7 @@ def patch_grid(patches: Sequence[np.ndarray], titles: Sequence[str], ncols: int 
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.tight_layout()
-    return axes
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +307,7 @@ def per_gene_pcc(tables, ax: plt.Axes | None = None, title: str = "Per-gene corr
 
 def predicted_vs_true_maps(adata: AnnData, slide: str, rows: np.ndarray, pred: np.ndarray, genes: Sequence[str],
                            truth_layer: str = "c_d_log1p", mask_layer: str = "mask",
-                           titles: Sequence[str] | None = None, cmap: str = "viridis") -> np.ndarray:
+                           titles: Sequence[str] | None = None, cmap: str = "viridis") -> plt.Figure:
     """Ground truth (top row) and prediction (bottom row) of ``genes`` on one slide.
 
     ``rows`` are the AnnData rows that were predicted (``pred`` aligned with them, all genes in
@@ -299,7 +323,7 @@ def predicted_vs_true_maps(adata: AnnData, slide: str, rows: np.ndarray, pred: n
     for k, gene in enumerate(genes):
         j = adata.var_names.get_loc(gene)
         col = adata.layers[truth_layer][rows][:, j]
-        truth = np.asarray(col.toarray() if hasattr(col, "toarray") else col).ravel()
+        truth = np.asarray(dense(col)).ravel()
         real = np.asarray(adata.layers[mask_layer][rows][:, j]).ravel().astype(bool) if mask_layer in adata.layers \
             else np.ones(len(rows), bool)
         values = truth[real] if real.any() else truth
@@ -321,7 +345,7 @@ def predicted_vs_true_maps(adata: AnnData, slide: str, rows: np.ndarray, pred: n
             fig.colorbar(sc, ax=ax, shrink=0.7, label="log2(TPM + 1)")
     fig.suptitle(f"Slide {slide}: measured (crosses: not measured) vs predicted")
     fig.tight_layout()
-    return axes
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,7 +402,7 @@ def mse_vs_masking(summary, ax: plt.Axes | None = None, methods: Sequence[str] =
 
 
 def completion_maps(adata: AnnData, runs, gene: str, slide: str,
-                    methods: Sequence[str] = ("median", "spackle"), cmap: str = "viridis") -> np.ndarray:
+                    methods: Sequence[str] = ("median", "spackle"), cmap: str = "viridis") -> plt.Figure:
     """Fig. 3c: one gene on one slide at increasing masking: ground truth, then each method.
 
     ``runs`` are :class:`spared_utils.completion.evaluate.MaskingRun` objects (one per level, same
@@ -418,7 +442,7 @@ def completion_maps(adata: AnnData, runs, gene: str, slide: str,
             ax.set_title(f"{name}, {100 * run.level:.0f}% masked" if c else f"{name} ({100 * run.level:.0f}%)", fontsize=9)
     fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.6, label=f"{gene}: log2(TPM + 1)")
     fig.suptitle(f"Slide {slide}, gene {gene}: hidden spots (outlined in black) completed by each method")
-    return axes
+    return fig
 
 
 def _touching_hex_size(ax: plt.Axes, xy: np.ndarray) -> float:

@@ -82,7 +82,12 @@ def _no_pixel_limit():
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def _as_rgb_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+def as_rgb_uint8(array: np.ndarray, source: PathLike | str = "image") -> np.ndarray:
+    """An image as ``(H, W, 3)`` uint8: grey, channel-first and RGBA fixed, 16-bit and 0–1 floats rescaled.
+
+    Raises :class:`ReaderError` naming ``source`` when the array is not an image.
+    """
+    path = source
     array = np.asarray(array)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
@@ -142,10 +147,10 @@ def read_image(path: PathLike) -> np.ndarray:
         if _stem(path).lower().endswith((".tif", ".tiff", ".btf")) and not path.name.endswith(".gz"):
             import tifffile
 
-            return _as_rgb_uint8(tifffile.imread(path), path)
+            return as_rgb_uint8(tifffile.imread(path), path)
         with _no_pixel_limit(), _open_image(path) as im:
             im.load()
-            return _as_rgb_uint8(np.asarray(im.convert("RGB") if im.mode not in ("RGB", "I;16") else im), path)
+            return as_rgb_uint8(np.asarray(im.convert("RGB") if im.mode not in ("RGB", "I;16") else im), path)
     except ReaderError:
         raise
     except Exception as err:  # noqa: BLE001

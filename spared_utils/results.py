@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import paths
+from .utils import atomic_path
 
 STORE_NAME = "results.csv"
 KEY_COLUMNS = ["timestamp", "stage", "dataset", "model", "scenario", "learning_rate", "seed", "split"]
@@ -77,11 +78,8 @@ def append(rows: Mapping | Iterable[Mapping], path: str | os.PathLike | None = N
         table = new if old.empty else pd.concat([old, new], ignore_index=True)
         front = [c for c in KEY_COLUMNS if c in table.columns]
         table = table[front + [c for c in table.columns if c not in front]]
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        table.to_csv(tmp, index=False)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        with atomic_path(target, fsync=True) as tmp:
+            table.to_csv(tmp, index=False)
     return target
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from . import paths
+from .registry import registry
 
 
 class ChapterError(ValueError):
@@ -48,8 +49,6 @@ def chapter_source(chapter: str) -> Path:
 
 
 def known_datasets() -> list[str]:
-    from .datasets import registry
-
     return sorted(registry())
 
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +40,8 @@ import pandas as pd
 import scipy.sparse as sp
 from PIL import Image
 from scipy import ndimage
+
+from .utils import atomic_path
 
 #: Haematoxylin and eosin optical-density vectors (Ruifrok & Johnston, Anal Quant Cytol Histol 2001).
 STAIN_H = np.array([0.650, 0.704, 0.286])
@@ -367,9 +367,7 @@ def write_spaceranger(adata: ad.AnnData, root: str | os.PathLike) -> Path:
     if "synthetic_config" not in adata.uns:
         raise ValueError("write_spaceranger writes objects made by spared_utils.synthetic.make_dataset")
     cfg = SyntheticConfig(**adata.uns["synthetic_config"])
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with atomic_path(root, directory=True) as tmp:
         counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
         pd.DataFrame({"gene": adata.var_names, "merged": adata.var["gene_length"].to_numpy()}).to_csv(
             tmp / "gene_lengths.tsv", sep="\t", index=False
@@ -397,10 +395,4 @@ def write_spaceranger(adata: ad.AnnData, root: str | os.PathLike) -> Path:
             Image.fromarray(lib["images"]["hires"]).save(folder / "spatial" / "tissue_hires_image.png")
             Image.fromarray(_resize(full, cfg.lowres_scalef)).save(folder / "spatial" / "tissue_lowres_image.png")
             Image.fromarray(full).save(folder / "image.tif", compression="tiff_deflate")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root

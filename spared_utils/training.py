@@ -15,11 +15,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+from .utils import atomic_path
 
 
 @dataclass
@@ -61,6 +62,16 @@ class TrainConfig:
         keep = {k: v for k, v in asdict(self).items() if k not in {"progress", "checkpoint_dir", "resume"}}
         blob = json.dumps([keep, [str(e) for e in extra]], sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+#: Field names of :class:`TrainConfig` (the keyword arguments a composed config hands to it).
+TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
+
+
+def split_train_options(options: dict[str, Any], base: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """``base`` with the :class:`TrainConfig` fields of ``options`` applied, and the other options."""
+    mine = {k: v for k, v in options.items() if k in TRAIN_FIELDS}
+    return replace(base, **mine), {k: v for k, v in options.items() if k not in TRAIN_FIELDS}
 
 
 @dataclass
@@ -265,10 +276,13 @@ def lr_search(
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters (``requires_grad``) of ``module``."""
+    return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
 
 
 def clone_module(module: nn.Module) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Completion of missing expression values: SpaCKLE and its baselines (SPEC §2).
+"""Completion of missing expression values: SpaCKLE and its baselines (Mejia et al., MICCAI 2024, Sec. 2.2).
 
 One verb, :func:`complete`, runs any method on a curated dataset and adds the completed layer
 (``c_t_log1p``) and its Δ (``c_t_deltas``):
@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..preprocess import deltas, write_processed
 from . import evaluate, sme, spackle
-from .evaluate import MASKING_LEVELS, evaluate_masking, predictors, relative_reduction
+from .evaluate import MASKING_LEVELS, METHODS, evaluate_masking, masking_methods, relative_reduction
 from .sme import SmeConfig
 from .spackle import (
     SpackleConfig,
@@ -38,7 +39,12 @@ from .spackle import (
     train_spackle,
 )
 
-METHODS = ("spackle", "median", "stlearn")
+#: The layer :func:`complete` adds by default (the prediction chapters' *completed* targets).
+COMPLETED_LAYER = "c_t_log1p"
+#: SpaCKLE at the book's CPU budget: what chapter 02 runs by default and what
+#: ``datasets.load(id, stage="completed")`` trains when a dataset has no completed layer yet
+#: (the paper: 10,000 iterations, lr searched, feed-forward width 2048).
+CPU_BUDGET: dict[str, Any] = {"iterations": 200, "learning_rate": 3e-3, "dim_feedforward": 512}
 
 
 def delta_key(key: str) -> str:
@@ -54,7 +60,7 @@ def hex_geometry_of(adata: AnnData, default: bool = True) -> bool:
     return bool(value) if not isinstance(value, str) else value.lower() == "true"
 
 
-def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", key_added: str = "c_t_log1p",
+def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", key_added: str = COMPLETED_LAYER,
              **config: Any) -> AnnData:
     """Complete the missing entries of ``layers[layer]`` (``layers["mask"]`` False) with ``method``.
 
@@ -104,7 +110,7 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         cfg, rest = SpackleConfig.from_kwargs(**config)
         _no_extra(rest, method, SpackleConfig)
         if model is None and ckpt is not None:
-            model = load_checkpoint(ckpt, device=cfg.device)
+            model = load_checkpoint(ckpt, device=cfg.train.device)
         if model is None:
             model = train_spackle(adata, layer, cfg, hex_geometry=hex_geometry)
         completed = complete_with(model, adata, layer, hex_geometry=hex_geometry)
@@ -124,7 +130,7 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         completed = sme.sme_fill(adata, values, real, None, cfg_sme, hex_geometry=hex_geometry)
         info.update(config=json.dumps(asdict(cfg_sme), default=str))
     adata.layers[key_added] = completed
-    _add_deltas(adata, key_added)
+    deltas(adata, key_added, delta_key(key_added))
     info["seconds"] = time.perf_counter() - t0
     info["missing_completed"] = int((~real).sum())
     adata.uns["completion"] = info
@@ -142,16 +148,8 @@ def _no_extra(rest: Mapping, method: str, cls, allowed: tuple = ()) -> None:
         raise TypeError(f"complete(method={method!r}) got unknown option(s) {sorted(rest)}; valid: {valid}")
 
 
-def _add_deltas(adata: AnnData, key: str) -> None:
-    from ..preprocess import deltas
-
-    deltas(adata, key, delta_key(key))
-
-
 def save_completed(adata: AnnData, dataset: str):
     """Write the dataset (with its completed layers) to ``processed/<dataset>/adata.h5ad`` atomically."""
-    from ..preprocess import write_processed
-
     return write_processed(adata, dataset)
 
 
@@ -171,7 +169,7 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
         if method == "spackle" and spackle_result is not None:
             row.update(learning_rate=spackle_result.learning_rate, n_params=spackle_result.n_params,
                        train_time_s=spackle_result.wall_time_s, device=spackle_result.device,
-                       iterations=spackle_result.config.iterations,
+                       iterations=spackle_result.config.train.iterations,
                        config_hash=spackle_result.config.train_config(spackle_result.learning_rate).hash("Spackle"),
                        params=json.dumps(asdict(spackle_result.config), default=str))
         row.update(dict(extra or {}))
@@ -180,7 +178,7 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
 
 
 __all__ = [
-    "METHODS", "MASKING_LEVELS", "SmeConfig", "SpackleConfig", "SpackleResult", "complete", "delta_key",
-    "evaluate", "evaluate_masking", "hex_geometry_of", "load_checkpoint", "predictors", "relative_reduction",
+    "COMPLETED_LAYER", "CPU_BUDGET", "METHODS", "MASKING_LEVELS", "SmeConfig", "SpackleConfig", "SpackleResult", "complete", "delta_key",
+    "evaluate", "evaluate_masking", "hex_geometry_of", "load_checkpoint", "masking_methods", "relative_reduction",
     "results_rows", "save_checkpoint", "save_completed", "sme", "spackle", "train_spackle",
 ]

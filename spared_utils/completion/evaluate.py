@@ -32,6 +32,8 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import graphs, metrics
+from ..preprocess import median_complete
+from . import sme
 from . import spackle as S
 
 #: The masking levels of Fig. 3 (fraction of a gene's entries hidden).
@@ -57,14 +59,6 @@ def evaluation_spots(adata: AnnData, splits: Sequence[str] = ("val", "test"),
     return {"train": np.arange(adata.n_obs)}
 
 
-def slides_of(adata: AnnData, rows: np.ndarray, slide_key: str = "slide_id") -> dict[str, np.ndarray]:
-    """Whole slides containing ``rows`` (integer positions of all their spots)."""
-    groups = graphs.slide_groups(adata, slide_key)
-    wanted = np.zeros(adata.n_obs, dtype=bool)
-    wanted[rows] = True
-    return {s: idx for s, idx in groups.items() if wanted[idx].any()}
-
-
 def median_fill(adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: np.ndarray,
                 hex_geometry: bool = True, n_rings: int = 4, slide_key: str = "slide_id") -> np.ndarray:
     """Adaptive-median completion of the unobserved entries; returns the rows ``rows``.
@@ -73,10 +67,8 @@ def median_fill(adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: 
     :func:`spared_utils.preprocess.median_complete` from ``values`` where ``observed`` (zeros
     elsewhere, which the adaptive median treats as missing).
     """
-    from ..preprocess import median_complete
-
     out = np.zeros((adata.n_obs, adata.n_vars), dtype=np.float32)
-    for idx in slides_of(adata, rows, slide_key).values():
+    for idx in graphs.slides_containing(adata, rows, slide_key).values():
         obs = adata.obs.iloc[idx][[c for c in (slide_key, "array_row", "array_col") if c in adata.obs]].copy()
         sub = AnnData(obs=obs, var=pd.DataFrame(index=adata.var_names))
         sub.layers["input"] = np.where(observed[idx], values[idx], 0).astype(np.float32)
@@ -103,18 +95,18 @@ class MaskingRun:
         return np.where(self.hidden, self.predictions[method], self.truth)
 
 
-Predictor = Callable[[AnnData, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+Completer = Callable[[AnnData, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def predictors(spackle: S.SpackleResult | None = None, sme_config=None, hex_geometry: bool = True,
-               n_rings: int = 4, slide_key: str = "slide_id") -> dict[str, Predictor]:
-    """Predictor functions ``f(adata, values, real, hidden_full, rows) -> (len(rows), genes)``.
+def masking_methods(spackle: S.SpackleResult | None = None, sme_config=None, hex_geometry: bool = True,
+               n_rings: int = 4, slide_key: str = "slide_id") -> dict[str, Completer]:
+    """Completion functions ``f(adata, values, real, hidden_full, rows) -> (len(rows), genes)``, by method name.
 
     ``median`` is always present; ``spackle`` when a trained result is given; ``stlearn`` when
     ``sme_config`` is given (an :class:`~spared_utils.completion.sme.SmeConfig`; morphology
     features are computed once per slide and reused across levels).
     """
-    out: dict[str, Predictor] = {
+    out: dict[str, Completer] = {
         "median": lambda a, v, r, h, rows: median_fill(a, v, r & ~h, rows, hex_geometry, n_rings, slide_key),
     }
     if spackle is not None:
@@ -127,8 +119,6 @@ def predictors(spackle: S.SpackleResult | None = None, sme_config=None, hex_geom
 
         out["spackle"] = spackle_pred
     if sme_config is not None:
-        from . import sme
-
         feature_cache: dict = {}
 
         def sme_pred(a, v, r, h, rows):
@@ -141,7 +131,7 @@ def predictors(spackle: S.SpackleResult | None = None, sme_config=None, hex_geom
 
 def evaluate_masking(
     adata: AnnData,
-    methods: Mapping[str, Predictor],
+    methods: Mapping[str, Completer],
     levels: Sequence[float] = MASKING_LEVELS,
     layer: str = S.DEFAULT_LAYER,
     splits: Sequence[str] = ("val", "test"),
@@ -214,4 +204,4 @@ def relative_reduction(summary: pd.DataFrame, method: str = "spackle", baseline:
 
 
 __all__ = ["MASKING_LEVELS", "METHODS", "MaskingRun", "evaluate_masking", "evaluation_spots", "median_fill",
-           "predictors", "relative_reduction", "slides_of"]
+           "masking_methods", "relative_reduction"]

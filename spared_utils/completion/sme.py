@@ -38,6 +38,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import graphs
+from ..training import resolve_device
 
 #: Weightings with a spatial term (the only ones that keep memory linear in the spots).
 WEIGHTS = ("all", "pd_md", "pd_gd", "physical")
@@ -185,8 +186,6 @@ def tile_features(image: np.ndarray, centres_xy: np.ndarray, config: SmeConfig) 
     import torch
     from PIL import Image
 
-    from ..training import resolve_device
-
     device = resolve_device(config.device)
     try:
         model = timm.create_model(config.backbone, pretrained=config.pretrained, num_classes=0)
@@ -267,8 +266,6 @@ def sme_fill(adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: np.
     Morphology features are computed once per slide and kept in ``feature_cache`` (a dict) when
     one is given.
     """
-    from .evaluate import slides_of
-
     cfg = config or SmeConfig()
     rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows)
     cache = feature_cache if feature_cache is not None else {}
@@ -276,7 +273,7 @@ def sme_fill(adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: np.
     xy_full = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     a_row = adata.obs["array_row"].to_numpy()
     a_col = adata.obs["array_col"].to_numpy()
-    for slide, idx in slides_of(adata, rows, slide_key).items():
+    for slide, idx in graphs.slides_containing(adata, rows, slide_key).items():
         scale, morph = 1.0, None
         if cfg.uses_morphology:
             key = (slide, cfg.backbone, cfg.pretrained, cfg.crop_size, cfg.tile_size, cfg.image_key)
@@ -288,11 +285,6 @@ def sme_fill(adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: np.
         out[idx] = sme_impute_slide(values[idx], observed[idx], xy_full[idx] * scale, a_row[idx], a_col[idx],
                                     cfg, morphology=morph, hex_geometry=hex_geometry)
     return out[rows]
-
-
-def slide_groups(adata: AnnData, slide_key: str = "slide_id") -> dict[str, np.ndarray]:
-    """Spots of each slide (re-exported from :mod:`spared_utils.graphs`)."""
-    return graphs.slide_groups(adata, slide_key)
 
 
 __all__: Sequence[str] = ("SmeConfig", "sme_fill", "sme_impute_slide", "tile_features", "morphology_pcs",

@@ -45,16 +45,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from torch import nn
 
 from .. import graphs, training
+from ..training import count_parameters
+from ..utils import atomic_path, dense
 
 #: Layer SpaCKLE completes, and the real-value mask (True = measured).
 DEFAULT_LAYER = "c_d_log1p"
@@ -97,24 +97,21 @@ class SpackleConfig:
     masking: str = "uniform"  #: ``"per_gene"``: ρ / real fraction of the gene (authors)
     loss_on: str = "all"  #: whole matrix (paper); ``"hidden"``: hidden entries only
     missing_in_training: str = "median"  #: median-completed entries stay in the input
-    # --- training (handed to training.TrainConfig) -------------------------------------------
-    iterations: int = 10_000
-    batch_size: int = 256
-    learning_rate: float = 1e-3
+    # --- training ----------------------------------------------------------------------------
+    #: budget, learning rate, evaluation period, seed, device, precision (the paper: 10,000
+    #: iterations, batch 256); ``checkpoint_dir`` below, not ``train.checkpoint_dir``, is used
+    train: training.TrainConfig = field(default_factory=lambda: training.TrainConfig(iterations=10_000))
     lr_grid: tuple[float, ...] | None = None  #: searched on the validation MSE when given
-    eval_every: int = 10
     val_max_spots: int | None = 2048  #: fixed subsample of validation spots (None = all)
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    progress: bool = True
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = None  #: one folder per learning rate under it, and the final model
     predict_batch: int = 2048
 
     def __post_init__(self):
-        if not isinstance(self.iterations, (int, np.integer)) or self.iterations <= 0:
-            raise ValueError(f"SpaCKLE iterations must be a positive number of optimiser steps, got {self.iterations!r} "
-                             "(the paper uses 10,000; the chapter's CPU default is a few hundred)")
+        if isinstance(self.train, dict):  # read back from a checkpoint or asdict()
+            self.train = training.TrainConfig(**self.train)
+        if not isinstance(self.train.iterations, (int, np.integer)):
+            raise ValueError(f"SpaCKLE iterations must be a positive number of optimiser steps, got "
+                             f"{self.train.iterations!r} (the paper uses 10,000; the chapter's CPU default is a few hundred)")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob (ρ) must be in (0, 1), got {self.mask_prob}")
         for name, allowed in _CHOICES.items():
@@ -126,23 +123,28 @@ class SpackleConfig:
             self.lr_grid = tuple(float(v) for v in self.lr_grid)
             if not self.lr_grid:
                 raise ValueError("lr_grid is empty; give learning rates or None")
-        # Raises early, with TrainConfig's message, for bad budgets and batch sizes.
-        self.train_config(self.learning_rate)
 
     def train_config(self, learning_rate: float, checkpoint_dir: str | None = None) -> training.TrainConfig:
         """The shared loop's configuration for one learning rate."""
-        return training.TrainConfig(
-            iterations=int(self.iterations), batch_size=self.batch_size, learning_rate=learning_rate,
-            eval_every=self.eval_every, seed=self.seed, device=self.device, amp=self.amp,
-            checkpoint_dir=checkpoint_dir, progress=self.progress,
-        )
+        return replace(self.train, learning_rate=learning_rate, checkpoint_dir=checkpoint_dir)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> tuple[SpackleConfig, dict]:
-        """Split keyword arguments into a config and the ones that are not config fields."""
-        names = {f.name for f in fields(cls)}
-        mine = {k: v for k, v in kwargs.items() if k in names}
-        return cls(**mine), {k: v for k, v in kwargs.items() if k not in names}
+        """A config from flat keyword arguments (:class:`TrainConfig` fields such as ``iterations``
+        or ``seed`` go to :attr:`train`), and the arguments that are neither."""
+        train, rest = training.split_train_options(kwargs, cls.__dataclass_fields__["train"].default_factory())
+        names = {f.name for f in fields(cls)} - {"train"}
+        mine = {k: v for k, v in rest.items() if k in names}
+        return cls(train=train, **mine), {k: v for k, v in rest.items() if k not in names}
+
+    @classmethod
+    def make(cls, **kwargs) -> SpackleConfig:
+        """:meth:`from_kwargs` that refuses unknown names (``SpackleConfig.make(iterations=200, d_model=64)``)."""
+        config, rest = cls.from_kwargs(**kwargs)
+        if rest:
+            raise TypeError(f"unknown SpaCKLE option(s) {sorted(rest)}; valid: "
+                            f"{sorted(({f.name for f in fields(cls)} - {'train'}) | set(training.TRAIN_FIELDS))}")
+        return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,19 +196,9 @@ class Spackle(nn.Module):
         return self.adapter_out(h) * self.out_scale
 
 
-def n_parameters(model: nn.Module) -> int:
-    """Trainable parameters."""
-    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-
 # ---------------------------------------------------------------------------------------------
 # Data: checks, neighbourhoods, gathering
 # ---------------------------------------------------------------------------------------------
-
-
-def dense(matrix) -> np.ndarray:
-    """A layer as a dense ndarray."""
-    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
 
 
 def check_input(adata: AnnData, layer: str = DEFAULT_LAYER, mask_layer: str = MASK_LAYER,
@@ -424,7 +416,7 @@ class SpackleResult:
 
     @property
     def n_params(self) -> int:
-        return n_parameters(self.model)
+        return count_parameters(self.model)
 
 
 def split_spots(adata: AnnData, split_key: str = "split") -> dict[str, np.ndarray]:
@@ -485,17 +477,17 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
     values, real = check_input(adata, layer, slide_key=slide_key)
     hex_geometry = _hex_geometry(adata, hex_geometry)
     index = neighbourhoods(adata, cfg, hex_geometry=hex_geometry, slide_key=slide_key)
-    device = training.resolve_device(cfg.device)
+    device = training.resolve_device(cfg.train.device)
     data = Neighbourhoods.build(values, real, index, cfg, device)
 
     spots = split_spots(adata, split_key)
     if "train" not in spots:
         raise ValueError(f"no spot has obs[{split_key!r}] == 'train': SpaCKLE trains on the training slides")
     val_spots, val_name = validation_spots(adata, split_key)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.train.seed)
     if cfg.val_max_spots is not None and len(val_spots) > cfg.val_max_spots:
         val_spots = np.sort(rng.choice(val_spots, cfg.val_max_spots, replace=False))
-    val_hidden = synthetic_hidden(real, cfg.mask_prob, cfg.seed + 1, cfg.masking, rows=val_spots)
+    val_hidden = synthetic_hidden(real, cfg.mask_prob, cfg.train.seed + 1, cfg.masking, rows=val_spots)
     if not val_hidden[val_spots].any():
         raise ValueError("the validation slides have no real value to hide; check layers['mask']")
     val_inputs = spackle_input(data.values, data.real, torch.as_tensor(val_hidden, device=device), cfg)
@@ -504,7 +496,7 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
     val_truth_c = data.values[val_centres]
 
     def validate(model: Spackle) -> float:
-        pred = predict_centres(model, val_inputs, data.index, val_centres, cfg.predict_batch, cfg.amp)
+        pred = predict_centres(model, val_inputs, data.index, val_centres, cfg.predict_batch, cfg.train.amp)
         return float(((pred - val_truth_c) ** 2)[val_hidden_c].mean())
 
     def loss_fn(model: Spackle, centres: torch.Tensor) -> torch.Tensor:
@@ -519,7 +511,7 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
     scales = gene_scales(values[spots["train"]]) if cfg.gene_scaling else (None, None)
 
     def run(lr: float) -> training.TrainResult:
-        training.seed_everything(cfg.seed)
+        training.seed_everything(cfg.train.seed)
         model = Spackle(len(genes), n_tokens, cfg, gene_scale=scales[0], out_scale=scales[1])
         if cfg.init_output_bias == "mean":
             # Starts the output at each gene's mean, so training learns deviations from it
@@ -531,7 +523,7 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
             # One folder per (configuration, data, learning rate): fit() resumes from it, so a
             # rerun with identical settings reuses the finished run and anything else starts anew.
             ckpt = str(Path(cfg.checkpoint_dir) / f"{run_tag}_lr_{lr:g}")
-        sampler = CentreSampler(spots["train"], cfg.batch_size, cfg.seed)
+        sampler = CentreSampler(spots["train"], cfg.train.batch_size, cfg.train.seed)
         res = training.fit(model, sampler, loss_fn, validate, cfg.train_config(lr, ckpt))
         runs[lr] = (model, res)
         return res
@@ -541,12 +533,12 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
     if cfg.lr_grid:
         lr, lr_table = training.lr_search(run, cfg.lr_grid)
     else:
-        lr = float(cfg.learning_rate)
+        lr = float(cfg.train.learning_rate)
         run(lr)
     model, res = runs[lr]
     model.eval()
     result = SpackleResult(
-        model=model, config=replace(cfg, learning_rate=lr), genes=genes, learning_rate=lr,
+        model=model, config=replace(cfg, train=replace(cfg.train, learning_rate=lr)), genes=genes, learning_rate=lr,
         best_val=res.best_val, best_iteration=res.best_iteration, history=res.history,
         wall_time_s=time.perf_counter() - t0, device=res.device, lr_table=lr_table,
         extra={"validation_split": val_name, "n_validation_spots": int(len(val_spots)),
@@ -561,8 +553,10 @@ def config_tag(config: SpackleConfig, values: np.ndarray, real: np.ndarray, inde
     """Short hash of everything that determines a training run except the learning rate."""
     import hashlib
 
+    train = {k: v for k, v in asdict(config.train).items()
+             if k not in ("progress", "checkpoint_dir", "device", "learning_rate", "resume")}
     keep = {k: v for k, v in asdict(config).items()
-            if k not in ("progress", "checkpoint_dir", "device", "learning_rate", "lr_grid", "predict_batch")}
+            if k not in ("train", "checkpoint_dir", "lr_grid", "predict_batch")} | train
     h = hashlib.sha1(repr(sorted(keep.items())).encode())
     for arr in (values, real, index):
         h.update(np.ascontiguousarray(arr).tobytes())
@@ -592,7 +586,6 @@ def _hex_geometry(adata: AnnData, hex_geometry: bool | None) -> bool:
 def save_checkpoint(result: SpackleResult, path: str | os.PathLike) -> Path:
     """Write the model, its configuration and gene list atomically to ``path`` (a ``.pt`` file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
         "config": asdict(result.config),
@@ -603,9 +596,8 @@ def save_checkpoint(result: SpackleResult, path: str | os.PathLike) -> Path:
         "best_iteration": result.best_iteration,
         "history": result.history.to_dict(orient="list"),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
     return path
 
 
@@ -616,7 +608,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto") -> SpackleRes
         raise FileNotFoundError(f"SpaCKLE checkpoint {path} not found; train with complete(adata, method='spackle') first")
     blob = torch.load(path, map_location="cpu", weights_only=False)
     cfg_values = dict(blob["config"])
-    cfg_values["device"] = device
+    cfg_values["train"] = {**cfg_values["train"], "device": device}
     if cfg_values.get("lr_grid") is not None:
         cfg_values["lr_grid"] = tuple(cfg_values["lr_grid"])
     cfg = SpackleConfig(**cfg_values)
@@ -660,7 +652,7 @@ def complete_with(result: SpackleResult, adata: AnnData, layer: str = DEFAULT_LA
     inputs = torch.as_tensor(values * real, device=device)
     centres = torch.arange(adata.n_obs, device=device)
     pred = predict_centres(result.model, inputs, torch.as_tensor(index, device=device), centres,
-                           cfg.predict_batch, cfg.amp).cpu().numpy()
+                           cfg.predict_batch, cfg.train.amp).cpu().numpy()
     return np.where(real, values, pred).astype(np.float32)
 
 
@@ -680,7 +672,7 @@ def predict_hidden(result: SpackleResult, adata: AnnData, hidden: np.ndarray, ro
     inputs = torch.as_tensor(spackle_input(values, real, hidden, result.config), device=device)
     pred = predict_centres(result.model, inputs, torch.as_tensor(index, device=device),
                            torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device),
-                           result.config.predict_batch, result.config.amp)
+                           result.config.predict_batch, result.config.train.amp)
     return pred.cpu().numpy()
 
 
@@ -688,5 +680,4 @@ __all__: Sequence[str] = (
     "SpackleConfig", "Spackle", "SpackleResult", "Neighbourhoods", "CentreSampler", "train_spackle",
     "complete_with", "predict_hidden", "save_checkpoint", "load_checkpoint", "check_input", "check_genes",
     "neighbourhoods", "knn_index", "gather", "training_mask", "config_tag", "mask_probabilities", "synthetic_hidden", "split_spots",
-    "n_parameters",
 )

@@ -26,9 +26,11 @@ from .median import (
     window_tables,
 )
 from .moran import moran_i, select_top_moran
-from .normalise import gene_lengths_for, load_gene_lengths, log1p, tpm
-from .pipeline import DELTA_LAYERS, PipelineParams, run_pipeline
-from .store import processed_path, read_processed, write_processed
+from .normalise import gene_lengths_for, log1p, tpm
+from ..registry import PipelineParams
+from .genes import harmonise_gene_ids, load_gene_lengths, strip_version, symbol_to_ensembl
+from .pipeline import DELTA_LAYERS, run_pipeline
+from .store import curation_fingerprint, processed_path, read_processed, write_processed
 
 __all__ = [
     "DELTA_LAYERS",
@@ -37,12 +39,14 @@ __all__ = [
     "check_counts",
     "collect",
     "combat",
+    "curation_fingerprint",
     "deltas",
     "embed",
     "expression_fractions",
     "filter_dataset",
     "filter_spots",
     "gene_lengths_for",
+    "harmonise_gene_ids",
     "load_gene_lengths",
     "log1p",
     "median_complete",
@@ -57,6 +61,8 @@ __all__ = [
     "run_pipeline",
     "select_top_moran",
     "slide_silhouette",
+    "strip_version",
+    "symbol_to_ensembl",
     "table_totals",
     "tpm",
     "window_tables",

@@ -6,6 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .genes import harmonise_gene_ids
+
 REQUIRED_OBS = ("slide_id", "split", "patient", "array_row", "array_col")
 
 
@@ -103,7 +105,7 @@ def collect(
         ``obs`` with ``slide_id``, ``split``, ``patient``, ``array_row``, ``array_col``
         (and optionally ``in_tissue``).
     organism
-        Passed to :func:`spared_utils.datasets.harmonise_gene_ids`: for ``"human"``/``"mouse"``
+        Passed to :func:`spared_utils.preprocess.harmonise_gene_ids`: for ``"human"``/``"mouse"``
         gene symbols become Ensembl ids; for any organism version suffixes are stripped and
         duplicated ids merged. ``None`` keeps ``var_names`` as they are.
     harmonise
@@ -135,9 +137,7 @@ def collect(
     out = subset(bare, rows=keep)  # X stays empty: the counts are held once; run_pipeline sets X at the end
     check_counts(out, "counts", slide_key)
     if harmonise and organism is not None:
-        from .. import datasets
-
-        out = datasets.harmonise_gene_ids(out, organism)
+        out = harmonise_gene_ids(out, organism)
     if not out.var_names.is_unique:
         dup = out.var_names[out.var_names.duplicated()][:5].tolist()
         raise ValueError(

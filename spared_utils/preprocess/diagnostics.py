@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
+
+from ..utils import dense
 
 
 def embed(adata: AnnData, layer: str, method: str = "pca", seed: int = 0, n_pcs: int = 20) -> np.ndarray:
@@ -13,7 +14,7 @@ def embed(adata: AnnData, layer: str, method: str = "pca", seed: int = 0, n_pcs:
     import scanpy as sc
 
     x = adata.layers[layer]
-    tmp = AnnData(X=np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32))
+    tmp = AnnData(X=np.asarray(dense(x), dtype=np.float32))
     n_comps = max(2, min(n_pcs, tmp.n_vars - 1, tmp.n_obs - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
     if method == "pca":
@@ -32,7 +33,7 @@ def slide_silhouette(adata: AnnData, layer: str, key: str = "slide_id", n_pcs: i
     import scanpy as sc
 
     x = adata.layers[layer]
-    tmp = AnnData(X=np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32))
+    tmp = AnnData(X=np.asarray(dense(x), dtype=np.float32))
     sc.pp.pca(tmp, n_comps=max(2, min(n_pcs, tmp.n_vars - 1, tmp.n_obs - 1)), random_state=seed)
     labels = adata.obs[key].astype(str).to_numpy()
     sample = min(5000, adata.n_obs)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import scipy.sparse as sp
 from anndata import AnnData
 
-
-def _dense(x) -> np.ndarray:
-    return x.toarray() if sp.issparse(x) else np.asarray(x)
+from ..utils import dense
 
 
 def combat(adata: AnnData, key: str | None, layer: str = "log1p", key_added: str = "c_log1p") -> AnnData:
@@ -26,7 +23,7 @@ def combat(adata: AnnData, key: str | None, layer: str = "log1p", key_added: str
     """
     import scanpy as sc
 
-    x = _dense(adata.layers[layer]).astype(np.float64)
+    x = dense(adata.layers[layer]).astype(np.float64)
     if key in (None, "None", ""):
         adata.layers[key_added] = x.astype(np.float32)
         adata.uns["combat_skipped"] = "no combat_key"
@@ -61,7 +58,7 @@ def deltas(adata: AnnData, layer: str, key_added: str, split_key: str = "split",
     The mean is stored in ``var[f"{layer}_avg_exp"]`` (it adds back to a Δ prediction). Only
     training spots enter the mean, so validation and test data do not leak into it.
     """
-    x = _dense(adata.layers[layer]).astype(np.float32)
+    x = dense(adata.layers[layer]).astype(np.float32)
     ref = (adata.obs[split_key].astype(str) == reference).to_numpy() if split_key in adata.obs else None
     if ref is None or not ref.any():
         raise ValueError(f"no spot has obs[{split_key!r}] == {reference!r}: Δ layers need training slides; "
@@ -74,5 +71,5 @@ def deltas(adata: AnnData, layer: str, key_added: str, split_key: str = "split",
 
 def add_mask(adata: AnnData, layer: str = "tpm", key_added: str = "mask") -> AnnData:
     """``layers[key_added]``: True where ``layers[layer]`` is non-zero (a real measurement)."""
-    adata.layers[key_added] = _dense(adata.layers[layer]) != 0
+    adata.layers[key_added] = dense(adata.layers[layer]) != 0
     return adata

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
+
+from ..utils import dense
 from tqdm.auto import tqdm
 
 from .. import graphs
@@ -190,7 +192,7 @@ def median_complete(
     groups = graphs.slide_groups(adata, slide_key)
     for slide, idx in tqdm(groups.items(), desc="median completion", disable=not progress, leave=False):
         block = src[idx]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = dense(block)
         tables = window_tables(adata[idx], n_rings=n_rings, hex_geometry=hex_geometry, slide_key=slide_key)
         out[idx] = median_complete_array(block.astype(dtype, copy=False), tables)
     adata.layers[key_added] = out

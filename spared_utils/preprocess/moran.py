@@ -13,8 +13,9 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
+
+from ..utils import dense
 from tqdm.auto import tqdm
 
 from .. import graphs
@@ -31,7 +32,7 @@ def moran_i(adata: AnnData, layer: str = "d_log1p", hex_geometry: bool = True,
     for slide, idx in tqdm(graphs.slide_groups(adata, slide_key).items(), desc="Moran's I",
                            disable=not progress, leave=False):
         block = x[idx]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = dense(block)
         sub = AnnData(X=np.asarray(block, dtype=np.float64), obs=adata.obs.iloc[idx][["array_row", "array_col"]])
         sub.var_names = adata.var_names
         sub.obsp["spatial_connectivities"] = graphs.adjacency(sub, hex_geometry=hex_geometry).astype(np.float64)

@@ -8,47 +8,14 @@ final (:func:`spared_utils.preprocess.run_pipeline`).
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .. import paths
 from .collection import counts_matrix, subset
-
-GENE_LENGTH_FILES = {
-    "human": "gene_length_human_gencode_v43.tsv.gz",
-    "mouse": "gene_length_mouse_gencode_vM33.tsv.gz",
-}
-
-
-def gene_length_file(organism: str) -> Path:
-    """Path of the vendored GENCODE gene-length table for ``organism``."""
-    if organism not in GENE_LENGTH_FILES:
-        raise ValueError(
-            f"no gene-length table for organism {organism!r} (known: {sorted(GENE_LENGTH_FILES)}); "
-            "put gene lengths in var['gene_length'] or set the dataset's organism in data/datasets.yml"
-        )
-    return paths.data_dir() / "annotations" / GENE_LENGTH_FILES[organism]
-
-
-@lru_cache(maxsize=4)
-def load_gene_lengths(organism: str) -> pd.Series:
-    """Merged-exon length (bp) per Ensembl gene id (version suffix removed; first row wins)."""
-    path = gene_length_file(organism)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"gene-length table {path} not found; it is vendored in the repository's data/annotations/ "
-            "(or set SPARED_BOOK_ROOT to the repository root)"
-        )
-    table = pd.read_csv(path, sep="\t", usecols=["gene", "merged"])
-    table["gene"] = table["gene"].str.split(".").str[0]
-    table = table.drop_duplicates("gene")
-    return table.set_index("gene")["merged"].astype(np.float64)
-
+from .genes import load_gene_lengths
 
 def gene_lengths_for(adata: AnnData, organism: str | None = None) -> pd.Series:
     """Length of each gene of ``adata``: ``var["gene_length"]`` if present, else the GENCODE table.

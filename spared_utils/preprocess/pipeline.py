@@ -1,17 +1,17 @@
-"""The whole curation pipeline (SPEC §1 "Preprocessing", steps 1–8) as one call."""
+"""The whole curation pipeline (SpaRED's preprocessing, Mejia et al. 2024, Sec. 2.1) as one call."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from tqdm.auto import tqdm
 
+from ..registry import PipelineParams
+from ..utils import dense
 from .collection import collect
 from .filters import filter_dataset
 from .layers import add_mask, combat, deltas
@@ -21,37 +21,6 @@ from .normalise import log1p, tpm
 
 #: Layer → Δ layer, in the order they are made.
 DELTA_LAYERS = {"log1p": "deltas", "d_log1p": "d_deltas", "c_log1p": "c_deltas", "c_d_log1p": "c_d_deltas"}
-
-
-@dataclass(frozen=True)
-class PipelineParams:
-    """Every parameter of :func:`run_pipeline` (SpaRED defaults)."""
-
-    n_genes: int = 128
-    combat_key: str | None = "slide_id"
-    hex_geometry: bool = True
-    cell_min_counts: float = 10
-    cell_max_counts: float = 1e6
-    gene_min_counts: float = 10
-    gene_max_counts: float = 1e6
-    real_data_percentage: float = 0.7
-    organism: str | None = None
-    n_rings: int = 4
-    slide_key: str = "slide_id"
-
-    @classmethod
-    def from_spec(cls, spec: Any = None, **overrides) -> PipelineParams:
-        """Read the parameters from a dataset spec (any object with these attributes; missing → default)."""
-        values = {f.name: getattr(spec, f.name, f.default) for f in fields(cls)} if spec is not None else {}
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown pipeline parameter(s) {sorted(unknown)}; valid: {[f.name for f in fields(cls)]}")
-        values.update(overrides)
-        return cls(**values)
-
-    def as_uns(self) -> dict:
-        """The parameters as h5ad-writable values (None → "None")."""
-        return {k: ("None" if v is None else v) for k, v in asdict(self).items()}
 
 
 class _Recorder:
@@ -79,22 +48,22 @@ class _Recorder:
         return frame
 
 
-def run_pipeline(adata: AnnData, spec: Any = None, *, progress: bool = True, **overrides) -> AnnData:
-    """Curate a raw collection: steps 1–8 of SPEC §1 (everything before SpaCKLE and patches).
+def run_pipeline(adata: AnnData, params: Any = None, *, progress: bool = True, **overrides) -> AnnData:
+    """Curate a raw collection: SpaRED's curation steps 1–7 (everything before SpaCKLE and patches).
 
     Parameters
     ----------
     adata
         All slides of a dataset, raw counts in ``layers["counts"]`` (or ``X``), obs with
         ``slide_id``, ``split``, ``patient``, ``array_row``, ``array_col``.
-    spec
-        The dataset's :class:`spared_utils.datasets.DatasetSpec` (or any object with attributes
-        ``n_genes``, ``combat_key``, ``hex_geometry``, ``cell_min_counts``, ...; missing ones take
-        the SpaRED defaults of :class:`PipelineParams`).
+    params
+        The curation parameters: a :class:`~spared_utils.registry.PipelineParams`, or a dataset's
+        :class:`~spared_utils.registry.DatasetSpec` (its ``curation``); ``None`` takes SpaRED's
+        defaults.
     progress
         Show tqdm progress bars.
     **overrides
-        Any :class:`PipelineParams` field, overriding the spec.
+        Any :class:`PipelineParams` field, overriding ``params``.
 
     Returns
     -------
@@ -114,7 +83,10 @@ def run_pipeline(adata: AnnData, spec: Any = None, *, progress: bool = True, **o
         Bad counts (NaN, negative), a slide left without spots, fewer genes than ``n_genes``;
         the message names the slide or value and the fix.
     """
-    p = PipelineParams.from_spec(spec, **overrides)
+    p = getattr(params, "curation", params) or PipelineParams()
+    if not isinstance(p, PipelineParams):
+        raise TypeError(f"params must be a PipelineParams or a DatasetSpec, got {type(params).__name__}")
+    p = p.with_overrides(**overrides)
     record = _Recorder(p.slide_key)
     steps = tqdm(total=7, desc="curation", disable=not progress)
 
@@ -137,8 +109,7 @@ def run_pipeline(adata: AnnData, spec: Any = None, *, progress: bool = True, **o
     advance("4 adaptive median completion", data)
     data = select_top_moran(data, p.n_genes, "d_log1p", p.hex_geometry, p.slide_key, progress)
     for key in ("counts", "tpm", "log1p"):
-        data.layers[key] = np.asarray(data.layers[key].toarray() if sp.issparse(data.layers[key])
-                                      else data.layers[key], dtype=np.float32)
+        data.layers[key] = np.asarray(dense(data.layers[key]), dtype=np.float32)
     advance("5 top Moran's I genes", data)
     combat(data, p.combat_key, "log1p", "c_log1p")
     combat(data, p.combat_key, "d_log1p", "c_d_log1p")

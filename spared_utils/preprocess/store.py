@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import anndata as ad
 from anndata import AnnData
 
 from .. import paths
+from ..registry import DatasetSpec
+from ..synthetic import GENERATOR_VERSION
+from ..utils import atomic_path
 
 ADATA_NAME = "adata.h5ad"
 PATCHES_NAME = "patches"
@@ -20,14 +23,22 @@ def processed_path(dataset: str, name: str = ADATA_NAME) -> Path:
     return paths.processed_dir() / dataset / name
 
 
-def spec_fingerprint(spec) -> str:
-    """The registry's fingerprint of a spec's curation parameters (what ``datasets.load`` checks)."""
-    from .. import datasets
+def curation_fingerprint(spec: DatasetSpec) -> str:
+    """A string that changes whenever what a dataset's curated file depends on changes.
 
-    return datasets.spec_fingerprint(spec)
+    Its curation parameters, splits, patients and, for the embedded dataset, the generator's
+    arguments and version. :func:`write_processed` stamps it into ``uns["dataset_spec"]``;
+    :func:`spared_utils.datasets.load` curates again when the stamp differs, and the patch
+    store keeps it as its ``source_id``.
+    """
+    params: dict = {**asdict(spec.curation), "splits": spec.splits, "patients": spec.patients,
+                    "generator": spec.generator}
+    if spec.generator is not None:
+        params["generator_version"] = GENERATOR_VERSION
+    return json.dumps(params, sort_keys=True, default=str)
 
 
-def write_processed(adata: AnnData, dataset: str, drop_fullres: bool = True, spec=None) -> Path:
+def write_processed(adata: AnnData, dataset: str, drop_fullres: bool = True, spec: DatasetSpec | None = None) -> Path:
     """Write a curated collection atomically (temporary file, then rename).
 
     Full-resolution images held in ``uns["spatial"][slide]["images"]["fullres"]`` are left out
@@ -38,21 +49,15 @@ def write_processed(adata: AnnData, dataset: str, drop_fullres: bool = True, spe
     out = processed_path(dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     if spec is not None:
-        adata.uns["dataset_spec"] = spec_fingerprint(spec)
+        adata.uns["dataset_spec"] = curation_fingerprint(spec)
         adata.uns["dataset_id"] = dataset
     to_write = adata
     if drop_fullres and any("fullres" in lib.get("images", {}) for lib in adata.uns.get("spatial", {}).values()):
         to_write = adata.copy()
         for lib in to_write.uns["spatial"].values():
             lib.get("images", {}).pop("fullres", None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         to_write.write_h5ad(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 

@@ -1,0 +1,18 @@
+"""``su.io``: where each stage keeps what it made, and how to read it back.
+
+Curated datasets (``<processed_dir>/<id>/adata.h5ad``), patch stores (memory-mapped), SpaCKLE
+checkpoints, predictor checkpoint folders, and the results store (one CSV every run appends to).
+Every write is atomic (:func:`spared_utils.utils.atomic_path`).
+"""
+
+from .completion import load_checkpoint as load_spackle, save_checkpoint as save_spackle
+from .patches import PatchStore
+from .paths import output_dir
+from .predict import checkpoint_dir as predictor_checkpoint_dir
+from .preprocess import processed_path, read_processed, write_processed
+from .results import append as append_results, read as read_results
+
+__all__ = [
+    "PatchStore", "append_results", "load_spackle", "output_dir", "predictor_checkpoint_dir", "processed_path",
+    "read_processed", "read_results", "save_spackle", "write_processed",
+]

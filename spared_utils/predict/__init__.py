@@ -1,0 +1,54 @@
+"""The prediction stage: train a patch → expression predictor, evaluate it, store the results.
+
+Three modules, in the order data flows:
+
+* :mod:`~spared_utils.predict.data` – targets, masks and splits of one scenario
+  (:func:`prediction_data`) and the streaming patch dataset;
+* :mod:`~spared_utils.predict.engine` – the loss, loaders, :func:`predict`, one run
+  (:func:`train_predictor`) and the learning-rate search;
+* :mod:`~spared_utils.predict.harness` – a whole chapter (:func:`run_chapter`).
+
+**Scenarios.** ``raw``: the target is ``c_d_log1p`` and the loss is MSE on real values only
+(``mask`` True); ``completed``: the target is SpaCKLE's ``c_t_log1p`` and the loss is MSE on
+every value. **Evaluation is always on real values only** (``c_d_log1p`` where ``mask`` is
+True), so both scenarios are scored against the same measurements.
+"""
+
+from .data import (
+    MASK_LAYER,
+    SCENARIOS,
+    TARGET_LAYERS,
+    TRUTH_LAYER,
+    PatchDataset,
+    PredictionData,
+    open_store,
+    patch_channel_stats,
+    prediction_data,
+    random_symmetry,
+    store_positions,
+)
+from .engine import (
+    DEFAULT_LR_GRID,
+    PredictorConfig,
+    PredictorRun,
+    build_for_data,
+    checkpoint_dir,
+    default_num_workers,
+    evaluate_predictions,
+    make_loader,
+    masked_mse_loss,
+    predict,
+    result_rows,
+    search_learning_rate,
+    train_predictor,
+    trivial_baseline,
+)
+from .harness import ChapterRun, parse_scenarios, run_chapter
+
+__all__ = [
+    "DEFAULT_LR_GRID", "MASK_LAYER", "SCENARIOS", "TARGET_LAYERS", "TRUTH_LAYER", "ChapterRun", "PatchDataset",
+    "PredictionData", "PredictorConfig", "PredictorRun", "build_for_data", "checkpoint_dir", "default_num_workers",
+    "evaluate_predictions", "make_loader", "masked_mse_loss", "open_store", "patch_channel_stats", "parse_scenarios",
+    "predict", "prediction_data", "random_symmetry", "result_rows", "run_chapter", "search_learning_rate",
+    "store_positions", "train_predictor", "trivial_baseline",
+]

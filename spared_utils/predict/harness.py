@@ -1,0 +1,210 @@
+"""A predictor chapter in one call: load, (search the learning rate), train both scenarios, evaluate.
+
+:func:`run_chapter` returns a :class:`ChapterRun` holding every run and the numbers a chapter
+shows (metrics, learning curves, per-gene tables, whether each scenario beats the training mean,
+completed − raw); the chapter writes the sentences around them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+
+import pandas as pd
+from anndata import AnnData
+
+from .. import datasets, models, paths, results
+from .data import SCENARIOS, PredictionData, prediction_data
+from .engine import DEFAULT_LR_GRID, PredictorConfig, PredictorRun, search_learning_rate, train_predictor, trivial_baseline
+
+__all__ = ["ChapterRun", "parse_scenarios", "run_chapter"]
+
+
+def parse_scenarios(scenario: str | Sequence[str]) -> list[str]:
+    """``"both"`` → ``["raw", "completed"]``; a name or list is checked."""
+    names = list(SCENARIOS) if scenario in ("both", "all") else ([scenario] if isinstance(scenario, str) else list(scenario))
+    for s in names:
+        if s not in SCENARIOS:
+            raise ValueError(f"scenario must be 'raw', 'completed' or 'both', got {s!r}")
+    return names
+
+
+@dataclass
+class ChapterRun:
+    """What :func:`run_chapter` returns: one run per scenario and the tables a chapter shows."""
+
+    dataset: str
+    model: str
+    config: PredictorConfig
+    adata: AnnData
+    data: dict[str, PredictionData]
+    runs: dict[str, PredictorRun]
+    baseline: pd.DataFrame
+    lr_table: pd.DataFrame | None
+    learning_rate: float
+    seconds: float
+
+    @property
+    def histories(self) -> dict[str, pd.DataFrame]:
+        return {s: r.history for s, r in self.runs.items()}
+
+    @property
+    def baseline_val_loss(self) -> float:
+        """Validation MSE of the trivial predictor on the spots used during training (raw scenario if run)."""
+        run = self.runs["raw"] if "raw" in self.runs else next(iter(self.runs.values()))
+        return run.baseline_val_loss
+
+    @property
+    def eval_split(self) -> str:
+        """The split shown in maps and gene tables: test if the dataset has one, else val."""
+        first = next(iter(self.runs.values()))
+        return "test" if "test" in first.predictions else "val"
+
+    def beats_training_mean(self, split: str | None = None) -> dict[str, bool]:
+        """Scenario → whether its model's MSE on ``split`` (default: :attr:`eval_split`) is below
+        the trivial predictor's on the same spots."""
+        split = split or self.eval_split
+        base = self.baseline.set_index("split")
+        if split not in base.index:
+            return {}
+        out = {}
+        for scenario, run in self.runs.items():
+            m = run.metrics.set_index("split")
+            if split in m.index:
+                out[scenario] = bool(m.loc[split, "mse"] < base.loc[split, "mse"])
+        return out
+
+    def completed_minus_raw(self, split: str | None = None) -> dict[str, float]:
+        """``{"mse": ..., "pcc_gene": ...}``: completed-scenario metric minus raw-scenario metric on
+        ``split`` (both scored on real values only); empty unless both scenarios ran."""
+        if not {"raw", "completed"} <= set(self.runs):
+            return {}
+        split = split or self.eval_split
+        raw = self.runs["raw"].metrics.set_index("split").loc[split]
+        done = self.runs["completed"].metrics.set_index("split").loc[split]
+        return {k: float(done[k] - raw[k]) for k in ("mse", "pcc_gene")}
+
+    def metrics(self) -> pd.DataFrame:
+        """Tidy table: one row per (scenario or ``training mean``, split) with the metrics."""
+        frames = [r.metrics.assign(scenario=s, model=models.display_name(self.model), n_params=r.n_params,
+                                   wall_time_s=r.train.wall_time_s) for s, r in self.runs.items()]
+        frames.append(self.baseline.assign(model="training mean", n_params=0))
+        table = pd.concat(frames, ignore_index=True)
+        front = ["model", "scenario", "split", "mse", "pcc_gene", "pcc_global", "mae", "n_spots", "n_values"]
+        return table[[c for c in front if c in table] + [c for c in table if c not in front]]
+
+    def gene_tables(self, split: str | None = None) -> dict[str, pd.DataFrame]:
+        split = split or self.eval_split
+        return {s: r.gene_tables[split] for s, r in self.runs.items() if split in r.gene_tables}
+
+    def best_and_worst_genes(self, scenario: str | None = None, split: str | None = None) -> tuple[str, str]:
+        """Genes with the highest and lowest PCC (NaN skipped) in one scenario's evaluation."""
+        scenario = scenario or next(iter(self.runs))
+        table = self.runs[scenario].gene_tables[split or self.eval_split].dropna(subset=["pcc"])
+        if table.empty:
+            genes = self.data[scenario].genes
+            return str(genes[0]), str(genes[-1])
+        table = table.sort_values("pcc")
+        return str(table["gene"].iloc[-1]), str(table["gene"].iloc[0])
+
+    def map_inputs(self, scenario: str, split: str | None = None, slide: str | None = None):
+        """``(slide, rows, predictions)`` of one evaluated slide, for :func:`plots.predicted_vs_true_maps`."""
+        split = split or self.eval_split
+        run, data = self.runs[scenario], self.data[scenario]
+        rows, pred = run.rows[split], run.predictions[split]
+        slides = data.slides[rows]
+        slide = slide or pd.Series(slides).value_counts().index[0]
+        keep = slides == slide
+        return slide, rows[keep], pred[keep]
+
+
+def run_chapter(
+    dataset: str = "synthetic",
+    model: str = "shufflenet",
+    scenario: str | Sequence[str] = "both",
+    budget: str = "cpu",
+    learning_rate: float | str | None = None,
+    lr_grid: Sequence[float] = DEFAULT_LR_GRID,
+    out_dir: str | os.PathLike | None = "results",
+    adata: AnnData | None = None,
+    store=None,
+    completion_iterations: int | None = None,
+    iterations: int | None = None,
+    batch_size: int | None = None,
+    eval_every: int | None = None,
+    val_spots: int | str | None = None,
+    eval_spots: int | str | None = None,
+    **options,
+) -> ChapterRun:
+    """Everything a predictor chapter computes, in one call.
+
+    Loads the dataset's completed stage and its patches (``datasets.load(id, stage=...)`` and
+    :func:`spared_utils.datasets.patch_store`, unless ``adata`` and ``store`` are given),
+    searches the learning rate on the raw scenario over ``lr_grid`` when ``learning_rate`` is
+    ``"search"`` (then fixes it for both scenarios, as the paper does), trains and evaluates
+    one run per scenario and writes the results rows (plus the trivial predictor's, stage
+    ``predict_baseline``).
+
+    Parameters
+    ----------
+    budget
+        ``"cpu"`` or ``"paper"``: the predictor record's budget
+        (:meth:`spared_utils.models.PredictorRecord.budget`). ``iterations``, ``batch_size``,
+        ``eval_every``, ``val_spots``, ``eval_spots`` and ``learning_rate`` override it when
+        not ``None``; ``"all"`` for ``val_spots``/``eval_spots`` scores every spot.
+    completion_iterations
+        SpaCKLE's budget if the dataset has no ``c_t_log1p`` yet (default: the book's CPU
+        budget, :data:`spared_utils.completion.CPU_BUDGET`).
+    **options
+        Other fields of :class:`PredictorConfig` and :class:`~spared_utils.training.TrainConfig`
+        (``seed``, ``device``, ``pretrained``, ``model_options``, ``progress``, ...).
+    """
+    t0 = time.perf_counter()
+    scenarios = parse_scenarios(scenario)
+    search = learning_rate == "search"
+    chosen = models.record(model).budget(
+        budget, iterations=iterations, batch_size=batch_size, eval_every=eval_every,
+        learning_rate=None if search else learning_rate,
+        val_spots=_spots(val_spots), eval_spots=_spots(eval_spots))
+    costs = asdict(chosen)
+    for name, value in (("val_spots", val_spots), ("eval_spots", eval_spots)):
+        if value == "all":
+            costs[name] = None
+    base = PredictorConfig.make(model=model, scenario="raw", **costs, **options)
+    if adata is None or store is None:
+        stage = "completed" if "completed" in scenarios else "curated"
+        extra = {} if stage == "curated" else {
+            "seed": base.train.seed, "device": base.train.device,
+            **({"iterations": int(completion_iterations)} if completion_iterations else {})}
+        adata = datasets.load(dataset, stage=stage, progress=base.train.progress, **extra)
+        store = datasets.patch_store(dataset, adata, progress=base.train.progress)
+    data = {s: prediction_data(adata, store, s) for s in scenarios}
+
+    lr_table = None
+    lr = base.train.learning_rate
+    if search:
+        raw = data.get("raw") or prediction_data(adata, store, "raw")
+        lr, lr_table = search_learning_rate(raw, base, lr_grid, dataset=dataset, out_dir=out_dir)
+    config = base.with_train(learning_rate=float(lr))
+    runs = {s: train_predictor(data[s], replace(config, scenario=s), dataset=dataset, out_dir=out_dir)
+            for s in scenarios}
+
+    # The trivial predictor of the raw scenario (the best constant under the masked loss), scored
+    # on the same spots as the runs.
+    ref = "raw" if "raw" in data else scenarios[0]
+    baseline = trivial_baseline(data[ref], rows=runs[ref].rows).assign(scenario=ref)
+    rows = [{"stage": "predict_baseline", "dataset": dataset, "model": "training_mean", "learning_rate": float("nan"),
+             "seed": config.train.seed, "n_params": 0, "eval_spots": config.eval_spots, **r}
+            for r in baseline.to_dict("records")]
+    if rows:
+        results.append(rows, path=paths.output_dir(out_dir) / results.STORE_NAME)
+    return ChapterRun(dataset=dataset, model=model, config=config, adata=adata, data=data, runs=runs,
+                      baseline=baseline, lr_table=lr_table, learning_rate=float(lr),
+                      seconds=time.perf_counter() - t0)
+
+
+def _spots(value: int | str | None) -> int | None:
+    """A ``val_spots``/``eval_spots`` override for the record's budget (``"all"`` is set afterwards)."""
+    return None if value is None or value == "all" else int(value)

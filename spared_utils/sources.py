@@ -1,0 +1,203 @@
+"""Sources: a dataset's raw files on disk, read into one AnnData of all its slides.
+
+The second stage of the pipeline (registry → **sources** → curation → ...). For a
+:class:`~spared_utils.registry.DatasetSpec`, :func:`prepare_source` makes the raw files
+available (downloads them with :mod:`spared_utils.download`, checks a local folder, or writes
+the embedded synthetic dataset with :mod:`spared_utils.synthetic`); :func:`read_slide` reads one
+slide with the reader of its format (:mod:`spared_utils.readers`); :func:`load_raw` combines
+every slide into the raw collection that curation starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import download, paths, readers, synthetic
+from .registry import LAYOUT_KEYS, SPLITS, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["combine_slides", "dataset_cache_dir", "load_raw", "prepare_source", "read_slide", "real_data_dir",
+           "slide_files"]
+
+
+def real_data_dir() -> Path:
+    """Folder of the real sample slides: ``SPARED_REAL_DATA_DIR``, else ``<root>/../shared/data/real``."""
+    env = os.environ.get("SPARED_REAL_DATA_DIR")
+    return Path(env).expanduser().resolve() if env else paths.project_root().parent / "shared" / "data" / "real"
+
+
+def dataset_cache_dir(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/<dataset id>``: where a dataset's generated or derived raw files go."""
+    return download.resolve_cache_dir(cache_dir) / spec.id
+
+
+def prepare_source(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None, *, redownload: bool = False,
+                   regenerate: bool = False, progress: bool = True) -> Path:
+    """Make a dataset's raw files available on disk and return the root its layout refers to.
+
+    Remote sources are downloaded (and extracted) into the cache, local ones are checked, and
+    synthetic ones are generated with :func:`spared_utils.synthetic.make_dataset` and written in
+    the Space Ranger layout under ``<cache>/<id>/raw``.
+    """
+    source = spec.source
+    if source.kind == "local":
+        root = Path(source.root.replace("{real_data}", str(real_data_dir())))
+        if not root.is_absolute():
+            root = paths.project_root() / root
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"dataset {spec.id!r}: its files are expected in {root}, which does not exist. They ship in "
+                f"../shared/data/real beside the repository; set SPARED_REAL_DATA_DIR to their folder")
+        return root
+    if source.kind == "synthetic":
+        root = dataset_cache_dir(spec, cache_dir) / "raw"
+        stamp = root / "generator.json"
+        wanted = json.dumps({"version": synthetic.GENERATOR_VERSION, "arguments": spec.generator}, sort_keys=True)
+        if regenerate or not (root / "gene_lengths.tsv").is_file() or not stamp.is_file() or stamp.read_text() != wanted:
+            synthetic.write_spaceranger(synthetic.make_dataset(**spec.generator), root)
+            stamp.write_text(wanted)  # written last: a run cut short before it regenerates next time
+        return root
+    root = download.resolve_cache_dir(cache_dir)
+    for item in tqdm(source.files, desc=f"{spec.id}: files", disable=not progress or len(source.files) < 2,
+                     leave=False):
+        download.fetch(list(item.urls), item.path, item.sha256, cache_dir=root, extract=item.extract,
+                       force=redownload, progressbar=progress)
+    for pattern in source.nested:
+        for archive in sorted(root.glob(pattern)):
+            download.extract_archive(archive, force=redownload)
+    return root
+
+
+def _fill(pattern: str, spec: DatasetSpec, slide: str) -> str:
+    patient = spec.slide_patient[slide]
+    return (pattern.replace("{slide_id}", slide)
+            .replace("{source_name}", spec.source.source_names.get(slide, slide))
+            .replace("{patient_number}", re.sub(r"\D", "", patient) or patient))
+
+
+def _glob(base: Path, pattern: str, want_dir: bool | None) -> list[Path]:
+    if not any(ch in pattern for ch in "*?["):
+        hits = [base / pattern] if (base / pattern).exists() else []
+    else:
+        hits = sorted(base.glob(pattern))
+    hits = [h for h in hits if "__MACOSX" not in h.parts]
+    if want_dir is not None:
+        hits = [h for h in hits if h.is_dir() == want_dir]
+    return hits
+
+
+def _match(patterns: Any, spec: DatasetSpec, slide: str, root: Path, slide_dir: Path | None,
+           want_dir: bool | None, what: str) -> Path:
+    tried = []
+    for pattern in patterns if isinstance(patterns, list) else [patterns]:
+        filled = _fill(pattern, spec, slide)
+        if filled.startswith("{root}"):
+            base, rel = root, filled.removeprefix("{root}").lstrip("/")
+        else:
+            base, rel = (slide_dir or root), filled
+        hits = _glob(base, rel, want_dir)
+        tried.append(str(base / rel))
+        if hits:
+            if len(hits) > 1:
+                log.warning("dataset %s, slide %s: %d matches for %s (%s); using %s", spec.id, slide, len(hits),
+                            what, ", ".join(str(h) for h in hits[:4]), hits[0])
+            return hits[0]
+    raise FileNotFoundError(
+        f"dataset {spec.id!r}, slide {slide!r}: no {what} matches {' or '.join(tried)}. If the files were "
+        f"downloaded, the archive's layout differs from data/datasets.yml (line {spec.line}): fix "
+        f"source.layout.{what}; otherwise place the slide's files there by hand")
+
+
+def slide_files(spec: DatasetSpec, slide: str, root: Path) -> dict[str, Path]:
+    """Locate one slide's files from the dataset's ``source.layout`` (see ``data/datasets.yml``)."""
+    layout = spec.source.layout
+    slide_dir = _match(layout.get("slide_dir", "{slide_id}"), spec, slide, root, None, True, "slide_dir")
+    files = {"slide_dir": slide_dir}
+    for key in LAYOUT_KEYS[1:]:
+        if key in layout:
+            files[key] = _match(layout[key], spec, slide, root, slide_dir, None, key)
+    return files
+
+
+def read_slide(spec: DatasetSpec, slide: str, root: Path, load_fullres: bool | str = "auto") -> ad.AnnData:
+    """Read one slide of a dataset with the reader of its ``source.format``."""
+    files = slide_files(spec, slide, root)
+    fmt = spec.source.format
+    if fmt == "spaceranger":
+        return readers.read_spaceranger(files.pop("slide_dir"), slide_id=slide, load_fullres=load_fullres, **files)
+    if fmt == "legacy_st":
+        return readers.read_legacy_st(files["slide_dir"], slide_id=slide, counts=files.get("counts"),
+                                      spots=files.get("positions"), image=files.get("fullres"),
+                                      load_fullres=load_fullres)
+    counts = files.get("counts")
+    if counts is None:
+        raise FileNotFoundError(f"dataset {spec.id!r}: an h5ad source needs layout.counts (the .h5ad file)")
+    return readers.read_h5ad_spatial(counts, slide_id=slide, hires=files.get("hires"), lowres=files.get("lowres"),
+                                     require_counts=spec.pipeline_ready)
+
+
+def _gene_lengths_file(root: Path) -> pd.Series | None:
+    path = root / "gene_lengths.tsv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, sep="\t")
+    return table.set_index(table["gene"].astype(str))["merged"].astype(np.float64)
+
+
+def combine_slides(pieces: Mapping[str, ad.AnnData], spec: DatasetSpec) -> ad.AnnData:
+    """One AnnData from per-slide AnnData: obs ``slide_id``/``split``/``patient``, genes shared by all."""
+    split_of, patient_of = spec.slide_split, spec.slide_patient
+    renamed = []
+    for slide, piece in pieces.items():
+        piece = piece.copy()
+        piece.obs.insert(0, "barcode", piece.obs_names.astype(str))
+        piece.obs.insert(0, "patient", patient_of[slide])
+        piece.obs.insert(0, "split", split_of[slide])
+        piece.obs.insert(0, "slide_id", slide)
+        piece.obs_names = [f"{b}_{slide}" for b in piece.obs["barcode"]]
+        renamed.append(piece)
+    n_genes = {slide: p.n_vars for slide, p in pieces.items()}
+    adata = ad.concat(renamed, join="inner", merge="first")
+    if adata.n_vars < max(n_genes.values()):
+        log.info("dataset %s: %d genes shared by all slides (per slide: %s)", spec.id, adata.n_vars, n_genes)
+    if adata.n_vars == 0:
+        raise ValueError(f"dataset {spec.id!r}: the slides share no gene id ({n_genes}); were they read with "
+                         "different references?")
+    adata.obs["slide_id"] = pd.Categorical(adata.obs["slide_id"], categories=list(pieces))
+    adata.obs["split"] = pd.Categorical(adata.obs["split"], categories=[s for s in SPLITS if s in spec.splits])
+    adata.obs["patient"] = pd.Categorical(adata.obs["patient"], categories=list(spec.patients))
+    adata.uns["spatial"] = {slide: piece.uns["spatial"][slide] for slide, piece in pieces.items()}
+    adata.uns["dataset_id"] = spec.id
+    adata.uns["organism"] = spec.organism
+    return adata
+
+
+def load_raw(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None, *, regenerate: bool = False,
+             redownload: bool = False, progress: bool = True, load_fullres: bool | str = "auto") -> ad.AnnData:
+    """The raw collection of a dataset: every slide read and combined (see :func:`combine_slides`).
+
+    All in-tissue spots, raw counts in ``X`` and ``layers["counts"]``, the genes shared by all
+    slides; ``var["gene_length"]`` for the synthetic dataset (its generator writes the lengths).
+    ``regenerate`` rewrites a synthetic dataset's files, ``redownload`` fetches remote files again.
+    """
+    root = prepare_source(spec, cache_dir, redownload=redownload, regenerate=regenerate, progress=progress)
+    pieces = {}
+    for slide in tqdm(spec.slides, desc=f"{spec.id}: reading slides", disable=not progress, leave=False):
+        pieces[slide] = read_slide(spec, slide, root, load_fullres=load_fullres)
+    adata = combine_slides(pieces, spec)
+    lengths = _gene_lengths_file(root) if spec.source.kind == "synthetic" else None
+    if lengths is not None:
+        adata.var["gene_length"] = lengths.reindex(adata.var_names).to_numpy()
+    return adata

@@ -1,0 +1,15 @@
+"""``su.tl``: the verbs that learn from a curated dataset.
+
+Completion (:mod:`spared_utils.completion`): :func:`complete`, :func:`train_spackle`, the
+paper's masking protocol (:func:`evaluate_masking`). Prediction (:mod:`spared_utils.predict`):
+:func:`prediction_data`, :func:`train_predictor`, :func:`predict`,
+:func:`search_learning_rate` and a whole chapter, :func:`run_chapter`.
+"""
+
+from .completion import complete, evaluate_masking, masking_methods, relative_reduction, train_spackle
+from .predict import predict, prediction_data, run_chapter, search_learning_rate, train_predictor, trivial_baseline
+
+__all__ = [
+    "complete", "evaluate_masking", "masking_methods", "predict", "prediction_data", "relative_reduction",
+    "run_chapter", "search_learning_rate", "train_predictor", "train_spackle", "trivial_baseline",
+]

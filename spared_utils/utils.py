@@ -1,0 +1,67 @@
+"""Small helpers every stage uses: atomic writes and dense matrices.
+
+Writes that must never leave a half-written file behind (curated datasets, patch stores,
+checkpoints, the results store, extracted archives, generated raw data) go through
+:func:`atomic_path`: the caller writes a temporary sibling of the target, which replaces the
+target only when the block finishes without error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["atomic_path", "dense"]
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike, directory: bool = False, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` that replaces it when the block succeeds.
+
+    Parameters
+    ----------
+    target
+        The file (or folder, with ``directory=True``) to write.
+    directory
+        Yield a fresh empty folder instead of a file path; an existing ``target`` folder is
+        removed just before the new one is renamed into place.
+    fsync
+        Flush the written file to disk before the rename (files only).
+
+    On any exception (``KeyboardInterrupt`` too) the temporary file or folder is deleted and
+    ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if fsync and not directory:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        if directory and target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def dense(matrix) -> np.ndarray:
+    """``matrix`` as a NumPy array (sparse matrices are densified, arrays passed through)."""
+    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
