@@ -75,10 +75,10 @@ def spackle_config(quick: bool, iterations: int | None, lr_grid, seed: int, devi
     from spared_utils.completion import SpackleConfig
 
     if quick:
-        return SpackleConfig(iterations=iterations or 80, learning_rate=3e-3, dim_feedforward=512, eval_every=20,
+        return SpackleConfig.make(iterations=iterations or 80, learning_rate=3e-3, dim_feedforward=512, eval_every=20,
                              val_max_spots=512, seed=seed, device=device, progress=False)
     grid = tuple(lr_grid) if lr_grid and len(lr_grid) > 1 else None
-    return SpackleConfig(iterations=iterations or 500, learning_rate=lr_grid[0] if lr_grid else 1e-3,
+    return SpackleConfig.make(iterations=iterations or 500, learning_rate=lr_grid[0] if lr_grid else 1e-3,
                          lr_grid=grid, seed=seed, device=device, progress=False)
 
 
@@ -93,7 +93,7 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
     hexg = completion.hex_geometry_of(adata)
     result = completion.train_spackle(adata, config=config, hex_geometry=hexg)
     sme = SmeConfig(backbone="resnet18", pretrained=False, tile_size=64) if with_stlearn else None
-    methods = completion.predictors(result, sme, hex_geometry=hexg)
+    methods = completion.masking_methods(result, sme, hex_geometry=hexg)
     summary, per_gene, _ = completion.evaluate_masking(adata, methods, levels=levels, splits=splits, progress=False)
     red = completion.relative_reduction(summary)
     print(f"{dataset}: {adata.n_obs} spots × {adata.n_vars} genes, {100 * (1 - adata.layers['mask'].mean()):.1f}% "
@@ -323,9 +323,9 @@ def bench_authors(iterations: int, seed: int, threads: int, levels=LEVELS) -> di
     print(f"  authors' spared 2.2.1: {iterations} steps, lr 1e-3, width = genes, attention across the batch; "
           f"train {theirs['train_s']:.1f} s (process {total:.1f} s incl. imports)")
     rows_out = [{"masking": lv, "authors": theirs["mse"][f"level_{lv}"]} for lv in levels]
-    runs = {"ours (paper config, lr 1e-3)": S.SpackleConfig(iterations=iterations, learning_rate=1e-3, seed=seed,
+    runs = {"ours (paper config, lr 1e-3)": S.SpackleConfig.make(iterations=iterations, learning_rate=1e-3, seed=seed,
                                                             device="cpu", progress=False),
-            "ours (d_model 128, FF 512, lr 3e-3)": S.SpackleConfig(iterations=iterations, learning_rate=3e-3,
+            "ours (d_model 128, FF 512, lr 3e-3)": S.SpackleConfig.make(iterations=iterations, learning_rate=3e-3,
                                                                   dim_feedforward=512, seed=seed, device="cpu",
                                                                   progress=False)}
     times = {"authors": theirs["train_s"]}
@@ -379,7 +379,7 @@ MEMORY_CHILD = textwrap.dedent("""
     a.layers["mask"] = mask
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t = time.perf_counter()
-    res = train_spackle(a, config=SpackleConfig(iterations=its, eval_every=max(its // 2, 1), progress=False, device="cpu"))
+    res = train_spackle(a, config=SpackleConfig.make(iterations=its, eval_every=max(its // 2, 1), progress=False, device="cpu"))
     complete(a, method="spackle", model=res)
     json.dump({"n_spots": a.n_obs, "n_genes": n_genes, "seconds": time.perf_counter() - t, "input_gib": base,
                "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}, open(sys.argv[1], "w"))

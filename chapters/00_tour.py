@@ -51,7 +51,7 @@ spec = datasets.registry()[dataset]
 if spec.source.kind == "synthetic":  # generate directly, with this chapter's seed
     adata = synthetic.make_dataset(**{**spec.generator, "seed": seed})
 else:
-    adata = datasets.load(dataset, processed=False)
+    adata = datasets.load(dataset, stage="raw")
 load_seconds = time.perf_counter() - t0
 adata
 

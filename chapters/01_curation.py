@@ -53,9 +53,9 @@ out = (paths.results_dir() if out_dir == "results" else Path(out_dir)) / dataset
 out.mkdir(parents=True, exist_ok=True)
 spec = datasets.get_spec(dataset)
 t0 = time.perf_counter()
-raw = datasets.load(dataset, processed=False)
+raw = datasets.load(dataset, stage="raw")
 load_seconds = time.perf_counter() - t0
-params = preprocess.PipelineParams.from_spec(spec)
+params = spec.curation
 pd.Series(asdict(params), name="value").to_frame()
 
 # %% [markdown]

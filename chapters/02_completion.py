@@ -122,7 +122,7 @@ print(f"learning rate {result.learning_rate:g}, best validation MSE {result.best
 # tiles of the hires image (random weights unless `pretrained`).
 
 # %%
-methods = completion.predictors(
+methods = completion.masking_methods(
     result, SmeConfig(backbone=stlearn_backbone, pretrained=pretrained, tile_size=stlearn_tile_size, device=device),
     hex_geometry=hex_geometry,
 )

@@ -11,6 +11,7 @@ import torch
 from spared_utils import completion, graphs, results
 from spared_utils.completion import evaluate as E
 from spared_utils.completion import spackle as S
+from spared_utils.training import count_parameters
 
 FAST = dict(d_model=16, dim_feedforward=32, n_layers=1, iterations=6, eval_every=3, batch_size=64,
             val_max_spots=64, progress=False, learning_rate=3e-3)
@@ -90,7 +91,7 @@ def test_mask_probabilities_per_gene_rule():
 
 def test_attention_stays_inside_each_neighbourhood():
     torch.manual_seed(0)
-    cfg = S.SpackleConfig(d_model=16, dim_feedforward=32, iterations=1)
+    cfg = S.SpackleConfig.make(d_model=16, dim_feedforward=32, iterations=1)
     model = S.Spackle(5, 4, cfg).eval()
     a, b, c = torch.randn(3, 1, 4, 5)
     with torch.no_grad():
@@ -98,14 +99,14 @@ def test_attention_stays_inside_each_neighbourhood():
         out_ac = model(torch.cat([a, c]))
     torch.testing.assert_close(out_ab[0], out_ac[0])  # a's output ignores its batch neighbours
     torch.manual_seed(0)
-    authors = S.Spackle(5, 4, S.SpackleConfig(d_model=16, dim_feedforward=32, iterations=1, attention="batch")).eval()
+    authors = S.Spackle(5, 4, S.SpackleConfig.make(d_model=16, dim_feedforward=32, iterations=1, attention="batch")).eval()
     with torch.no_grad():
         assert not torch.allclose(authors(torch.cat([a, b]))[0], authors(torch.cat([a, c]))[0])
 
 
 def test_padding_tokens_do_not_change_the_output():
     torch.manual_seed(0)
-    model = S.Spackle(5, 4, S.SpackleConfig(d_model=16, dim_feedforward=32, iterations=1)).eval()
+    model = S.Spackle(5, 4, S.SpackleConfig.make(d_model=16, dim_feedforward=32, iterations=1)).eval()
     x = torch.randn(2, 4, 5)
     padding = torch.tensor([[False, False, True, True], [False, True, False, True]])
     y = x.clone()
@@ -116,17 +117,17 @@ def test_padding_tokens_do_not_change_the_output():
 
 
 def test_model_width_and_parameter_count():
-    model = S.Spackle(32, 19, S.SpackleConfig(iterations=1))
+    model = S.Spackle(32, 19, S.SpackleConfig.make(iterations=1))
     # adapters 32→128→32, 2 encoder layers of width 128 with the default 2048 feed-forward.
     per_layer = 4 * 128 * 128 + 4 * 128 + 2 * 128 * 2048 + 2048 + 128 + 4 * 128
-    assert S.n_parameters(model) == (32 * 128 + 128) + (128 * 32 + 32) + 2 * per_layer
-    authors = S.Spackle(32, 19, S.SpackleConfig(iterations=1, d_model=None))
+    assert count_parameters(model) == (32 * 128 + 128) + (128 * 32 + 32) + 2 * per_layer
+    authors = S.Spackle(32, 19, S.SpackleConfig.make(iterations=1, d_model=None))
     assert authors.d_model == 32
 
 
 def test_gene_scaling_is_a_reparametrisation_of_the_adapters():
     torch.manual_seed(0)
-    cfg = S.SpackleConfig(d_model=16, dim_feedforward=32, iterations=1, dropout=0.0)
+    cfg = S.SpackleConfig.make(d_model=16, dim_feedforward=32, iterations=1, dropout=0.0)
     s_in, s_out = torch.tensor([2.0, 10.0, 0.5]), torch.tensor([3.0, 1.0, 4.0])
     scaled = S.Spackle(3, 4, cfg, gene_scale=s_in, out_scale=s_out).eval()
     plain = S.Spackle(3, 4, cfg).eval()
@@ -156,7 +157,7 @@ def test_knn_neighbourhood_stays_on_its_slide(data):
 
 
 def test_training_is_reproducible_on_cpu(data):
-    cfg = S.SpackleConfig(**FAST, seed=3, device="cpu")
+    cfg = S.SpackleConfig.make(**FAST, seed=3, device="cpu")
     one = S.train_spackle(data, config=cfg)
     two = S.train_spackle(data, config=cfg)
     assert one.best_val == two.best_val
@@ -164,7 +165,7 @@ def test_training_is_reproducible_on_cpu(data):
     c1 = S.complete_with(one, data)
     c2 = S.complete_with(two, data)
     np.testing.assert_array_equal(c1, c2)
-    other = S.train_spackle(data, config=S.SpackleConfig(**FAST, seed=4, device="cpu"))
+    other = S.train_spackle(data, config=S.SpackleConfig.make(**FAST, seed=4, device="cpu"))
     assert other.history["train_loss"].iloc[0] != one.history["train_loss"].iloc[0]
 
 
@@ -182,12 +183,12 @@ def test_complete_spackle_fills_missing_and_keeps_real(data):
 
 
 def test_checkpoint_roundtrip_and_gene_mismatch(data, tmp_path):
-    res = S.train_spackle(data, config=S.SpackleConfig(**FAST, device="cpu", checkpoint_dir=str(tmp_path / "ck")))
+    res = S.train_spackle(data, config=S.SpackleConfig.make(**FAST, device="cpu", checkpoint_dir=str(tmp_path / "ck")))
     assert res.checkpoint is not None and res.checkpoint.is_file()
     assert len(list((tmp_path / "ck").glob(f"*_lr_{FAST['learning_rate']:g}/best.pt"))) == 1
-    again = S.train_spackle(data, config=S.SpackleConfig(**FAST, device="cpu", checkpoint_dir=str(tmp_path / "ck")))
+    again = S.train_spackle(data, config=S.SpackleConfig.make(**FAST, device="cpu", checkpoint_dir=str(tmp_path / "ck")))
     assert again.best_val == res.best_val  # resumed from the finished run
-    S.train_spackle(data, config=S.SpackleConfig(**FAST, device="cpu", loss_on="hidden",
+    S.train_spackle(data, config=S.SpackleConfig.make(**FAST, device="cpu", loss_on="hidden",
                                                  checkpoint_dir=str(tmp_path / "ck")))
     assert len(list((tmp_path / "ck").glob("*_lr_*"))) == 2  # another configuration, another run
     a = data.copy()
@@ -202,7 +203,7 @@ def test_checkpoint_roundtrip_and_gene_mismatch(data, tmp_path):
 
 
 def test_learning_rate_search_keeps_the_best(data):
-    res = S.train_spackle(data, config=S.SpackleConfig(**{**FAST, "iterations": 3}, lr_grid=(1e-9, 3e-3), device="cpu"))
+    res = S.train_spackle(data, config=S.SpackleConfig.make(**{**FAST, "iterations": 3}, lr_grid=(1e-9, 3e-3), device="cpu"))
     assert list(res.lr_table["learning_rate"]) == [1e-9, 3e-3]
     best = res.lr_table.loc[res.lr_table["best_val"].idxmin(), "learning_rate"]
     assert res.learning_rate == best == 3e-3
@@ -283,7 +284,7 @@ def test_tile_features_shape():
 def test_evaluate_masking_scores_hidden_real_values_only(data):
     truth_fn = lambda a, v, r, h, rows: v[rows]  # noqa: E731 (a perfect method)
     zero_fn = lambda a, v, r, h, rows: np.zeros((len(rows), a.n_vars))  # noqa: E731
-    summary, per_gene, runs = E.evaluate_masking(data, {"oracle": truth_fn, "zero": zero_fn, **E.predictors()},
+    summary, per_gene, runs = E.evaluate_masking(data, {"oracle": truth_fn, "zero": zero_fn, **E.masking_methods()},
                                                  levels=(0.2, 0.6), progress=False)
     assert set(summary["split"]) == {"val", "test"}
     oracle = summary[summary["method"] == "oracle"]
@@ -303,7 +304,7 @@ def test_evaluate_masking_scores_hidden_real_values_only(data):
 
 def test_results_rows_and_processed_write(data, tmp_path, monkeypatch):
     monkeypatch.setenv("SPARED_PROCESSED_DIR", str(tmp_path / "processed"))
-    summary, _, _ = E.evaluate_masking(data, E.predictors(), levels=(0.3,), splits=("test",), progress=False)
+    summary, _, _ = E.evaluate_masking(data, E.masking_methods(), levels=(0.3,), splits=("test",), progress=False)
     rows = completion.results_rows(summary, "tiny", seed=0)
     store = results.append(rows, tmp_path / "store.csv")
     table = results.read(store)

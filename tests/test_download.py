@@ -237,7 +237,7 @@ datasets:
 
 
 def test_load_downloads_extracts_and_reads_a_remote_dataset(http_server, tmp_path, tiny_adata, monkeypatch):
-    from spared_utils import datasets, synthetic
+    from spared_utils import datasets, registry, synthetic
 
     slides = synthetic.write_spaceranger(tiny_adata, tmp_path / "build" / "slides")
     inner = io.BytesIO()
@@ -247,10 +247,10 @@ def test_load_downloads_extracts_and_reads_a_remote_dataset(http_server, tmp_pat
     url = http_server.add("/toy.zip", archive, behaviour="drop", drop_after=len(archive) // 3)
     registry_file = tmp_path / "datasets.yml"
     registry_file.write_text(_remote_registry(url, hashlib.sha256(archive).hexdigest()))
-    monkeypatch.setattr(datasets, "registry_path", lambda: registry_file)
+    monkeypatch.setattr(registry, "registry_path", lambda: registry_file)
 
     cache = tmp_path / "cache"
-    adata = datasets.load("toy_remote", processed=False, cache_dir=cache, progress=False)
+    adata = datasets.load("toy_remote", stage="raw", cache_dir=cache, progress=False)
     assert [r["range"] for r in http_server.requests_for("/toy.zip")] == [None, f"bytes={len(archive) // 3}-"]
     # zip → toy/toy/, then the nested slides.tar.gz → .../spaceranger_output/slides/ (holding slides/)
     assert (cache / "toy" / "toy" / "Top folder" / "spaceranger_output" / "slides" / "slides" / "SYN_B1").is_dir()
@@ -258,19 +258,19 @@ def test_load_downloads_extracts_and_reads_a_remote_dataset(http_server, tmp_pat
     assert (adata.layers["counts"] != tiny_adata.layers["counts"]).nnz == 0
     assert list(adata.obs["split"].cat.categories) == ["train", "val", "test"]
     assert adata.uns["spatial"]["SYN_D1"]["metadata"]["source_image_path"].endswith("SYN_D1/image.tif")
-    datasets.load("toy_remote", processed=False, cache_dir=cache, progress=False)
+    datasets.load("toy_remote", stage="raw", cache_dir=cache, progress=False)
     assert len(http_server.requests_for("/toy.zip")) == 2  # second load: nothing downloaded
 
 
 def test_load_offline_names_url_and_path(tmp_path, monkeypatch):
-    from spared_utils import datasets
+    from spared_utils import datasets, registry
 
     monkeypatch.setattr(download, "DEFAULT_BACKOFF", 0.0)
     registry_file = tmp_path / "datasets.yml"
     registry_file.write_text(_remote_registry("http://127.0.0.1:9/toy.zip", None))
-    monkeypatch.setattr(datasets, "registry_path", lambda: registry_file)
+    monkeypatch.setattr(registry, "registry_path", lambda: registry_file)
     with pytest.raises(DownloadError) as err:
-        datasets.load("toy_remote", processed=False, cache_dir=tmp_path / "c", progress=False)
+        datasets.load("toy_remote", stage="raw", cache_dir=tmp_path / "c", progress=False)
     assert "http://127.0.0.1:9/toy.zip" in str(err.value)
     assert str(tmp_path / "c" / "toy" / "toy.zip") in str(err.value)
     assert files_under(tmp_path / "c") == []

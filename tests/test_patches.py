@@ -10,7 +10,7 @@ import pytest
 from anndata import AnnData
 from PIL import Image
 
-from spared_utils import patches
+from spared_utils import patches, readers
 
 
 def position_image(h: int = 60, w: int = 80) -> np.ndarray:
@@ -54,10 +54,10 @@ def test_crop_mirrors_past_the_border():
 
 def test_as_rgb_uint8_handles_channel_first_16_bit_and_rgba():
     img16 = np.full((3, 5, 6), 65535, dtype=np.uint16)
-    out = patches.as_rgb_uint8(img16)
+    out = readers.as_rgb_uint8(img16)
     assert out.shape == (5, 6, 3) and out.dtype == np.uint8 and out.max() == 255
     rgba = np.zeros((5, 4, 4), dtype=np.uint8)
-    assert patches.as_rgb_uint8(rgba).shape == (5, 4, 3)
+    assert readers.as_rgb_uint8(rgba).shape == (5, 4, 3)
 
 
 def test_extract_and_stream(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spared_utils import models, patches, predict, results
+from spared_utils import datasets, models, patches, predict, results
 
 
 def _toy_adata(n_per_slide: int = 20, n_genes: int = 3, seed: int = 0) -> ad.AnnData:
@@ -59,7 +59,7 @@ def toy(tmp_path_factory):
 def _config(**kw) -> predict.PredictorConfig:
     base = dict(model="shufflenet", iterations=2, batch_size=4, eval_every=1, eval_batch_size=8, progress=False,
                 device="cpu")
-    return predict.PredictorConfig(**{**base, **kw})
+    return predict.PredictorConfig.make(**{**base, **kw})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,11 +215,11 @@ def test_stnet_run_gets_training_statistics(toy):
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown predictor"):
-        predict.PredictorConfig(model="nope")
+        predict.PredictorConfig.make(model="nope")
     with pytest.raises(ValueError, match="scenario"):
-        predict.PredictorConfig(scenario="both")
+        predict.PredictorConfig.make(scenario="both")
     with pytest.raises(ValueError, match="eval_spots"):
-        predict.PredictorConfig(eval_spots=0)
+        predict.PredictorConfig.make(eval_spots=0)
     assert predict.parse_scenarios("both") == ["raw", "completed"]
     with pytest.raises(ValueError):
         predict.parse_scenarios("denoised")
@@ -253,20 +253,23 @@ def test_run_chapter_on_given_data(toy):
     # The verdict of "What we saw" compares each scenario with the trivial predictor on the same spots.
     split = out.eval_split
     base_mse = out.baseline.set_index("split").loc[split, "mse"]
-    verdict = predict.beats_training_mean(out)
+    verdict = out.beats_training_mean()
     for scenario, run in out.runs.items():
         assert verdict[scenario] == (run.metrics.set_index("split").loc[split, "mse"] < base_mse)
     raw_metrics = out.runs["raw"].metrics
     raw_metrics.loc[raw_metrics["split"] == split, "mse"] = base_mse + 1.0
     completed_metrics = out.runs["completed"].metrics
     completed_metrics.loc[completed_metrics["split"] == split, "mse"] = base_mse - 1.0
-    assert predict.beats_training_mean(out) == {"raw": False, "completed": True}
-    text = "\n".join(predict.summary_lines(out))
-    assert "raw no, completed yes" in text and "the raw model has not yet learned more than the mean" in text
-    assert "pretrained = True" in text  # the run used random weights
+    assert out.beats_training_mean() == {"raw": False, "completed": True}
+    # completed − raw: the numbers "What we saw" reports, from the same metric tables
+    diff = out.completed_minus_raw()
+    raw_row = raw_metrics.set_index("split").loc[split]
+    done_row = completed_metrics.set_index("split").loc[split]
+    assert diff["mse"] == pytest.approx(-2.0)
+    assert diff["pcc_gene"] == pytest.approx(done_row["pcc_gene"] - raw_row["pcc_gene"], nan_ok=True)
     completed_metrics.loc[completed_metrics["split"] == split, "mse"] = base_mse + 1.0
-    text = "\n".join(predict.summary_lines(out))
-    assert "raw no, completed no" in text and "the raw and completed models have not yet learned" in text
+    assert out.beats_training_mean() == {"raw": False, "completed": False}
+    assert out.completed_minus_raw()["mse"] == pytest.approx(0.0)
 
 
 def test_a_predictor_learns_what_the_image_shows(toy):
@@ -283,12 +286,12 @@ def test_a_predictor_learns_what_the_image_shows(toy):
 def test_full_resolution_image_is_found_in_memory_or_on_disk():
     lib = {"images": {"hires": np.zeros((2, 2, 3))}, "metadata": {}}
     adata = ad.AnnData(np.zeros((1, 1)), uns={"spatial": {"s1": lib}})
-    assert not predict._has_fullres(adata)  # hires only: the patch store must be cut from the raw files
+    assert not datasets._has_fullres(adata)  # hires only: the patch store must be cut from the raw files
     lib["metadata"]["source_image_path"] = "/data/s1_fullres.tif"  # what the Space Ranger reader writes
-    assert predict._has_fullres(adata)
+    assert datasets._has_fullres(adata)
     lib["metadata"] = {"fullres_path": "/data/s1.tif"}
-    assert predict._has_fullres(adata)
+    assert datasets._has_fullres(adata)
     lib["metadata"] = {}
     lib["images"]["fullres"] = np.zeros((4, 4, 3))
-    assert predict._has_fullres(adata)
-    assert not predict._has_fullres(ad.AnnData(np.zeros((1, 1))))
+    assert datasets._has_fullres(adata)
+    assert not datasets._has_fullres(ad.AnnData(np.zeros((1, 1))))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -11,19 +10,12 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from spared_utils import preprocess as pp
+from spared_utils.registry import PipelineParams
 
 
-@dataclass
-class Spec:
-    """A stand-in for datasets.DatasetSpec with the attributes the pipeline reads."""
-
-    n_genes: int = 16
-    combat_key: str = "slide_id"
-    hex_geometry: bool = True
-    cell_min_counts: float = 10
-    cell_max_counts: float = 1e6
-    gene_min_counts: float = 10
-    real_data_percentage: float = 0.7
+def Spec(**overrides) -> PipelineParams:
+    """Curation parameters of the tests: SpaRED's defaults with 16 genes."""
+    return PipelineParams(**{"n_genes": 16, **overrides})
 
 
 def collection(counts, slides, lengths=None, splits=None) -> AnnData:

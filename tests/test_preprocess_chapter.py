@@ -21,6 +21,6 @@ def test_curation_chapter_writes_a_dataset_that_load_reuses(tmp_path):
     store = patches.PatchStore(processed_path("synthetic_tiny", "patches"))
     assert store.obs_names.equals(written.obs_names)
     stamp = adata_path.stat().st_mtime_ns
-    again = datasets.load("synthetic_tiny", processed=True, progress=False)  # reused, not recomputed
+    again = datasets.load("synthetic_tiny", progress=False)  # reused, not recomputed
     assert adata_path.stat().st_mtime_ns == stamp
     assert again.obs_names.equals(written.obs_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import re
 import textwrap
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from spared_utils import datasets, paths
+from spared_utils import datasets, paths, preprocess, sources
+from spared_utils import registry
+from spared_utils.registry import parse_registry
 from spared_utils.datasets import RegistryError, UnknownDatasetError
 from tests.conftest import TINY
 
@@ -64,26 +67,26 @@ def test_ids_and_figure_abbreviations_match_the_compiled_table(specs):
 
 def test_shared_parameters_and_interface(specs):
     for spec in specs.values():
-        assert spec.cell_max_counts == 1e6 and spec.gene_min_counts == 10
-        assert spec.real_data_percentage == 0.7 and spec.patch_scale == 1.0 and spec.patch_size == 224
-        assert spec.combat_key in ("slide_id", "patient")
+        assert spec.curation.cell_max_counts == 1e6 and spec.curation.gene_min_counts == 10
+        assert spec.curation.real_data_percentage == 0.7 and spec.patch_scale == 1.0 and spec.patch_size == 224
+        assert spec.curation.combat_key in ("slide_id", "patient")
         assert set(spec.splits) <= {"train", "val", "test"} and spec.splits["train"]
-    assert specs["mirzazadeh_human_small_intestine"].cell_min_counts == 800
-    assert [s.id for s in specs.values() if s.cell_min_counts != 10] == ["mirzazadeh_human_small_intestine"]
-    assert all(s.hex_geometry for s in paper_specs(specs))
-    assert specs["her2st_patient_c"].hex_geometry is False
+    assert specs["mirzazadeh_human_small_intestine"].curation.cell_min_counts == 800
+    assert [s.id for s in specs.values() if s.curation.cell_min_counts != 10] == ["mirzazadeh_human_small_intestine"]
+    assert all(s.curation.hex_geometry for s in paper_specs(specs))
+    assert specs["her2st_patient_c"].curation.hex_geometry is False
     vmb = specs["vicari_mouse_brain"]
-    assert vmb.combat_key == "patient" and vmb.n_patients == 4 and vmb.splits["test"] == ["V11T17-101_A1", "V11T17-101_B1"]
+    assert vmb.curation.combat_key == "patient" and vmb.n_patients == 4 and vmb.splits["test"] == ["V11T17-101_A1", "V11T17-101_B1"]
 
 
 def test_synthetic_entries(specs):
     syn, tiny = specs["synthetic"], specs["synthetic_tiny"]
-    assert syn.generator == {"seed": 0} and syn.n_genes == 32 and syn.hex_geometry and not syn.in_paper
+    assert syn.generator == {"seed": 0} and syn.n_genes == 32 and syn.curation.hex_geometry and not syn.in_paper
     assert tiny.generator == {"seed": 0, **TINY} and tiny.n_genes == 16
     for spec in (syn, tiny):
         assert spec.splits == {"train": ["SYN_A1", "SYN_B1"], "val": ["SYN_C1"], "test": ["SYN_D1"]}
         assert spec.slide_patient == {"SYN_A1": "P1", "SYN_B1": "P1", "SYN_C1": "P2", "SYN_D1": "P2"}
-        assert spec.combat_key == "slide_id" and spec.source.kind == "synthetic"
+        assert spec.curation.combat_key == "slide_id" and spec.source.kind == "synthetic"
 
 
 def test_real_sample_entries_point_at_existing_folders(specs, shared_real, monkeypatch):
@@ -92,9 +95,9 @@ def test_real_sample_entries_point_at_existing_folders(specs, shared_real, monke
     assert {s.id for s in local} == {"her2st_patient_c", "coexpress_mouse_visium", "squidpy_visium_fixture",
                                      "stlearn_breast_subset"}
     for spec in local:
-        root = datasets.prepare_source(spec)
+        root = sources.prepare_source(spec)
         for slide in spec.slides:
-            assert datasets.slide_files(spec, slide, root)["slide_dir"].is_dir()
+            assert sources.slide_files(spec, slide, root)["slide_dir"].is_dir()
 
 
 def test_remote_files_are_well_formed(specs):
@@ -178,7 +181,7 @@ def line_of(text: str, needle: str) -> int:
 
 
 def parse(text: str):
-    return datasets.parse_registry(text, "test.yml")
+    return parse_registry(text, "test.yml")
 
 
 def test_minimal_registry_parses():
@@ -230,7 +233,7 @@ def test_unknown_dataset_id_names_the_registry_and_close_ids():
     with pytest.raises(UnknownDatasetError) as err:
         datasets.get_spec("synthetic_tinny")
     message = str(err.value)
-    assert "'synthetic_tiny'" in message and str(datasets.registry_path()) in message
+    assert "'synthetic_tiny'" in message and str(registry.registry_path()) in message
     with pytest.raises(UnknownDatasetError):
         datasets.load("no_such_dataset")
 
@@ -259,7 +262,7 @@ def test_harmonise_human_maps_strips_and_merges():
     # A1BG is ENSG00000121410 (HGNC); ENSG00000121410 also appears as an id: they merge (summed).
     a = toy_genes(["ENSG00000243485.5", "A1BG", "NOT_A_GENE", "ENSG00000121410"],
                   [[1, 2, 3, 4], [5, 6, 7, 8]])
-    out = datasets.harmonise_gene_ids(a, "human")
+    out = preprocess.harmonise_gene_ids(a, "human")
     assert list(out.var_names) == ["ENSG00000243485", "ENSG00000121410"]
     assert out.layers["counts"].toarray().tolist() == [[1, 2 + 4], [5, 6 + 8]]
     assert out.X.toarray().tolist() == [[1, 6], [5, 14]]
@@ -272,16 +275,16 @@ def test_harmonise_mouse_duplicated_symbol_is_deterministic():
     table = pd.read_csv(paths.data_dir() / "annotations" / "ensembl_to_symbol_mouse.tsv.gz", sep="\t")
     multi = table.groupby("Gene name")["Gene stable ID"].nunique()
     symbol = multi[multi > 1].index[0]
-    chosen = datasets.symbol_to_ensembl("mouse")[symbol]
+    chosen = preprocess.symbol_to_ensembl("mouse")[symbol]
     assert chosen in set(table.loc[table["Gene name"] == symbol, "Gene stable ID"])
     a = toy_genes([symbol, symbol, "ENSMUSG00000051951"], [[1, 2, 3]], symbols=[symbol, symbol, "Xkr4"])
-    out = datasets.harmonise_gene_ids(a, "mouse")
+    out = preprocess.harmonise_gene_ids(a, "mouse")
     assert list(out.var_names) == [chosen, "ENSMUSG00000051951"]
     assert out.layers["counts"].toarray().tolist() == [[3, 3]]  # the repeated symbol is summed
 
 
 def test_harmonise_synthetic_keeps_ids_and_gene_lengths(tiny_adata):
-    out = datasets.harmonise_gene_ids(tiny_adata, "synthetic")
+    out = preprocess.harmonise_gene_ids(tiny_adata, "synthetic")
     assert list(out.var_names) == list(tiny_adata.var_names)
     assert np.array_equal(out.var["gene_length"], tiny_adata.var["gene_length"])
     assert (out.layers["counts"] != tiny_adata.layers["counts"]).nnz == 0
@@ -293,7 +296,7 @@ def test_harmonise_synthetic_keeps_ids_and_gene_lengths(tiny_adata):
 
 
 def test_load_synthetic_raw_reads_back_the_generated_data(tiny_adata, tmp_path):
-    adata = datasets.load("synthetic_tiny", processed=False, cache_dir=tmp_path, progress=False)
+    adata = datasets.load("synthetic_tiny", stage="raw", cache_dir=tmp_path, progress=False)
     assert (tmp_path / "synthetic_tiny" / "raw" / "SYN_A1" / "filtered_feature_bc_matrix.h5").is_file()
     assert list(adata.obs_names) == list(tiny_adata.obs_names)
     assert (adata.layers["counts"] != tiny_adata.layers["counts"]).nnz == 0
@@ -312,29 +315,25 @@ def test_load_processed_is_cached_and_invalidated(tmp_path, monkeypatch):
     adata = datasets.load("synthetic_tiny", cache_dir=tmp_path, progress=False)
     path = paths.processed_dir() / "synthetic_tiny" / "adata.h5ad"
     assert path.is_file() and adata.n_vars == 16 and "c_d_log1p" in adata.layers and "mask" in adata.layers
-    import spared_utils.preprocess as preprocess
-
     def refuse(*args, **kwargs):
         raise AssertionError("the pipeline must not run again")
 
-    monkeypatch.setattr(preprocess, "run_pipeline", refuse)
+    monkeypatch.setattr(datasets, "run_pipeline", refuse)
     again = datasets.load("synthetic_tiny", cache_dir=tmp_path, progress=False)
     assert np.array_equal(again.layers["c_d_log1p"], adata.layers["c_d_log1p"])
     # a changed curation parameter makes the cached file stale: the pipeline runs again
     spec = datasets.get_spec("synthetic_tiny")
-    changed = datasets.DatasetSpec(**{**spec.__dict__, "n_genes": 8})
+    changed = replace(spec, curation=replace(spec.curation, n_genes=8))
     monkeypatch.setattr(datasets, "get_spec", lambda dataset_id, path=None: changed)
     with pytest.raises(AssertionError, match="must not run again"):
         datasets.load("synthetic_tiny", cache_dir=tmp_path, progress=False)
 
 
 def test_failed_curation_leaves_no_processed_file(tmp_path, monkeypatch):
-    import spared_utils.preprocess as preprocess
-
     def fail(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(preprocess, "run_pipeline", fail)
+    monkeypatch.setattr(datasets, "run_pipeline", fail)
     with pytest.raises(RuntimeError, match="boom"):
         datasets.load("synthetic_tiny", cache_dir=tmp_path, progress=False)
     folder = paths.processed_dir() / "synthetic_tiny"
@@ -343,13 +342,13 @@ def test_failed_curation_leaves_no_processed_file(tmp_path, monkeypatch):
 
 def test_datasets_that_are_not_counts_refuse_curation():
     with pytest.raises(ValueError, match="cannot be curated.*z-scored"):
-        datasets.load("stlearn_breast_subset", processed=True, progress=False)
+        datasets.load("stlearn_breast_subset", progress=False)
 
 
 def test_missing_local_folder_names_the_path(monkeypatch, tmp_path):
     monkeypatch.setenv("SPARED_REAL_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere" / "her2st_patient_c"))):
-        datasets.load("her2st_patient_c", processed=False, progress=False)
+        datasets.load("her2st_patient_c", stage="raw", progress=False)
 
 
 def test_remote_layout_is_resolved_after_download(tmp_path):
@@ -364,10 +363,10 @@ def test_remote_layout_is_resolved_after_download(tmp_path):
     for f in (hires, full):
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(b"")
-    files = datasets.slide_files(spec, slide, tmp_path)
+    files = sources.slide_files(spec, slide, tmp_path)
     assert files == {"slide_dir": counts_dir, "hires": hires, "fullres": full}
     with pytest.raises(FileNotFoundError, match=r"slide 'P1_H1-5': no slide_dir matches"):
-        datasets.slide_files(spec, "P1_H1-5", tmp_path)
+        sources.slide_files(spec, "P1_H1-5", tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,13 +399,13 @@ def test_synthetic_files_are_regenerated_for_a_new_generator_version(tmp_path, m
     from spared_utils import synthetic
 
     spec = datasets.get_spec("synthetic_tiny")
-    root = datasets.prepare_source(spec, tmp_path)
+    root = sources.prepare_source(spec, tmp_path)
     h5 = root / "SYN_A1" / "filtered_feature_bc_matrix.h5"
     first = h5.stat().st_mtime_ns
-    assert datasets.prepare_source(spec, tmp_path) == root and h5.stat().st_mtime_ns == first  # reused
+    assert sources.prepare_source(spec, tmp_path) == root and h5.stat().st_mtime_ns == first  # reused
     before = datasets.spec_fingerprint(spec)
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
     assert datasets.spec_fingerprint(spec) != before  # curated copies are invalidated too
-    datasets.prepare_source(spec, tmp_path)
+    sources.prepare_source(spec, tmp_path)
     assert h5.stat().st_mtime_ns != first
     assert json.loads((root / "generator.json").read_text())["version"] == synthetic.GENERATOR_VERSION

@@ -132,10 +132,11 @@ class SpackleConfig:
     def from_kwargs(cls, **kwargs) -> tuple[SpackleConfig, dict]:
         """A config from flat keyword arguments (:class:`TrainConfig` fields such as ``iterations``
         or ``seed`` go to :attr:`train`), and the arguments that are neither."""
-        train, rest = training.split_train_options(kwargs, cls.__dataclass_fields__["train"].default_factory())
-        names = {f.name for f in fields(cls)} - {"train"}
-        mine = {k: v for k, v in rest.items() if k in names}
-        return cls(train=train, **mine), {k: v for k, v in rest.items() if k not in names}
+        names = {f.name for f in fields(cls)} - {"train"}  # checkpoint_dir is SpaCKLE's, not the loop's
+        mine = {k: v for k, v in kwargs.items() if k in names}
+        train, rest = training.split_train_options({k: v for k, v in kwargs.items() if k not in names},
+                                                   cls.__dataclass_fields__["train"].default_factory())
+        return cls(train=train, **mine), rest
 
     @classmethod
     def make(cls, **kwargs) -> SpackleConfig:

@@ -9,9 +9,8 @@ from pathlib import Path
 import anndata as ad
 from anndata import AnnData
 
-from .. import paths
+from .. import paths, synthetic
 from ..registry import DatasetSpec
-from ..synthetic import GENERATOR_VERSION
 from ..utils import atomic_path
 
 ADATA_NAME = "adata.h5ad"
@@ -34,7 +33,7 @@ def curation_fingerprint(spec: DatasetSpec) -> str:
     params: dict = {**asdict(spec.curation), "splits": spec.splits, "patients": spec.patients,
                     "generator": spec.generator}
     if spec.generator is not None:
-        params["generator_version"] = GENERATOR_VERSION
+        params["generator_version"] = synthetic.GENERATOR_VERSION
     return json.dumps(params, sort_keys=True, default=str)
 
 
