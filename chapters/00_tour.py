@@ -35,23 +35,24 @@ out_dir = "results"
 
 # %%
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import seaborn as sns
 import squidpy as sq
 from IPython.display import Markdown, display
 
-from spared_utils import datasets, graphs, paths, plots, synthetic
+import spared_utils as su
+from spared_utils import synthetic
 
 t0 = time.perf_counter()
-spec = datasets.registry()[dataset]
+spec = su.datasets.get_spec(dataset)
 if spec.source.kind == "synthetic":  # generate directly, with this chapter's seed
     adata = synthetic.make_dataset(**{**spec.generator, "seed": seed})
 else:
-    adata = datasets.load(dataset, stage="raw")
+    adata = su.datasets.load(dataset, stage="raw")
 load_seconds = time.perf_counter() - t0
 adata
 
@@ -73,20 +74,21 @@ slides = (
     .agg(spots=("umi", "size"), median_umi=("umi", "median"), zero_fraction=("zero_fraction", "mean"))
     .reset_index()
 )
-table_path = Path(paths.project_root(), out_dir, dataset, "tour_slides.csv")
+table_path = su.io.output_dir(out_dir, dataset) / "tour_slides.csv"
 table_path.parent.mkdir(parents=True, exist_ok=True)
 slides.to_csv(table_path, index=False)
 slides.round(3)
 
-# %%
-fig = plots.slides_overview(adata)
+# %% mystnb={"figure": {"caption": "Every slide of the dataset: its H&E image, split and spots.", "name": "fig-tour-slides"}}
+fig = su.pl.slides_overview(adata)
 
 # %% [markdown]
 # The objects follow the scanpy/squidpy conventions: pixel coordinates in `obsm["spatial"]`,
 # images and scale factors in `uns["spatial"][slide_id]`. Squidpy therefore plots them
-# unchanged. Below, the total counts per spot on each slide, over its H&E image.
+# unchanged: {numref}`fig-tour-counts` shows the total counts per spot on each slide, over its
+# H&E image.
 
-# %%
+# %% mystnb={"figure": {"caption": "Total UMI counts per spot, drawn by squidpy's spatial_scatter on our AnnData unchanged.", "name": "fig-tour-counts"}}
 adata.obs["total_counts"] = total
 sq.pl.spatial_scatter(adata, color="total_counts", library_key="slide_id", shape="hex",
                       library_id=list(adata.obs["slide_id"].cat.categories), img_res_key="hires",
@@ -96,14 +98,15 @@ sq.pl.spatial_scatter(adata, color="total_counts", library_key="slide_id", shape
 # ## The hexagonal neighbourhood
 #
 # Each Visium spot has six neighbours. Curation completes missing values from rings of
-# neighbours, and SpaCKLE attends over the 18 spots within two rings. `spared_utils.graphs`
-# finds them from the array coordinates.
+# neighbours, and SpaCKLE attends over the 18 spots within two rings
+# ({numref}`fig-tour-neighbourhood`). `su.pp.neighbour_index` finds them from the array
+# coordinates.
 
-# %%
-index = graphs.neighbour_index(adata, n_hops=2, hex_geometry=spec.hex_geometry)
-n_nb = graphs.n_neighbours(index)
+# %% mystnb={"figure": {"caption": "The two-ring hexagonal neighbourhood of one spot: the 18 spots SpaCKLE attends over.", "name": "fig-tour-neighbourhood"}}
+index = su.pp.neighbour_index(adata, n_hops=2, hex_geometry=spec.curation.hex_geometry)
+n_nb = su.pp.n_neighbours(index)
 centre = int(np.argmax(n_nb == n_nb.max()))
-ax = plots.hex_neighbourhood(adata, index, centre)
+ax = su.pl.hex_neighbourhood(adata, index, centre)
 
 # %% [markdown]
 # ## Genes: spatial structure and dropout
@@ -111,7 +114,8 @@ ax = plots.hex_neighbourhood(adata, index, centre)
 # Some genes follow tissue structure and are autocorrelated in space; others are noise. Moran's I
 # {cite:p}`moran1950` measures this, and curation keeps the genes with the highest I. We compute
 # it with squidpy {cite:p}`palla2022squidpy` on the hexagonal graph of each slide, on
-# log-normalised counts, and average over slides.
+# log-normalised counts, and average over slides ({numref}`fig-tour-moran-maps`,
+# {numref}`fig-tour-genes`).
 
 # %%
 norm = adata.copy()
@@ -121,24 +125,25 @@ sc.pp.log1p(norm)
 morans = []
 for sid in norm.obs["slide_id"].cat.categories:
     sub = norm[norm.obs["slide_id"] == sid].copy()
-    sq.gr.spatial_neighbors(sub, coord_type="grid", n_neighs=6 if spec.hex_geometry else 4)
+    sq.gr.spatial_neighbors(sub, coord_type="grid", n_neighs=6 if spec.curation.hex_geometry else 4)
     sq.gr.spatial_autocorr(sub, mode="moran", n_perms=None, n_jobs=1, show_progress_bar=False)
     morans.append(sub.uns["moranI"]["I"].rename(sid))
 moran = pd.concat(morans, axis=1).mean(axis=1).sort_values(ascending=False)
 top, bottom = moran.index[0], moran.index[-1]
-axes = plots.gene_maps(norm, [top, bottom], slide=str(norm.obs["slide_id"].cat.categories[0]),
-                       titles=[f"{top}: Moran's I {moran[top]:.2f}", f"{bottom}: Moran's I {moran[bottom]:.2f}"])
 
-# %%
+# %% mystnb={"figure": {"caption": "The genes with the highest and the lowest Moran's I, on the first slide.", "name": "fig-tour-moran-maps"}}
+fig = su.pl.gene_maps(norm, [top, bottom], slide=str(norm.obs["slide_id"].cat.categories[0]),
+                      titles=[f"{top}: Moran's I {moran[top]:.2f}", f"{bottom}: Moran's I {moran[bottom]:.2f}"])
+
+# %% mystnb={"figure": {"caption": "Left: Moran's I of every gene. Right: the fraction of zeros grows as mean expression falls.", "name": "fig-tour-genes"}}
 fig, axs = plt.subplots(1, 2, figsize=(11, 4))
 if "spatial_gene" in adata.var:
     kind = adata.var.loc[moran.index, "spatial_gene"].map({True: "spatial", False: "noise"})
-    import seaborn as sns
     sns.histplot(x=moran.values, hue=kind.values, bins=40, palette="colorblind", ax=axs[0], element="step")
 else:
     axs[0].hist(moran.values, bins=40)
 axs[0].set(xlabel="Moran's I (mean over slides)", ylabel="genes", title="Spatial autocorrelation per gene")
-plots.dropout_vs_expression(adata, ax=axs[1])
+su.pl.dropout_vs_expression(adata, ax=axs[1])
 fig.tight_layout()
 
 # %% [markdown]
@@ -152,18 +157,18 @@ fig.tight_layout()
 # | Analysis | the paper's figures and tables, from the results store | figures |
 
 # %%
-spatial_true = adata.var["spatial_gene"] if "spatial_gene" in adata.var else None
+splits = adata.obs.groupby("split", observed=True)["slide_id"].nunique()
 lines = [
     f"- **{adata.n_obs:,} spots** on **{adata.obs['slide_id'].nunique()} slides** "
-    f"({', '.join(f'{k}: {v}' for k, v in adata.obs.groupby('split', observed=True)['slide_id'].nunique().items())}), "
-    f"{adata.n_vars} genes, loaded in {load_seconds:.1f} s.",
+    f"({', '.join(f'{k}: {v}' for k, v in splits.items())}), {adata.n_vars} genes, loaded in {load_seconds:.1f} s.",
     f"- {100 * (counts.toarray() == 0).mean():.1f}% of the count matrix is zero; "
     f"median {np.median(total):.0f} UMI per spot.",
     f"- Spots have {n_nb.min()}–{n_nb.max()} neighbours within two rings "
     f"(mean {n_nb.mean():.1f}; fewer at the tissue edge).",
     f"- Moran's I ranges from {moran.min():.2f} to {moran.max():.2f}.",
 ]
-if spatial_true is not None:
+if "spatial_gene" in adata.var:
+    spatial_true = adata.var["spatial_gene"]
     top_k = moran.index[: int(spatial_true.sum())]
     lines.append(f"- Of the {int(spatial_true.sum())} genes with the highest Moran's I, "
                  f"{100 * spatial_true[top_k].mean():.0f}% are the generator's spatial genes.")

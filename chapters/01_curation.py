@@ -25,7 +25,7 @@
 # (both atomically), and `results/<dataset>/curation_steps.csv` (spots and genes after each step).
 #
 # SpaRED {cite:p}`mejia2024spackle` curates 26 public datasets with one pipeline, inherited from
-# SEPAL {cite:p}`mejia2023sepal`. We run the same steps, in the authors' order, with `spared_utils.preprocess`; each is a
+# SEPAL {cite:p}`mejia2023sepal`. We run the same steps, in the authors' order, with `su.pp` (`spared_utils.preprocess`); each is a
 # function on AnnData tested on small data with a known answer.
 
 # %% tags=["parameters"]
@@ -40,20 +40,18 @@ embedding = "umap"
 # %%
 import time
 from dataclasses import asdict
-from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from spared_utils import datasets, patches, paths, plots, preprocess
+import spared_utils as su
 
-out = (paths.results_dir() if out_dir == "results" else Path(out_dir)) / dataset
+out = su.io.output_dir(out_dir, dataset)
 out.mkdir(parents=True, exist_ok=True)
-spec = datasets.get_spec(dataset)
+spec = su.datasets.get_spec(dataset)
 t0 = time.perf_counter()
-raw = datasets.load(dataset, stage="raw")
+raw = su.datasets.load(dataset, stage="raw")
 load_seconds = time.perf_counter() - t0
 params = spec.curation
 pd.Series(asdict(params), name="value").to_frame()
@@ -70,7 +68,7 @@ pd.Series(asdict(params), name="value").to_frame()
 
 # %%
 t0 = time.perf_counter()
-adata = preprocess.run_pipeline(raw, spec)
+adata = su.pp.run_pipeline(raw, spec)
 pipeline_seconds = time.perf_counter() - t0
 record = adata.uns["preprocessing"]
 steps = record["steps"]
@@ -87,25 +85,26 @@ per_slide
 # ## Steps 1–2: in-tissue spots, spot and gene filters
 #
 # Step 1 keeps the spots under the tissue and maps gene symbols to Ensembl ids (GENCODE tables
-# in `data/annotations/`). Step 2 drops spots with too few (or implausibly many) UMI, then genes
-# with too few counts in total.
+# in `data/annotations/`). Step 2 drops spots with too few (or implausibly many) UMI
+# ({numref}`fig-curation-spot-qc`), then genes with too few counts in total.
 
-# %%
+# %% mystnb={"figure": {"caption": "UMI counts per spot on each slide, with the spot filter's thresholds.", "name": "fig-curation-spot-qc"}}
 spot_qc = record["spot_qc"]
-ax = plots.spot_counts_qc(spot_qc["total_counts"], spot_qc["slide_id"], params.cell_min_counts,
+ax = su.pl.spot_counts_qc(spot_qc["total_counts"], spot_qc["slide_id"], params.cell_min_counts,
                           params.cell_max_counts)
 
 # %% [markdown]
 # Most genes of a Visium dataset are detected in few spots. The `real_data_percentage` rule sorts
 # genes by `exp_frac`, the smallest fraction of spots expressing them on any slide, and keeps the
 # longest prefix whose mean `glob_exp_frac` (the fraction over all spots) is at least 0.7: on
-# average at least 70% of the values kept are real measurements, the rest will be completed.
+# average at least 70% of the values kept are real measurements, the rest will be completed
+# ({numref}`fig-curation-real-data`).
 
-# %%
+# %% mystnb={"figure": {"caption": "The real_data_percentage rule: genes sorted by exp_frac (left) and the running mean of glob_exp_frac that decides how many are kept (right).", "name": "fig-curation-real-data"}}
 gene_qc = record["gene_qc"]
 candidates = gene_qc[gene_qc["passes_counts"]]
-axes = plots.real_data_curve(candidates["exp_frac"], candidates["glob_exp_frac"], params.real_data_percentage,
-                             candidates["kept"])
+fig = su.pl.real_data_curve(candidates["exp_frac"], candidates["glob_exp_frac"], params.real_data_percentage,
+                            candidates["kept"])
 
 # %% [markdown]
 # ## Step 3: TPM and log2(TPM + 1)
@@ -116,7 +115,7 @@ axes = plots.real_data_curve(candidates["exp_frac"], candidates["glob_exp_frac"]
 
 # %%
 mask = adata.layers["mask"]
-missing = preprocess.missing_by_slide(adata)
+missing = su.pp.missing_by_slide(adata)
 missing.round(1)
 
 # %% [markdown]
@@ -127,35 +126,41 @@ missing.round(1)
 # every window is zero, by the slide's median of the gene's non-zero values. Measured values are
 # never changed. The authors loop over every (spot, gene) pair in Python; `median_complete`
 # gathers all windows of all zero entries at once and sorts them (identical values, ≥ 20× faster:
-# `benchmarks/bench_curation.py`). Below, the genes with the highest Moran's I on the first slide:
-# measured values (grey crosses = missing) and after completion.
+# `benchmarks/bench_curation.py`). {numref}`fig-curation-measured` and
+# {numref}`fig-curation-median` show the genes with the highest Moran's I on the first slide:
+# measured values (grey crosses = missing), then after completion.
 
 # %%
 slide = str(adata.obs["slide_id"].cat.categories[0])
 genes = list(adata.var_names[:n_map_genes])
 sel = (adata.obs["slide_id"] == slide).to_numpy()
 col = [adata.var_names.get_loc(g) for g in genes]
-symbols = adata.var["gene_symbol"].reindex(genes).fillna(pd.Series(genes, index=genes)).tolist() \
-    if "gene_symbol" in adata.var else genes
-axes = plots.gene_maps(adata, genes, slide, layer="log1p", missing=~mask[sel][:, col],
-                       titles=[f"{s}: log1p (missing = ×)" for s in symbols])
-axes = plots.gene_maps(adata, genes, slide, layer="d_log1p", titles=[f"{s}: d_log1p (median-completed)" for s in symbols])
+symbols = (adata.var["gene_symbol"].reindex(genes).fillna(pd.Series(genes, index=genes)).tolist()
+           if "gene_symbol" in adata.var else genes)
+
+# %% mystnb={"figure": {"caption": "Measured log2(TPM + 1) of the top genes on the first slide; crosses mark missing values.", "name": "fig-curation-measured"}}
+fig = su.pl.gene_maps(adata, genes, slide, layer="log1p", missing=~mask[sel][:, col],
+                      titles=[f"{s}: log1p (missing = ×)" for s in symbols])
+
+# %% mystnb={"figure": {"caption": "The same genes after adaptive median completion (d_log1p).", "name": "fig-curation-median"}}
+fig = su.pl.gene_maps(adata, genes, slide, layer="d_log1p",
+                      titles=[f"{s}: d_log1p (median-completed)" for s in symbols])
 
 # %% [markdown]
 # ## Step 5: genes with the highest Moran's I
 #
 # Moran's I {cite:p}`moran1950` measures how much a gene's neighbouring spots resemble each other.
 # It is computed with squidpy {cite:p}`palla2022squidpy` on every slide's hexagonal neighbour graph,
-# from the median-completed values, and averaged over slides; the top genes are kept.
+# from the median-completed values, and averaged over slides; the top genes are kept
+# ({numref}`fig-curation-moran`).
 
-# %%
+# %% mystnb={"figure": {"caption": "Mean Moran's I of every candidate gene by rank (range over slides shaded); the kept genes are marked.", "name": "fig-curation-moran"}}
 moran = record["moran"]
-ax = plots.moran_ranking(moran, params.n_genes)
+ax = su.pl.moran_ranking(moran, params.n_genes)
 
 # %%
-top = adata.var[["gene_symbol", "d_log1p_moran", "exp_frac", "gene_length"]].head(10) if "gene_symbol" in adata.var \
-    else adata.var[["d_log1p_moran", "exp_frac", "gene_length"]].head(10)
-top.round(3)
+columns = ["gene_symbol", "d_log1p_moran", "exp_frac", "gene_length"]
+adata.var[[c for c in columns if c in adata.var]].head(10).round(3)
 
 # %% [markdown]
 # ## Step 6: ComBat batch correction
@@ -163,14 +168,17 @@ top.round(3)
 # Slides (or patients, per dataset) differ in sequencing depth and chemistry. ComBat
 # {cite:p}`johnson2007combat` (scanpy's implementation) removes those batch effects from `log1p`
 # (→ `c_log1p`) and `d_log1p` (→ `c_d_log1p`, the layer models predict). Spots coloured by slide,
-# before and after; the silhouette of the slides in PCA space measures how separated they are.
+# before and after ({numref}`fig-curation-combat`); the silhouette of the slides in PCA space
+# measures how separated they are.
+
+# %% mystnb={"figure": {"caption": "Spots coloured by slide before and after ComBat.", "name": "fig-curation-combat"}}
+coords = {f"{name} ({layer})": su.pp.embed(adata, layer, embedding, seed)
+          for name, layer in (("before ComBat", "d_log1p"), ("after ComBat", "c_d_log1p"))}
+fig = su.pl.embeddings_by_slide(coords, adata.obs["slide_id"].astype(str), f"{embedding.upper()} 1",
+                                f"{embedding.upper()} 2")
 
 # %%
-coords = {f"{name} ({layer})": preprocess.embed(adata, layer, embedding, seed)
-          for name, layer in (("before ComBat", "d_log1p"), ("after ComBat", "c_d_log1p"))}
-axes = plots.embeddings_by_slide(coords, adata.obs["slide_id"].astype(str), f"{embedding.upper()} 1",
-                                 f"{embedding.upper()} 2")
-silhouette = {layer: preprocess.slide_silhouette(adata, layer, seed=seed) for layer in ("d_log1p", "c_d_log1p")}
+silhouette = {layer: su.pp.slide_silhouette(adata, layer, seed=seed) for layer in ("d_log1p", "c_d_log1p")}
 pd.Series(silhouette, name="silhouette of slides").to_frame().round(3)
 
 # %% [markdown]
@@ -181,7 +189,7 @@ pd.Series(silhouette, name="silhouette of slides").to_frame().round(3)
 # `var["<layer>_avg_exp"]`. `mask` is True where TPM is non-zero: metrics are computed there only.
 
 # %%
-pd.DataFrame({layer: [adata.layers[layer].mean(), adata.layers[layer].std()] for layer in preprocess.DELTA_LAYERS.values()},
+pd.DataFrame({layer: [adata.layers[layer].mean(), adata.layers[layer].std()] for layer in su.pp.DELTA_LAYERS.values()},
              index=["mean", "sd"]).round(3)
 
 # %% [markdown]
@@ -189,20 +197,23 @@ pd.DataFrame({layer: [adata.layers[layer].mean(), adata.layers[layer].std()] for
 #
 # Models see a square crop of the full-resolution H&E image around each spot, one spot diameter
 # wide (`patch_scale` 1.0), resized to 224 × 224 pixels. They are written once to a memory-mapped
-# array that training streams from, so the set is never held in memory.
+# array that training streams from, so the set is never held in memory
+# ({numref}`fig-curation-patches`).
 
 # %%
-store_path = preprocess.processed_path(dataset, "patches")
+store_path = su.io.processed_path(dataset, "patches")
 t0 = time.perf_counter()
-patches.extract_patches(adata, store_path, patch_scale=spec.patch_scale, patch_size=spec.patch_size, overwrite=True,
-                        source_id=datasets.spec_fingerprint(spec))  # the stamp write_processed gives the AnnData
+su.pp.extract_patches(adata, store_path, patch_scale=spec.patch_scale, patch_size=spec.patch_size, overwrite=True,
+                      source_id=su.pp.curation_fingerprint(spec))  # the stamp write_processed gives the AnnData
 patch_seconds = time.perf_counter() - t0
-store = patches.PatchStore(store_path)
+store = su.io.PatchStore(store_path)
 rng = np.random.default_rng(seed)
 shown = np.sort(rng.choice(len(store), size=min(n_patch_examples, len(store)), replace=False))
 obs = adata.obs.loc[store.obs_names[shown]]
-axes = plots.patch_grid([store[i] for i in shown], [f"{s} #{i}" for s, i in zip(obs["slide_id"], shown)])
-plt.suptitle(f"{n_patch_examples} random patches of {len(store):,} ({spec.patch_size} px, "
+
+# %% mystnb={"figure": {"caption": "Random patches of the store, one spot diameter wide, resized to 224 px.", "name": "fig-curation-patches"}}
+fig = su.pl.patch_grid([store[i] for i in shown], [f"{s} #{i}" for s, i in zip(obs["slide_id"], shown)])
+fig.suptitle(f"{n_patch_examples} random patches of {len(store):,} ({spec.patch_size} px, "
              f"{store.meta['window_px'][slide]} px crops)", y=1.02);
 
 # %% [markdown]
@@ -210,10 +221,10 @@ plt.suptitle(f"{n_patch_examples} random patches of {len(store):,} ({spec.patch_
 #
 # The curated collection is written atomically (a temporary file, then a rename) with a
 # fingerprint of the dataset's parameters, so later chapters load it with
-# `datasets.load(dataset)` and it is recomputed only when `data/datasets.yml` changes.
+# `su.datasets.load(dataset)` and it is recomputed only when `data/datasets.yml` changes.
 
 # %%
-adata_path = preprocess.write_processed(adata, dataset, spec=spec)
+adata_path = su.io.write_processed(adata, dataset, spec=spec)
 sizes = {"adata.h5ad": adata_path.stat().st_size, "patches/": sum(p.stat().st_size for p in store_path.iterdir())}
 pd.Series({k: f"{v / 2**20:.1f} MiB" for k, v in sizes.items()}, name=str(adata_path.parent)).to_frame()
 
@@ -224,37 +235,28 @@ pd.Series({k: f"{v / 2**20:.1f} MiB" for k, v in sizes.items()}, name=str(adata_
 # on this machine (`*_ours`; the others are empty until curated).
 
 # %%
-curated_ids = [d for d in datasets.registry() if preprocess.processed_path(d).is_file()]
-table = datasets.summary_table(processed_ids=curated_ids)
+curated_ids = [d for d in su.datasets.registry() if su.io.processed_path(d).is_file()]
+table = su.datasets.summary_table(processed_ids=curated_ids)
 cols = ["abbreviation", "organism", "tissue", "task", "slides", "patients", "spots_paper", "spots_ours",
         "genes", "genes_ours", "missing_pct_paper", "missing_pct_ours"]
 table[cols]
 
 # %%
-totals = preprocess.table_totals(table)
+totals = su.pp.table_totals(table)
 totals
 
 # %%
 by_step = steps.set_index("step")
 kept_genes = int(gene_qc["kept"].sum())
-lines = [
-    f"- **{dataset}**: {int(by_step['n_spots'].iloc[0]):,} spots × {int(by_step['n_genes'].iloc[0]):,} genes on "
-    f"{raw.obs['slide_id'].nunique()} slides (loaded in {load_seconds:.1f} s); curated in {pipeline_seconds:.1f} s to "
-    f"**{adata.n_obs:,} spots × {adata.n_vars} genes**.",
-    f"- Spot filter: {int((~spot_qc['kept']).sum())} spots dropped; gene filters: "
-    f"{int(gene_qc['passes_counts'].sum()):,} genes pass the count threshold, {kept_genes:,} pass the "
-    f"real_data_percentage rule (mean glob_exp_frac {gene_qc.loc[gene_qc['kept'], 'glob_exp_frac'].mean():.2f}).",
-    f"- Missing values among the {adata.n_vars} selected genes: {100 * record['missing_fraction']:.1f}% "
-    f"(spots with at least one: {100 * (~mask).any(axis=1).mean():.0f}%); median completion took "
-    f"{by_step.loc['4 adaptive median completion', 'seconds']:.2f} s for {kept_genes:,} genes.",
-    f"- Moran's I of the kept genes: {adata.var['d_log1p_moran'].min():.2f}–{adata.var['d_log1p_moran'].max():.2f} "
-    f"(all candidates: median {moran['mean'].median():.2f}).",
-    f"- Silhouette of the slides in PCA space: {silhouette['d_log1p']:.3f} before ComBat, "
-    f"{silhouette['c_d_log1p']:.3f} after.",
-    f"- {len(store):,} patches extracted in {patch_seconds:.1f} s ({len(store) / patch_seconds:.0f} patches/s), "
-    f"{sizes['patches/'] / 2**20:.0f} MiB on disk.",
-]
-if "spatial_gene" in adata.var:
-    lines.append(f"- {100 * adata.var['spatial_gene'].mean():.0f}% of the kept genes are the generator's spatial genes "
-                 f"({100 * raw.var['spatial_gene'].mean():.0f}% of all genes).")
-display(Markdown("## What we saw\n\n" + "\n".join(lines)))
+kept_moran = adata.var["d_log1p_moran"]
+spatial = (f"\n- {100 * adata.var['spatial_gene'].mean():.0f}% of the kept genes are the generator's spatial genes "
+           f"({100 * raw.var['spatial_gene'].mean():.0f}% of all genes)." if "spatial_gene" in adata.var else "")
+display(Markdown(f"""## What we saw
+
+- **{dataset}**: {int(by_step['n_spots'].iloc[0]):,} spots × {int(by_step['n_genes'].iloc[0]):,} genes on {raw.obs['slide_id'].nunique()} slides (loaded in {load_seconds:.1f} s); curated in {pipeline_seconds:.1f} s to **{adata.n_obs:,} spots × {adata.n_vars} genes**.
+- Spot filter: {int((~spot_qc['kept']).sum())} spots dropped; gene filters: {int(gene_qc['passes_counts'].sum()):,} genes pass the count threshold, {kept_genes:,} pass the real_data_percentage rule (mean glob_exp_frac {gene_qc.loc[gene_qc['kept'], 'glob_exp_frac'].mean():.2f}).
+- Missing values among the {adata.n_vars} selected genes: {100 * record['missing_fraction']:.1f}% (spots with at least one: {100 * (~mask).any(axis=1).mean():.0f}%); median completion took {by_step.loc['4 adaptive median completion', 'seconds']:.2f} s for {kept_genes:,} genes.
+- Moran's I of the kept genes: {kept_moran.min():.2f}–{kept_moran.max():.2f} (all candidates: median {moran['mean'].median():.2f}).
+- Silhouette of the slides in PCA space: {silhouette['d_log1p']:.3f} before ComBat, {silhouette['c_d_log1p']:.3f} after.
+- {len(store):,} patches extracted in {patch_seconds:.1f} s ({len(store) / patch_seconds:.0f} patches/s), {sizes['patches/'] / 2**20:.0f} MiB on disk.{spatial}
+"""))

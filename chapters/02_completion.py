@@ -49,22 +49,21 @@ write_processed = True
 
 # %%
 import time
-from dataclasses import asdict
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from spared_utils import completion, datasets, graphs, paths, plots, results
+import spared_utils as su
 from spared_utils.completion import SmeConfig, SpackleConfig
 
 started = time.perf_counter()
-out = (paths.results_dir() if out_dir == "results" else Path(out_dir)) / dataset
-adata = datasets.load(dataset)
-hex_geometry = completion.hex_geometry_of(adata)
-config = SpackleConfig(
+out = su.io.output_dir(out_dir, dataset)
+store_file = su.io.output_dir(out_dir) / "results.csv"
+adata = su.datasets.load(dataset)
+hex_geometry = su.tl.hex_geometry_of(adata)
+config = SpackleConfig.make(
     iterations=iterations, learning_rate=learning_rates[0],
     lr_grid=tuple(learning_rates) if len(learning_rates) > 1 else None,
     dim_feedforward=dim_feedforward, seed=seed, device=device,
@@ -72,7 +71,7 @@ config = SpackleConfig(
 )
 missing = 1 - adata.layers["mask"].mean()
 print(f"{adata.n_obs:,} spots × {adata.n_vars} genes, {100 * missing:.1f}% of the values missing (median-completed)")
-pd.Series({k: v for k, v in asdict(config).items() if k not in ("progress",)}, name="value").to_frame()
+pd.Series({k: v for k, v in config.flat().items() if k not in ("progress",)}, name="value").to_frame()
 
 # %% [markdown]
 # ## The neighbourhood tensor
@@ -81,15 +80,15 @@ pd.Series({k: v for k, v in asdict(config).items() if k not in ("progress",)}, n
 # neighbours. We keep these neighbourhoods as a table of spot indices (spots × 18, `-1` where a
 # neighbour is absent) and gather expression batch by batch. A spot at the tissue edge has fewer
 # neighbours; its missing neighbours become *padding* tokens that hold zeros, are hidden from
-# attention by a key-padding mask, and never enter the loss.
+# attention by a key-padding mask, and never enter the loss ({numref}`fig-completion-neighbourhood`).
 
-# %%
-index = graphs.neighbour_index(adata, n_hops=2, hex_geometry=hex_geometry)
-n_nb = graphs.n_neighbours(index)
+# %% mystnb={"figure": {"caption": "Left: one spot's two-ring neighbourhood. Right: how many of the 18 neighbours each spot has (fewer at tissue edges).", "name": "fig-completion-neighbourhood"}}
+index = su.pp.neighbour_index(adata, n_hops=2, hex_geometry=hex_geometry)
+n_nb = su.pp.n_neighbours(index)
 fig, axs = plt.subplots(1, 2, figsize=(10, 3.8))
 centre = int(np.argmax(n_nb == n_nb.max()))
-plots.hex_neighbourhood(adata, index, centre, ax=axs[0])
-axs[1].hist(n_nb, bins=np.arange(-0.5, index.shape[1] + 1.5), color=plots.METHOD_COLOURS["spackle"])
+su.pl.hex_neighbourhood(adata, index, centre, ax=axs[0])
+axs[1].hist(n_nb, bins=np.arange(-0.5, index.shape[1] + 1.5), color=su.pl.METHOD_COLOURS["spackle"])
 axs[1].set(xlabel="neighbours present (of 18)", ylabel="spots", title="Neighbourhood sizes (fewer at edges)")
 fig.tight_layout()
 
@@ -102,15 +101,18 @@ fig.tight_layout()
 # model is a linear adapter from genes to 128 dimensions, a two-layer, one-head transformer encoder
 # whose attention runs among the tokens of one neighbourhood, and an adapter back to genes.
 # Every `eval_every` steps the validation slides, with a fixed 30% of their real values hidden,
-# score the model; the best checkpoint is kept (the shared loop of `spared_utils.training`).
+# score the model; the best checkpoint is kept (the shared loop of `spared_utils.training`,
+# {numref}`fig-completion-training`).
 
 # %%
-result = completion.train_spackle(adata, config=config, hex_geometry=hex_geometry)
+result = su.tl.train_spackle(adata, config=config, hex_geometry=hex_geometry)
 if result.lr_table is not None:
     display(result.lr_table)
-ax = plots.learning_curves({"spackle": result.history}, title="SpaCKLE: training and validation MSE")
 print(f"learning rate {result.learning_rate:g}, best validation MSE {result.best_val:.4f} at iteration "
       f"{result.best_iteration}, {result.n_params:,} parameters, {result.wall_time_s:.0f} s on {result.device}")
+
+# %% mystnb={"figure": {"caption": "SpaCKLE's training loss and validation MSE on hidden real values.", "name": "fig-completion-training"}}
+ax = su.pl.learning_curves({"spackle": result.history}, title="SpaCKLE: training and validation MSE")
 
 # %% [markdown]
 # ## The paper's protocol: hide real values, complete, score the hidden ones
@@ -122,42 +124,45 @@ print(f"learning rate {result.learning_rate:g}, best validation MSE {result.best
 # tiles of the hires image (random weights unless `pretrained`).
 
 # %%
-methods = completion.masking_methods(
+methods = su.tl.masking_methods(
     result, SmeConfig(backbone=stlearn_backbone, pretrained=pretrained, tile_size=stlearn_tile_size, device=device),
     hex_geometry=hex_geometry,
 )
-summary, per_gene, runs = completion.evaluate_masking(adata, methods, levels=masking_levels, splits=eval_splits,
-                                                      seed=seed)
+summary, per_gene, runs = su.tl.evaluate_masking(adata, methods, levels=masking_levels, splits=eval_splits,
+                                                 seed=seed)
 table = summary.pivot_table(index="masking", columns="method", values="mse").rename_axis(columns=None)
 table["SpaCKLE vs median (% lower MSE)"] = 100 * (1 - table["spackle"] / table["median"])
 table["stLearn / SpaCKLE (MSE ratio)"] = table["stlearn"] / table["spackle"]
 ref = min(masking_levels, key=lambda v: abs(v - 0.3))  # the level the single-number figures use
 table.round(3)
 
+# %% [markdown]
+# The rows go to the results store; once several datasets have been processed, the violin of
+# {numref}`fig-completion-mse` has one point per dataset (as the paper's Fig. 3a), otherwise one
+# point per gene of this dataset.
+
 # %%
-store_rows = completion.results_rows(summary, dataset, seed=seed, spackle_result=result)
-results.append(store_rows)
-stored = results.read()
-stored = stored[(stored["stage"] == "completion") & np.isclose(stored["masking"].astype(float), ref)]
+su.io.append_results(su.tl.completion_rows(summary, dataset, seed=seed, spackle_result=result), path=store_file)
+stored = su.io.select_results(store_file, stage="completion", masking=float(ref))
 by_dataset = stored.groupby(["dataset", "model"])["mse"].mean().reset_index().rename(columns={"model": "method"})
 several = by_dataset["dataset"].nunique() > 1
 violin = by_dataset if several else per_gene[np.isclose(per_gene["masking"], ref)]
+
+# %% mystnb={"figure": {"caption": "Completion error on hidden real values (paper Fig. 3). Left (3a): per method, one point per dataset (or per gene of this dataset). Right (3b): as masking grows.", "name": "fig-completion-mse"}}
 fig, axs = plt.subplots(1, 2, figsize=(11, 4.2))
-plots.completion_mse_violin(violin, by="dataset" if several else f"gene, {100 * ref:.0f}% masked", ax=axs[0])
-plots.mse_vs_masking(summary, methods=("median", "spackle", "stlearn"), ax=axs[1])
+su.pl.completion_mse_violin(violin, by="dataset" if several else f"gene, {100 * ref:.0f}% masked", ax=axs[0])
+su.pl.mse_vs_masking(summary, methods=("median", "spackle", "stlearn"), ax=axs[1])
 fig.tight_layout()
 
 # %% [markdown]
-# Left (Fig. 3a): the error of each method, one point per dataset once several have been
-# processed, otherwise one point per gene of this dataset. Right (Fig. 3b): the error as masking
-# grows. The adaptive median relies on measured neighbours; as they disappear its windows fill with
+# The adaptive median relies on measured neighbours; as they disappear its windows fill with
 # zeros and it falls back to the slide median. SpaCKLE has learnt the joint structure of genes
 # across the neighbourhood and degrades more slowly.
 #
 # ## What the completed slide looks like
 #
-# One gene with strong spatial structure (the highest per-gene PCC of SpaCKLE at about 30%) on the first
-# evaluation slide, at increasing masking (Fig. 3c).
+# One gene with strong spatial structure (the highest per-gene PCC of SpaCKLE at about 30%) on the
+# first evaluation slide, at increasing masking ({numref}`fig-completion-maps`).
 
 # %%
 split = runs[0].split
@@ -166,7 +171,9 @@ pg = per_gene[(per_gene["method"] == "spackle") & np.isclose(per_gene["masking"]
 gene = str(pg.sort_values("pcc", ascending=False, na_position="last")["gene"].iloc[0])
 shown = [r for r in runs if r.split == split]
 shown = [shown[k] for k in sorted({0, len(shown) // 2, len(shown) - 1})]
-axes = plots.completion_maps(adata, shown, gene, slide, methods=("median", "spackle"))
+
+# %% mystnb={"figure": {"caption": "Ground truth, median and SpaCKLE at increasing masking on one slide; hidden spots are outlined (paper Fig. 3c).", "name": "fig-completion-maps"}}
+fig = su.pl.completion_maps(adata, shown, gene, slide, methods=("median", "spackle"))
 
 # %% [markdown]
 # ## Completing the dataset
@@ -177,32 +184,25 @@ axes = plots.completion_maps(adata, shown, gene, slide, methods=("median", "spac
 # *completed* scenario.
 
 # %%
-completion.complete(adata, method="spackle", model=result, hex_geometry=hex_geometry)
+su.tl.complete(adata, method="spackle", model=result, hex_geometry=hex_geometry)
 if write_processed:
-    path = completion.save_completed(adata, dataset)
+    path = su.io.write_processed(adata, dataset)
     print(f"wrote {path}")
 filled = adata.layers["c_t_log1p"][~adata.layers["mask"]]
 median_vals = adata.layers["c_d_log1p"][~adata.layers["mask"]]
-pd.DataFrame({"median-completed": pd.Series(median_vals).describe(), "SpaCKLE-completed": pd.Series(filled).describe()}).round(3)
+pd.DataFrame({"median-completed": pd.Series(median_vals).describe(),
+              "SpaCKLE-completed": pd.Series(filled).describe()}).round(3)
 
 # %%
-red = completion.relative_reduction(summary)
-at = lambda lv, col: float(table.loc[np.isclose(table.index, lv), col].iloc[0])  # noqa: E731
-lines = [
-    f"- SpaCKLE ({result.n_params:,} parameters, {iterations} iterations, learning rate {result.learning_rate:g}) "
-    f"trained in {result.wall_time_s:.0f} s on {result.device}; best validation MSE {result.best_val:.3f}.",
-    f"- On the {split} slides, SpaCKLE's MSE on hidden values was lower than the median's at "
-    f"{int((red['reduction_pct'] > 0).sum())} of {len(red)} masking levels: "
-    f"{red['reduction_pct'].min():.1f}% to {red['reduction_pct'].max():.1f}% lower "
-    f"(mean {red['reduction_pct'].mean():.1f}%; the paper reports 82.5% over SpaRED).",
-    f"- At 10% masking: median {at(masking_levels[0], 'median'):.3f}, SpaCKLE {at(masking_levels[0], 'spackle'):.3f}, "
-    f"stLearn {at(masking_levels[0], 'stlearn'):.3f}; at {100 * masking_levels[-1]:.0f}%: median "
-    f"{at(masking_levels[-1], 'median'):.3f}, SpaCKLE {at(masking_levels[-1], 'spackle'):.3f}, "
-    f"stLearn {at(masking_levels[-1], 'stlearn'):.3f}.",
-    f"- stLearn's MSE was {table['stLearn / SpaCKLE (MSE ratio)'].min():.1f}–"
-    f"{table['stLearn / SpaCKLE (MSE ratio)'].max():.1f} times SpaCKLE's (the paper: about two orders "
-    "of magnitude on SpaRED, where stLearn leaves many zeros).",
-    f"- {int((~adata.layers['mask']).sum()):,} missing values completed; the chapter ran in "
-    f"{time.perf_counter() - started:.0f} s.",
-]
-display(Markdown("## What we saw\n\n" + "\n".join(lines)))
+red = su.tl.relative_reduction(summary)["reduction_pct"]
+at = table[np.isclose(table.index, masking_levels[0]) | np.isclose(table.index, masking_levels[-1])]
+ratio = table["stLearn / SpaCKLE (MSE ratio)"]
+lo, hi = (f"{100 * v:.0f}%" for v in (masking_levels[0], masking_levels[-1]))
+display(Markdown(f"""## What we saw
+
+- SpaCKLE ({result.n_params:,} parameters, {iterations} iterations, learning rate {result.learning_rate:g}) trained in {result.wall_time_s:.0f} s on {result.device}; best validation MSE {result.best_val:.3f}.
+- On the {split} slides, SpaCKLE's MSE on hidden values was lower than the median's at {int((red > 0).sum())} of {len(red)} masking levels: {red.min():.1f}% to {red.max():.1f}% lower (mean {red.mean():.1f}%; the paper reports 82.5% over SpaRED).
+- At {lo} masking: median {at['median'].iloc[0]:.3f}, SpaCKLE {at['spackle'].iloc[0]:.3f}, stLearn {at['stlearn'].iloc[0]:.3f}; at {hi}: median {at['median'].iloc[-1]:.3f}, SpaCKLE {at['spackle'].iloc[-1]:.3f}, stLearn {at['stlearn'].iloc[-1]:.3f}.
+- stLearn's MSE was {ratio.min():.1f}–{ratio.max():.1f} times SpaCKLE's (the paper: about two orders of magnitude on SpaRED, where stLearn leaves many zeros).
+- {int((~adata.layers['mask']).sum()):,} missing values completed; the chapter ran in {time.perf_counter() - started:.0f} s.
+"""))

@@ -39,35 +39,38 @@ device = "auto"
 seed = 0
 out_dir = "results"
 scenario = "both"
-learning_rate = 0.001
+budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": 1,000 iterations × batch 256
+learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 lr_grid = [0.0001, 0.001, 0.01]
-iterations = 60
-batch_size = 16
-eval_every = 20
-val_spots = 24
-eval_spots = 80
+iterations = None  # None: the budget's (su.models.record("stnet").cpu)
+batch_size = None
+eval_every = None
+val_spots = None  # None: the budget's; "all": every validation spot
+eval_spots = None  # None: the budget's; "all": every held-out spot (the paper)
 pretrained = False
-completion_iterations = 200
-dihedral_average = True
+completion_iterations = None  # SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+dihedral_average = True  # average the prediction over the 8 symmetries of the patch (ST-Net)
 
 # %%
 from IPython.display import Markdown, display
 
-from spared_utils import plots, predict
+import spared_utils as su
 
-chapter = predict.run_chapter(
-    dataset, "stnet", scenario=scenario, learning_rate=learning_rate, lr_grid=lr_grid, out_dir=out_dir,
+chapter = su.tl.run_chapter(
+    dataset, "stnet", scenario=scenario, budget=budget, learning_rate=learning_rate, lr_grid=lr_grid,
     iterations=iterations, batch_size=batch_size, eval_every=eval_every, val_spots=val_spots,
-    eval_spots=eval_spots, seed=seed, device=device, pretrained=pretrained,
-    completion_iterations=completion_iterations, model_options={"dihedral_average": dihedral_average},
+    eval_spots=eval_spots, out_dir=out_dir, seed=seed, device=device, pretrained=pretrained,
+    completion_iterations=completion_iterations,
+    model_options={"dihedral_average": dihedral_average},
 )
 print(chapter.config)
 
 # %% [markdown]
-# `learning_rate = None` searches `lr_grid` on raw data first (the paper's protocol). The
+# `learning_rate = "search"` searches `lr_grid` on raw data first (the paper's protocol). The
 # defaults train from random weights (`pretrained = False`, this machine has no internet) with a
-# budget that runs on a CPU; `iterations = 1000`, `batch_size = 256`, `pretrained = True` and
-# `eval_spots = None` is the paper's setting.
+# budget that runs on a CPU (this predictor's record, `su.models.record(...).cpu`);
+# `budget = "paper"` (1,000 iterations × batch 256, every held-out spot scored) with
+# `pretrained = True` is the paper's setting.
 #
 # ## Metrics on real values
 #
@@ -84,26 +87,26 @@ chapter.metrics().round(4)
 # Validation MSE is computed every `eval_every` iterations on `val_spots` validation spots; the
 # weights with the lowest value are the ones evaluated above.
 
-# %%
-ax = plots.learning_curves(chapter.histories, baseline=chapter.baseline_val_loss, title="STNet: MSE during training")
+# %% mystnb={"figure": {"caption": "STNet: training loss and validation MSE per scenario; the dashed line is the training mean's validation MSE.", "name": "fig-stnet-curves"}}
+ax = su.pl.learning_curves(chapter.histories, baseline=chapter.baseline_val_loss, title="STNet: MSE during training")
 
 # %% [markdown]
 # ## Which genes can be predicted?
 
-# %%
-ax = plots.per_gene_pcc(chapter.gene_tables(), title=f"STNet: per-gene PCC on {chapter.eval_split}")
+# %% mystnb={"figure": {"caption": "STNet: Pearson correlation of each gene across held-out spots, per scenario.", "name": "fig-stnet-pcc"}}
+ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"STNet: per-gene PCC on {chapter.eval_split}")
 
 # %% [markdown]
 # ## Predicted and measured maps
 #
 # The best and worst predicted genes on one held-out slide (completed-data model when it ran).
 
-# %%
+# %% mystnb={"figure": {"caption": "STNet: measured and predicted expression of the best and the worst predicted gene on one held-out slide.", "name": "fig-stnet-maps"}}
 shown = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
 best, worst = chapter.best_and_worst_genes(shown)
 slide, rows, pred = chapter.map_inputs(shown)
-axes = plots.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, worst],
-                                    titles=[f"best: {best}", f"worst: {worst}"])
+fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, worst],
+                                   titles=[f"best: {best}", f"worst: {worst}"])
 
 # %% [markdown]
 # ## The eight views averaged at evaluation
@@ -113,10 +116,30 @@ axes = plots.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, wor
 
 # %%
 store = chapter.data[next(iter(chapter.data))].store
-fig = plots.patch_symmetries(store[0], title="One patch under the 8 symmetries of the square")
+fig = su.pl.patch_symmetries(store[0], title="One patch under the 8 symmetries of the square")
 
 # %% [markdown]
 # ## What we saw
 
 # %%
-display(Markdown("\n".join(predict.summary_lines(chapter))))
+saw = chapter.summary()  # one row per scenario and split: MSE, the training mean's MSE, PCC-Gene
+saw.round(3)
+
+# %%
+split, cfg, run = chapter.eval_split, chapter.config.train, next(iter(chapter.runs.values()))
+verdict = chapter.beats_training_mean()
+behind = [s for s, ok in verdict.items() if not ok]
+diff = chapter.completed_minus_raw()
+shown = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
+genes = chapter.gene_tables()[shown].set_index("gene")["pcc"]
+best, worst = chapter.best_and_worst_genes(shown)
+advice = (f" At this budget the {' and '.join(behind)} model(s) learned no more than the mean: raise `iterations` "
+          "(the learning curve shows whether it still falls)" + ("" if chapter.config.pretrained
+                                                                   else " or start from ImageNet weights (`pretrained = True`)")
+          + "." if behind else "")
+display(Markdown(f"""## What we saw
+
+- **{su.models.display_name(chapter.model)}**: {run.n_params:,} trainable parameters; {cfg.iterations} iterations × batch {cfg.batch_size} at learning rate {chapter.learning_rate:g} per scenario, on `{run.train.device}` ({chapter.seconds:.0f} s for the whole chapter).
+- Below the training mean on {split} MSE: {", ".join(f"{s} {'yes' if ok else 'no'}" for s, ok in verdict.items())}.{advice}
+""" + (f"- Training on completed instead of raw data changed {split} MSE by {diff['mse']:+.3f} and PCC-Gene by {diff['pcc_gene']:+.3f} (both scored on real values only).\n" if diff else "")
+    + f"- Per gene ({shown}, {split}): best {best} (PCC {genes[best]:.2f}), worst {worst} (PCC {genes[worst]:.2f})."))

@@ -10,9 +10,9 @@ from .patches import PatchStore
 from .paths import output_dir
 from .predict import checkpoint_dir as predictor_checkpoint_dir
 from .preprocess import processed_path, read_processed, write_processed
-from .results import append as append_results, read as read_results
+from .results import append as append_results, read as read_results, select as select_results
 
 __all__ = [
     "PatchStore", "append_results", "load_spackle", "output_dir", "predictor_checkpoint_dir", "processed_path",
-    "read_processed", "read_results", "save_spackle", "write_processed",
+    "read_processed", "read_results", "save_spackle", "select_results", "write_processed",
 ]

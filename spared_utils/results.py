@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import paths
@@ -94,3 +95,22 @@ def read(path: str | os.PathLike | None = None) -> pd.DataFrame:
         raise ValueError(
             f"the results store {target} cannot be parsed ({err}); move it aside to start a new one"
         ) from err
+
+
+def select(path: str | os.PathLike | None = None, **where) -> pd.DataFrame:
+    """The rows of the store whose columns equal the given values (floats compared with a tolerance).
+
+    ``select(stage="completion", masking=0.3)`` → every completion row at 30% masking.
+    A column the store does not have selects nothing.
+    """
+    table = read(path)
+    keep = np.ones(len(table), dtype=bool)
+    for column, value in where.items():
+        if column not in table:
+            return table.iloc[:0]
+        col = table[column]
+        if isinstance(value, float) and pd.api.types.is_numeric_dtype(col):
+            keep &= np.isclose(col.astype(float), value)
+        else:
+            keep &= (col == value).to_numpy()
+    return table[keep].reset_index(drop=True)

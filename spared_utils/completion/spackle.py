@@ -138,6 +138,10 @@ class SpackleConfig:
                                                    cls.__dataclass_fields__["train"].default_factory())
         return cls(train=train, **mine), rest
 
+    def flat(self) -> dict[str, Any]:
+        """Every value, the training loop's included, in one flat mapping (for the chapter's table)."""
+        return {**{k: v for k, v in asdict(self).items() if k != "train"}, **asdict(self.train)}
+
     @classmethod
     def make(cls, **kwargs) -> SpackleConfig:
         """:meth:`from_kwargs` that refuses unknown names (``SpackleConfig.make(iterations=200, d_model=64)``)."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 
@@ -85,6 +86,19 @@ class ChapterRun:
         raw = self.runs["raw"].metrics.set_index("split").loc[split]
         done = self.runs["completed"].metrics.set_index("split").loc[split]
         return {k: float(done[k] - raw[k]) for k in ("mse", "pcc_gene")}
+
+    def summary(self) -> pd.DataFrame:
+        """One row per scenario and evaluated split: the model's MSE and PCC-Gene, the training
+        mean's MSE on the same spots, whether the model beats it, and the best validation iteration."""
+        base = self.baseline.set_index("split")["mse"]
+        rows = []
+        for scenario, run in self.runs.items():
+            for rec in run.metrics.to_dict("records"):
+                mean = float(base.get(rec["split"], np.nan))
+                rows.append({"scenario": scenario, "split": rec["split"], "mse": rec["mse"],
+                             "training_mean_mse": mean, "beats_training_mean": bool(rec["mse"] < mean),
+                             "pcc_gene": rec["pcc_gene"], "best_iteration": run.train.best_iteration})
+        return pd.DataFrame(rows)
 
     def metrics(self) -> pd.DataFrame:
         """Tidy table: one row per (scenario or ``training mean``, split) with the metrics."""
