@@ -97,7 +97,7 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
     summary, per_gene, _ = completion.evaluate_masking(adata, methods, levels=levels, splits=splits, progress=False)
     red = completion.relative_reduction(summary)
     print(f"{dataset}: {adata.n_obs} spots × {adata.n_vars} genes, {100 * (1 - adata.layers['mask'].mean()):.1f}% "
-          f"missing; loaded in {load_s:.1f} s; SpaCKLE lr {result.learning_rate:g}, {config.iterations} iterations, "
+          f"missing; loaded in {load_s:.1f} s; SpaCKLE lr {result.learning_rate:g}, {config.train.iterations} iterations, "
           f"trained in {result.wall_time_s:.1f} s (best val MSE {result.best_val:.4f} at {result.best_iteration})")
     table = summary.pivot_table(index=["split", "masking"], columns="method", values="mse")
     table["reduction_%"] = 100 * (1 - table["spackle"] / table["median"])

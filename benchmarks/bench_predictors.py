@@ -2,13 +2,14 @@
 
 Prints three tables:
 
-1. **Trainable parameters** of every predictor (at the dataset's gene count and at 128 genes),
+1. **Trainable parameters** of every predictor at 32 and 128 genes (from its record),
    next to the paper's ordering (Fig 4b: ShuffleNet fewest) and the estimates of
    ``predictors.md``.
 2. **Throughput** on this machine: loader-only samples/s (patch store → augmented uint8
    batches, with 0 and ``--workers`` worker processes) against model-step samples/s
    (forward + backward + Adam on one batch) and evaluation samples/s (STNet: 8 views).
-3. **Quality** on the embedded dataset: each predictor trained on raw and on completed data;
+3. **Quality** on the embedded dataset: each predictor trained on raw and on completed data at its
+   record's budget (`--budget cpu`, the chapters' default, or `paper`);
    validation MSE against the trivial predictor (training mean), and completed − raw.
 
 Usage::
@@ -30,14 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spared_utils import models, predict  # noqa: E402
+from spared_utils import datasets, models, predict  # noqa: E402
 from spared_utils.training import autocast, resolve_device, seed_everything, to_device  # noqa: E402
 
 #: Estimates of predictors.md (from layer sizes, G = 128) and the paper's rank by trainable parameters
@@ -49,26 +49,14 @@ PAPER = {
     "vit_b_delta": {"paper_estimate": "~86 M", "paper_rank": 3},
 }
 
-#: Per-model training budget for the quality table on a CPU (iterations, batch size, lr). ViT-B
-#: starts far from the data (its random head predicts ≈ 0 where log1p expression is ≈ 8): from
-#: random weights it spends ≈ 100 steps learning that offset and was still above the training mean
-#: at 200 steps (val MSE 3.39 vs 3.21), below it at 400 (3.05; ≈ 23 min per scenario on 2 cores).
-#: ViT-B+Δ starts at the mean and prefers the smaller learning rate (1e-3 was worse).
-CPU_BUDGET = {
-    "shufflenet": {"iterations": 200, "batch_size": 32, "learning_rate": 1e-3},
-    "stnet": {"iterations": 60, "batch_size": 16, "learning_rate": 1e-3},
-    "vit_b": {"iterations": 400, "batch_size": 8, "learning_rate": 1e-3},
-    "vit_b_delta": {"iterations": 30, "batch_size": 8, "learning_rate": 1e-4},
-}
-
-
-def parameter_table(names, n_genes: int) -> pd.DataFrame:
+def parameter_table(names) -> pd.DataFrame:
+    """Trainable parameters at 32 and 128 genes, from each predictor's record (the tests check
+    them against the built models)."""
     rows = []
     for name in names:
-        at_g = models.count_parameters(models.build(name, n_genes))
-        at_128 = models.count_parameters(models.build(name, 128))
-        rows.append({"model": models.display_name(name), "params_dataset_genes": at_g, "params_128_genes": at_128,
-                     **PAPER.get(name, {})})
+        record = models.record(name)
+        rows.append({"model": record.display_name, "params_32_genes": record.n_params_32,
+                     "params_128_genes": record.n_params_128, **PAPER.get(name, {})})
     table = pd.DataFrame(rows).sort_values("params_128_genes").reset_index(drop=True)
     table["our_rank"] = table["params_128_genes"].rank(method="min").astype(int)
     return table
@@ -138,17 +126,15 @@ def step_throughput(name: str, data: predict.PredictionData, batch_size: int, n_
     return {"train_samples_per_s": train_sps, "eval_samples_per_s": eval_sps}
 
 
-def quality_table(names, adata, store, dataset: str, out_dir: str, budget: dict, val_spots: int,
-                  eval_spots: int | None, seed: int, device: str) -> pd.DataFrame:
+def quality_table(names, adata, store, dataset: str, out_dir: str, budget: str, overrides: dict,
+                  seed: int, device: str) -> pd.DataFrame:
+    """Both scenarios of each predictor at its record's ``budget`` (``overrides`` change fields)."""
     rows = []
     for name in names:
-        cost = budget[name]
         t0 = time.perf_counter()
-        chapter = predict.run_chapter(dataset, name, scenario="both", learning_rate=cost["learning_rate"],
-                                      out_dir=out_dir, adata=adata, store=store, iterations=cost["iterations"],
-                                      batch_size=cost["batch_size"], eval_every=max(1, cost["iterations"] // 4),
-                                      val_spots=val_spots, eval_spots=eval_spots, seed=seed, device=device,
-                                      progress=False)
+        chapter = predict.run_chapter(dataset, name, scenario="both", budget=budget, out_dir=out_dir, adata=adata,
+                                      store=store, seed=seed, device=device, progress=False, **overrides)
+        cost = chapter.config.train
         base = chapter.baseline.set_index("split")
         for scenario, run in chapter.runs.items():
             m = run.metrics.set_index("split")
@@ -157,7 +143,8 @@ def quality_table(names, adata, store, dataset: str, out_dir: str, budget: dict,
                              "mse": m.loc[split, "mse"], "train_mean_mse": base.loc[split, "mse"],
                              "beats_mean": bool(m.loc[split, "mse"] < base.loc[split, "mse"]),
                              "pcc_gene": m.loc[split, "pcc_gene"], "best_iteration": run.train.best_iteration,
-                             "iterations": cost["iterations"], "batch_size": cost["batch_size"],
+                             "iterations": cost.iterations, "batch_size": cost.batch_size,
+                             "learning_rate": cost.learning_rate,
                              "train_s": round(run.train.wall_time_s, 1)})
         print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return pd.DataFrame(rows)
@@ -183,8 +170,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the loader measurement")
     parser.add_argument("--batch-size", type=int, default=0,
                         help="batch of the throughput table (0: 16 on a CPU, 256 — the paper's — on a GPU)")
-    parser.add_argument("--val-spots", type=int, default=64)
-    parser.add_argument("--eval-spots", type=int, default=200, help="spots per split scored (0 = all)")
+    parser.add_argument("--budget", default="cpu", choices=("cpu", "paper"),
+                        help="each predictor's record budget for the quality table (the chapters' defaults)")
+    parser.add_argument("--iterations", type=int, default=None, help="override the budget's iterations (all models)")
+    parser.add_argument("--eval-spots", type=int, default=None, help="spots per split scored (default: the budget's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny budgets (smoke test of the script)")
     parser.add_argument("--skip-quality", action="store_true")
@@ -203,15 +192,15 @@ def main(argv=None) -> int:
     print(f"== dataset {args.dataset}, device {device}, {args.threads} torch threads, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     t0 = time.perf_counter()
-    adata, store = predict.load_dataset(args.dataset)
-    adata = predict.ensure_completed(adata, dataset=args.dataset, iterations=20 if args.quick else 200,
-                                     device=str(device), progress=False)
+    adata = datasets.load(args.dataset, stage="completed", progress=False, device=str(device),
+                          **({"iterations": 20} if args.quick else {}))
+    store = datasets.patch_store(args.dataset, adata, progress=False)
     raw = predict.prediction_data(adata, store, "raw")
     print(f"   {adata.n_obs} spots × {adata.n_vars} genes, splits "
           f"{ {k: len(v) for k, v in raw.splits.items()} }, loaded in {time.perf_counter() - t0:.1f} s")
 
     print("\n== 1. Trainable parameters (paper ordering, Fig 4b: ShuffleNet fewest)")
-    params = parameter_table(args.models, adata.n_vars)
+    params = parameter_table(args.models)
     print(params.to_string(index=False))
     ok = params.iloc[0]["model"] == "ShuffleNet" if "shufflenet" in args.models else True
     print(f"   ShuffleNet has the fewest: {ok}")
@@ -241,11 +230,10 @@ def main(argv=None) -> int:
 
     if not args.skip_quality:
         print("\n== 3. Quality on the embedded dataset: validation/test MSE vs the training mean")
-        budget = {n: ({"iterations": 2, "batch_size": 4, "learning_rate": 1e-3} if args.quick else CPU_BUDGET[n])
-                  for n in args.models}
-        quality = quality_table(args.models, adata, store, args.dataset, out_dir, budget,
-                                8 if args.quick else args.val_spots,
-                                16 if args.quick else (args.eval_spots or None), args.seed, str(device))
+        overrides = ({"iterations": 2, "batch_size": 4, "eval_every": 1, "val_spots": 8, "eval_spots": 16}
+                     if args.quick else {"iterations": args.iterations, "eval_spots": args.eval_spots})
+        quality = quality_table(args.models, adata, store, args.dataset, out_dir, args.budget, overrides,
+                                args.seed, str(device))
         print(quality.round(4).to_string(index=False))
         val = quality[quality["split"] == "val"]
         print(f"   every predictor beats the training mean on validation MSE (both scenarios): "

@@ -47,6 +47,7 @@ from IPython.display import Markdown, display
 import spared_utils as su
 from spared_utils import synthetic
 
+# %%
 t0 = time.perf_counter()
 spec = su.datasets.get_spec(dataset)
 if spec.source.kind == "synthetic":  # generate directly, with this chapter's seed
@@ -158,6 +159,12 @@ fig.tight_layout()
 
 # %%
 splits = adata.obs.groupby("split", observed=True)["slide_id"].nunique()
+spatial = ""
+if "spatial_gene" in adata.var:
+    spatial_true = adata.var["spatial_gene"]
+    top_k = moran.index[: int(spatial_true.sum())]
+    spatial = (f"\n- Of the {int(spatial_true.sum())} genes with the highest Moran's I, "
+               f"{100 * spatial_true[top_k].mean():.0f}% are the generator's spatial genes.")
 lines = [
     f"- **{adata.n_obs:,} spots** on **{adata.obs['slide_id'].nunique()} slides** "
     f"({', '.join(f'{k}: {v}' for k, v in splits.items())}), {adata.n_vars} genes, loaded in {load_seconds:.1f} s.",
@@ -165,11 +172,6 @@ lines = [
     f"median {np.median(total):.0f} UMI per spot.",
     f"- Spots have {n_nb.min()}–{n_nb.max()} neighbours within two rings "
     f"(mean {n_nb.mean():.1f}; fewer at the tissue edge).",
-    f"- Moran's I ranges from {moran.min():.2f} to {moran.max():.2f}.",
+    f"- Moran's I ranges from {moran.min():.2f} to {moran.max():.2f}.{spatial}",
 ]
-if "spatial_gene" in adata.var:
-    spatial_true = adata.var["spatial_gene"]
-    top_k = moran.index[: int(spatial_true.sum())]
-    lines.append(f"- Of the {int(spatial_true.sum())} genes with the highest Moran's I, "
-                 f"{100 * spatial_true[top_k].mean():.0f}% are the generator's spatial genes.")
 display(Markdown("## What we saw\n\n" + "\n".join(lines)))

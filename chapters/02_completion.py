@@ -58,6 +58,7 @@ from IPython.display import Markdown, display
 import spared_utils as su
 from spared_utils.completion import SmeConfig, SpackleConfig
 
+# %%
 started = time.perf_counter()
 out = su.io.output_dir(out_dir, dataset)
 store_file = su.io.output_dir(out_dir) / "results.csv"

@@ -46,6 +46,9 @@ def atomic_path(target: str | os.PathLike, directory: bool = False, fsync: bool 
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
         tmp = Path(name)
+    # mkstemp/mkdtemp make private (0600/0700) entries; the result gets the permissions an
+    # ordinary open() or mkdir() would give it, so collaborators can read shared results.
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
     try:
         yield tmp
         if fsync and not directory:
@@ -60,6 +63,12 @@ def atomic_path(target: str | os.PathLike, directory: bool = False, fsync: bool 
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def dense(matrix) -> np.ndarray:

@@ -19,8 +19,14 @@ def _cells(nb):
     return [(c.cell_type, c.source.strip()) for c in nb.cells]
 
 
-def test_there_are_chapters():
-    assert CHAPTERS, "no chapters/NN_name.py found"
+def test_every_chapter_file_is_in_the_toc_and_every_toc_chapter_exists():
+    from spared_utils.book import chapters_in_toc
+
+    in_toc = chapters_in_toc(ROOT)
+    on_disk = [p.stem for p in CHAPTERS]
+    assert len(in_toc) >= 7, f"the table of contents lists only {in_toc}"
+    assert sorted(in_toc) == on_disk, (f"_toc.yml and chapters/ disagree: only in the toc {sorted(set(in_toc) - set(on_disk))}, "
+                                        f"only on disk {sorted(set(on_disk) - set(in_toc))}")
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
@@ -48,5 +54,25 @@ def test_one_parameters_cell_with_plain_literals(source):
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_ends_with_what_we_saw(source):
-    text = source.read_text()
-    assert "What we saw" in text, f"{source.name} should end with a 'What we saw' summary of measured numbers"
+    """The last section of every chapter is "What we saw", written by its last code cell from
+    numbers of the run (not typed in a markdown cell)."""
+    nb = jupytext.read(source)
+    headings = [(i, line.lstrip("#").strip()) for i, cell in enumerate(nb.cells)
+                for line in cell.source.splitlines()
+                if (cell.cell_type == "markdown" and line.startswith("## ")) or "## What we saw" in line]
+    assert headings, f"{source.name} has no section"
+    last_index, last = headings[-1]
+    assert "What we saw" in last, f"{source.name}: the last section is {last!r}, not 'What we saw'"
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    assert code[-1] >= last_index, f"{source.name}: no code cell writes the 'What we saw' numbers"
+    assert any(token in nb.cells[code[-1]].source for token in ("{", "%")), (
+        f"{source.name}: the last code cell must format measured numbers")
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_code_cells_are_short(source):
+    """Chapters orchestrate: a code cell longer than ~15 lines is logic that belongs in spared_utils."""
+    nb = jupytext.read(source)
+    long = [(i, len(c.source.splitlines())) for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])
+            and len(c.source.splitlines()) > 18]
+    assert long == [], f"{source.name}: code cells (index, lines) over 18 lines: {long}"

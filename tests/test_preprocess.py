@@ -129,6 +129,14 @@ def test_tpm_known_answer_and_log2():
     # spot 0: 10/1000 = 20/2000 = 0.01 each -> 5e5, 5e5 ; spot 1: only gene 1 -> 1e6
     np.testing.assert_allclose(out.layers["tpm"].toarray(), [[5e5, 5e5], [0, 1e6]], rtol=1e-6)
     np.testing.assert_allclose(out.layers["log1p"].toarray(), np.log2(np.array([[5e5, 5e5], [0, 1e6]]) + 1), rtol=1e-6)
+    # scanpy's base argument: natural log with base=None, log10 with base=10; a base of 1 is refused
+    dense_tpm = np.array([[5e5, 5e5], [0, 1e6]])
+    np.testing.assert_allclose(pp.log1p(out, key_added="ln", base=None).layers["ln"].toarray(), np.log1p(dense_tpm),
+                               rtol=1e-6)
+    np.testing.assert_allclose(pp.log1p(out, key_added="l10", base=10).layers["l10"].toarray(),
+                               np.log10(dense_tpm + 1), rtol=1e-6)
+    with pytest.raises(ValueError, match="log base"):
+        pp.log1p(out, base=1)
 
 
 def test_tpm_drops_genes_without_length():

@@ -21,7 +21,7 @@ from spared_utils.registry import parse_registry
 from spared_utils.datasets import RegistryError, UnknownDatasetError
 from tests.conftest import TINY
 
-# Facts of the paper (SPEC §1 and the authors' metadata table), not read from the registry.
+# Facts of the paper (its Supp. Table 1 and the authors' metadata table), not read from the registry.
 PAPER_TOTALS = {"datasets": 26, "slides": 105, "patients": 35, "spots": 308_843, "human": 14, "mouse": 12,
                 "with_test": 11, "32_genes": 6}
 
@@ -56,10 +56,9 @@ def test_registry_agrees_with_published_statistics(specs):
         assert spec.task == spec.paper.task, spec.id
 
 
+@pytest.mark.shared
 def test_ids_and_figure_abbreviations_match_the_compiled_table(specs):
     table = (Path(__file__).resolve().parents[2] / "shared" / "paper" / "datasets.md")
-    if not table.is_file():
-        pytest.skip(f"{table} not found (../shared beside the repository)")
     text = table.read_text()
     listed = dict(re.findall(r"^\| (\w+) \(([0-9A-Z]+)\) \|", text, flags=re.M))
     assert {s.id: s.abbreviation for s in paper_specs(specs)} == listed

@@ -1,4 +1,4 @@
-"""SpaCKLE: transformer completion of missing expression values (SPEC §2).
+"""SpaCKLE: transformer completion of missing expression values (Mejia et al., MICCAI 2024).
 
 The method of Mejia et al. (MICCAI 2024), as the paper describes it:
 
@@ -21,9 +21,9 @@ The method of Mejia et al. (MICCAI 2024), as the paper describes it:
 * **Inference.** ``M`` is the dataset's real missing-value mask: missing entries are set to 0 in
   every token and the centre token's output replaces them.
 
-Documented alternatives (:class:`SpackleConfig` fields), after SPEC §2 "How the authors' code
-differs": ``d_model=None`` (width = number of genes), ``neighbourhood="knn"`` (18 nearest spots
-by Euclidean distance), ``masking="per_gene"`` (probability ``ρ / fraction of real values of
+Documented alternatives (:class:`SpackleConfig` fields), where the authors' code (the ``spared``
+package, github.com/BCV-Uniandes/SpaRED) differs from the paper: ``d_model=None`` (width =
+number of genes), ``neighbourhood="knn"`` (18 nearest spots by Euclidean distance), ``masking="per_gene"`` (probability ``ρ / fraction of real values of
 the gene``, capped at 1), ``attention="batch"`` (the authors' ``batch_first=False`` encoder fed
 ``(batch, tokens, genes)``, which attends across the batch's spots), plus ablations of ours:
 ``positional_encoding`` (a learned embedding per neighbourhood slot), ``loss_on="hidden"``,
@@ -75,7 +75,7 @@ class SpackleConfig:
     """Every value that shapes a SpaCKLE run (printed in the chapter).
 
     Defaults follow the paper's text and the authors' architecture; the comments name the
-    alternatives from the authors' ``spared`` 2.2.1 code (SPEC §2).
+    alternatives from the authors' ``spared`` 2.2.1 code (chapter 02 compares them).
     """
 
     # --- model -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """SpaRED curation: from raw counts of all slides to the layers every model trains on.
 
-One function per step of SPEC §1 "Preprocessing", each a verb on AnnData, and
+One function per step of SpaRED's preprocessing (Mejia et al., MICCAI 2024; chapter 01), each a
+verb on AnnData, and
 :func:`run_pipeline` chaining them:
 
 1. :func:`collect` – in-tissue spots, harmonised gene ids, clean counts;
@@ -11,7 +12,8 @@ One function per step of SPEC §1 "Preprocessing", each a verb on AnnData, and
 6. :func:`combat` – ComBat batch correction;
 7. :func:`deltas`, :func:`add_mask` – Δ layers and the real-value mask.
 
-Patches (step 10 of the SPEC) are in :mod:`spared_utils.patches`.
+Patches (the last curation step) are in :mod:`spared_utils.patches`; gene annotation (symbols →
+Ensembl ids, gene lengths) in :mod:`spared_utils.preprocess.genes`.
 """
 
 from .collection import check_counts, collect

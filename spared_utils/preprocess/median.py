@@ -1,6 +1,6 @@
 """Adaptive median completion of missing (zero) values, vectorised.
 
-The rule (SEPAL / SpaRED, SPEC §1 step 4), per slide and per gene independently: a zero value
+The rule (SEPAL / SpaRED, curation step 4; chapter 01), per slide and per gene independently: a zero value
 is replaced by the median of the values (zeros included) of the spots within 1 ring of the
 neighbour graph; if that median is zero, within 2 rings; … up to ``n_rings`` (4); if every window
 gives zero, by the slide's median of the gene's non-zero values (0 if the gene has none).

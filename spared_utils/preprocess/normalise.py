@@ -69,20 +69,28 @@ def tpm(adata: AnnData, layer: str = "counts", key_added: str = "tpm", organism:
     return out
 
 
-def _log2_1p(values: np.ndarray) -> np.ndarray:
-    """log2(1 + x) in float32, accurate for small x (via log1p)."""
+def _log_1p(values: np.ndarray, base: float | None) -> np.ndarray:
+    """log(1 + x) in ``base`` (natural for ``None``) in float32, accurate for small x (via log1p)."""
     out = np.log1p(values, dtype=np.float32)
-    out /= np.float32(np.log(2.0))
+    if base is not None:
+        out /= np.float32(np.log(base))
     return out
 
 
-def log1p(adata: AnnData, layer: str = "tpm", key_added: str = "log1p") -> AnnData:
-    """``log2(x + 1)`` of ``layers[layer]`` into ``layers[key_added]`` (in place; returns ``adata``)."""
+def log1p(adata: AnnData, layer: str = "tpm", key_added: str = "log1p", base: float | None = 2) -> AnnData:
+    """``log(x + 1)`` of ``layers[layer]`` into ``layers[key_added]`` (in place; returns ``adata``).
+
+    ``base`` as in :func:`scanpy.pp.log1p`, but its default here is **2**: SpaRED's ``log1p``
+    layers hold log2(TPM + 1) (Mejia et al., MICCAI 2024); ``base=None`` is the natural log
+    (scanpy's default).
+    """
+    if base is not None and not (base > 0 and base != 1):
+        raise ValueError(f"log base must be positive and not 1 (or None for the natural log), got {base}")
     x = adata.layers[layer]
     if sp.issparse(x):
         y = sp.csr_matrix(x, dtype=np.float32, copy=True)
-        y.data = _log2_1p(y.data)
+        y.data = _log_1p(y.data, base)
     else:
-        y = _log2_1p(np.asarray(x, dtype=np.float32))
+        y = _log_1p(np.asarray(x, dtype=np.float32), base)
     adata.layers[key_added] = y
     return adata
