@@ -65,17 +65,10 @@ class ChapterRun:
 
     def beats_training_mean(self, split: str | None = None) -> dict[str, bool]:
         """Scenario → whether its model's MSE on ``split`` (default: :attr:`eval_split`) is below
-        the trivial predictor's on the same spots."""
-        split = split or self.eval_split
-        base = self.baseline.set_index("split")
-        if split not in base.index:
-            return {}
-        out = {}
-        for scenario, run in self.runs.items():
-            m = run.metrics.set_index("split")
-            if split in m.index:
-                out[scenario] = bool(m.loc[split, "mse"] < base.loc[split, "mse"])
-        return out
+        the trivial predictor's on the same spots (from :meth:`summary`)."""
+        table = self.summary()
+        table = table[(table["split"] == (split or self.eval_split)) & table["training_mean_mse"].notna()]
+        return {row.scenario: bool(row.beats_training_mean) for row in table.itertuples()}
 
     def completed_minus_raw(self, split: str | None = None) -> dict[str, float]:
         """``{"mse": ..., "pcc_gene": ...}``: completed-scenario metric minus raw-scenario metric on
