@@ -107,6 +107,7 @@ import torch_geometric.nn as gnn
 from torch import nn
 
 from .. import graphs
+from .encoders import vit_b_delta
 
 #: Pooling operators of :class:`SEPAL`.
 POOLINGS = ("sag", "mean", "max", "add")
@@ -503,8 +504,6 @@ def load_stage1(
     check_stage1(read_stage1_meta(ckpt), dataset, scenario, seed)
     state = ckpt["model"]
     if model is None:
-        from .encoders import vit_b_delta
-
         model = vit_b_delta(int(state["head.weight"].shape[0]), pretrained=False)
     model.load_state_dict(state)
     for p in model.parameters():
