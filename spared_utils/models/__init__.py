@@ -19,15 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from torch import nn
 
 from ..training import count_parameters
-from . import encoders
+from . import contrastive, encoders, exemplar, probe, sepal, slide
 from .encoders import PatchRegressor, PretrainedWeightsUnavailable, dihedral_views
 
-#: What a predictor reads: one spot's patch, a whole slide, a spot graph, or a retrieval bank.
-KINDS = ("patch", "slide", "graph", "retrieval")
+#: What a predictor reads: one spot's patch, a whole slide, a spot graph, a retrieval bank of
+#: training spots, or frozen features fitted in closed form (no training loop).
+KINDS = ("patch", "slide", "graph", "retrieval", "probe")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Budget:
     eval_every: int
     val_spots: int | None = None
     eval_spots: int | None = None
+    #: training spots read (a fixed random subset; the bank of retrieval models); None: all
+    train_spots: int | None = None
 
 
 #: The paper's protocol for every predictor: 1,000 iterations × batch 256, every spot scored
@@ -67,6 +71,10 @@ class PredictorRecord:
     paper: Budget = PAPER_BUDGET
     #: builder options the chapter exposes as parameters, with their defaults
     options: tuple[str, ...] = ()
+    #: builder options the CPU budget sets (``(name, value)`` pairs; the paper budget keeps the defaults)
+    cpu_options: tuple[tuple[str, Any], ...] = ()
+    #: extra inputs beyond a batch of patches (documentation: what the model's forward takes)
+    inputs: str = "patches (B, 3, H, W) uint8"
 
     def budget(self, which: str = "cpu", **overrides) -> Budget:
         """The ``"cpu"`` or ``"paper"`` budget, with fields whose override is not ``None`` changed."""
@@ -88,6 +96,38 @@ RECORDS: dict[str, PredictorRecord] = {
         PredictorRecord("stnet", "STNet", encoders.stnet, "patch", 6_986_656, 7_085_056,
                         cpu=Budget(60, 16, 1e-3, eval_every=20, val_spots=24, eval_spots=80),
                         options=("dihedral_average",)),
+        # Slide models: batch_size = neighbouring spots of ONE slide per step; every spot scored.
+        PredictorRecord("histogene", "HisToGene", slide.histogene, "slide", 105_956_384, 106_054_784,
+                        cpu=Budget(40, 128, 1e-4, eval_every=10),
+                        paper=replace(PAPER_BUDGET, batch_size=10_000),
+                        inputs="patches (N, 3, H, W) and array rows, cols (N,) of the N spots of one slide"),
+        PredictorRecord("hist2st", "Hist2ST", slide.hist2st, "slide", 71_633_380, 71_731_780,
+                        cpu=Budget(40, 128, 1e-4, eval_every=10),
+                        paper=replace(PAPER_BUDGET, batch_size=10_000),
+                        inputs="patches (N, 3, H, W), array rows, cols (N,) of one slide (+ its spot graph)"),
+        PredictorRecord("egn", "EGN", exemplar.egn, "retrieval", 130_096_160, 130_489_472,
+                        cpu=Budget(24, 8, 1e-4, eval_every=6, val_spots=24, eval_spots=60, train_spots=300),
+                        inputs="patches (B, 3, H, W), their frozen ResNet-50 features (B, 2048), their k exemplars' "
+                               "features (B, k, 2048) and expression (B, k, n_genes) from a bank of training spots"),
+        PredictorRecord("eggn", "EGGN", exemplar.eggn, "graph", 10_941_985, 11_089_537,
+                        cpu=Budget(60, 128, 1e-3, eval_every=15),
+                        paper=replace(PAPER_BUDGET, batch_size=10_000),
+                        inputs="frozen ResNet-18 features (N, 512) and array rows, cols of one slide's spots, "
+                               "their k exemplars' features and expression"),
+        PredictorRecord("bleep", "BLEEP", contrastive.bleep, "retrieval", 24_173_632, 24_198_208,
+                        cpu=Budget(20, 16, 1e-3, eval_every=5, val_spots=48, eval_spots=96),
+                        inputs="patches (B, 3, H, W) (+ expression (B, n_genes) in training); predicts from a "
+                               "bank of training spots"),
+        PredictorRecord("sepal", "SEPAL", sepal.sepal, "graph", 955_554, 967_938,
+                        cpu=Budget(60, 32, 1e-3, eval_every=15, val_spots=12, eval_spots=24, train_spots=32),
+                        cpu_options=(("n_hops", 1),),
+                        inputs="per centre spot: its stage-1 ViT-B+Δ prediction, the frozen stage-1 embeddings "
+                               "and array offsets of its n-hop neighbourhood"),
+        PredictorRecord("linear_probe", "Linear probe", probe.linear_probe, "probe", 0, 0,
+                        cpu=Budget(1, 1, 1.0, eval_every=1, val_spots=100, eval_spots=200, train_spots=400),
+                        paper=replace(PAPER_BUDGET, iterations=1, batch_size=1, eval_every=1),
+                        options=("encoder", "alpha"), cpu_options=(("alpha", "cv"),),
+                        inputs="patches (B, 3, H, W); fitted in closed form (fit(features, targets, mask))"),
     )
 }
 
@@ -134,6 +174,7 @@ def display_name(name: str) -> str:
 
 
 __all__ = [
-    "KINDS", "NAMES", "PAPER_BUDGET", "RECORDS", "Budget", "PatchRegressor", "PredictorRecord",
+    "KINDS", "NAMES", "PAPER_BUDGET", "RECORDS", "Budget", "PatchRegressor", "PredictorRecord", "contrastive",
+    "encoders", "exemplar", "probe", "sepal", "slide",
     "PretrainedWeightsUnavailable", "build", "count_parameters", "dihedral_views", "display_name", "record",
 ]

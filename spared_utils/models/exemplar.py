@@ -64,6 +64,9 @@ Deviations from the official code, and why
   allocated here (``dim`` fewer parameters). The last EB block's update of the exemplar tokens is
   never read by anything in the official model; it is not built here (so that every parameter gets
   a gradient).
+* **Head bias.** ``set_target_mean`` (the harness calls it after ``set_expression_range``)
+  starts the output bias at the training mean of each gene, so the untrained model predicts
+  about the mean instead of the middle of each gene's range; the official bias starts near 0.
 * **EGGN graph.** Spot–spot edges: the official code quantises pixel coordinates to 256-px cells
   and links spots within √2 cells (``radius_graph``, at most 5 neighbours). Here positions come
   from the array grid in units of the centre-to-centre spot distance (Visium: ``x = col / 2``,
@@ -486,6 +489,14 @@ class _ExpressionRange(nn.Module):
     def denormalize(self, y: Tensor) -> Tensor:
         return y * self.scale + self.minimum
 
+    def start_at(self, head: nn.Linear, mean) -> None:
+        """Set ``head``'s bias so that, before training, the output is the training mean (call after :meth:`set`)."""
+        mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).to(self.minimum.device)
+        if mean.shape != self.minimum.shape:
+            raise ValueError(f"the training mean has shape {tuple(mean.shape)}, expected {tuple(self.minimum.shape)}")
+        with torch.no_grad():
+            head.bias.copy_(self.normalize(mean))
+
 
 # ---------------------------------------------------------------------------------------------
 # EGN
@@ -664,6 +675,10 @@ class EGN(nn.Module):
     def set_expression_range(self, minimum, maximum) -> None:
         """Per-gene training min/max: exemplar expression is min–max normalised, the output mapped back."""
         self.expression_range.set(minimum, maximum)
+
+    def set_target_mean(self, mean) -> None:
+        """Start the head's bias at the (normalised) training mean; call after :meth:`set_expression_range`."""
+        self.expression_range.start_at(self.head[-1], mean)
 
     def _patch_tokens(self, patches: Tensor) -> Tensor:
         x = self.normalize(patches)
@@ -946,6 +961,10 @@ class EGGN(nn.Module):
     def set_expression_range(self, minimum, maximum) -> None:
         """Per-gene training min/max: exemplar expression is min–max normalised, the output mapped back."""
         self.expression_range.set(minimum, maximum)
+
+    def set_target_mean(self, mean) -> None:
+        """Start the head's bias at the (normalised) training mean; call after :meth:`set_expression_range`."""
+        self.expression_range.start_at(self.head, mean)
 
     def build_graph(self, rows, cols, exemplar_features: Tensor, exemplar_expression: Tensor,
                     exemplar_indices: Tensor | None = None, batch: Tensor | None = None) -> EGGNGraph:

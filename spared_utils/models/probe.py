@@ -29,6 +29,11 @@ Deviations from HEST, and why:
   on the training spots, so predictions then average 0 instead of the mean expression: harmless
   for HEST's Pearson correlation, not for this book's MSE on log2(TPM+1). Here
   ``fit_intercept=True`` by default; ``False`` gives HEST's fit.
+* **Penalty.** ``alpha="cv"`` (the book's CPU default, where the encoder has random weights)
+  chooses the ridge penalty by leave-one-out error instead of HEST's fixed
+  ``100 / (256 · n_genes)``: with features of an untrained network and a few hundred training
+  spots HEST's near-zero penalty is an almost unregularised least-squares fit on 256 components
+  and extrapolates wildly on held-out spots (chapter 20 measures it).
 * **PCA capped.** ``n_components`` is lowered to ``min(n_components, n_samples, n_features)`` (HEST
   fails with fewer than 256 training spots or features).
 * **Missing values.** HEST's targets are complete. With ``mask`` (True = a real value) each gene is
@@ -50,6 +55,10 @@ from .encoders import ImageNormalize, PretrainedWeightsUnavailable, _reachable
 
 #: HEST's ResNet-50 baseline: timm weights name and the stage its features are taken after.
 HEST_RESNET50 = ("resnet50.tv_in1k", 3)
+
+
+#: Penalties tried by ``alpha="cv"`` (leave-one-out on the training spots).
+CV_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 17))
 
 
 def hest_alpha(n_features: int, n_genes: int) -> float:
@@ -177,7 +186,9 @@ class LinearProbe(nn.Module):
         PCA components (HEST: 256); capped at the number of samples and features. ``None``
         skips scaler and PCA (HEST's ``dimreduce=None``).
     alpha
-        Ridge penalty; ``None`` uses :func:`hest_alpha` of the PCA width and ``n_genes``.
+        Ridge penalty; ``None`` uses :func:`hest_alpha` of the PCA width and ``n_genes``;
+        ``"cv"`` picks it from :data:`CV_ALPHAS` by leave-one-out error on the training spots
+        (:meth:`cv_alpha`; not HEST: its rule assumes pretrained features, see the module docstring).
     fit_intercept
         Fit an intercept (default; HEST: False, see the module docstring).
     max_iter, random_state
@@ -191,7 +202,7 @@ class LinearProbe(nn.Module):
         n_genes: int,
         encoder: nn.Module | None = None,
         n_components: int | None = 256,
-        alpha: float | None = None,
+        alpha: float | str | None = None,
         fit_intercept: bool = True,
         max_iter: int = 1000,
         random_state: int = 0,
@@ -202,7 +213,9 @@ class LinearProbe(nn.Module):
             raise ValueError(f"n_genes must be at least 1, got {n_genes}")
         if n_components is not None and n_components < 1:
             raise ValueError(f"n_components must be positive or None, got {n_components}")
-        if alpha is not None and alpha < 0:
+        if isinstance(alpha, str) and alpha != "cv":
+            raise ValueError(f"alpha must be a number, None (HEST's rule) or 'cv', got {alpha!r}")
+        if alpha is not None and not isinstance(alpha, str) and alpha < 0:
             raise ValueError(f"alpha must be non-negative, got {alpha}")
         self.n_genes = int(n_genes)
         self.encoder = encoder
@@ -321,7 +334,10 @@ class LinearProbe(nn.Module):
             self.pca_ = PCA(n_components=k, random_state=self.random_state)
             z = self.pca_.fit_transform(self.scaler_.transform(x))
         self.n_components_ = z.shape[1]
-        self.alpha_ = float(self.alpha) if self.alpha is not None else hest_alpha(z.shape[1], self.n_genes)
+        if self.alpha == "cv":
+            self.alpha_ = self.cv_alpha(z, y, m)
+        else:
+            self.alpha_ = float(self.alpha) if self.alpha is not None else hest_alpha(z.shape[1], self.n_genes)
 
         def ridge(zz, yy):
             reg = Ridge(alpha=self.alpha_, solver="lsqr", fit_intercept=self.fit_intercept,
@@ -341,6 +357,29 @@ class LinearProbe(nn.Module):
             coef[g], intercept[g] = c[0], b[0]
         self.coef_, self.intercept_ = coef, intercept
         return self
+
+    def cv_alpha(self, z: np.ndarray, y: np.ndarray, m: np.ndarray) -> float:
+        """The ridge penalty of :data:`CV_ALPHAS` with the lowest leave-one-out error on observed entries.
+
+        Exact leave-one-out residuals of a ridge fit to every gene at once, from one SVD of the
+        centred features (the hat-matrix identity ``e_i / (1 − h_ii)``, as scikit-learn's
+        ``RidgeCV``), with missing targets set to their gene's observed mean for the fit and
+        skipped in the score.
+        """
+        y = np.where(m, y, np.nanmean(np.where(m, y, np.nan), axis=0))
+        zc, yc = z - z.mean(0), y - y.mean(0)
+        u, sv, _ = np.linalg.svd(zc, full_matrices=False)
+        uty = u.T @ yc
+        n = len(z)
+        best, best_err = CV_ALPHAS[0], np.inf
+        for alpha in CV_ALPHAS:
+            shrink = sv**2 / (sv**2 + alpha)
+            fitted = u @ (shrink[:, None] * uty)
+            h = (u**2) @ shrink + (1.0 / n if self.fit_intercept else 0.0)
+            err = float((((yc - fitted) / (1.0 - h)[:, None]) ** 2)[m].mean())
+            if err < best_err:
+                best, best_err = alpha, err
+        return float(best)
 
     def predict(self, patches_or_features) -> np.ndarray:
         """Predicted expression, (n, n_genes) float32."""
@@ -397,7 +436,7 @@ def linear_probe(
     pretrained: bool = False,
     encoder: str | None = "resnet50",
     n_components: int | None = 256,
-    alpha: float | None = None,
+    alpha: float | str | None = None,
     fit_intercept: bool = True,
     stage: int | None | str = "auto",
     random_state: int = 0,
@@ -434,4 +473,4 @@ def linear_probe(
                        random_state=random_state, batch_size=batch_size)
 
 
-__all__ = ["HEST_RESNET50", "LinearProbe", "TimmFeatures", "hest_alpha", "linear_probe", "timm_features"]
+__all__ = ["CV_ALPHAS", "HEST_RESNET50", "LinearProbe", "TimmFeatures", "hest_alpha", "linear_probe", "timm_features"]

@@ -76,6 +76,10 @@ Deviations from the official code, and why
   2)`` over the sequence of GNN outputs, its outputs averaged over the sequence).
   ``jk="pyg_lstm"`` uses :class:`torch_geometric.nn.JumpingKnowledge` ``("lstm")`` instead
   (bidirectional LSTM attention over the layers, the JK-Net paper's variant; more parameters).
+* Head bias: :meth:`HisToGene.set_target_mean` / :meth:`Hist2ST.set_target_mean` (called by
+  the harness) start the output layer's bias at the training mean of each gene; the official
+  bias starts near 0, so the first hundreds of steps only learn the gene means (log2(TPM+1) ≈
+  2–8), which the CPU budget cannot afford. The weights keep PyTorch's initialisation.
 * Loss: the model is trained with MSE on the benchmark's target layer (log2(TPM+1)). The
   official Hist2ST adds (i) a ZINB term, weight 0.25, whose mean/dispersion/dropout heads model
   raw counts with size factors — the benchmark's targets are log-normalised values, with no raw
@@ -139,6 +143,15 @@ def _slide_inputs(patches: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
     if n == 0:
         raise ValueError("a slide needs at least one spot")
     return patches, rows, cols
+
+
+def _start_at_mean(head: nn.Linear, mean) -> None:
+    """Set a head's bias to the training mean of each gene (its weights stay random)."""
+    mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+    if mean.shape != head.bias.shape:
+        raise ValueError(f"the training mean has {mean.numel()} genes, the head {head.out_features}")
+    with torch.no_grad():
+        head.bias.copy_(mean.to(head.bias.device))
 
 
 class SlidePatches(nn.Module):
@@ -282,6 +295,11 @@ class HisToGene(nn.Module):
     @property
     def n_genes(self) -> int:
         return self.head[-1].out_features
+
+    def set_target_mean(self, mean) -> None:
+        """Start the head's bias at the training mean of each gene (the harness calls it; see the
+        module docstring: the official head starts at 0)."""
+        _start_at_mean(self.head[-1], mean)
 
     def forward(self, patches: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Predict every spot of one slide.
@@ -513,6 +531,11 @@ class Hist2ST(nn.Module):
     @property
     def n_genes(self) -> int:
         return self.head[-1].out_features
+
+    def set_target_mean(self, mean) -> None:
+        """Start the head's bias at the training mean of each gene (the harness calls it; see the
+        module docstring: the official head starts at 0)."""
+        _start_at_mean(self.head[-1], mean)
 
     def graph(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """The slide's spot graph with this model's options (:func:`spot_graph`)."""

@@ -20,6 +20,7 @@ import torch
 from anndata import AnnData
 from torch.utils.data import Dataset
 
+from ..completion import hex_geometry_of
 from ..patches import PatchStore
 from ..utils import dense
 
@@ -52,6 +53,18 @@ class PredictionData:
     splits: dict[str, np.ndarray]
     store_rows: np.ndarray
     slides: np.ndarray
+    #: (n_spots, 2) integer array row and column (``obs["array_row"]``, ``obs["array_col"]``), if present
+    coords: np.ndarray | None = None
+    #: spot ids (``obs_names``): what retrieval banks use to keep a spot from retrieving itself
+    obs_names: np.ndarray | None = None
+    #: Visium hexagonal grid (True) or legacy ST square grid
+    hex_geometry: bool = True
+    #: the AnnData the arrays come from (neighbourhood graphs read it)
+    adata: AnnData | None = None
+
+    def __post_init__(self):
+        if self.obs_names is None:
+            self.obs_names = np.asarray([str(i) for i in range(self.target.shape[0])])
 
     @property
     def n_genes(self) -> int:
@@ -134,9 +147,13 @@ def prediction_data(adata: AnnData, store, scenario: str = "raw") -> PredictionD
     if "train" not in splits:
         raise ValueError("no spot has split 'train'; a predictor needs training slides")
     slides = adata.obs["slide_id"].astype(str).to_numpy() if "slide_id" in adata.obs else np.array(["slide"] * adata.n_obs)
+    coords = (adata.obs[["array_row", "array_col"]].to_numpy().astype(np.int64)
+              if {"array_row", "array_col"} <= set(adata.obs) else None)
     return PredictionData(
         store=store, scenario=scenario, genes=np.asarray(adata.var_names), target=target, loss_mask=loss_mask,
         truth=truth, real=real, splits=splits, store_rows=store_positions(store, adata.obs_names), slides=slides,
+        coords=coords, obs_names=np.asarray(adata.obs_names).astype(str), hex_geometry=hex_geometry_of(adata),
+        adata=adata,
     )
 
 

@@ -21,80 +21,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .. import metrics, models, paths, results
+from ..models import sepal
 from ..training import (
     TRAIN_FIELDS,
     TrainConfig,
     TrainResult,
-    autocast,
     fit,
     lr_search,
     resolve_device,
     seed_everything,
     split_train_options,
-    to_device,
 )
 from .data import SCENARIOS, TARGET_LAYERS, PredictionData, patch_channel_stats
+from .tasks import Task, default_num_workers, make_loader, masked_mse_loss, predict, task_class, validation_mse
 
 __all__ = ["DEFAULT_LR_GRID", "PredictorConfig", "PredictorRun", "build_for_data", "checkpoint_dir",
-           "default_num_workers", "evaluate_predictions", "make_loader", "masked_mse_loss", "predict",
-           "result_rows", "search_learning_rate", "train_predictor", "trivial_baseline"]
+           "default_num_workers", "evaluate_predictions", "make_loader", "make_task", "masked_mse_loss", "predict",
+           "result_rows", "search_learning_rate", "stage1_for_sepal", "train_predictor", "trivial_baseline"]
 
 #: Learning rates tried by :func:`search_learning_rate` unless told otherwise.
 DEFAULT_LR_GRID = (1e-5, 1e-4, 1e-3)
-
-
-def masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``(pred - target)²`` over the entries where ``mask`` is True (0 if none)."""
-    mask = mask.to(pred.dtype)
-    return ((pred.float() - target.float()) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def default_num_workers(device: torch.device | str) -> int:
-    """DataLoader workers: none on CPU (they would compete with the model for cores), else up to 8."""
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    if dev.type == "cpu":
-        return 0
-    return max(0, min(8, (os.cpu_count() or 2) - 1))
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, device: torch.device,
-                seed: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with pinned memory on CUDA, persistent workers and a seeded shuffle."""
-    generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0, generator=generator,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
-
-
-@torch.no_grad()
-def predict(model: nn.Module, data: PredictionData, rows: np.ndarray, batch_size: int = 64,
-            device: str | torch.device = "auto", num_workers: int | None = None, amp: bool = True,
-            progress: bool = False, loader: DataLoader | None = None) -> np.ndarray:
-    """Predictions (float32, ``len(rows)`` × n_genes) of ``model`` for AnnData ``rows``, in eval mode."""
-    dev = resolve_device(device) if not isinstance(device, torch.device) else device
-    if loader is None:
-        workers = default_num_workers(dev) if num_workers is None else num_workers
-        loader = make_loader(data.dataset(rows, with_targets=False), batch_size, False, workers, dev)
-    was_training = model.training
-    model.eval()
-    model.to(dev)
-    out = []
-    for images in tqdm(loader, desc="predict", leave=False, disable=not progress):
-        images = to_device(images, dev, channels_last=dev.type == "cuda")
-        with autocast(dev, amp):
-            out.append(model(images).float().cpu())
-    model.train(was_training)
-    if not out:
-        return np.zeros((0, data.n_genes), dtype=np.float32)
-    return torch.cat(out).numpy()
 
 
 def evaluate_predictions(pred: np.ndarray, data: PredictionData, rows: np.ndarray) -> dict[str, float]:
@@ -126,8 +75,11 @@ class PredictorConfig:
     ``iterations`` × ``batch_size`` patches at ``learning_rate``, validation every
     ``eval_every`` iterations, ``seed``, ``device``, mixed precision); its defaults are the
     paper's (1,000 × 256). ``val_spots`` validation spots are predicted at each validation
-    (checkpoint selection); ``eval_spots`` spots per split at the final evaluation (``None``:
-    every spot, as in the paper). :meth:`make` takes all of them as flat keywords.
+    (checkpoint selection); ``eval_spots`` spots per split at the final evaluation and
+    ``train_spots`` training spots read (a fixed random subset; for retrieval models also the
+    bank) — ``None``: every spot, as in the paper. For slide and graph models ``batch_size`` is
+    the number of neighbouring spots of one slide per step. :meth:`make` takes all of them as
+    flat keywords.
     """
 
     model: str = "shufflenet"
@@ -135,18 +87,24 @@ class PredictorConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(channels_last=True))
     val_spots: int | None = None
     eval_spots: int | None = None
+    train_spots: int | None = None
     eval_batch_size: int = 64
     pretrained: bool = False
     num_workers: int | None = None
     augment: bool = True
     model_options: dict = field(default_factory=dict)
+    #: SEPAL only: a stage-1 (ViT-B+Δ) checkpoint to start from (refused unless it is of the same
+    #: dataset, scenario and seed); ``None`` trains stage 1 with :attr:`stage1` first
+    stage1_checkpoint: str | None = None
+    #: SEPAL only: flat options of the stage-1 ViT-B+Δ run (its record's CPU budget if empty)
+    stage1: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.model not in models.NAMES:
             raise ValueError(f"unknown predictor {self.model!r}; known: {', '.join(models.NAMES)}")
         if self.scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
-        for name in ("val_spots", "eval_spots"):
+        for name in ("val_spots", "eval_spots", "train_spots"):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise ValueError(f"{name} must be a positive number of spots or None (all), got {v}")
@@ -188,6 +146,8 @@ class PredictorRun:
     config_hash: str
     baseline_val_loss: float
     rows_written: list[dict] = field(default_factory=list)
+    #: how it was trained and predicts (:meth:`~spared_utils.predict.tasks.Task.predict` gives more predictions)
+    task: Task | None = None
 
     @property
     def history(self) -> pd.DataFrame:
@@ -204,12 +164,62 @@ def build_for_data(config: PredictorConfig, data: PredictionData) -> nn.Module:
     """Build the predictor (seeded) and hand it the training statistics it uses."""
     seed_everything(config.train.seed)
     model = models.build(config.model, data.n_genes, pretrained=config.pretrained, **config.model_options)
+    train = data.rows("train")
+    if hasattr(model, "set_expression_range"):  # EGN, EGGN: min-max scaling of exemplar expression
+        lo, hi = training_range(data)
+        model.set_expression_range(lo, hi)
     if hasattr(model, "set_target_mean"):
         model.set_target_mean(data.training_mean())
     if getattr(model, "input_stats", "imagenet") == "training":
-        mean, std = patch_channel_stats(data.store, data.store_rows[data.rows("train")], seed=config.train.seed)
+        mean, std = patch_channel_stats(data.store, data.store_rows[train], seed=config.train.seed)
         model.set_input_stats(mean, std)
     return model
+
+
+def training_range(data: PredictionData) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene min and max of the training targets the loss sees (0 and 1 for a gene with none)."""
+    rows = data.rows("train")
+    y = np.where(data.loss_mask[rows], data.target[rows], np.nan)
+    seen = data.loss_mask[rows].any(0)
+    lo = np.where(seen, np.nanmin(np.where(seen, y, 0.0), 0), 0.0)
+    hi = np.where(seen, np.nanmax(np.where(seen, y, 1.0), 0), 1.0)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def make_task(config: PredictorConfig, data: PredictionData, model: nn.Module, **extra) -> Task:
+    """The :class:`~spared_utils.predict.tasks.Task` that trains and predicts ``model`` on ``data``."""
+    train = config.train
+    device = resolve_device(train.device)
+    workers = default_num_workers(device) if config.num_workers is None else int(config.num_workers)
+    rows = data.subsample("train", config.train_spots, seed=train.seed)
+    return task_class(config.model)(
+        model, data, rows, device=device, workers=workers, batch_size=train.batch_size,
+        eval_batch_size=config.eval_batch_size, augment=config.augment, amp=train.amp, seed=train.seed,
+        progress=train.progress, **extra)
+
+
+def stage1_for_sepal(data: PredictionData, config: PredictorConfig, dataset: str,
+                     out_dir: str | os.PathLike | None) -> nn.Module:
+    """SEPAL's frozen stage 1: the ViT-B+Δ of the same dataset, scenario and seed.
+
+    From ``config.stage1_checkpoint`` when given (refused unless its metadata match), else
+    trained here with ``config.stage1`` (default: the ViT-B+Δ record's CPU budget) — the same
+    run as chapter 12's when the options agree, so its checkpoint is reused — and saved as
+    ``stage1.pt`` beside it, then loaded back through the same check.
+    """
+    scenario, seed = config.scenario, config.train.seed
+    if config.stage1_checkpoint:
+        return sepal.load_stage1(config.stage1_checkpoint, dataset, scenario, seed)
+    options = {**{k: v for k, v in vars(models.record("vit_b_delta").cpu).items()}, **config.stage1}
+    stage1 = PredictorConfig.make(model="vit_b_delta", scenario=scenario, seed=seed, device=config.train.device,
+                                  amp=config.train.amp, progress=config.train.progress, pretrained=config.pretrained,
+                                  num_workers=config.num_workers, **options)
+    run = train_predictor(data, stage1, dataset=dataset, out_dir=out_dir, eval_splits=(),
+                          stage="predict_sepal_stage1", write_results=False)
+    root = paths.output_dir(out_dir)
+    path = checkpoint_dir(root, dataset, stage1, run.config_hash) / "stage1.pt"
+    sepal.save_stage1_checkpoint(run.model, path, dataset, scenario, seed)
+    return sepal.load_stage1(path, dataset, scenario, seed)
 
 
 def train_predictor(
@@ -224,6 +234,10 @@ def train_predictor(
 ) -> PredictorRun:
     """Train one predictor on one scenario, evaluate it on ``eval_splits``, append results rows.
 
+    Every predictor goes through here: its :class:`~spared_utils.predict.tasks.Task` (by model
+    name) says what a training step reads and how a spot is predicted; the loop, the checkpoint
+    selection on validation MSE and the metrics are the same for all.
+
     Parameters
     ----------
     data
@@ -231,7 +245,7 @@ def train_predictor(
     config
         Model, learning rate and every cost.
     dataset
-        Dataset id (results rows, checkpoint folder).
+        Dataset id (results rows, checkpoint folder; SEPAL's stage-1 check).
     out_dir
         See :func:`spared_utils.paths.output_dir`; the store is ``<out_dir>/results.csv``.
     eval_splits
@@ -249,53 +263,40 @@ def train_predictor(
     if data.scenario != config.scenario:
         raise ValueError(f"the data were prepared for scenario {data.scenario!r} but the config asks {config.scenario!r}")
     train = config.train
-    device = resolve_device(train.device)
-    workers = default_num_workers(device) if config.num_workers is None else int(config.num_workers)
     root = paths.output_dir(out_dir)
     chash = config.hash(dataset, data.n_genes)
     ckpt = checkpoint_dir(root, dataset, config, chash) if checkpoints else None
 
+    extra = {"stage1": stage1_for_sepal(data, config, dataset, out_dir)} if config.model == "sepal" else {}
     model = build_for_data(config, data)
     n_params = models.count_parameters(model)
+    task = make_task(config, data, model, **extra)
 
-    train_rows = data.rows("train")
-    val_rows = data.subsample("val", config.val_spots, seed=train.seed) if "val" in data.splits else train_rows[:0]
-    train_set = data.dataset(train_rows, augment=config.augment)
-    batch = min(train.batch_size, len(train_set))
-    train_loader = make_loader(train_set, batch, True, workers, device, seed=train.seed, drop_last=True)
-    val_loader = (make_loader(data.dataset(val_rows, with_targets=False), config.eval_batch_size, False, workers, device)
-                  if len(val_rows) else None)
+    val_rows = data.subsample("val", config.val_spots, seed=train.seed) if "val" in data.splits else data.rows("train")[:0]
     mean = data.training_mean()
     baseline_val = (metrics.masked_mse(np.broadcast_to(mean, (len(val_rows), data.n_genes)), data.truth[val_rows],
                                        data.real[val_rows]) if len(val_rows) and data.real[val_rows].any() else float("nan"))
-
-    def loss_fn(net: nn.Module, b) -> torch.Tensor:
-        images, target, mask = b
-        return masked_mse_loss(net(images), target, mask)
-
-    def validate(net: nn.Module) -> float:
-        if val_loader is None:  # no validation split: select on the training loss instead
-            return float("nan")
-        pred = predict(net, data, val_rows, device=device, amp=train.amp, loader=val_loader)
-        return metrics.masked_mse(pred, data.truth[val_rows], data.real[val_rows])
-
-    result = fit(model, train_loader, loss_fn, validate,
-                 replace(train, checkpoint_dir=str(ckpt) if ckpt else None))
+    validate = validation_mse(task, val_rows)
+    if task.closed_form:
+        result = task.fit(model, validate)
+    else:
+        result = fit(model, task.batches(), task.loss, validate,
+                     replace(train, checkpoint_dir=str(ckpt) if ckpt else None), parameters=task.parameters())
 
     preds, rows, tables, metric_rows = {}, {}, {}, []
     for split in eval_splits:
         if split not in data.splits:
             continue
         r = data.subsample(split, config.eval_spots, seed=train.seed)
-        p = predict(model, data, r, batch_size=config.eval_batch_size, device=device, num_workers=workers,
-                    amp=train.amp, progress=train.progress)
+        p = task.predict(model, r, progress=train.progress)
         preds[split], rows[split] = p, r
         tables[split] = metrics.per_gene_table(p, data.truth[r], data.real[r], data.genes)
         metric_rows.append({"split": split, **evaluate_predictions(p, data, r)})
     table = pd.DataFrame(metric_rows)
 
     run = PredictorRun(config=config, dataset=dataset, model=model, train=result, metrics=table, predictions=preds,
-                       rows=rows, gene_tables=tables, n_params=n_params, config_hash=chash, baseline_val_loss=baseline_val)
+                       rows=rows, gene_tables=tables, n_params=n_params, config_hash=chash, baseline_val_loss=baseline_val,
+                       task=task)
     run.rows_written = result_rows(run, stage=stage)
     if write_results and run.rows_written:
         results.append(run.rows_written, path=root / results.STORE_NAME)
@@ -311,6 +312,7 @@ def result_rows(run: PredictorRun, stage: str = "predict") -> list[dict]:
         "n_params": run.n_params, "wall_time_s": round(run.train.wall_time_s, 3), "device": run.train.device,
         "iterations": cfg.train.iterations, "batch_size": cfg.train.batch_size, "best_iteration": run.train.best_iteration,
         "best_val_subsample_mse": run.train.best_val, "val_spots": cfg.val_spots, "eval_spots": cfg.eval_spots,
+        "train_spots": cfg.train_spots,
         "pretrained": cfg.pretrained, "target_layer": TARGET_LAYERS[cfg.scenario],
     }
     return [{**common, **row} for row in run.metrics.to_dict("records")]

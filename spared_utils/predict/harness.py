@@ -179,6 +179,11 @@ def run_chapter(
     for name, value in (("val_spots", val_spots), ("eval_spots", eval_spots)):
         if value == "all":
             costs[name] = None
+    record = models.record(model)
+    if budget == "cpu" and record.cpu_options:
+        options["model_options"] = {**dict(record.cpu_options), **options.get("model_options", {})}
+    if model == "sepal" and "stage1" not in options:  # stage 1 = ViT-B+Δ at the same budget
+        options["stage1"] = asdict(models.record("vit_b_delta").budget(budget))
     base = PredictorConfig.make(model=model, scenario="raw", **costs, **options)
     if adata is None or store is None:
         stage = "completed" if "completed" in scenarios else "curated"
