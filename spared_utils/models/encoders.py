@@ -161,9 +161,21 @@ class PatchRegressor(nn.Module):
         """Normalise inputs with this channel mean/std (0–1 scale) instead of ImageNet's."""
         self.normalize.set_stats(mean, std)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of a batch of patches (before the head).
+
+        A backbone with a fixed input size (torchvision's ViT: ``image_size`` 224) gets patches
+        of another size resized to it (bilinear); the CNNs read any size.
+        """
+        x = self.normalize(x)
+        size = getattr(self.backbone, "image_size", None)
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return self.backbone(x)
+
     def forward_single(self, x: torch.Tensor) -> torch.Tensor:
         """One prediction per patch, without test-time averaging."""
-        return self.head(self.backbone(self.normalize(x))) + self.offset
+        return self.head(self.embed(x)) + self.offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dihedral_average and not self.training:

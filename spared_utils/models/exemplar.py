@@ -454,8 +454,10 @@ def egn_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, pcc_weigh
     pm = pred - (pred * w).sum(0) / safe
     tm = target - (target * w).sum(0) / safe
     num = (pm * tm * w).sum(0)
-    den = torch.sqrt((pm ** 2 * w).sum(0)) * torch.sqrt((tm ** 2 * w).sum(0))
-    pcc = num / (den + 1e-8)
+    # one sqrt of the product, kept away from 0: sqrt's gradient at 0 is infinite (a gene whose
+    # targets in the batch are all equal would turn the whole gradient into NaN)
+    den = torch.sqrt((pm ** 2 * w).sum(0) * (tm ** 2 * w).sum(0) + 1e-12)
+    pcc = num / den
     return mse + pcc_weight * (1.0 - pcc[keep].mean())
 
 

@@ -428,7 +428,7 @@ def stage1_outputs(model: nn.Module, patches: torch.Tensor, batch_size: int = 64
     embs, preds = [], []
     for start in range(0, len(patches), batch_size):
         x = patches[start:start + batch_size].to(device)
-        e = model.backbone(model.normalize(x))
+        e = model.embed(x)
         embs.append(e.float().cpu())
         preds.append((model.head(e) + model.offset).float().cpu())
     model.train(was_training)

@@ -1,11 +1,14 @@
 """The prediction stage: train a patch → expression predictor, evaluate it, store the results.
 
-Three modules, in the order data flows:
+Four modules, in the order data flows:
 
 * :mod:`~spared_utils.predict.data` – targets, masks and splits of one scenario
   (:func:`prediction_data`) and the streaming patch dataset;
-* :mod:`~spared_utils.predict.engine` – the loss, loaders, :func:`predict`, one run
-  (:func:`train_predictor`) and the learning-rate search;
+* :mod:`~spared_utils.predict.tasks` – what one training step of each kind of predictor reads
+  and how it predicts (patches, slide windows, exemplar banks, retrieval, SEPAL's neighbourhood
+  graphs, the closed-form probe), the masked loss, loaders and :func:`predict`;
+* :mod:`~spared_utils.predict.engine` – one run of any predictor (:func:`train_predictor`)
+  and the learning-rate search;
 * :mod:`~spared_utils.predict.harness` – a whole chapter (:func:`run_chapter`).
 
 **Scenarios.** ``raw``: the target is ``c_d_log1p`` and the loss is MSE on real values only
@@ -36,19 +39,22 @@ from .engine import (
     default_num_workers,
     evaluate_predictions,
     make_loader,
+    make_task,
     masked_mse_loss,
     predict,
     result_rows,
     search_learning_rate,
+    stage1_for_sepal,
     train_predictor,
     trivial_baseline,
 )
+from .tasks import TASKS, Task, task_class
 from .harness import ChapterRun, parse_scenarios, run_chapter
 
 __all__ = [
     "DEFAULT_LR_GRID", "MASK_LAYER", "SCENARIOS", "TARGET_LAYERS", "TRUTH_LAYER", "ChapterRun", "PatchDataset",
     "PredictionData", "PredictorConfig", "PredictorRun", "build_for_data", "checkpoint_dir", "default_num_workers",
-    "evaluate_predictions", "make_loader", "masked_mse_loss", "open_store", "patch_channel_stats", "parse_scenarios",
+    "TASKS", "Task", "evaluate_predictions", "make_loader", "make_task", "masked_mse_loss", "open_store", "patch_channel_stats", "parse_scenarios",
     "predict", "prediction_data", "random_symmetry", "result_rows", "run_chapter", "search_learning_rate",
-    "store_positions", "train_predictor", "trivial_baseline",
+    "stage1_for_sepal", "store_positions", "task_class", "train_predictor", "trivial_baseline",
 ]

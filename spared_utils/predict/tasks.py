@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -53,7 +54,7 @@ from ..training import TrainResult, autocast, resolve_device, to_device
 from .data import PatchDataset, PredictionData, random_symmetry
 
 __all__ = ["ContrastiveTask", "ExemplarGraphTask", "ExemplarTask", "FrozenCache", "PatchTask", "ProbeTask",
-           "SepalTask", "SlideTask", "Task", "default_num_workers", "load_patches", "make_loader", "masked_mse_loss",
+           "SepalTask", "SlideTask", "TASKS", "Task", "default_num_workers", "load_patches", "make_loader", "masked_mse_loss",
            "predict", "slide_window", "task_class", "validation_mse"]
 
 
@@ -381,8 +382,17 @@ def _exemplar_bank(task: Task, features: FrozenCache, metric: str) -> exemplar.E
 
 
 def _query(task: Task, bank: exemplar.ExemplarBank, features: torch.Tensor, rows: np.ndarray, k: int) -> exemplar.Exemplars:
-    """Exemplars of ``rows``: never the spot itself, nor a spot of its own slide (the official rule)."""
-    return bank.query(features.to(bank.device), k, exclude_slides=task.data.slides[rows], exclude_ids=task.ids[rows])
+    """Exemplars of ``rows``: never the spot itself, nor a spot of its own slide (the official rule).
+
+    With a single training slide the slide rule would leave a training spot no exemplar at all;
+    then only the spot itself is excluded (with a warning).
+    """
+    slides = task.data.slides[rows]
+    if len(np.unique(bank.slides)) < 2:
+        warnings.warn("the exemplar bank holds one slide only: training spots retrieve exemplars from their own "
+                      "slide (never themselves); the official rule needs two or more training slides", stacklevel=2)
+        slides = None
+    return bank.query(features.to(bank.device), k, exclude_slides=slides, exclude_ids=task.ids[rows])
 
 
 class ExemplarTask(Task):
@@ -505,7 +515,7 @@ class SepalTask(Task):
         self.stage1 = stage1.to(self.device).eval()
 
         def encode(x):
-            e = self.stage1.backbone(self.stage1.normalize(x))
+            e = self.stage1.embed(x)
             return e, self.stage1.head(e) + self.stage1.offset
 
         self.cache = FrozenCache(self.data, encode, self.device, name="stage-1 ViT embeddings", progress=self.progress)
