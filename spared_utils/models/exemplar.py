@@ -64,9 +64,11 @@ Deviations from the official code, and why
   allocated here (``dim`` fewer parameters). The last EB block's update of the exemplar tokens is
   never read by anything in the official model; it is not built here (so that every parameter gets
   a gradient).
-* **Head bias.** ``set_target_mean`` (the harness calls it after ``set_expression_range``)
-  starts the output bias at the training mean of each gene, so the untrained model predicts
-  about the mean instead of the middle of each gene's range; the official bias starts near 0.
+* **Head start.** ``set_target_mean`` (the harness calls it after ``set_expression_range``)
+  zeroes the output layer's weights and sets its bias to the training mean of each gene, so the
+  untrained model predicts exactly the mean (as this book's ViT-B+Δ) instead of random values
+  spread over each gene's min–max range (the official initialisation): the CPU budget's few
+  dozen steps then learn deviations from the mean, not the mean itself.
 * **EGGN graph.** Spot–spot edges: the official code quantises pixel coordinates to 256-px cells
   and links spots within √2 cells (``radius_graph``, at most 5 neighbours). Here positions come
   from the array grid in units of the centre-to-centre spot distance (Visium: ``x = col / 2``,
@@ -492,11 +494,13 @@ class _ExpressionRange(nn.Module):
         return y * self.scale + self.minimum
 
     def start_at(self, head: nn.Linear, mean) -> None:
-        """Set ``head``'s bias so that, before training, the output is the training mean (call after :meth:`set`)."""
+        """Zero ``head``'s weights and set its bias so that, before training, the output is exactly the
+        training mean (call after :meth:`set`); as ViT-B+Δ's zeroed head in this book."""
         mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).to(self.minimum.device)
         if mean.shape != self.minimum.shape:
             raise ValueError(f"the training mean has shape {tuple(mean.shape)}, expected {tuple(self.minimum.shape)}")
         with torch.no_grad():
+            head.weight.zero_()
             head.bias.copy_(self.normalize(mean))
 
 

@@ -93,6 +93,33 @@ class ChapterRun:
                              "pcc_gene": rec["pcc_gene"], "best_iteration": run.train.best_iteration})
         return pd.DataFrame(rows)
 
+    def what_we_saw(self) -> str:
+        """The chapter's closing bullet points (Markdown) from this run's numbers: size, budget and
+        time, whether each scenario beats the training mean, completed − raw, best and worst gene."""
+        split, cfg, run = self.eval_split, self.config.train, next(iter(self.runs.values()))
+        verdict = self.beats_training_mean()
+        behind = [s for s, ok in verdict.items() if not ok]
+        shown = "completed" if "completed" in self.runs else next(iter(self.runs))
+        genes = self.gene_tables()[shown].set_index("gene")["pcc"]
+        best, worst = self.best_and_worst_genes(shown)
+        kind = models.record(self.model).kind
+        steps = ("closed-form fit (no training steps)" if kind == "probe" else
+                 f"{cfg.iterations} iterations × {cfg.batch_size} {'spots of one slide' if kind in ('slide',) or self.model == 'eggn' else 'spots'}"
+                 f" at learning rate {self.learning_rate:g} per scenario")
+        lines = [f"- **{models.display_name(self.model)}**: {run.n_params:,} trainable parameters; {steps}, on "
+                 f"`{run.train.device}` ({self.seconds:.0f} s for the whole chapter)."]
+        advice = (f" At this budget the {' and '.join(behind)} model{'s' if len(behind) > 1 else ''} learned no more than "
+                  "the mean: the learning curve shows whether more `iterations` would help." if behind else "")
+        lines.append(f"- Below the training mean on {split} MSE: "
+                     + ", ".join(f"{s} {'yes' if ok else 'no'}" for s, ok in verdict.items()) + "." + advice)
+        diff = self.completed_minus_raw()
+        if diff:
+            lines.append(f"- Training on completed instead of raw data changed {split} MSE by {diff['mse']:+.3f} and "
+                         f"PCC-Gene by {diff['pcc_gene']:+.3f} (both scored on real values only).")
+        lines.append(f"- Per gene ({shown}, {split}): best {best} (PCC {genes[best]:.2f}), worst {worst} "
+                     f"(PCC {genes[worst]:.2f}).")
+        return "## What we saw\n\n" + "\n".join(lines) + "\n"
+
     def metrics(self) -> pd.DataFrame:
         """Tidy table: one row per (scenario or ``training mean``, split) with the metrics."""
         frames = [r.metrics.assign(scenario=s, model=models.display_name(self.model), n_params=r.n_params,
@@ -143,6 +170,7 @@ def run_chapter(
     eval_every: int | None = None,
     val_spots: int | str | None = None,
     eval_spots: int | str | None = None,
+    train_spots: int | str | None = None,
     **options,
 ) -> ChapterRun:
     """Everything a predictor chapter computes, in one call.
@@ -158,9 +186,10 @@ def run_chapter(
     ----------
     budget
         ``"cpu"`` or ``"paper"``: the predictor record's budget
-        (:meth:`spared_utils.models.PredictorRecord.budget`). ``iterations``, ``batch_size``,
-        ``eval_every``, ``val_spots``, ``eval_spots`` and ``learning_rate`` override it when
-        not ``None``; ``"all"`` for ``val_spots``/``eval_spots`` scores every spot.
+        (:meth:`spared_utils.models.PredictorRecord.budget`; the CPU budget also applies the
+        record's ``cpu_options``). ``iterations``, ``batch_size``, ``eval_every``,
+        ``val_spots``, ``eval_spots``, ``train_spots`` and ``learning_rate`` override it when
+        not ``None``; ``"all"`` for the ``*_spots`` reads every spot.
     completion_iterations
         SpaCKLE's budget if the dataset has no ``c_t_log1p`` yet (default: the book's CPU
         budget, :data:`spared_utils.completion.CPU_BUDGET`).
@@ -174,9 +203,9 @@ def run_chapter(
     chosen = models.record(model).budget(
         budget, iterations=iterations, batch_size=batch_size, eval_every=eval_every,
         learning_rate=None if search else learning_rate,
-        val_spots=_spots(val_spots), eval_spots=_spots(eval_spots))
+        val_spots=_spots(val_spots), eval_spots=_spots(eval_spots), train_spots=_spots(train_spots))
     costs = asdict(chosen)
-    for name, value in (("val_spots", val_spots), ("eval_spots", eval_spots)):
+    for name, value in (("val_spots", val_spots), ("eval_spots", eval_spots), ("train_spots", train_spots)):
         if value == "all":
             costs[name] = None
     record = models.record(model)

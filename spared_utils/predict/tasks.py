@@ -129,6 +129,24 @@ def load_patches(data: PredictionData, rows: np.ndarray, size: int | None = None
     return torch.cat(out)
 
 
+#: Frozen features shared by the runs of one process (e.g. the raw and completed runs of a
+#: chapter read the same patches): ``(store, rows, encoder key) → FrozenCache``.
+_SHARED: dict[tuple, "FrozenCache"] = {}
+
+
+def shared_cache(data: PredictionData, key: tuple, make: Callable[[], "FrozenCache"]) -> "FrozenCache":
+    """The process-wide :class:`FrozenCache` of ``key`` on ``data``'s patches (made once by ``make``)."""
+    store = getattr(data.store, "path", None)
+    if store is None:
+        return make()
+    full = (str(store), hash(data.store_rows.tobytes()), *key)
+    if full not in _SHARED:
+        if len(_SHARED) >= 8:
+            _SHARED.clear()
+        _SHARED[full] = make()
+    return _SHARED[full]
+
+
 class FrozenCache:
     """Outputs of a frozen function of a spot's patch, computed once per spot, only when asked.
 
@@ -372,6 +390,17 @@ class SlideTask(_SlideContext):
         return self._per_slide(rows, run, progress)
 
 
+def _frozen_resnet(task: Task) -> FrozenCache:
+    """The frozen ResNet features of the model's exemplar bank (shared by the runs of a process)."""
+    backbone, pretrained = task.model.exemplar_backbone, bool(task.model.exemplar_pretrained)
+
+    def make() -> FrozenCache:
+        frozen = exemplar.FrozenEncoder(backbone, pretrained).to(task.device)
+        return FrozenCache(task.data, frozen, task.device, name=f"frozen {backbone} features", progress=task.progress)
+
+    return shared_cache(task.data, (backbone, pretrained, str(task.device)), make)
+
+
 def _exemplar_bank(task: Task, features: FrozenCache, metric: str) -> exemplar.ExemplarBank:
     """The bank of the run's training spots (their frozen features and scenario targets)."""
     rows = task.train_rows
@@ -400,9 +429,7 @@ class ExemplarTask(Task):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        frozen = exemplar.FrozenEncoder(self.model.exemplar_backbone, self.model.exemplar_pretrained).to(self.device)
-        self.features = FrozenCache(self.data, frozen, self.device, name="frozen ResNet-50 features",
-                                    progress=self.progress)
+        self.features = _frozen_resnet(self)
         self.bank = _exemplar_bank(self, self.features, self.model.exemplar_metric)
         (train_feats,) = self.features.get(self.train_rows)
         found = _query(self, self.bank, train_feats, self.train_rows, self.model.k)
@@ -436,9 +463,7 @@ class ExemplarGraphTask(_SlideContext):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        frozen = exemplar.FrozenEncoder(self.model.exemplar_backbone, self.model.exemplar_pretrained).to(self.device)
-        self.features = FrozenCache(self.data, frozen, self.device, name="frozen ResNet-18 features",
-                                    progress=self.progress)
+        self.features = _frozen_resnet(self)
         self.bank = _exemplar_bank(self, self.features, self.model.exemplar_metric)
 
     def _inputs(self, rows: np.ndarray):
@@ -569,8 +594,11 @@ class ProbeTask(Task):
         if encoder is None:
             raise ValueError("the linear probe needs an encoder to read patches (linear_probe(..., encoder='resnet50'))")
         encoder.to(self.device)
-        self.features = FrozenCache(self.data, encoder, self.device, name="frozen encoder features",
-                                    progress=self.progress)
+        # the encoder's weights are fixed by its name, pretrained flag and the seed it was built with
+        key = ("probe", type(getattr(encoder, "model", encoder)).__name__, repr(encoder)[:2000], self.seed,
+               str(self.device), hash(tuple(float(p.double().sum()) for p in list(encoder.parameters())[:4])))
+        self.features = shared_cache(self.data, key, lambda: FrozenCache(
+            self.data, encoder, self.device, name="frozen encoder features", progress=self.progress))
 
     def fit(self, net, validate):
         t0 = time.perf_counter()
