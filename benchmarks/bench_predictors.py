@@ -1,6 +1,6 @@
-"""Benchmark of the patch-encoder predictors (ShuffleNet, ViT-B, ViT-B+Δ, STNet).
+"""Benchmark of the predictors: size, speed, retrieval and slide memory at SpaRED scale, quality.
 
-Prints three tables:
+Prints five tables:
 
 1. **Trainable parameters** of every predictor at 32 and 128 genes (from its record),
    next to the paper's ordering (Fig 4b: ShuffleNet fewest) and the estimates of
@@ -11,6 +11,13 @@ Prints three tables:
 3. **Quality** on the embedded dataset: each predictor trained on raw and on completed data at its
    record's budget (`--budget cpu`, the chapters' default, or `paper`);
    validation MSE against the trivial predictor (training mean), and completed − raw.
+4. **Retrieval at SpaRED scale**: exact search of ``--retrieval-spots`` (43,804, the largest
+   SpaRED dataset) queries against a bank of as many spots, EGN's (2,048-d, L2, k = 6, own
+   slide excluded) and BLEEP's (256-d cosine, k = 50, own spot excluded): build and query time
+   and the peak resident memory of a child process doing only that.
+5. **Slide models' memory**: peak memory of one HisToGene / Hist2ST training step (forward +
+   backward) on windows of N spots of the embedded data, fitted by a + bN + cN² and
+   extrapolated to 5,000 spots (SpaRED's largest slides), at the paper's 112 px patches.
 
 Usage::
 
@@ -31,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -161,6 +169,83 @@ def completed_vs_raw(quality: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def child_measure(fn, *args) -> dict:
+    """Run ``fn(*args) -> dict`` in a fresh process and add its peak resident memory (MiB)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_measured, (fn, *args))
+
+
+def _measured(fn, *args) -> dict:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = fn(*args)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["rss_before_mib"] = before
+    return out
+
+
+def retrieval_run(kind: str, n: int, threads: int) -> dict:
+    """Build and query one retrieval bank of ``n`` random spots (4 slides) with ``n`` queries."""
+    import numpy as np
+
+    from spared_utils.models import contrastive, exemplar
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    slides = np.repeat(np.arange(4), -(-n // 4))[:n].astype(str)
+    ids = np.arange(n).astype(str)
+    t0 = time.perf_counter()
+    if kind == "egn":
+        feats, expr = torch.randn(n, 2048, generator=gen), torch.randn(n, 128, generator=gen)
+        bank = exemplar.ExemplarBank(feats, expr, slides, ids, np.asarray(["train"] * n), metric="l2")
+        built = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        bank.query(feats, 6, exclude_slides=slides, exclude_ids=ids)
+    else:
+        keys, expr = torch.randn(n, 256, generator=gen), torch.randn(n, 128, generator=gen)
+        bank = contrastive.RetrievalBank(keys, expr, ids)
+        built = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        bank.query(torch.randn(n, 256, generator=gen), k=50, exclude_ids=ids)
+    return {"model": kind, "spots": n, "build_s": built, "query_s": time.perf_counter() - t1}
+
+
+def slide_step(name: str, n: int, threads: int, device: str) -> dict:
+    """Peak memory of one forward + backward of a slide model on ``n`` spots (random 112 px patches)."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    model = models.build(name, 128).to(dev)
+    side = int(np.ceil(np.sqrt(n)))
+    rows = torch.arange(n, device=dev) // side
+    cols = 2 * (torch.arange(n, device=dev) % side) + rows % 2
+    patches = torch.randint(0, 255, (n, 3, 112, 112), dtype=torch.uint8, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with autocast(dev, True):
+        loss = model(patches, rows, cols).float().pow(2).mean()
+    loss.backward()
+    out = {"model": models.display_name(name), "spots": n, "step_s": time.perf_counter() - t0}
+    if dev.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def extrapolate(table: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Fit peak memory = a + b·N + c·N² per model and predict it at ``n`` spots."""
+    out = []
+    col = "peak_cuda_mib" if "peak_cuda_mib" in table else "peak_rss_mib"
+    for model, part in table.groupby("model"):
+        x = part["spots"].to_numpy(float)
+        coef = np.polyfit(x, part[col].to_numpy(float), deg=min(2, len(x) - 1))
+        out.append({"model": model, "memory": col, f"extrapolated_mib_at_{n}": float(np.polyval(coef, n))})
+    return pd.DataFrame(out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="synthetic")
@@ -179,6 +264,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--out-dir", default=None, help="results folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write every table to this JSON file")
+    parser.add_argument("--retrieval-spots", type=int, default=43_804, help="bank and query size of table 4")
+    parser.add_argument("--slide-spots", type=int, nargs="+", default=[128, 256, 512],
+                        help="window sizes measured in table 5")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -211,7 +299,7 @@ def main(argv=None) -> int:
     n_batches = 3 if args.quick else (8 if bs > 64 else 20)
     loader = {w: loader_throughput(raw, bs, w, n_batches) for w in sorted({0, args.workers})}
     thr = []
-    for name in args.models:
+    for name in [n for n in args.models if models.record(n).kind == "patch"]:
         steps = 1 if args.quick else (2 if name.startswith("vit") else 4)
         r = step_throughput(name, raw, bs, steps, device)
         thr.append({"model": models.display_name(name), "batch": bs, **{k: round(v, 1) for k, v in r.items()},
@@ -243,6 +331,20 @@ def main(argv=None) -> int:
         print(cmp.round(4).to_string(index=False))
         report["quality"] = quality.to_dict("records")
         report["completed_vs_raw"] = cmp.to_dict("records")
+
+    print(f"\n== 4. Retrieval at SpaRED scale: {args.retrieval_spots:,} queries against {args.retrieval_spots:,} spots")
+    n_ret = 2000 if args.quick else args.retrieval_spots
+    retrieval = pd.DataFrame([child_measure(retrieval_run, kind, n_ret, args.threads) for kind in ("egn", "bleep")])
+    print(retrieval.round(2).to_string(index=False))
+    report["retrieval"] = retrieval.to_dict("records")
+
+    print("\n== 5. Slide models: peak memory of one training step on N spots of one slide (112 px patches)")
+    sizes = [32, 64] if args.quick else args.slide_spots
+    slide_rows = pd.DataFrame([child_measure(slide_step, name, n, args.threads, str(device))
+                               for name in ("histogene", "hist2st") for n in sizes])
+    print(slide_rows.round(2).to_string(index=False))
+    print(extrapolate(slide_rows, 5000).round(2).to_string(index=False))
+    report["slide_memory"] = slide_rows.to_dict("records")
 
     report["load_average_end"] = os.getloadavg()[0]
     report["seconds"] = time.perf_counter() - t0

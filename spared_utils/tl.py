@@ -8,9 +8,9 @@ paper's masking protocol (:func:`evaluate_masking`). Prediction (:mod:`spared_ut
 
 from .completion import complete, evaluate_masking, hex_geometry_of, masking_methods, relative_reduction, train_spackle
 from .completion import results_rows as completion_rows
-from .predict import build_for_data, predict, prediction_data, run_chapter, search_learning_rate, train_predictor, trivial_baseline
+from .predict import build_for_data, evaluate_predictions, predict, prediction_data, run_chapter, search_learning_rate, train_predictor, trivial_baseline
 
 __all__ = [
-    "build_for_data", "complete", "completion_rows", "evaluate_masking", "hex_geometry_of", "masking_methods", "predict", "prediction_data", "relative_reduction",
+    "build_for_data", "complete", "completion_rows", "evaluate_masking", "evaluate_predictions", "hex_geometry_of", "masking_methods", "predict", "prediction_data", "relative_reduction",
     "run_chapter", "search_learning_rate", "train_predictor", "train_spackle", "trivial_baseline",
 ]
