@@ -211,8 +211,16 @@ def run_chapter(
     record = models.record(model)
     if budget == "cpu" and record.cpu_options:
         options["model_options"] = {**dict(record.cpu_options), **options.get("model_options", {})}
-    if model == "sepal" and "stage1" not in options:  # stage 1 = ViT-B+Δ at the same budget
-        options["stage1"] = asdict(models.record("vit_b_delta").budget(budget))
+    if model == "sepal" and "stage1" not in options:
+        # stage 1 = ViT-B+Δ at the same budget and cost overrides as chapter 12 would get, so that
+        # its run (and checkpoint) is reused when chapter 12 ran with the same parameters
+        stage1 = asdict(models.record("vit_b_delta").budget(
+            budget, iterations=iterations, batch_size=batch_size, eval_every=eval_every,
+            val_spots=_spots(val_spots), eval_spots=_spots(eval_spots)))
+        for name, value in (("val_spots", val_spots), ("eval_spots", eval_spots)):
+            if value == "all":
+                stage1[name] = None
+        options["stage1"] = stage1
     base = PredictorConfig.make(model=model, scenario="raw", **costs, **options)
     if adata is None or store is None:
         stage = "completed" if "completed" in scenarios else "curated"
