@@ -210,7 +210,7 @@ def stage1_for_sepal(data: PredictionData, config: PredictorConfig, dataset: str
     scenario, seed = config.scenario, config.train.seed
     if config.stage1_checkpoint:
         return sepal.load_stage1(config.stage1_checkpoint, dataset, scenario, seed)
-    options = {**{k: v for k, v in vars(models.record("vit_b_delta").cpu).items()}, **config.stage1}
+    options = {**asdict(models.record("vit_b_delta").cpu), **config.stage1}
     stage1 = PredictorConfig.make(model="vit_b_delta", scenario=scenario, seed=seed, device=config.train.device,
                                   amp=config.train.amp, progress=config.train.progress, pretrained=config.pretrained,
                                   num_workers=config.num_workers, **options)

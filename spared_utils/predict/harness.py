@@ -20,7 +20,7 @@ from .. import datasets, models, paths, results
 from .data import SCENARIOS, PredictionData, prediction_data
 from .engine import DEFAULT_LR_GRID, PredictorConfig, PredictorRun, search_learning_rate, train_predictor, trivial_baseline
 
-__all__ = ["ChapterRun", "parse_scenarios", "run_chapter"]
+__all__ = ["ChapterRun", "budget_costs", "parse_scenarios", "run_chapter"]
 
 
 def parse_scenarios(scenario: str | Sequence[str]) -> list[str]:
@@ -102,10 +102,9 @@ class ChapterRun:
         shown = "completed" if "completed" in self.runs else next(iter(self.runs))
         genes = self.gene_tables()[shown].set_index("gene")["pcc"]
         best, worst = self.best_and_worst_genes(shown)
-        kind = models.record(self.model).kind
-        steps = ("closed-form fit (no training steps)" if kind == "probe" else
-                 f"{cfg.iterations} iterations × {cfg.batch_size} {'spots of one slide' if kind in ('slide',) or self.model == 'eggn' else 'spots'}"
-                 f" at learning rate {self.learning_rate:g} per scenario")
+        unit = "neighbouring spots of one slide" if run.task.per_slide else "spots"
+        steps = ("closed-form fit (no training steps)" if run.task.closed_form else
+                 f"{cfg.iterations} iterations × {cfg.batch_size} {unit} at learning rate {self.learning_rate:g} per scenario")
         lines = [f"- **{models.display_name(self.model)}**: {run.n_params:,} trainable parameters; {steps}, on "
                  f"`{run.train.device}` ({self.seconds:.0f} s for the whole chapter)."]
         advice = (f" At this budget the {' and '.join(behind)} model{'s' if len(behind) > 1 else ''} learned no more than "
@@ -200,27 +199,17 @@ def run_chapter(
     t0 = time.perf_counter()
     scenarios = parse_scenarios(scenario)
     search = learning_rate == "search"
-    chosen = models.record(model).budget(
-        budget, iterations=iterations, batch_size=batch_size, eval_every=eval_every,
-        learning_rate=None if search else learning_rate,
-        val_spots=_spots(val_spots), eval_spots=_spots(eval_spots), train_spots=_spots(train_spots))
-    costs = asdict(chosen)
-    for name, value in (("val_spots", val_spots), ("eval_spots", eval_spots), ("train_spots", train_spots)):
-        if value == "all":
-            costs[name] = None
+    spots = {"val_spots": val_spots, "eval_spots": eval_spots, "train_spots": train_spots}
+    costs = budget_costs(model, budget, iterations=iterations, batch_size=batch_size, eval_every=eval_every,
+                         learning_rate=None if search else learning_rate, **spots)
     record = models.record(model)
     if budget == "cpu" and record.cpu_options:
         options["model_options"] = {**dict(record.cpu_options), **options.get("model_options", {})}
     if model == "sepal" and "stage1" not in options:
         # stage 1 = ViT-B+Δ at the same budget and cost overrides as chapter 12 would get, so that
         # its run (and checkpoint) is reused when chapter 12 ran with the same parameters
-        stage1 = asdict(models.record("vit_b_delta").budget(
-            budget, iterations=iterations, batch_size=batch_size, eval_every=eval_every,
-            val_spots=_spots(val_spots), eval_spots=_spots(eval_spots)))
-        for name, value in (("val_spots", val_spots), ("eval_spots", eval_spots)):
-            if value == "all":
-                stage1[name] = None
-        options["stage1"] = stage1
+        options["stage1"] = budget_costs("vit_b_delta", budget, iterations=iterations, batch_size=batch_size,
+                                         eval_every=eval_every, val_spots=val_spots, eval_spots=eval_spots)
     base = PredictorConfig.make(model=model, scenario="raw", **costs, **options)
     if adata is None or store is None:
         stage = "completed" if "completed" in scenarios else "curated"
@@ -252,6 +241,16 @@ def run_chapter(
     return ChapterRun(dataset=dataset, model=model, config=config, adata=adata, data=data, runs=runs,
                       baseline=baseline, lr_table=lr_table, learning_rate=float(lr),
                       seconds=time.perf_counter() - t0)
+
+
+def budget_costs(model: str, budget: str = "cpu", **overrides) -> dict:
+    """The flat cost options of ``model``'s ``budget`` with the overrides that are not ``None``
+    (``"all"`` for a ``*_spots`` override means every spot, i.e. ``None`` in the config)."""
+    spots = {k: v for k, v in overrides.items() if k.endswith("_spots")}
+    costs = asdict(models.record(model).budget(
+        budget, **{k: (_spots(v) if k in spots else v) for k, v in overrides.items()}))
+    costs.update({k: None for k, v in spots.items() if v == "all"})
+    return costs
 
 
 def _spots(value: int | str | None) -> int | None:

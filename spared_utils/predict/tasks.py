@@ -114,8 +114,9 @@ def load_patches(data: PredictionData, rows: np.ndarray, size: int | None = None
     """``uint8`` (n, 3, size, size) patches of AnnData ``rows`` (resized with antialiasing if ``size`` differs)."""
     rows = np.asarray(rows, dtype=np.int64)
     out = []
+    take = getattr(data.store, "take", None) or (lambda idx: np.stack([np.asarray(data.store[int(i)]) for i in idx]))
     for start in range(0, len(rows), chunk):
-        part = np.stack([np.asarray(data.store[int(r)]) for r in data.store_rows[rows[start:start + chunk]]])
+        part = take(data.store_rows[rows[start:start + chunk]])
         x = torch.from_numpy(np.ascontiguousarray(part)).permute(0, 3, 1, 2)
         if size is not None and tuple(x.shape[-2:]) != (size, size):
             if min(x.shape[-2:]) < size:
@@ -232,6 +233,8 @@ class Task:
 
     #: True for predictors fitted in closed form (:meth:`fit` instead of the training loop).
     closed_form = False
+    #: True where a training step reads neighbouring spots of one slide (``batch_size`` = spots of a window).
+    per_slide = False
 
     def __init__(self, model: nn.Module, data: PredictionData, train_rows: np.ndarray, *, device: torch.device,
                  workers: int = 0, batch_size: int = 32, eval_batch_size: int = 64, augment: bool = True,
@@ -288,6 +291,15 @@ class Task:
         size = min(self.batch_size if shuffle else self.eval_batch_size, len(ds))
         return make_loader(ds, max(size, 1), shuffle, self.workers, self.device, seed=self.seed, drop_last=shuffle)
 
+    def _in_batches(self, rows: np.ndarray, predict_part: Callable[[slice], torch.Tensor],
+                    progress: bool) -> np.ndarray:
+        """Concatenated ``predict_part(slice)`` over ``eval_batch_size`` chunks of ``rows`` (under autocast)."""
+        out = []
+        for start in tqdm(range(0, len(rows), self.eval_batch_size), desc="predict", leave=False, disable=not progress):
+            with autocast(self.device, self.amp):
+                out.append(predict_part(slice(start, start + self.eval_batch_size)).float().cpu())
+        return torch.cat(out).numpy()
+
     def _loss_mask_is_full(self, rows: np.ndarray) -> bool:
         return bool(self.data.loss_mask[rows].all())
 
@@ -303,14 +315,14 @@ class PatchTask(Task):
         return masked_mse_loss(net(images), target, mask)
 
     def _predict(self, net, rows, progress):
-        loader = self._patch_loader(rows, False, False) if len(rows) else None
-        if loader is None:
-            return np.zeros((0, self.data.n_genes), dtype=np.float32)
-        return predict(net, self.data, rows, device=self.device, amp=self.amp, loader=loader, progress=progress)
+        return predict(net, self.data, rows, device=self.device, amp=self.amp, progress=progress,
+                       loader=self._patch_loader(rows, False, False))
 
 
 class _SlideContext(Task):
     """Shared by slide and slide-graph tasks: spots grouped by slide, windows of one slide."""
+
+    per_slide = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -333,7 +345,6 @@ class _SlideContext(Task):
     def _per_slide(self, rows: np.ndarray, run_slide: Callable[[np.ndarray], torch.Tensor],
                    progress: bool = False) -> np.ndarray:
         """Predict ``rows`` by running ``run_slide`` on every spot of each slide they belong to."""
-        rows = np.asarray(rows, dtype=np.int64)
         out = np.zeros((len(rows), self.data.n_genes), dtype=np.float32)
         slides = self.data.slides[rows]
         for name in tqdm(np.unique(slides), desc="predict slides", leave=False, disable=not progress):
@@ -445,17 +456,11 @@ class ExemplarTask(Task):
         return exemplar.egn_loss(pred.float(), target.float(), mask)
 
     def _predict(self, net, rows, progress):
-        rows = np.asarray(rows, dtype=np.int64)
         (feats,) = self.features.get(rows)
         found = _query(self, self.bank, feats, rows, self.model.k)
         feats = feats.to(self.device)
-        out = []
-        for start in tqdm(range(0, len(rows), self.eval_batch_size), desc="predict", leave=False, disable=not progress):
-            sl = slice(start, start + self.eval_batch_size)
-            images = load_patches(self.data, rows[sl]).to(self.device)
-            with autocast(self.device, self.amp):
-                out.append(net(images, found.features[sl], found.expression[sl], feats[sl]).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, self.data.n_genes), dtype=np.float32)
+        return self._in_batches(rows, lambda sl: net(load_patches(self.data, rows[sl]).to(self.device),
+                                                     found.features[sl], found.expression[sl], feats[sl]), progress)
 
 
 class ExemplarGraphTask(_SlideContext):
@@ -510,18 +515,9 @@ class ContrastiveTask(Task):
                                       splits=np.asarray(["train"] * len(rows)), mask=mask)
 
     def _predict(self, net, rows, progress):
-        rows = np.asarray(rows, dtype=np.int64)
-        was_training = net.training
-        net.eval()
-        self.build_bank(net)
-        out = []
-        for start in tqdm(range(0, len(rows), self.eval_batch_size), desc="predict", leave=False, disable=not progress):
-            part = rows[start:start + self.eval_batch_size]
-            images = load_patches(self.data, part).to(self.device)
-            with autocast(self.device, self.amp):
-                out.append(net.predict(images, exclude_ids=self.ids[part]).float().cpu())
-        net.train(was_training)
-        return torch.cat(out).numpy() if out else np.zeros((0, self.data.n_genes), dtype=np.float32)
+        self.build_bank(net)  # from the current weights (net is in eval mode here)
+        return self._in_batches(rows, lambda sl: net.predict(load_patches(self.data, rows[sl]).to(self.device),
+                                                             exclude_ids=self.ids[rows[sl]]), progress)
 
 
 class SepalTask(Task):
@@ -575,12 +571,7 @@ class SepalTask(Task):
         return masked_mse_loss(net(*self._inputs(rows.cpu().numpy())), target, mask)
 
     def _predict(self, net, rows, progress):
-        rows = np.asarray(rows, dtype=np.int64)
-        out = []
-        for start in tqdm(range(0, len(rows), self.eval_batch_size), desc="predict", leave=False, disable=not progress):
-            with autocast(self.device, self.amp):
-                out.append(net(*self._inputs(rows[start:start + self.eval_batch_size])).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, self.data.n_genes), dtype=np.float32)
+        return self._in_batches(rows, lambda sl: net(*self._inputs(rows[sl])), progress)
 
 
 class ProbeTask(Task):
@@ -612,8 +603,8 @@ class ProbeTask(Task):
         return TrainResult(val, 1, history, wall, str(self.device))
 
     def _predict(self, net, rows, progress):
-        (feats,) = self.features.get(np.asarray(rows, dtype=np.int64))
-        return np.asarray(net.predict(feats.numpy()), dtype=np.float32)
+        (feats,) = self.features.get(rows)
+        return net.predict(feats.numpy())
 
 
 #: The task of each predictor that is not a plain patch predictor.
