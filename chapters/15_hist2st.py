@@ -119,7 +119,6 @@ fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, wors
 # and gives the hexagonal ring.
 
 # %%
-import numpy as np
 import torch
 
 rows, cols = (torch.as_tensor(chapter.adata.obs[k].to_numpy()) for k in ("array_row", "array_col"))

@@ -108,25 +108,24 @@ fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, wors
                                    titles=[f"best: {best}", f"worst: {worst}"])
 
 # %% [markdown]
-# ## One neighbour or fifty
+# ## One neighbour or mean_k
 #
 # BLEEP's `k = 50` against the single nearest training spot, on the same held-out spots.
 
 # %%
-import numpy as np
-
 name = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
 run, data = chapter.runs[name], chapter.data[name]
-rows = run.rows[chapter.eval_split]
+rows, top_k = run.rows[chapter.eval_split], run.model.top_k
 run.model.top_k = 1
 one = su.tl.evaluate_predictions(run.task.predict(run.model, rows), data, rows)
-run.model.top_k = 50
-print(f"{name}, {chapter.eval_split}: MSE with k=1 {one['mse']:.3f}, with k=50 {run.metrics.set_index('split').loc[chapter.eval_split, 'mse']:.3f}")
+run.model.top_k = top_k
+print(f"{name}, {chapter.eval_split}: MSE with k=1 {one['mse']:.3f}, with k={top_k} "
+      f"{run.metrics.set_index('split').loc[chapter.eval_split, 'mse']:.3f}")
 
 # %% [markdown]
 # ## What we saw
 
 # %%
-fifty = run.metrics.set_index("split").loc[chapter.eval_split, "mse"]
+mean_k = run.metrics.set_index("split").loc[chapter.eval_split, "mse"]
 display(Markdown(chapter.what_we_saw() + f"- Retrieval: MSE {one['mse']:.3f} from the single nearest training spot, "
-                 f"{fifty:.3f} from the mean of 50 ({name}, {chapter.eval_split})."))
+                 f"{mean_k:.3f} from the mean of {top_k} ({name}, {chapter.eval_split})."))

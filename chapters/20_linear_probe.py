@@ -104,8 +104,6 @@ fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, wors
 # it ran with the same seed (its own held-out spots).
 
 # %%
-import numpy as np
-
 name = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
 run, data = chapter.runs[name], chapter.data[name]
 rows, train = run.rows[chapter.eval_split], run.task.train_rows
