@@ -110,8 +110,9 @@ rows, train = run.rows[chapter.eval_split], run.task.train_rows
 (feats,) = run.task.features.get(train)
 hest = su.models.probe.LinearProbe(data.n_genes, None, alpha=None).fit(feats.numpy(), data.target[train])
 hest_m = su.tl.evaluate_predictions(hest.predict(run.task.features.get(rows)[0].numpy()), data, rows)
-vit = su.io.select_results(out_dir, dataset=dataset, model="vit_b_delta", stage="predict", seed=seed)
-vit_pcc = vit[(vit["scenario"] == name) & (vit["split"] == chapter.eval_split)]["pcc_gene"]
+vit = su.io.select_results(su.io.output_dir(out_dir) / "results.csv", dataset=dataset, model="vit_b_delta",
+                           stage="predict", seed=seed, scenario=name, split=chapter.eval_split)
+vit_pcc = vit["pcc_gene"] if "pcc_gene" in vit else []
 print(f"alpha: cv {run.model.alpha_:g}, HEST {hest.alpha_:g}; {chapter.eval_split} MSE cv "
       f"{run.metrics.set_index('split').loc[chapter.eval_split, 'mse']:.3f}, HEST {hest_m['mse']:.3f}")
 
