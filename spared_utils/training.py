@@ -46,6 +46,11 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     weight_decay: float = 0.0
+    #: ``last.pt`` (weights, Adam moments) is written at an evaluation only once this many seconds
+    #: have passed since the previous write, and always at the end: an interruption loses at most
+    #: this much training, and a large model is not written to disk at every evaluation (a ViT-B
+    #: checkpoint with Adam's moments is ~1.5 GB). 0 writes at every evaluation.
+    checkpoint_every_s: float = 120.0
 
     def __post_init__(self):
         if self.iterations <= 0:
@@ -59,7 +64,7 @@ class TrainConfig:
 
     def hash(self, *extra: Any) -> str:
         """Short hash of the config (and any extra identifying values) for the results store."""
-        keep = {k: v for k, v in asdict(self).items() if k not in {"progress", "checkpoint_dir", "resume"}}
+        keep = {k: v for k, v in asdict(self).items() if k not in {"progress", "checkpoint_dir", "resume", "checkpoint_every_s"}}
         blob = json.dumps([keep, [str(e) for e in extra]], sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -181,9 +186,11 @@ def fit(
     tag = config.hash(type(model).__name__, sum(p.numel() for p in params))
     if ckpt_dir and config.resume and (ckpt_dir / "last.pt").is_file():
         state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
-        if state.get("tag") == tag:
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
+        finished_ok = "model" in state or (ckpt_dir / "best.pt").is_file()
+        if state.get("tag") == tag and finished_ok:
+            if "model" in state:  # an interrupted run: weights and Adam moments to go on from
+                model.load_state_dict(state["model"])
+                optimiser.load_state_dict(state["optimiser"])
             start, history, best_val, best_it = state["iteration"], state["history"], state["best_val"], state["best_iteration"]
             if (ckpt_dir / "best.pt").is_file():
                 best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
@@ -191,7 +198,8 @@ def fit(
 
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
+    t0 = last_write = time.perf_counter()
+    best_unsaved = False
     elapsed_before = history[-1]["elapsed_s"] if history else 0.0
     model.train()
     stream = cycle(batches)
@@ -226,16 +234,20 @@ def fit(
             history.append(row)
             running, n_running = 0.0, 0
             if val < best_val:
-                best_val, best_it = val, it
+                best_val, best_it, best_unsaved = val, it, True
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                if ckpt_dir:
+            going_on = it < config.iterations
+            if ckpt_dir and (not going_on or time.perf_counter() - last_write >= config.checkpoint_every_s):
+                if best_unsaved:  # best.pt first: last.pt's best_val always describes the file on disk
                     _atomic_save(best_state, ckpt_dir / "best.pt")
-            if ckpt_dir:
+                    best_unsaved = False
+                # Weights and Adam's two moments (3x the model: ~1.5 GB for a ViT-B) are kept only
+                # while there is training left to resume; a finished run's last.pt keeps its
+                # history and tag, and best.pt the weights that count.
                 _atomic_save(
                     {
                         "tag": tag,
-                        "model": model.state_dict(),
-                        "optimiser": optimiser.state_dict(),
+                        **({"model": model.state_dict(), "optimiser": optimiser.state_dict()} if going_on else {}),
                         "iteration": it,
                         "history": history,
                         "best_val": best_val,
@@ -245,6 +257,7 @@ def fit(
                     },
                     ckpt_dir / "last.pt",
                 )
+                last_write = time.perf_counter()
             bar.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{val:.4f}", best=f"{best_val:.4f}")
     bar.close()
     if best_state is not None:

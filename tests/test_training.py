@@ -53,7 +53,8 @@ def test_same_seed_same_numbers_on_cpu():
 
 def test_interrupted_run_resumes_from_last_checkpoint(tmp_path):
     loader, loss_fn, validate = _problem()
-    cfg = training.TrainConfig(iterations=40, eval_every=10, learning_rate=0.05, progress=False, checkpoint_dir=str(tmp_path))
+    cfg = training.TrainConfig(iterations=40, eval_every=10, learning_rate=0.05, progress=False, checkpoint_dir=str(tmp_path),
+                               checkpoint_every_s=0)
     calls = {"n": 0}
 
     def interrupted(model, batch):
@@ -103,3 +104,48 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
             training.resolve_device("cuda")
+
+
+def test_finished_run_keeps_no_weights_in_last_checkpoint(tmp_path):
+    """A finished last.pt drops the weights and Adam moments; a rerun still skips training."""
+    loader, loss_fn, validate = _problem()
+    cfg = training.TrainConfig(iterations=20, eval_every=10, learning_rate=0.05, progress=False, checkpoint_dir=str(tmp_path))
+    calls = {"n": 0}
+
+    def counted(model, batch):
+        calls["n"] += 1
+        return loss_fn(model, batch)
+
+    torch.manual_seed(0)
+    first = training.fit(nn.Linear(4, 1), loader, counted, validate, cfg)
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert "model" not in last and "optimiser" not in last and last["iteration"] == 20
+    calls["n"] = 0
+    again = training.fit(nn.Linear(4, 1), loader, counted, validate, cfg)
+    assert calls["n"] == 0, "a finished run is not trained again"
+    assert again.best_val == first.best_val
+    model = nn.Linear(4, 1)
+    training.fit(model, loader, counted, validate, cfg)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    torch.testing.assert_close(model.weight.detach(), best["weight"])  # the best weights are loaded
+    (tmp_path / "best.pt").unlink()  # a finished record without its weights is trained again
+    calls["n"] = 0
+    training.fit(nn.Linear(4, 1), loader, counted, validate, cfg)
+    assert calls["n"] == 20
+
+
+def test_checkpoints_are_written_at_most_every_checkpoint_every_s(tmp_path):
+    """With a long interval nothing is written before the end; at the end both files exist."""
+    loader, loss_fn, validate = _problem()
+    cfg = training.TrainConfig(iterations=40, eval_every=10, learning_rate=0.05, progress=False,
+                               checkpoint_dir=str(tmp_path), checkpoint_every_s=1e9)
+    seen = []
+
+    def watched(model, batch):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        return loss_fn(model, batch)
+
+    torch.manual_seed(0)
+    training.fit(nn.Linear(4, 1), loader, watched, validate, cfg)
+    assert all(files == [] for files in seen), "nothing is written before the last evaluation"
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
