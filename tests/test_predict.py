@@ -295,3 +295,16 @@ def test_full_resolution_image_is_found_in_memory_or_on_disk():
     lib["images"]["fullres"] = np.zeros((4, 4, 3))
     assert datasets._has_fullres(adata)
     assert not datasets._has_fullres(ad.AnnData(np.zeros((1, 1))))
+
+
+def test_learning_trend_says_whether_the_budget_or_the_rate_stops_a_model():
+    from spared_utils.predict.harness import learning_trend
+
+    falling = pd.DataFrame({"iteration": [10, 20, 30], "val_loss": [3.6, 3.4, 3.3]})
+    text = learning_trend(falling, baseline=3.1)
+    assert "still falling" in text and "the budget stops it" in text
+    assert "about 20 more iterations" in text  # (3.3 − 3.1) / 0.01 per iteration
+    rising = pd.DataFrame({"iteration": [10, 20, 30], "val_loss": [3.6, 3.2, 3.5]})
+    text = learning_trend(rising, baseline=3.1)
+    assert "rose to 3.500" in text and "lower `learning_rate`" in text and "best of 3.200 (iteration 20" in text
+    assert "one evaluation" in learning_trend(falling.iloc[:1], baseline=3.1)

@@ -107,10 +107,11 @@ class ChapterRun:
                  f"{cfg.iterations} iterations × {cfg.batch_size} {unit} at learning rate {self.learning_rate:g} per scenario")
         lines = [f"- **{models.display_name(self.model)}**: {run.n_params:,} trainable parameters; {steps}, on "
                  f"`{run.train.device}` ({self.seconds:.0f} s for the whole chapter)."]
-        advice = (f" At this budget the {' and '.join(behind)} model{'s' if len(behind) > 1 else ''} learned no more than "
-                  "the mean: the learning curve shows whether more `iterations` would help." if behind else "")
         lines.append(f"- Below the training mean on {split} MSE: "
-                     + ", ".join(f"{s} {'yes' if ok else 'no'}" for s, ok in verdict.items()) + "." + advice)
+                     + ", ".join(f"{s} {'yes' if ok else 'no'}" for s, ok in verdict.items()) + ".")
+        for scenario in behind:
+            if not self.runs[scenario].task.closed_form:
+                lines.append(f"  - Why not ({scenario}): {learning_trend(self.runs[scenario].history, self.baseline_val_loss)}")
         diff = self.completed_minus_raw()
         if diff:
             lines.append(f"- Training on completed instead of raw data changed {split} MSE by {diff['mse']:+.3f} and "
@@ -151,6 +152,33 @@ class ChapterRun:
         slide = slide or pd.Series(slides).value_counts().index[0]
         keep = slides == slide
         return slide, rows[keep], pred[keep]
+
+
+def learning_trend(history: pd.DataFrame, baseline: float) -> str:
+    """One sentence, from a learning curve, on why a model is not below the training mean.
+
+    It reads the validation MSE at each evaluation: where it started, where it was lowest, and
+    whether it was still falling at the end (the budget stops it: more ``iterations``) or rose
+    after its best (overfitting or too high a learning rate). ``baseline``: the training mean's
+    validation MSE on the same spots.
+    """
+    val = history["val_loss"].to_numpy(dtype=float)
+    its = history["iteration"].to_numpy()
+    if len(val) == 0:
+        return "no validation was run."
+    best = int(np.nanargmin(val))
+    text = (f"validation MSE went from {val[0]:.3f} (iteration {its[0]}) to a best of {val[best]:.3f} "
+            f"(iteration {its[best]}; training mean {baseline:.3f})")
+    if len(val) == 1:
+        return text + "; one evaluation cannot show a trend: raise `iterations` or lower `eval_every`."
+    if best == len(val) - 1:
+        per = (val[-2] - val[-1]) / max(int(its[-1] - its[-2]), 1)
+        gap = val[-1] - baseline
+        more = f", about {gap / per:,.0f} more iterations at that pace" if per > 0 and gap > 0 else ""
+        return (text + f", still falling at the last evaluation ({per:.4f} per iteration): the budget stops it"
+                f"{more}; raise `iterations` (or use `budget='paper'`).")
+    return (text + f", then rose to {val[-1]:.3f} by iteration {its[-1]}: more steps do not help at this learning "
+            "rate; try a lower `learning_rate` (or `learning_rate='search'`).")
 
 
 def run_chapter(
