@@ -47,6 +47,7 @@ pretrained = False
 completion_iterations = None  # SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
 
 # %%
+import numpy as np
 from IPython.display import Markdown, display
 
 import spared_utils as su
@@ -123,9 +124,29 @@ print(f"{name}, {chapter.eval_split}: MSE with k=1 {one['mse']:.3f}, with k={top
       f"{run.metrics.set_index('split').loc[chapter.eval_split, 'mse']:.3f}")
 
 # %% [markdown]
+# ## Which training spots are retrieved?
+#
+# An average of 50 training spots can only be far from the training mean if the same few
+# spots come back for every query. Counting how often each training spot is among the
+# held-out spots' top-k shows whether the retrieval spreads over the bank.
+
+# %% mystnb={"figure": {"caption": "BLEEP: how many held-out queries retrieve each training spot (sorted), against the uniform spread of a random retrieval (dashed).", "name": "fig-bleep-retrieved"}}
+hits = run.task.retrieved(run.model, rows)
+counts = np.bincount(np.searchsorted(run.task.train_rows, hits.ravel()), minlength=len(run.task.train_rows))
+n_bank, expected = len(counts), hits.size / len(counts)
+reached = int((counts > 0).sum())
+random_reach = n_bank * (1 - (1 - top_k / n_bank) ** len(rows))  # distinct spots a random retrieval reaches
+bias = float((run.predictions[chapter.eval_split] - data.truth[rows])[data.real[rows]].mean())
+ax = su.pl.sorted_counts(counts, expected, xlabel="training spots, most retrieved first",
+                         ylabel="queries retrieving it", title=f"BLEEP ({name}): retrieved training spots")
+
+# %% [markdown]
 # ## What we saw
 
 # %%
 mean_k = run.metrics.set_index("split").loc[chapter.eval_split, "mse"]
 display(Markdown(chapter.what_we_saw() + f"- Retrieval: MSE {one['mse']:.3f} from the single nearest training spot, "
-                 f"{mean_k:.3f} from the mean of {top_k} ({name}, {chapter.eval_split})."))
+                 f"{mean_k:.3f} from the mean of {top_k} ({name}, {chapter.eval_split}).\n"
+                 f"- Retrieved: {reached} of {n_bank} training spots at least once (a random retrieval would reach "
+                 f"about {random_reach:.0f}); the most retrieved spot answered {counts.max()} of {len(rows)} queries. "
+                 f"Predictions are {bias:+.2f} off the real values on average (log scale)."))

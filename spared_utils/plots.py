@@ -41,6 +41,7 @@ __all__ = [
     "patch_grid",
     "learning_curves",
     "per_gene_pcc",
+    "sorted_counts",
     "predicted_vs_true_maps",
     "completion_mse_violin",
     "mse_vs_masking",
@@ -301,6 +302,26 @@ def per_gene_pcc(tables, ax: plt.Axes | None = None, title: str = "Per-gene corr
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlabel("")
     ax.set_ylabel("PCC per gene (across spots)")
+    ax.set_title(title)
+    return ax
+
+
+def sorted_counts(counts, expected: float | None = None, ax: plt.Axes | None = None, xlabel: str = "items, most first",
+                  ylabel: str = "count", title: str = "") -> plt.Axes:
+    """How often each item was hit, largest first (a rank plot), beside an even spread.
+
+    ``counts``: one count per item (e.g. how many queries retrieved each training spot);
+    ``expected``: the count every item would get if the hits were spread evenly (dashed line).
+    """
+    counts = np.sort(np.asarray(counts))[::-1]
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    ax.fill_between(np.arange(len(counts)), counts, step="post", color=PALETTE[0], alpha=0.7, lw=0)
+    if expected is not None:
+        ax.axhline(expected, color="0.3", ls="--", lw=1, label=f"even spread ({expected:.1f})")
+        ax.legend(frameon=False)
+    ax.set_xlim(0, max(len(counts), 1))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     return ax
 

@@ -145,6 +145,13 @@ def test_bleep_training_spots_never_retrieve_themselves(toy2):
     np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-5)  # the spot itself: unchanged
     assert np.abs(after[1:] - before[1:]).max() > 1.0  # every other training spot averages it in
     assert {str(i) for i in task.build_bank(model).ids} == set(data.obs_names[data.rows("train")])
+    # what a chapter counts: the training rows each spot retrieves, never itself, never a held-out spot
+    train = data.rows("train")
+    got = task.retrieved(model, train[:4], k=3)
+    assert got.shape == (4, 3) and set(got.ravel()) <= set(train)
+    assert not (got == train[:4, None]).any()
+    held_out = task.retrieved(model, data.rows("test"), k=n_train)
+    assert all(sorted(r) == sorted(train) for r in held_out)  # k = bank size: every training spot, once
 
 
 def test_sepal_stage2_starts_from_its_own_stage1_and_refuses_another(toy2, tmp_path):

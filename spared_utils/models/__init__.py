@@ -106,7 +106,7 @@ RECORDS: dict[str, PredictorRecord] = {
                         paper=replace(PAPER_BUDGET, batch_size=10_000),
                         inputs="patches (N, 3, H, W), array rows, cols (N,) of one slide (+ its spot graph)"),
         PredictorRecord("egn", "EGN", exemplar.egn, "retrieval", 130_096_160, 130_489_472,
-                        cpu=Budget(24, 8, 1e-4, eval_every=6, val_spots=24, eval_spots=60, train_spots=300),
+                        cpu=Budget(20, 8, 1e-4, eval_every=5, val_spots=20, eval_spots=50, train_spots=300),
                         inputs="patches (B, 3, H, W), their frozen ResNet-50 features (B, 2048), their k exemplars' "
                                "features (B, k, 2048) and expression (B, k, n_genes) from a bank of training spots"),
         PredictorRecord("eggn", "EGGN", exemplar.eggn, "graph", 10_941_985, 11_089_537,

@@ -519,6 +519,21 @@ class ContrastiveTask(Task):
         return self._in_batches(rows, lambda sl: net.predict(load_patches(self.data, rows[sl]).to(self.device),
                                                              exclude_ids=self.ids[rows[sl]]), progress)
 
+    @torch.no_grad()
+    def retrieved(self, net, rows: np.ndarray, k: int | None = None) -> np.ndarray:
+        """(len(rows), k) AnnData rows of the training spots each of ``rows`` retrieves (bank
+        rebuilt from ``net``'s current weights): what a chapter counts to see whether retrieval
+        spreads over the bank or keeps returning the same few spots."""
+        net.eval()
+        self.build_bank(net)
+        out = []
+        for start in range(0, len(rows), max(1, self.batch_size)):
+            part = rows[start:start + max(1, self.batch_size)]
+            _, idx = net.predict(load_patches(self.data, part).to(self.device), k=k, exclude_ids=self.ids[part],
+                                 return_indices=True)
+            out.append(self.train_rows[idx.cpu().numpy()])
+        return np.concatenate(out)
+
 
 class SepalTask(Task):
     """SEPAL stage 2 over frozen stage-1 (ViT-B+Δ) embeddings of each spot's neighbourhood.

@@ -1,0 +1,20 @@
+"""Figures whose data a chapter's reading depends on."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+
+from spared_utils import pl  # noqa: E402
+
+
+def test_sorted_counts_draws_counts_largest_first_and_the_even_spread():
+    counts = np.array([1, 7, 0, 3])
+    ax = pl.sorted_counts(counts, expected=2.75)
+    drawn = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert drawn.max() == 7 and np.isin([7, 3, 1, 0], drawn).all()
+    tops = [v for v in drawn if v > 0]
+    assert tops == sorted(tops, reverse=True), "largest first"
+    (line,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert np.allclose(line.get_ydata(), 2.75)
