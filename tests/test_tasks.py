@@ -193,3 +193,24 @@ def test_probe_alpha_cv_beats_hest_alpha_on_random_features():
     assert errs["cv"] < errs[None]
     assert models.probe.LinearProbe(3, None, n_components=64, alpha="cv").fit(x[train], y[train]).alpha_ > \
         models.probe.hest_alpha(64, 3)
+
+
+def test_frozen_cache_encodes_each_spot_once_and_bf16_stays_close_to_fp32(toy2):
+    adata, store = toy2
+    data = predict.prediction_data(adata, store, "completed")
+    torch.manual_seed(0)
+    net = models.build("shufflenet", 4, pretrained=False).eval()
+
+    def encode(x):
+        return net(x.float() / 255.0)
+
+    exact = tasks.FrozenCache(data, encode, torch.device("cpu"), batch_size=5, bf16=False)
+    fast = tasks.FrozenCache(data, encode, torch.device("cpu"), batch_size=5, bf16=True)
+    rows = np.arange(12)
+    (a,), (b,) = exact.get(rows), fast.get(rows)
+    assert exact.n_encoded == 12 and a.dtype == b.dtype == torch.float32
+    exact.get(np.array([3, 3, 11, 12]))
+    assert exact.n_encoded == 13, "spots already encoded are not encoded again"
+    assert not torch.equal(a, b), "bf16 really ran"
+    assert (a - b).abs().max() <= 0.05 * a.abs().max() + 1e-3
+    assert tasks.FrozenCache(data, encode, torch.device("cpu")).bf16 == tasks.native_bf16(torch.device("cpu"))

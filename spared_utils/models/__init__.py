@@ -119,7 +119,7 @@ RECORDS: dict[str, PredictorRecord] = {
                         inputs="patches (B, 3, H, W) (+ expression (B, n_genes) in training); predicts from a "
                                "bank of training spots"),
         PredictorRecord("sepal", "SEPAL", sepal.sepal, "graph", 955_554, 967_938,
-                        cpu=Budget(60, 32, 1e-3, eval_every=15, val_spots=12, eval_spots=24, train_spots=32),
+                        cpu=Budget(60, 24, 1e-4, eval_every=15, val_spots=12, eval_spots=16, train_spots=24),
                         cpu_options=(("n_hops", 1),),
                         inputs="per centre spot: its stage-1 ViT-B+Δ prediction, the frozen stage-1 embeddings "
                                "and array offsets of its n-hop neighbourhood"),

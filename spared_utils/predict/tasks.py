@@ -148,18 +148,37 @@ def shared_cache(data: PredictionData, key: tuple, make: Callable[[], "FrozenCac
     return _SHARED[full]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 runs natively on ``device`` (CUDA; a CPU with AVX-512 BF16 / AMX)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class FrozenCache:
     """Outputs of a frozen function of a spot's patch, computed once per spot, only when asked.
 
     ``encode(uint8 patches on the device) -> tensor or tuple of tensors``, one row per patch.
     :meth:`get` returns float32 CPU tensors for any AnnData rows, encoding the missing ones in
     batches of ``batch_size`` (with a progress bar when there are many).
+
+    ``bf16``: encode under bfloat16 autocast (``None``: on CUDA, and on a CPU with native
+    bfloat16 matrix units, where it is ~1.6× faster for a ViT-B; never where bfloat16 would be
+    emulated). Frozen features are inputs, not trained weights: the rounding is far below what
+    the models downstream can resolve, and on one machine the values are the same every run.
     """
 
     def __init__(self, data: PredictionData, encode: Callable[[torch.Tensor], Any], device: torch.device,
-                 batch_size: int = 32, size: int | None = None, name: str = "frozen features", progress: bool = False):
-        self.data, self.encode, self.device = data, encode, device
+                 batch_size: int = 32, size: int | None = None, name: str = "frozen features", progress: bool = False,
+                 bf16: bool | None = None):
+        self.data, self.encode, self.device = data, encode, torch.device(device)
         self.batch_size, self.size, self.name, self.progress = int(batch_size), size, name, progress
+        self.bf16 = native_bf16(self.device) if bf16 is None else bool(bf16)
         self.done = np.zeros(data.target.shape[0], dtype=bool)
         self.values: list[torch.Tensor] | None = None
         self.n_encoded = 0
@@ -171,7 +190,8 @@ class FrozenCache:
         starts = range(0, len(todo), self.batch_size)
         for start in tqdm(starts, desc=self.name, leave=False, disable=not (self.progress and len(todo) > 4 * self.batch_size)):
             part = todo[start:start + self.batch_size]
-            out = self.encode(load_patches(self.data, part, self.size).to(self.device))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.encode(load_patches(self.data, part, self.size).to(self.device))
             out = out if isinstance(out, tuple) else (out,)
             if self.values is None:
                 self.values = [torch.zeros((len(self.done), *o.shape[1:]), dtype=torch.float32) for o in out]
