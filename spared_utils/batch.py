@@ -37,6 +37,7 @@ import pandas as pd
 import yaml
 
 from . import paths
+from .predict.data import SCENARIOS
 from .run import ChapterError, chapter_parameters, chapter_source, check_parameters, execute, known_datasets
 
 PLAN_KEYS = ("datasets", "chapters", "scenarios", "seeds", "parameters", "chapter_parameters")
@@ -126,8 +127,6 @@ def load_plan(path: str | Path) -> Plan:
     except ChapterError as err:
         raise ValueError(f"{path}: {err}") from err
     if plan.scenarios:
-        from .predict.data import SCENARIOS
-
         bad = [s for s in plan.scenarios if s not in SCENARIOS]
         if bad:
             raise ValueError(f"{path}: unknown scenario(s) {bad}; one of {list(SCENARIOS)}")
