@@ -328,3 +328,31 @@ def test_learning_trend_says_whether_the_budget_or_the_rate_stops_a_model():
     text = learning_trend(rising, baseline=3.1)
     assert "rose to 3.500" in text and "lower `learning_rate`" in text and "best of 3.200 (iteration 20" in text
     assert "one evaluation" in learning_trend(falling.iloc[:1], baseline=3.1)
+
+
+def test_lr_search_runs_once_per_dataset_and_predictor(toy, monkeypatch, tmp_path):
+    """A second chapter run (another scenario and seed) reuses the finished search runs."""
+    from spared_utils import training
+    from spared_utils.predict import engine
+
+    adata, store = toy
+    steps = {"n": 0}
+    real_fit = training.fit
+
+    def counting_fit(model, batches, loss_fn, validate, config, parameters=None):
+        def counted(m, b):
+            steps["n"] += 1
+            return loss_fn(m, b)
+        return real_fit(model, batches, counted, validate, config, parameters=parameters)
+
+    monkeypatch.setattr(engine, "fit", counting_fit)
+    kw = dict(learning_rate="search", lr_grid=[1e-4, 1e-2], adata=adata, store=store, iterations=2, batch_size=4,
+              eval_every=1, eval_spots=8, progress=False, device="cpu", out_dir=tmp_path)
+    first = predict.run_chapter("toy", "shufflenet", scenario="raw", seed=0, **kw)
+    # two search runs of 2 steps; the raw run at seed 0 IS the search's run at the chosen rate (resumed)
+    assert steps["n"] == 2 * 2
+    steps["n"] = 0
+    second = predict.run_chapter("toy", "shufflenet", scenario="masked", seed=1, **kw)
+    assert steps["n"] == 2, "only the masked run trains: the search's runs are finished"
+    assert second.learning_rate == first.learning_rate
+    assert list(second.lr_table["learning_rate"]) == list(first.lr_table["learning_rate"])
