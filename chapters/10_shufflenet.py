@@ -17,7 +17,8 @@
 # # ShuffleNet: the cheapest fine-tuned encoder
 #
 # **What it shows:** how well a small CNN predicts gene expression from one spot's H&E patch, when
-# trained on raw data (real values only) and on SpaCKLE-completed data, scored on real values.
+# trained on raw data (missing values as zeros, the paper's) and on SpaCKLE-completed data,
+# scored on real values.
 # **What it needs:** a curated dataset with patches and the `c_t_log1p` layer (made here if
 # missing); a CPU runs the defaults in a few minutes, the paper's budget wants a GPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
@@ -25,9 +26,12 @@
 #
 # Every predictor chapter (10–13) follows the protocol of the paper {cite:p}`mejia2024spackle`:
 # the learning rate is chosen on raw data, then the same model is trained twice — once on the
-# raw `c_d_log1p` layer with a loss on real values only, once on the completed `c_t_log1p`
-# layer with a loss on every value — and both runs are scored on the real values of unseen
-# slides. The baseline is the trivial predictor that outputs the training mean of each gene.
+# raw `c_d_log1p` layer with every value that was missing set to 0 and a loss on every value
+# (the authors' code), once on the completed `c_t_log1p` layer — and both runs are scored on the
+# real values of unseen slides. The baseline is the trivial predictor that outputs each gene's
+# mean over its real training values. `scenario = "all"` adds the two scenarios the paper lacks
+# (chapter 90 compares the four): `masked` (the loss skips missing values, nothing is filled in)
+# and `median` (the curation's median completion).
 #
 # ShuffleNetV2 is a convolutional network designed for mobile devices; the authors' SpaRED code
 # uses its narrowest version (`shufflenet_v2_x0_5`, ImageNet weights) with one linear layer on
@@ -38,7 +42,7 @@ dataset = "synthetic"
 device = "auto"
 seed = 0
 out_dir = "results"
-scenario = "both"
+scenario = "both"  # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
 budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": 1,000 iterations × batch 256
 learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 lr_grid = [0.0001, 0.001, 0.01]

@@ -17,7 +17,8 @@
 # # ViT-B: a vision transformer fine-tuned on spot patches
 #
 # **What it shows:** how well ViT-B/16 predicts gene expression from one spot's H&E patch, trained
-# on raw data (real values only) and on SpaCKLE-completed data, scored on real values.
+# on raw data (missing values as zeros, the paper's) and on SpaCKLE-completed data, scored on
+# real values.
 # **What it needs:** a curated dataset with patches and the `c_t_log1p` layer (made here if
 # missing); on a CPU the defaults take a few minutes (ViT-B trains at about one patch per
 # second there), the paper's budget wants a GPU.
@@ -29,7 +30,7 @@
 # {cite:p}`mejia2024spackle` it is one of three baselines: torchvision's `vit_b_16` with
 # ImageNet weights and one linear layer predicting every gene, fine-tuned end to end with the
 # protocol shared by all predictors (chapter 10 describes it: learning rate chosen on raw data,
-# one run on raw and one on completed data, metrics on real values only).
+# one run on zero-filled raw and one on completed data, metrics on real values only).
 #
 # Because ViT-B is about 20 times slower than ShuffleNet per patch, the CPU defaults below train
 # for only a few batches and score a subsample of the held-out spots (`eval_spots`);
@@ -38,7 +39,7 @@
 # and the first steps are spent learning that offset (the learning curve starts far above the
 # dashed line). From random weights on this CPU, with 8 patches per step, ViT-B was still above
 # the mean after 200 iterations (validation MSE 3.39 against 3.21) and below it after 400 (3.05
-# on raw data, 2.99 on completed data; about 23 minutes per scenario on 2 cores,
+# with the loss on real values only, 2.99 on completed data; about 23 minutes per scenario on 2 cores,
 # `benchmarks/bench_predictors.py`). ViT-B+Δ (chapter 12) removes the offset from the problem
 # and gets there within its default budget.
 
@@ -47,7 +48,7 @@ dataset = "synthetic"
 device = "auto"
 seed = 0
 out_dir = "results"
-scenario = "both"
+scenario = "both"  # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
 budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": 1,000 iterations × batch 256
 learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 lr_grid = [0.0001, 0.001, 0.01]

@@ -33,7 +33,7 @@ dataset = "synthetic"
 device = "auto"
 seed = 0
 out_dir = "results"
-scenario = "both"
+scenario = "both"  # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
 budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 iterations
 learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 lr_grid = [0.0001, 0.001, 0.01]
@@ -68,7 +68,7 @@ print(chapter.config)
 # - **Bank of training spots only**, rebuilt from the current weights at every validation; a
 #   training spot never retrieves itself (tested).
 # - **Optimiser.** The official AdamW (weight decay 1e-3) becomes the benchmark's Adam.
-# - **Missing values.** Where the scenario's loss skips missing values (raw), retrieved spots
+# - **Missing values.** Where the scenario's loss skips missing values (`masked`), retrieved spots
 #   are averaged over their real values only.
 
 # %% [markdown]

@@ -32,7 +32,7 @@ dataset = "synthetic"
 device = "auto"
 seed = 0
 out_dir = "results"
-scenario = "both"
+scenario = "both"  # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
 budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 iterations
 learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 lr_grid = [0.0001, 0.001, 0.01]
@@ -65,7 +65,7 @@ print(chapter.config)
 #   machine has no internet) that near-zero penalty overfits; the CPU default picks the penalty
 #   by leave-one-out error (`alpha = "cv"`). The next section measures both on the same features.
 # - **Intercept** fitted (HEST: none; harmless for its PCC, not for this book's MSE).
-# - **Missing values.** In the raw scenario each gene is fitted on its real values only.
+# - **Missing values.** In the `masked` scenario each gene is fitted on its real values only.
 # - **Training spots on a CPU.** The CPU default fits on a `train_spots` subset (the ResNet-50
 #   costs about 0.1 s a patch here); the paper budget reads every training spot.
 

@@ -83,13 +83,24 @@ def test_masked_mse_loss_hand_computed():
 
 def test_scenarios_choose_target_and_loss_mask(toy):
     adata, store = toy
-    raw = predict.prediction_data(adata, store, "raw")
-    done = predict.prediction_data(adata, store, "completed")
-    assert np.array_equal(raw.target, adata.layers["c_d_log1p"])
-    assert np.array_equal(done.target, adata.layers["c_t_log1p"])
-    assert np.array_equal(raw.loss_mask, adata.layers["mask"]) and done.loss_mask.all()
-    # evaluation reads the same real values in both scenarios
-    assert np.array_equal(raw.truth, done.truth) and np.array_equal(raw.real, done.real)
+    data = {s: predict.prediction_data(adata, store, s) for s in predict.SCENARIOS}
+    raw, done = data["raw"], data["completed"]
+    real = adata.layers["mask"]
+    assert not real.all() and real.any()
+    # raw (the paper's): zero where the value was missing, real values kept, loss on every entry
+    assert np.array_equal(raw.target[real], adata.layers["c_d_log1p"][real]) and (raw.target[~real] == 0).all()
+    assert (adata.layers["c_d_log1p"][~real] != 0).any(), "the toy's missing entries are median-filled, not 0"
+    assert raw.loss_mask.all()
+    # masked: the curated layer, loss on real values only; median: the same layer, loss everywhere
+    assert np.array_equal(data["masked"].target, adata.layers["c_d_log1p"])
+    assert np.array_equal(data["masked"].loss_mask, real)
+    assert np.array_equal(data["median"].target, adata.layers["c_d_log1p"]) and data["median"].loss_mask.all()
+    assert np.array_equal(done.target, adata.layers["c_t_log1p"]) and done.loss_mask.all()
+    # evaluation reads the same real values in every scenario, and the trivial predictor is the same
+    for d in data.values():
+        assert np.array_equal(d.truth, raw.truth) and np.array_equal(d.real, raw.real)
+        np.testing.assert_array_equal(d.real_mean(), data["masked"].training_mean())
+    assert (raw.training_mean() < raw.real_mean()).all(), "zeros pull the raw scenario's own mean down"
     assert {k: len(v) for k, v in raw.splits.items()} == {"train": 20, "val": 20, "test": 20}
     # store rows undo the shuffled order of the store
     assert list(store.obs_names[raw.store_rows]) == list(adata.obs_names)
@@ -103,7 +114,7 @@ def test_scenarios_choose_target_and_loss_mask(toy):
 
 def test_training_mean_uses_the_values_the_loss_sees(toy):
     adata, store = toy
-    raw = predict.prediction_data(adata, store, "raw")
+    raw = predict.prediction_data(adata, store, "masked")
     train = adata.obs["split"].to_numpy() == "train"
     y, m = adata.layers["c_d_log1p"][train], adata.layers["mask"][train]
     expected = [y[m[:, j], j].mean() for j in range(y.shape[1])]
@@ -114,7 +125,7 @@ def test_training_mean_uses_the_values_the_loss_sees(toy):
 
 def test_patch_dataset_items_and_augmentation(toy):
     adata, store = toy
-    data = predict.prediction_data(adata, store, "raw")
+    data = predict.prediction_data(adata, store, "masked")
     ds = data.dataset(data.rows("val"))
     image, target, mask = ds[3]
     row = data.rows("val")[3]
@@ -164,11 +175,17 @@ def test_trivial_baseline_known_answer(toy):
     data = predict.prediction_data(adata, store, "raw")
     table = predict.trivial_baseline(data).set_index("split")
     rows = data.rows("val")
-    mean = data.training_mean()
+    train = data.rows("train")
+    real_train = data.real[train]
+    mean = np.array([data.truth[train][real_train[:, j], j].mean() for j in range(data.n_genes)])
     real = data.real[rows]
     expected = float(((data.truth[rows] - mean)[real] ** 2).mean())
     assert table.loc["val", "mse"] == pytest.approx(expected, rel=1e-6)
     assert table.loc["val", "n_values"] == real.sum()
+    # the trivial predictor is each gene's mean over real training values in every scenario
+    for scenario in predict.SCENARIOS:
+        other = predict.trivial_baseline(predict.prediction_data(adata, store, scenario)).set_index("split")
+        assert other.loc["val", "mse"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_train_predictor_writes_rows_and_resumes(toy):
@@ -221,6 +238,7 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="eval_spots"):
         predict.PredictorConfig.make(eval_spots=0)
     assert predict.parse_scenarios("both") == ["raw", "completed"]
+    assert predict.parse_scenarios("all") == ["raw", "masked", "median", "completed"]
     with pytest.raises(ValueError):
         predict.parse_scenarios("denoised")
 
@@ -241,7 +259,7 @@ def test_run_chapter_on_given_data(toy):
     out = predict.run_chapter("toy", "shufflenet", scenario="both", learning_rate=1e-3, adata=adata, store=store,
                               iterations=2, batch_size=4, eval_every=1, eval_spots=8, progress=False, device="cpu")
     table = out.metrics()
-    assert set(table["scenario"]) == {"raw", "completed"}  # baseline rows carry the raw scenario
+    assert set(table["scenario"]) == {"raw", "completed", "any"}  # the trivial predictor serves every scenario
     assert (table["model"] == "training mean").sum() == 2
     best, worst = out.best_and_worst_genes("raw")
     assert best in adata.var_names and worst in adata.var_names
@@ -261,6 +279,8 @@ def test_run_chapter_on_given_data(toy):
     completed_metrics = out.runs["completed"].metrics
     completed_metrics.loc[completed_metrics["split"] == split, "mse"] = base_mse - 1.0
     assert out.beats_training_mean() == {"raw": False, "completed": True}
+    saw = out.what_we_saw()
+    assert "Why not (raw): its targets are 0 at the" in saw and "Why not (completed)" not in saw
     # completed − raw: the numbers "What we saw" reports, from the same metric tables
     diff = out.completed_minus_raw()
     raw_row = raw_metrics.set_index("split").loc[split]
@@ -308,3 +328,31 @@ def test_learning_trend_says_whether_the_budget_or_the_rate_stops_a_model():
     text = learning_trend(rising, baseline=3.1)
     assert "rose to 3.500" in text and "lower `learning_rate`" in text and "best of 3.200 (iteration 20" in text
     assert "one evaluation" in learning_trend(falling.iloc[:1], baseline=3.1)
+
+
+def test_lr_search_runs_once_per_dataset_and_predictor(toy, monkeypatch, tmp_path):
+    """A second chapter run (another scenario and seed) reuses the finished search runs."""
+    from spared_utils import training
+    from spared_utils.predict import engine
+
+    adata, store = toy
+    steps = {"n": 0}
+    real_fit = training.fit
+
+    def counting_fit(model, batches, loss_fn, validate, config, parameters=None):
+        def counted(m, b):
+            steps["n"] += 1
+            return loss_fn(m, b)
+        return real_fit(model, batches, counted, validate, config, parameters=parameters)
+
+    monkeypatch.setattr(engine, "fit", counting_fit)
+    kw = dict(learning_rate="search", lr_grid=[1e-4, 1e-2], adata=adata, store=store, iterations=2, batch_size=4,
+              eval_every=1, eval_spots=8, progress=False, device="cpu", out_dir=tmp_path)
+    first = predict.run_chapter("toy", "shufflenet", scenario="raw", seed=0, **kw)
+    # two search runs of 2 steps; the raw run at seed 0 IS the search's run at the chosen rate (resumed)
+    assert steps["n"] == 2 * 2
+    steps["n"] = 0
+    second = predict.run_chapter("toy", "shufflenet", scenario="masked", seed=1, **kw)
+    assert steps["n"] == 2, "only the masked run trains: the search's runs are finished"
+    assert second.learning_rate == first.learning_rate
+    assert list(second.lr_table["learning_rate"]) == list(first.lr_table["learning_rate"])

@@ -24,12 +24,31 @@ from ..completion import hex_geometry_of
 from ..patches import PatchStore
 from ..utils import dense
 
-__all__ = ["MASK_LAYER", "SCENARIOS", "TARGET_LAYERS", "TRUTH_LAYER", "PatchDataset", "PredictionData",
-           "open_store", "patch_channel_stats", "prediction_data", "random_symmetry", "store_positions"]
+__all__ = ["MASKED_LOSS", "MASK_LAYER", "PAPER_PAIR", "SCENARIOS", "TARGET_LAYERS", "TRUTH_LAYER", "ZERO_FILLED",
+           "PatchDataset", "PredictionData", "open_store", "patch_channel_stats", "prediction_data", "random_symmetry", "store_positions"]
 
-SCENARIOS = ("raw", "completed")
-#: Layer trained on in each scenario.
-TARGET_LAYERS = {"raw": "c_d_log1p", "completed": "c_t_log1p"}
+#: The training scenarios (Mejia et al., MICCAI 2024, and the authors' code, BCV-Uniandes/SpaRED;
+#: compared in chapter 90). Every scenario is scored the same way: on real values of ``c_d_log1p`` only.
+#:
+#: ``raw``        the paper's raw scenario: the curated layer with every value that was missing
+#:                before completion set back to 0 (log scale), the loss on *every* entry (the
+#:                authors' ``noisy`` layer; their ``robust_loss``, which skips missing values,
+#:                is off by default). On the Δ scale (ViT-B+Δ, SEPAL) a missing value becomes
+#:                minus the gene's training mean.
+#: ``masked``     the same layer, the loss on real values only (no completion needed): a
+#:                stronger baseline than the paper's raw one.
+#: ``median``     the median-completed ``c_d_log1p`` (the curation's adaptive median), loss on
+#:                every entry.
+#: ``completed``  SpaCKLE's ``c_t_log1p``, loss on every entry.
+SCENARIOS = ("raw", "masked", "median", "completed")
+#: Layer each scenario's targets are read from.
+TARGET_LAYERS = {"raw": "c_d_log1p", "masked": "c_d_log1p", "median": "c_d_log1p", "completed": "c_t_log1p"}
+#: Scenarios whose targets are 0 where the value was missing (the paper's raw scenario).
+ZERO_FILLED = frozenset({"raw"})
+#: Scenarios whose loss reads real values only.
+MASKED_LOSS = frozenset({"masked"})
+#: The pair the paper compares (``scenario="both"``).
+PAPER_PAIR = ("raw", "completed")
 #: Ground truth of every evaluation, and the mask of real values.
 TRUTH_LAYER = "c_d_log1p"
 MASK_LAYER = "mask"
@@ -79,8 +98,9 @@ class PredictionData:
     def training_mean(self) -> np.ndarray:
         """Per-gene mean of the training targets over the values the loss sees.
 
-        This is the best constant predictor under the scenario's loss (the "trivial predictor"),
-        the Δ reference of ViT-B+Δ and STNet's initial head bias. A gene with no real training
+        This is the best constant predictor under the scenario's loss, the Δ reference of
+        ViT-B+Δ and SEPAL and the initial head bias of STNet and the slide models. The trivial
+        predictor every run is compared with is :meth:`real_mean` (for ``masked`` the two agree). A gene with no real training
         value falls back to the mean of all its values.
         """
         rows = self.rows("train")
@@ -88,6 +108,16 @@ class PredictionData:
         n = m.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(n > 0, (y * m).sum(axis=0) / n, y.mean(axis=0))
+        return mean.astype(np.float32)
+
+    def real_mean(self) -> np.ndarray:
+        """Per-gene mean of the *real* training values, whatever the scenario: the trivial
+        predictor every run is compared with (a gene with no real training value: NaN → 0)."""
+        rows = self.rows("train")
+        y, m = self.truth[rows].astype(np.float64), self.real[rows]
+        n = m.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, np.where(m, y, 0.0).sum(axis=0) / n, 0.0)
         return mean.astype(np.float32)
 
     def subsample(self, split: str, n_spots: int | None, seed: int = 0) -> np.ndarray:
@@ -118,7 +148,8 @@ def prediction_data(adata: AnnData, store, scenario: str = "raw") -> PredictionD
     store
         The dataset's :class:`~spared_utils.patches.PatchStore` (or a path to one).
     scenario
-        ``"raw"`` or ``"completed"``.
+        One of :data:`SCENARIOS`: ``"raw"`` (zero-filled, loss everywhere: the paper's),
+        ``"masked"`` (loss on real values), ``"median"`` or ``"completed"`` (SpaCKLE).
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
@@ -135,10 +166,9 @@ def prediction_data(adata: AnnData, store, scenario: str = "raw") -> PredictionD
     truth = dense(adata.layers[TRUTH_LAYER]).astype(np.float32)
     real = dense(adata.layers[MASK_LAYER]).astype(bool)
     target = dense(adata.layers[layer]).astype(np.float32)
-    if scenario == "raw":
-        loss_mask = real.copy()
-    else:
-        loss_mask = np.ones_like(real)
+    if scenario in ZERO_FILLED:
+        target = np.where(real, target, np.float32(0.0))
+    loss_mask = real.copy() if scenario in MASKED_LOSS else np.ones_like(real)
     bad = ~np.isfinite(target) & loss_mask
     if bad.any():
         raise ValueError(f"layer {layer!r} has {int(bad.sum())} non-finite value(s) where the loss reads it")

@@ -7,7 +7,7 @@ The paper's protocol (Mejia et al., MICCAI 2024, Sec. 3), shared by every predic
   (``val_spots``; ``None`` = all), the weights with the lowest validation MSE are kept;
   bfloat16 autocast and channels-last on CUDA; checkpoints from which a run resumes.
 * **Learning rate.** Searched per dataset over a grid on the raw scenario
-  (:func:`search_learning_rate`), then fixed for both scenarios.
+  (:func:`search_learning_rate`), then fixed for every scenario.
 * **Metrics** (:func:`spared_utils.metrics.evaluate`): MSE, MAE, PCC-Gene (per gene across
   spots, then averaged: what the book's figures use) and the pooled PCC, on real values only.
 """
@@ -55,8 +55,9 @@ def evaluate_predictions(pred: np.ndarray, data: PredictionData, rows: np.ndarra
 
 def trivial_baseline(data: PredictionData, splits: Sequence[str] = ("val", "test"),
                      rows: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """Metrics of the trivial predictor (the training mean of every gene) on each split present."""
-    mean = data.training_mean()
+    """Metrics of the trivial predictor (every gene's mean over its real training values, the
+    same in every scenario) on each split present."""
+    mean = data.real_mean()
     out = []
     for split in splits:
         if split not in data.splits:
@@ -273,7 +274,7 @@ def train_predictor(
     task = make_task(config, data, model, **extra)
 
     val_rows = data.subsample("val", config.val_spots, seed=train.seed) if "val" in data.splits else data.rows("train")[:0]
-    mean = data.training_mean()
+    mean = data.real_mean()
     baseline_val = (metrics.masked_mse(np.broadcast_to(mean, (len(val_rows), data.n_genes)), data.truth[val_rows],
                                        data.real[val_rows]) if len(val_rows) and data.real[val_rows].any() else float("nan"))
     validate = validation_mse(task, val_rows)

@@ -1,0 +1,159 @@
+"""The batch driver and its Snakemake workflow: plans, resumable runs, failures kept, same plan."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spared_utils import batch, paths
+
+ROOT = paths.project_root()
+
+
+def _plan(tmp_path, text: str) -> Path:
+    path = tmp_path / "plan.yml"
+    path.write_text(text)
+    return path
+
+
+PLAN = """
+datasets: [synthetic_tiny]
+chapters: [00_tour, 10_shufflenet]
+scenarios: [raw, masked]
+seeds: [0, 1]
+parameters: {budget: cpu, iterations: 2}
+chapter_parameters:
+  10_shufflenet: {batch_size: 4}
+"""
+
+
+def test_jobs_expand_scenarios_and_seeds_only_where_a_chapter_declares_them(tmp_path):
+    plan = batch.load_plan(_plan(tmp_path, PLAN))
+    jobs = batch.jobs(plan, tmp_path / "res")
+    names = [j.output.name for j in jobs]
+    # the tour has a seed but no scenario; the predictor chapter has both
+    assert names == ["00_tour-0.ipynb", "00_tour-1.ipynb",
+                     "10_shufflenet-raw-0.ipynb", "10_shufflenet-raw-1.ipynb",
+                     "10_shufflenet-masked-0.ipynb", "10_shufflenet-masked-1.ipynb"]
+    tour, shuffle = jobs[0], jobs[3]
+    assert tour.parameters == {"dataset": "synthetic_tiny", "seed": 0}  # budget/iterations: not the tour's
+    assert shuffle.parameters == {"budget": "cpu", "iterations": 2, "batch_size": 4, "dataset": "synthetic_tiny",
+                                  "scenario": "raw", "seed": 1}
+    assert all(j.output.parent == tmp_path / "res" / "synthetic_tiny" for j in jobs)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("chapters: [00_tour]\nrepeats: 3\n", "unknown key"),
+    ("datasets: [nowhere]\nchapters: [00_tour]\n", "unknown dataset 'nowhere'"),
+    ("chapters: [99_nothing]\n", "no chapter '99_nothing'"),
+    ("chapters: [00_tour]\nchapter_parameters: {00_tour: {learning_rate: 1}}\n", "no parameter 'learning_rate'"),
+    ("chapters: [10_shufflenet]\nscenarios: [zeros]\n", "unknown scenario"),
+    ("datasets: [synthetic]\n", "names no chapter"),
+    ("chapters: [00_tour\n", "not valid YAML"),
+])
+def test_bad_plans_are_refused_naming_the_file(tmp_path, text, message):
+    path = _plan(tmp_path, text)
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        batch.load_plan(path)
+    assert str(path) in str(err.value)
+
+
+def _fake_execute(calls, fail=()):
+    """Stands in for papermill: writes a notebook with papermill's metadata, or fails halfway."""
+
+    def execute(chapter, dataset, params, output, progress=False):
+        calls.append(Path(output))
+        nb = {"cells": [], "metadata": {"papermill": {"parameters": {**params, "dataset": dataset},
+                                                      "exception": None}}, "nbformat": 4, "nbformat_minor": 5}
+        Path(output).write_text(json.dumps(nb))
+        if any(f in Path(output).name for f in fail):
+            raise RuntimeError("cell 3 raised ZeroDivisionError")
+        return Path(output)
+
+    return execute
+
+
+def test_run_plan_resumes_keeps_failures_and_goes_on(tmp_path, monkeypatch):
+    plan = batch.load_plan(_plan(tmp_path, PLAN))
+    calls = []
+    monkeypatch.setattr(batch, "execute", _fake_execute(calls, fail=("raw-1",)))
+    table = batch.run_plan(plan, tmp_path / "res", progress=False)
+    assert list(table["status"]) == ["done", "done", "done", "failed", "done", "done"]
+    failed = table[table["status"] == "failed"].iloc[0]
+    assert "ZeroDivisionError" in failed["error"] and failed["output"].endswith("10_shufflenet-raw-1.failed.ipynb")
+    assert Path(failed["output"]).is_file(), "the failed notebook (with its traceback) is kept"
+    out = tmp_path / "res" / "synthetic_tiny"
+    assert not (out / "10_shufflenet-raw-1.ipynb").exists(), "a failed run leaves no notebook that looks finished"
+    assert all(c.name.startswith(".") and c.name.endswith(".running.ipynb") for c in calls)  # written under a temp name
+    assert not list(out.glob(".*.running.ipynb"))
+
+    # a second run: finished notebooks are skipped, the failed one runs again (and its .failed goes)
+    calls.clear()
+    monkeypatch.setattr(batch, "execute", _fake_execute(calls))
+    again = batch.run_plan(plan, tmp_path / "res", progress=False)
+    assert list(again["status"]) == ["skipped"] * 3 + ["done"] + ["skipped"] * 2
+    assert len(calls) == 1 and not (out / "10_shufflenet-raw-1.failed.ipynb").exists()
+
+    # changed parameters: the notebook no longer counts as finished
+    changed = batch.load_plan(_plan(tmp_path, PLAN.replace("iterations: 2", "iterations: 3")))
+    assert [batch.finished(j) for j in batch.jobs(changed, tmp_path / "res")] == [True, True] + [False] * 4
+
+
+def test_an_interrupted_run_leaves_no_finished_notebook(tmp_path, monkeypatch):
+    plan = batch.load_plan(_plan(tmp_path, "datasets: [synthetic_tiny]\nchapters: [00_tour]\n"))
+
+    def interrupted(chapter, dataset, params, output, progress=False):
+        Path(output).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch.run_plan(plan, tmp_path / "res", progress=False)
+    (job,) = batch.jobs(plan, tmp_path / "res")
+    assert not job.output.exists() and not batch.finished(job)
+
+
+def test_cli_dry_run_prints_one_line_per_run_and_bad_plan_exits_2(tmp_path, capsys):
+    path = _plan(tmp_path, PLAN)
+    assert batch.main([str(path), "--dry-run", "--results-dir", str(tmp_path / "res")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6 and all(line.endswith("[to run]") for line in lines)
+    assert "10_shufflenet --dataset synthetic_tiny" in lines[2] and '-p scenario "raw"' in lines[2]
+    assert batch.main([str(_plan(tmp_path, "chapters: [99_nothing]\n")), "--dry-run"]) == 2
+    assert "no chapter" in capsys.readouterr().err
+    # without a plan: the benchmark's default plan (every predictor chapter, four scenarios, seeds)
+    assert batch.main(["--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    default = batch.load_plan(batch.default_plan())
+    assert len(lines) == len(batch.jobs(default)) == len(default.datasets) * len(default.chapters) * 4 * len(default.seeds)
+
+
+@pytest.mark.slow
+def test_snakemake_plans_the_batch_runs_and_runs_a_tiny_plan(tmp_path):
+    """``snakemake -n`` plans exactly the notebooks the batch dry-run lists; ``-c1`` runs them."""
+    if shutil.which("snakemake", path=str(Path(sys.executable).parent)) is None:
+        pytest.fail("snakemake is not installed in this environment: pip install -e '.[dev]'")
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    res = tmp_path / "res"
+    plan = _plan(tmp_path, PLAN)
+    planned = {str(j.output) for j in batch.jobs(batch.load_plan(plan), res)}
+    cmd = [snakemake, "-s", str(ROOT / "workflow" / "Snakefile"), "--config", f"plan={plan}", f"results_dir={res}",
+           "--directory", str(tmp_path)]
+    dry = subprocess.run([*cmd, "-n", "-p"], capture_output=True, text=True, cwd=ROOT)
+    assert dry.returncode == 0, dry.stderr + dry.stdout
+    shells = set(re.findall(r"--only (\S+\.ipynb)", dry.stdout + dry.stderr))
+    assert shells == planned
+
+    tiny = _plan(tmp_path, "datasets: [synthetic_tiny]\nchapters: [00_tour]\nseeds: [2]\n")
+    (job,) = batch.jobs(batch.load_plan(tiny), res)
+    run = subprocess.run([*cmd[:4], f"plan={tiny}", f"results_dir={res}", "--directory", str(tmp_path), "-c1"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert batch.finished(job), "Snakemake's job ran the chapter through the batch driver"
+    again = subprocess.run([*cmd[:4], f"plan={tiny}", f"results_dir={res}", "--directory", str(tmp_path), "-n"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert "Nothing to be done" in again.stdout + again.stderr
