@@ -165,12 +165,12 @@ def step_throughput(name: str, data: predict.PredictionData, batch_size: int, n_
 
 
 def quality_table(names, adata, store, dataset: str, out_dir: str, budget: str, overrides: dict,
-                  seed: int, device: str, scenario="both") -> pd.DataFrame:
+                  seed: int, device: str, scenarios="both") -> pd.DataFrame:
     """The scenarios of each predictor at its record's ``budget`` (``overrides`` change fields)."""
     rows = []
     for name in names:
         t0 = time.perf_counter()
-        chapter = predict.run_chapter(dataset, name, scenario=scenario, budget=budget, out_dir=out_dir, adata=adata,
+        chapter = predict.run_chapter(dataset, name, scenario=scenarios, budget=budget, out_dir=out_dir, adata=adata,
                                       store=store, seed=seed, device=device, progress=False, **overrides)
         cost = chapter.config.train
         base = chapter.baseline.set_index("split")
@@ -353,7 +353,7 @@ def main(argv=None) -> int:
         overrides = ({"iterations": 2, "batch_size": 4, "eval_every": 1, "val_spots": 8, "eval_spots": 16}
                      if args.quick else {"iterations": args.iterations, "eval_spots": args.eval_spots})
         quality = quality_table(args.models, adata, store, args.dataset, out_dir, args.budget, overrides,
-                                args.seed, str(device), scenario=args.scenario)
+                                args.seed, str(device), scenarios=args.scenario)
         print(quality.round(4).to_string(index=False))
         val = quality[quality["split"] == "val"]
         for scenario, part in val.groupby("scenario", sort=False):

@@ -38,7 +38,14 @@ import yaml
 
 from . import paths
 from .predict.data import SCENARIOS
-from .run import ChapterError, chapter_parameters, chapter_source, check_parameters, execute, known_datasets
+from .run import (
+    ChapterError,
+    chapter_parameters,
+    chapter_source,
+    check_parameters,
+    execute,
+    known_datasets,
+)
 
 PLAN_KEYS = ("datasets", "chapters", "scenarios", "seeds", "parameters", "chapter_parameters")
 

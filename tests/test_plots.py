@@ -4,9 +4,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from spared_utils import pl  # noqa: E402
+from spared_utils import pl
 
 
 def test_sorted_counts_draws_counts_largest_first_and_the_even_spread():
