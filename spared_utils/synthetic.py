@@ -74,6 +74,8 @@ class SyntheticConfig:
     nb_dispersion: float = 4.0
     batch_sd: float = 0.25
     depth_sd: float = 0.3
+    #: technical dropout: a count is zeroed with probability ``dropout_scale / (1 + mean)``
+    dropout_scale: float = 0.3
 
 
 def slide_ids(n_slides: int) -> list[str]:
@@ -262,7 +264,7 @@ def _make_slide(cfg: SyntheticConfig, genes: dict, rng: np.random.Generator):
     mu = np.exp(log_mu + noise)
     lam = rng.gamma(cfg.nb_dispersion, mu / cfg.nb_dispersion)
     counts = rng.poisson(lam)
-    dropout = rng.random(counts.shape) < 0.3 / (1.0 + mu)
+    dropout = rng.random(counts.shape) < cfg.dropout_scale / (1.0 + mu)
     counts[dropout] = 0
 
     obs = pd.DataFrame(

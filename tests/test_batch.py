@@ -129,7 +129,12 @@ def test_cli_dry_run_prints_one_line_per_run_and_bad_plan_exits_2(tmp_path, caps
     assert batch.main(["--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     default = batch.load_plan(batch.default_plan())
-    assert len(lines) == len(batch.jobs(default)) == len(default.datasets) * len(default.chapters) * 4 * len(default.seeds)
+    from spared_utils.run import chapter_parameters, chapter_source
+
+    per_dataset = sum((4 if "scenario" in chapter_parameters(chapter_source(c)) else 1) * len(default.seeds)
+                      for c in default.chapters)
+    assert len(lines) == len(batch.jobs(default)) == len(default.datasets) * per_dataset
+    assert set(default.datasets) == {k for k in batch.known_datasets() if k.startswith("synsuite_")}
 
 
 @pytest.mark.slow

@@ -408,3 +408,31 @@ def test_synthetic_files_are_regenerated_for_a_new_generator_version(tmp_path, m
     sources.prepare_source(spec, tmp_path)
     assert h5.stat().st_mtime_ns != first
     assert json.loads((root / "generator.json").read_text())["version"] == synthetic.GENERATOR_VERSION
+
+
+def test_the_embedded_suite_differs_in_one_property_each(specs):
+    """Six generated datasets (never mistaken for SpaRED ones) for the cross-dataset analysis."""
+    suite = {k: v for k, v in specs.items() if k.startswith("synsuite_")}
+    assert len(suite) == 6 and not any(s.in_paper for s in suite.values())
+    assert all(s.source.kind == "synthetic" and s.organism == "synthetic" for s in suite.values())
+    assert len({s.generator["seed"] for s in suite.values()}) == 6
+    assert suite["synsuite_128genes"].n_genes == 128 and suite["synsuite_base"].n_genes == 32
+    assert suite["synsuite_small"].generator["n_rows"] < 40
+    assert suite["synsuite_dropout"].generator["dropout_scale"] > 0.3
+    assert suite["synsuite_intra"].n_patients == 1 and suite["synsuite_base"].n_patients == 2
+    assert len(suite["synsuite_six_slides"].splits["train"]) == 4
+
+
+def test_dropout_scale_raises_the_share_of_zero_counts():
+    from spared_utils import synthetic
+
+    small = {"n_rows": 12, "n_cols": 24, "n_genes": 64, "n_slides": 2}
+    zeros = []
+    for scale in (0.3, 0.9):
+        x = synthetic.make_dataset(seed=4, dropout_scale=scale, **small).layers["counts"]
+        x = x.toarray() if hasattr(x, "toarray") else x
+        zeros.append(float((x == 0).mean()))
+    assert zeros[1] > zeros[0] + 0.02
+    default = synthetic.make_dataset(seed=4, **small).layers["counts"]
+    same = synthetic.make_dataset(seed=4, dropout_scale=0.3, **small).layers["counts"]
+    assert (default != same).sum() == 0, "the default keeps the generated data as they were"
