@@ -1,0 +1,141 @@
+"""What the benchmark costs: papermill's overhead per notebook, and the full benchmark projected.
+
+Prints two tables:
+
+1. **Papermill overhead**: wall time of a papermill run of a two-cell notebook (parameters +
+   ``import spared_utils``) against the same import in a fresh Python process, averaged over
+   ``--repeats`` runs. This is what every notebook of a batch plan pays on top of its work.
+2. **Projection of the full benchmark** from the training rows of a results store (stage
+   ``predict``: wall time, iterations, batch size, device): seconds per training sample of each
+   predictor on each device (the training loop's wall time, its validations included), times
+   the paper's budget of its record (1,000 iterations × 256 patches; slide-level models: 1,000
+   whole-slide steps of ``--slide-spots`` spots; the probe: one fit), times the runs of two protocols —
+   the paper's (26 datasets × 2 scenarios × 1 seed, + a 3-rate learning-rate search per dataset)
+   and the book's (26 × 4 scenarios × 3 seeds, + the same search). Training only: evaluation,
+   completion and curation are not in it. Where the store has no row of a model on a device, the
+   cell stays empty: run its chapter there first (``benchmarks/gpu_check.sh`` on a GPU).
+
+Usage::
+
+    python benchmarks/bench_batch.py [--results results/results.csv] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spared_utils import models, paths, results  # noqa: E402
+
+#: The paper's protocol and the book's: (datasets, scenarios, seeds) and the learning-rate grid size.
+PROTOCOLS = {"paper (26 × 2 scenarios × 1 seed)": (26, 2, 1), "book (26 × 4 scenarios × 3 seeds)": (26, 4, 3)}
+LR_GRID = 3
+
+
+def papermill_overhead(repeats: int) -> dict:
+    """Seconds of a papermill run of a minimal notebook vs a bare ``import spared_utils``."""
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    params = nbformat.v4.new_code_cell("dataset = 'synthetic'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("import spared_utils as su\nsu.tl")]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "minimal.ipynb"
+        nbformat.write(nb, src)
+        pm_times, py_times = [], []
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            pm.execute_notebook(str(src), str(Path(tmp) / f"out{i}.ipynb"), parameters={"dataset": "x"},
+                                kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+            pm_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import spared_utils as su; su.tl"], check=True, cwd=ROOT)
+            py_times.append(time.perf_counter() - t0)
+    pm_s, py_s = sum(pm_times) / repeats, sum(py_times) / repeats
+    return {"papermill_s": round(pm_s, 2), "python_import_s": round(py_s, 2), "overhead_s": round(pm_s - py_s, 2)}
+
+
+def seconds_per_sample(store: pd.DataFrame, slide_spots: int) -> pd.DataFrame:
+    """Median training seconds per sample of each (model, device), from ``predict`` rows."""
+    rows = store[(store["stage"] == "predict") & store["wall_time_s"].notna() & (store["iterations"] > 0)].copy()
+    if rows.empty:
+        return pd.DataFrame(columns=["model", "device", "s_per_sample", "runs"])
+    # a slide model's step reads `batch_size` spots (a window) of one slide
+    rows["samples"] = rows["iterations"] * rows["batch_size"].clip(upper=slide_spots)
+    rows["s_per_sample"] = rows["wall_time_s"] / rows["samples"]
+    rows["device"] = rows["device"].astype(str).str.split(":").str[0]
+    return (rows.groupby(["model", "device"])
+            .agg(s_per_sample=("s_per_sample", "median"), runs=("s_per_sample", "size")).reset_index())
+
+
+def projection(rates: pd.DataFrame, slide_spots: int) -> pd.DataFrame:
+    """Training hours of each protocol for every (model, device) with a measured rate."""
+    out = []
+    for row in rates.itertuples():
+        if row.model not in models.NAMES:
+            continue
+        paper = models.record(row.model).paper  # 1,000 × 256; slide-level models: whole slides; probe: one fit
+        per_run = row.s_per_sample * paper.iterations * min(paper.batch_size, slide_spots)
+        item = {"model": row.model, "device": row.device, "s_per_sample": row.s_per_sample,
+                "paper_run_h": per_run / 3600}
+        for name, (n_data, n_scen, n_seeds) in PROTOCOLS.items():
+            runs = n_data * (n_scen * n_seeds + LR_GRID)
+            item[f"{name} h"] = runs * per_run / 3600
+        out.append(item)
+    return pd.DataFrame(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default=None, help="results store (default: results/results.csv)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--slide-spots", type=int, default=2_000,
+                        help="spots of a typical SpaRED slide, for the slide models' whole-slide steps")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    pd.set_option("display.width", 160)
+
+    print(f"== 1. Papermill overhead per notebook ({args.repeats} runs)")
+    over = papermill_overhead(args.repeats)
+    print(pd.DataFrame([over]).to_string(index=False))
+    print(f"   each notebook of a plan pays ≈ {over['papermill_s']:.1f} s before its work "
+          f"({over['overhead_s']:.1f} s of it papermill and the kernel; the rest importing the package)")
+
+    store_path = Path(args.results) if args.results else paths.results_dir() / results.STORE_NAME
+    print(f"\n== 2. The full benchmark projected from {store_path} (training only)")
+    store = results.read(store_path) if store_path.is_file() else pd.DataFrame()
+    rates = seconds_per_sample(store, args.slide_spots) if not store.empty else pd.DataFrame()
+    report = {"overhead": over}
+    if rates.empty:
+        print("   no training rows in the store yet: run the predictor chapters (or a plan) first")
+    else:
+        table = projection(rates, args.slide_spots)
+        print(table.round(4).to_string(index=False))
+        for device, part in table.groupby("device"):
+            cols = [c for c in table if c.endswith(" h")]
+            sums = ", ".join(f"{c[:-2]}: {part[c].sum():,.0f} h" for c in cols)
+            print(f"   {device}, the {len(part)} predictors measured: {sums}")
+        if not (table["device"] == "cuda").any():
+            print("   no GPU rows: the GPU-hours (goal ≤ 24 H100-hours for the paper's protocol) are unmeasured")
+        report["projection"] = table.to_dict("records")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
