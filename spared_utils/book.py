@@ -8,6 +8,9 @@
 2. A staging folder ``_build/src`` receives ``_config.yml``, ``_toc.yml``, the markdown pages and
    the *executed* notebooks; Jupyter Book 1.x renders it with execution turned off (our papermill
    runs play the role of a pre-executed cache), into ``_build/html``.
+3. Notebooks the batch driver wrote (``results/<dataset>/<chapter>-<scenario>-<seed>.ipynb``,
+   :mod:`spared_utils.batch`) become a "Results" part: one page per dataset listing its runs,
+   each run a page of its own (:func:`batch_notebooks`, :func:`add_results_part`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,51 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path) -> dict[str, 
     return executed
 
 
+def batch_notebooks(results_root: Path) -> dict[str, list[Path]]:
+    """Dataset → the finished batch notebooks under ``results_root/<dataset>/`` (names with a
+    scenario or seed suffix; failed and running ones left out), sorted by name."""
+    found: dict[str, list[Path]] = {}
+    if not results_root.is_dir():
+        return found
+    for folder in sorted(p for p in results_root.iterdir() if p.is_dir() and p.name != "checkpoints"):
+        nbs = sorted(nb for nb in folder.glob("[0-9][0-9]_*-*.ipynb")
+                     if not nb.name.endswith(".failed.ipynb") and not nb.name.startswith("."))
+        if nbs:
+            found[folder.name] = nbs
+    return found
+
+
+def add_results_part(src: Path, runs: dict[str, list[Path]]) -> list[str]:
+    """Copy the batch notebooks into the staged book, write a page per dataset and append a
+    "Results" part to the staged ``_toc.yml``; returns the added pages."""
+    if not runs:
+        return []
+    toc_path = src / "_toc.yml"
+    toc = yaml.safe_load(toc_path.read_text())
+    part = {"caption": "Results", "chapters": []}
+    added = []
+    for dataset, nbs in runs.items():
+        folder = src / "results" / dataset
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [f"# Results: `{dataset}`", "",
+                 f"The {len(nbs)} notebooks the batch driver (`python -m spared_utils.batch`) ran on this dataset, "
+                 "each executed with its own parameters (chapter, scenario, seed in the name).", "",
+                 "| run | chapter | scenario / seed |", "|---|---|---|"]
+        sections = []
+        for nb in nbs:
+            chapter, _, rest = nb.stem.partition("-")
+            shutil.copy2(nb, folder / nb.name)
+            sections.append({"file": f"results/{dataset}/{nb.stem}"})
+            lines.append(f"| [{nb.stem}]({nb.stem}.ipynb) | {chapter} | {rest.replace('-', ' / ')} |")
+            added.append(f"results/{dataset}/{nb.stem}")
+        (folder / "index.md").write_text("\n".join(lines) + "\n")
+        part["chapters"].append({"file": f"results/{dataset}/index", "sections": sections})
+        added.append(f"results/{dataset}/index")
+    toc.setdefault("parts", []).append(part)
+    toc_path.write_text(yaml.safe_dump(toc, sort_keys=False))
+    return added
+
+
 def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
     """Copy the book's sources, with executed notebooks in place of the chapters, to a staging folder."""
     src = build_dir / "src"
@@ -93,6 +141,7 @@ def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
     figures = root / "chapters" / "figures"
     if figures.is_dir():
         shutil.copytree(figures, src / "chapters" / "figures")
+    add_results_part(src, batch_notebooks(paths.results_dir()))
     return src
 
 

@@ -162,3 +162,29 @@ def test_snakemake_plans_the_batch_runs_and_runs_a_tiny_plan(tmp_path):
     again = subprocess.run([*cmd[:4], f"plan={tiny}", f"results_dir={res}", "--directory", str(tmp_path), "-n"],
                            capture_output=True, text=True, cwd=ROOT)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_batch_notebooks_become_a_results_part_of_the_book(tmp_path, monkeypatch):
+    import yaml
+
+    from spared_utils import book
+
+    plan = batch.load_plan(_plan(tmp_path, PLAN))
+    monkeypatch.setattr(batch, "execute", _fake_execute([], fail=("masked-1",)))
+    batch.run_plan(plan, progress=False)  # into SPARED_RESULTS_DIR (conftest: a tmp folder)
+    (paths.results_dir() / "synthetic_tiny" / "00_tour.ipynb").write_text("{}")  # a book run, not a batch one
+    runs = book.batch_notebooks(paths.results_dir())
+    assert [p.stem for p in runs["synthetic_tiny"]] == sorted(
+        ["00_tour-0", "00_tour-1", "10_shufflenet-raw-0", "10_shufflenet-raw-1", "10_shufflenet-masked-0"])
+    src = book.stage(ROOT, {}, tmp_path / "_build")
+    toc = yaml.safe_load((src / "_toc.yml").read_text())
+    (part,) = [p for p in toc["parts"] if p["caption"] == "Results"]
+    (entry,) = part["chapters"]
+    assert entry["file"] == "results/synthetic_tiny/index"
+    assert [s["file"] for s in entry["sections"]] == [f"results/synthetic_tiny/{p.stem}" for p in runs["synthetic_tiny"]]
+    for s in entry["sections"]:
+        assert (src / f"{s['file']}.ipynb").is_file()
+    page = (src / "results" / "synthetic_tiny" / "index.md").read_text()
+    assert "| [10_shufflenet-raw-1](10_shufflenet-raw-1.ipynb) | 10_shufflenet | raw / 1 |" in page
+    assert "masked-1" not in page, "a failed run is not published"
+    assert [p["caption"] for p in toc["parts"]][:3] == ["Data", "Completion", "Prediction"]
