@@ -208,12 +208,26 @@ def child_measure(fn, *args) -> dict:
         return pool.apply(_measured, (fn, *args))
 
 
-def _measured(fn, *args) -> dict:
-    import resource
+def _vm(field: str) -> float:
+    """A ``/proc/self/status`` memory field in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _measured(fn, *args) -> dict:
+    # ru_maxrss survives fork + exec on Linux (a spawned child reports its parent's peak), so the
+    # peak is read from VmHWM after resetting it (clear_refs "5", Linux >= 4.0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = _vm("VmRSS")
     out = fn(*args)
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = _vm("VmHWM")
     out["rss_before_mib"] = before
     return out
 

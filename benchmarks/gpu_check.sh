@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 export SPARED_RESULTS_DIR="$OUT/results"
 QUICK=${QUICK:-0}
 $PY - <<PYEOF
