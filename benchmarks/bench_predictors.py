@@ -18,8 +18,9 @@ Prints five tables:
    slide excluded) and BLEEP's (256-d cosine, k = 50, own spot excluded): build and query time
    and the peak resident memory of a child process doing only that.
 5. **Slide models' memory**: peak memory of one HisToGene / Hist2ST training step (forward +
-   backward) on windows of N spots of the embedded data, fitted by a + bN + cN² and
-   extrapolated to 5,000 spots (SpaRED's largest slides), at the paper's 112 px patches.
+   backward) on windows of N spots of the embedded data, fitted by a + bN + cN² (a, b, c ≥ 0)
+   and extrapolated to 5,000 spots (SpaRED's largest slides), at the paper's 112 px patches,
+   beside what materialised attention scores would take there.
 
 Usage::
 
@@ -279,14 +280,36 @@ def slide_step(name: str, n: int, threads: int, device: str) -> dict:
     return out
 
 
+def attention_scores_mib(name: str, n: int) -> float:
+    """MiB that *materialised* attention scores would take in one training step over ``n``
+    spots: depth × heads × n² float32 values, twice (scores and softmax kept for the backward
+    pass), from the builder's default depth and heads. Our models call
+    ``scaled_dot_product_attention``, whose fused kernels (flash / memory-efficient, on a GPU)
+    do not store them: the figure says what a naive implementation (or the math fallback) needs."""
+    import inspect
+
+    params = inspect.signature(models.record(name).builder).parameters
+    depth, heads = params["depth"].default, params["heads"].default
+    return depth * heads * n * n * 4 * 2 / 2**20
+
+
 def extrapolate(table: pd.DataFrame, n: int) -> pd.DataFrame:
-    """Fit peak memory = a + b·N + c·N² per model and predict it at ``n`` spots."""
+    """Fit peak memory = a + b·N + c·N² (a, b, c ≥ 0: non-negative least squares) per model,
+    predict it at ``n`` spots, and put :func:`attention_scores_mib` at ``n`` beside it (windows
+    small enough for a CPU barely show an N² term, so the fit is only a guide)."""
+    from scipy.optimize import nnls
+
     out = []
     col = "peak_cuda_mib" if "peak_cuda_mib" in table else "peak_rss_mib"
     for model, part in table.groupby("model"):
         x = part["spots"].to_numpy(float)
-        coef = np.polyfit(x, part[col].to_numpy(float), deg=min(2, len(x) - 1))
-        out.append({"model": model, "memory": col, f"extrapolated_mib_at_{n}": float(np.polyval(coef, n))})
+        y = part[col].to_numpy(float)
+        scale = x.max()
+        coef, _ = nnls(np.stack([np.ones_like(x), x / scale, (x / scale) ** 2], axis=1), y)
+        fit = float(coef @ np.array([1.0, n / scale, (n / scale) ** 2]))
+        name = {models.display_name(k): k for k in models.NAMES}[model]
+        out.append({"model": model, "memory": col, f"fit_mib_at_{n}": round(fit, 1),
+                    f"materialised_attention_mib_at_{n}": round(attention_scores_mib(name, n), 1)})
     return pd.DataFrame(out)
 
 
