@@ -73,6 +73,23 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path) -> dict[str, 
     return executed
 
 
+def hide_injected_parameters(notebook: Path) -> bool:
+    """Tag papermill's ``injected-parameters`` cell of ``notebook`` ``remove-cell`` (Jupyter Book
+    leaves it out of the HTML; the chapter's own ``parameters`` cell stays). True if it changed."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+            changed = True
+    if changed:
+        nbformat.write(nb, notebook)
+    return changed
+
+
 def batch_notebooks(results_root: Path) -> dict[str, list[Path]]:
     """Dataset → the finished batch notebooks under ``results_root/<dataset>/`` (names with a
     scenario or seed suffix; failed and running ones left out), sorted by name."""
@@ -107,6 +124,7 @@ def add_results_part(src: Path, runs: dict[str, list[Path]]) -> list[str]:
         for nb in nbs:
             chapter, _, rest = nb.stem.partition("-")
             shutil.copy2(nb, folder / nb.name)
+            hide_injected_parameters(folder / nb.name)
             sections.append({"file": f"results/{dataset}/{nb.stem}"})
             lines.append(f"| [{nb.stem}]({nb.stem}.ipynb) | {chapter} | {rest.replace('-', ' / ')} |")
             added.append(f"results/{dataset}/{nb.stem}")
@@ -138,6 +156,7 @@ def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
                 shutil.copy2(root / f"{entry}{suffix}", target)
     for chapter, nb in executed.items():
         shutil.copy2(nb, src / "chapters" / f"{chapter}.ipynb")
+        hide_injected_parameters(src / "chapters" / f"{chapter}.ipynb")
     figures = root / "chapters" / "figures"
     if figures.is_dir():
         shutil.copytree(figures, src / "chapters" / "figures")

@@ -67,7 +67,9 @@ def _fake_execute(calls, fail=()):
 
     def execute(chapter, dataset, params, output, progress=False):
         calls.append(Path(output))
-        nb = {"cells": [], "metadata": {"papermill": {"parameters": {**params, "dataset": dataset},
+        injected = {"cell_type": "code", "execution_count": None, "id": "inj", "outputs": [],
+                    "metadata": {"tags": ["injected-parameters"]}, "source": f"dataset = {dataset!r}"}
+        nb = {"cells": [injected], "metadata": {"papermill": {"parameters": {**params, "dataset": dataset},
                                                       "exception": None}}, "nbformat": 4, "nbformat_minor": 5}
         Path(output).write_text(json.dumps(nb))
         if any(f in Path(output).name for f in fail):
@@ -188,3 +190,8 @@ def test_batch_notebooks_become_a_results_part_of_the_book(tmp_path, monkeypatch
     assert "| [10_shufflenet-raw-1](10_shufflenet-raw-1.ipynb) | 10_shufflenet | raw / 1 |" in page
     assert "masked-1" not in page, "a failed run is not published"
     assert [p["caption"] for p in toc["parts"]][:3] == ["Data", "Completion", "Prediction"]
+    # papermill's injected-parameters cell is left out of the HTML (the source stays untouched)
+    staged = json.loads((src / "results" / "synthetic_tiny" / "00_tour-0.ipynb").read_text())
+    assert "remove-cell" in staged["cells"][0]["metadata"]["tags"]
+    original = json.loads(runs["synthetic_tiny"][0].read_text())
+    assert "remove-cell" not in original["cells"][0]["metadata"]["tags"]

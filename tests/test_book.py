@@ -46,6 +46,10 @@ def test_book_builds_with_every_chapter(tmp_path, monkeypatch):
         assert page.is_file(), f"{page} missing"
         text = page.read_text()
         assert "Traceback" not in text
+        # myst-nb marks each cell with its tags (class tag_<tag>): the chapter's own parameters cell
+        # is shown, papermill's injected one is not
+        assert "tag_parameters" in text, f"{chapter}.html lost its parameters cell"
+        assert "tag_injected-parameters" not in text, f"{chapter}.html shows papermill's injected cell"
         n_img = len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", text))
         assert n_img >= 1, f"{chapter}.html shows no figure"
     tour = (html / "chapters" / "00_tour.html").read_text()
