@@ -3,14 +3,16 @@
 Completion (:mod:`spared_utils.completion`): :func:`complete`, :func:`train_spackle`, the
 paper's masking protocol (:func:`evaluate_masking`). Prediction (:mod:`spared_utils.predict`):
 :func:`prediction_data`, :func:`train_predictor`, :func:`predict`,
-:func:`search_learning_rate` and a whole chapter, :func:`run_chapter`.
+:func:`search_learning_rate` and a whole chapter, :func:`run_chapter`. Analysis
+(:mod:`spared_utils.analysis`): :func:`scenario_differences` from the results store.
 """
 
+from .analysis import scenario_differences
 from .completion import complete, evaluate_masking, hex_geometry_of, masking_methods, relative_reduction, train_spackle
 from .completion import results_rows as completion_rows
 from .predict import build_for_data, evaluate_predictions, predict, prediction_data, run_chapter, search_learning_rate, train_predictor, trivial_baseline
 
 __all__ = [
     "build_for_data", "complete", "completion_rows", "evaluate_masking", "evaluate_predictions", "hex_geometry_of", "masking_methods", "predict", "prediction_data", "relative_reduction",
-    "run_chapter", "search_learning_rate", "train_predictor", "train_spackle", "trivial_baseline",
+    "run_chapter", "scenario_differences", "search_learning_rate", "train_predictor", "train_spackle", "trivial_baseline",
 ]

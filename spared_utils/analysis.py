@@ -1,0 +1,68 @@
+"""The benchmark's analysis: tables computed from the results store only (no training).
+
+:func:`latest_runs` keeps one row per run (the newest, when a run was repeated);
+:func:`scenario_differences` answers the book's scenario question — does completion help because
+it replaces zeros (``completed − raw``, ``median − raw``), and does it help at all once the loss
+skips missing values (``completed − masked``)? — with paired differences over matched
+(dataset, seed) runs of each model, a 95% confidence interval and paired tests from SciPy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["SCENARIO_PAIRS", "latest_runs", "scenario_differences"]
+
+#: (a, b): the differences ``a − b`` that answer the scenario question.
+SCENARIO_PAIRS: tuple[tuple[str, str], ...] = (("completed", "raw"), ("median", "raw"), ("completed", "masked"))
+
+
+def latest_runs(store: pd.DataFrame, stage: str = "predict", split: str = "test") -> pd.DataFrame:
+    """One row per (dataset, model, scenario, seed) of ``stage`` on ``split``: the newest."""
+    rows = store[(store["stage"] == stage) & (store["split"] == split)].copy()
+    if rows.empty:
+        return rows
+    rows["timestamp"] = pd.to_datetime(rows["timestamp"], utc=True, errors="coerce", format="mixed")
+    rows = rows.sort_values("timestamp")
+    return rows.drop_duplicates(["dataset", "model", "scenario", "seed"], keep="last").reset_index(drop=True)
+
+
+def scenario_differences(store: pd.DataFrame, metric: str = "mse", split: str = "test",
+                         pairs: Sequence[tuple[str, str]] = SCENARIO_PAIRS, confidence: float = 0.95) -> pd.DataFrame:
+    """Paired differences ``metric(a) − metric(b)`` per model, over runs matched on (dataset, seed).
+
+    Returns one row per (model, pair) with: ``n`` matched runs, ``n_datasets``, the mean
+    difference, its ``confidence`` interval (Student t on the paired differences, as
+    :func:`scipy.stats.ttest_rel` computes it), the paired t-test's p-value and the Wilcoxon
+    signed-rank p-value (:func:`scipy.stats.wilcoxon`; NaN below 2 pairs or when every
+    difference is 0). For MSE a negative difference means ``a`` is better.
+    """
+    runs = latest_runs(store, split=split)
+    out = []
+    if runs.empty:
+        return pd.DataFrame(columns=["model", "pair", "n", "n_datasets", "mean_diff", "ci_low", "ci_high",
+                                     "p_ttest", "p_wilcoxon"])
+    wide = runs.pivot_table(index=["model", "dataset", "seed"], columns="scenario", values=metric, aggfunc="last")
+    for model, part in wide.groupby(level="model"):
+        for a, b in pairs:
+            if a not in part or b not in part:
+                continue
+            both = part[[a, b]].dropna()
+            if both.empty:
+                continue
+            diff = (both[a] - both[b]).to_numpy(dtype=float)
+            row = {"model": model, "pair": f"{a} − {b}", "n": len(diff),
+                   "n_datasets": both.index.get_level_values("dataset").nunique(), "mean_diff": float(diff.mean()),
+                   "ci_low": np.nan, "ci_high": np.nan, "p_ttest": np.nan, "p_wilcoxon": np.nan}
+            if len(diff) >= 2:
+                test = stats.ttest_rel(both[a], both[b])
+                ci = test.confidence_interval(confidence)
+                row.update(ci_low=float(ci.low), ci_high=float(ci.high), p_ttest=float(test.pvalue))
+                if np.any(diff != 0):
+                    row["p_wilcoxon"] = float(stats.wilcoxon(diff).pvalue)
+            out.append(row)
+    return pd.DataFrame(out)

@@ -1,0 +1,49 @@
+"""Analysis tables from the results store: the scenario question's paired differences."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from spared_utils import analysis
+
+
+def _store(effect: dict, n_datasets=3, seeds=(0, 1), noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in range(n_datasets):
+        for s in seeds:
+            base = 3.0 + rng.normal(0, 0.3)
+            for scenario, shift in effect.items():
+                rows.append({"timestamp": "2026-12-02T00:00:00+00:00", "stage": "predict", "dataset": f"d{d}",
+                             "model": "shufflenet", "scenario": scenario, "seed": s, "split": "test",
+                             "mse": base + shift + rng.normal(0, noise)})
+    return pd.DataFrame(rows)
+
+
+def test_scenario_differences_recover_known_effects_with_intervals():
+    store = _store({"raw": 12.0, "masked": 0.0, "median": 0.3, "completed": 0.2})
+    table = analysis.scenario_differences(store).set_index("pair")
+    done_raw = table.loc["completed − raw"]
+    assert done_raw["n"] == 6 and done_raw["n_datasets"] == 3
+    assert done_raw["mean_diff"] == pytest.approx(-11.8, abs=0.1)
+    assert done_raw["ci_low"] < done_raw["mean_diff"] < done_raw["ci_high"] < 0 and done_raw["p_ttest"] < 1e-6
+    masked = table.loc["completed − masked"]
+    assert masked["ci_low"] > 0, "completion worse than a masked loss, and the interval says so"
+    # the interval is scipy's paired t interval on the differences
+    wide = store.pivot_table(index=["dataset", "seed"], columns="scenario", values="mse")
+    d = wide["completed"] - wide["masked"]
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert (masked["ci_low"], masked["ci_high"]) == pytest.approx((lo, hi))
+    assert masked["p_wilcoxon"] == pytest.approx(stats.wilcoxon(d).pvalue)
+
+
+def test_repeated_runs_count_once_and_unmatched_pairs_are_left_out():
+    store = _store({"raw": 1.0, "completed": 0.0}, n_datasets=2, seeds=(0,))
+    again = store[store["scenario"] == "completed"].assign(timestamp="2026-12-03T00:00:00+00:00",
+                                                           mse=lambda t: t["mse"] + 100)
+    table = analysis.scenario_differences(pd.concat([store, again]))
+    row = table.set_index("pair").loc["completed − raw"]
+    assert row["n"] == 2 and row["mean_diff"] > 90, "the newest completed rows replaced the old ones"
+    assert set(table["pair"]) == {"completed − raw"}, "no masked or median runs: those pairs are absent"
+    assert analysis.scenario_differences(store.iloc[:0]).empty
