@@ -4,7 +4,9 @@
 :func:`scenario_differences` answers the book's scenario question — does completion help because
 it replaces zeros (``completed − raw``, ``median − raw``), and does it help at all once the loss
 skips missing values (``completed − masked``)? — with paired differences over matched
-(dataset, seed) runs of each model, a 95% confidence interval and paired tests from SciPy.
+(dataset, seed) runs of each model, a 95% confidence interval and paired tests from SciPy;
+:func:`normalised_mse` and :func:`model_summary` are the paper's Fig. 4 (each model's MSE over
+the best model's on the same dataset, mean ± sd across datasets, datasets won, parameters).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["SCENARIO_PAIRS", "latest_runs", "scenario_differences"]
+__all__ = ["SCENARIO_PAIRS", "latest_runs", "model_summary", "normalised_mse", "scenario_differences"]
 
 #: (a, b): the differences ``a − b`` that answer the scenario question.
 SCENARIO_PAIRS: tuple[tuple[str, str], ...] = (("completed", "raw"), ("median", "raw"), ("completed", "masked"))
@@ -66,3 +68,32 @@ def scenario_differences(store: pd.DataFrame, metric: str = "mse", split: str = 
                     row["p_wilcoxon"] = float(stats.wilcoxon(diff).pvalue)
             out.append(row)
     return pd.DataFrame(out)
+
+
+def normalised_mse(store: pd.DataFrame, scenario: str = "completed", split: str = "test") -> pd.DataFrame:
+    """Each model's MSE on each dataset over the best model's MSE there (Fig. 4a of the paper:
+    1 = the best model of that dataset), averaged over seeds first; with ``n_params``."""
+    runs = latest_runs(store, split=split)
+    runs = runs[runs["scenario"] == scenario]
+    if runs.empty:
+        return pd.DataFrame(columns=["dataset", "model", "mse", "n_params", "normalised_mse", "best"])
+    agg = {"mse": ("mse", "mean")}
+    if "n_params" in runs:
+        agg["n_params"] = ("n_params", "max")
+    per = runs.groupby(["dataset", "model"]).agg(**agg).reset_index()
+    best = per.groupby("dataset")["mse"].transform("min")
+    per["normalised_mse"] = per["mse"] / best
+    per["best"] = per["mse"] == best
+    return per
+
+
+def model_summary(normalised: pd.DataFrame) -> pd.DataFrame:
+    """Per model: mean and sd of the normalised MSE across datasets, datasets won, parameters;
+    sorted best first."""
+    if normalised.empty:
+        return pd.DataFrame(columns=["model", "mean", "sd", "n_datasets", "wins", "n_params"])
+    table = normalised.groupby("model").agg(mean=("normalised_mse", "mean"), sd=("normalised_mse", "std"),
+                                            n_datasets=("dataset", "nunique"), wins=("best", "sum"))
+    if "n_params" in normalised:
+        table["n_params"] = normalised.groupby("model")["n_params"].max()
+    return table.sort_values("mean").reset_index()

@@ -47,3 +47,24 @@ def test_repeated_runs_count_once_and_unmatched_pairs_are_left_out():
     assert row["n"] == 2 and row["mean_diff"] > 90, "the newest completed rows replaced the old ones"
     assert set(table["pair"]) == {"completed − raw"}, "no masked or median runs: those pairs are absent"
     assert analysis.scenario_differences(store.iloc[:0]).empty
+
+
+def test_normalised_mse_and_summary_rank_models_per_dataset():
+    rows = []
+    for d, mses in {"d0": {"a": 2.0, "b": 3.0}, "d1": {"a": 4.0, "b": 2.0}, "d2": {"a": 1.0, "b": 1.2}}.items():
+        for model, mse in mses.items():
+            for seed, jitter in ((0, -0.1), (1, 0.1)):  # seeds are averaged first
+                rows.append({"timestamp": "2026-12-02", "stage": "predict", "dataset": d, "model": model,
+                             "scenario": "completed", "seed": seed, "split": "test", "mse": mse + jitter,
+                             "n_params": {"a": 10, "b": 1000}[model]})
+    rows.append({**rows[0], "scenario": "raw", "mse": 0.01})  # another scenario is not mixed in
+    norm = analysis.normalised_mse(pd.DataFrame(rows)).set_index(["dataset", "model"])
+    assert norm.loc[("d0", "a"), "normalised_mse"] == pytest.approx(1.0)
+    assert norm.loc[("d0", "b"), "normalised_mse"] == pytest.approx(1.5)
+    assert norm.loc[("d1", "a"), "normalised_mse"] == pytest.approx(2.0)
+    summary = analysis.model_summary(norm.reset_index()).set_index("model")
+    assert summary.loc["a", "wins"] == 2 and summary.loc["b", "wins"] == 1
+    assert summary.loc["a", "mean"] == pytest.approx((1 + 2 + 1) / 3)
+    assert summary.loc["b", "mean"] == pytest.approx((1.5 + 1 + 1.2) / 3)
+    assert list(summary.index) == ["b", "a"], "best mean first"
+    assert summary.loc["b", "n_params"] == 1000
