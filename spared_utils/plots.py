@@ -42,6 +42,9 @@ __all__ = [
     "learning_curves",
     "per_gene_pcc",
     "sorted_counts",
+    "scenario_differences",
+    "normalised_mse_models",
+    "mse_vs_parameters",
     "predicted_vs_true_maps",
     "completion_mse_violin",
     "mse_vs_masking",
@@ -323,6 +326,56 @@ def sorted_counts(counts, expected: float | None = None, ax: plt.Axes | None = N
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    return ax
+
+
+def scenario_differences(table, ax: plt.Axes | None = None, metric: str = "MSE") -> plt.Axes:
+    """Paired scenario differences per model with their confidence intervals (one row per
+    model and pair of :func:`spared_utils.analysis.scenario_differences`); 0 = no difference."""
+    ax = ax or plt.subplots(figsize=(7, 0.5 + 0.45 * max(1, table["model"].nunique()) * 1.6))[1]
+    pairs = list(dict.fromkeys(table["pair"]))
+    models = list(dict.fromkeys(table["model"]))
+    step = 0.8 / max(len(pairs), 1)
+    for k, pair in enumerate(pairs):
+        part = table[table["pair"] == pair].set_index("model").reindex(models)
+        y = np.arange(len(models)) + (k - (len(pairs) - 1) / 2) * step
+        x = part["mean_diff"].to_numpy(float)
+        lo, hi = part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float)
+        err = np.vstack([np.where(np.isnan(lo), 0, x - lo), np.where(np.isnan(hi), 0, hi - x)])
+        ax.errorbar(x, y, xerr=err, fmt="o", capsize=3, color=PALETTE[k % len(PALETTE)], label=pair)
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_yticks(np.arange(len(models)), models)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"difference in test {metric} (negative: the first scenario is better)")
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def normalised_mse_models(normalised, summary, ax: plt.Axes | None = None) -> plt.Axes:
+    """Fig. 4a of the paper: each model's MSE over the best model's, one dot per dataset, with
+    the mean ± sd across datasets (black) — models ordered best first."""
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    order = list(summary["model"])
+    sns.stripplot(data=normalised, x="model", y="normalised_mse", order=order, color=PALETTE[0], size=5, ax=ax)
+    ax.errorbar(np.arange(len(order)), summary["mean"], yerr=summary["sd"].fillna(0), fmt="_", color="k",
+                markersize=18, capsize=4, lw=1.2)
+    ax.axhline(1, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("")
+    ax.set_ylabel("MSE / best MSE on the dataset")
+    ax.tick_params(axis="x", rotation=45)
+    return ax
+
+
+def mse_vs_parameters(summary, ax: plt.Axes | None = None) -> plt.Axes:
+    """Fig. 4b of the paper: mean normalised MSE against trainable parameters (log scale)."""
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    shown = summary[summary["n_params"] > 0]
+    ax.scatter(shown["n_params"], shown["mean"], color=PALETTE[1], s=40, zorder=3)
+    for row in shown.itertuples():
+        ax.annotate(row.model, (row.n_params, row.mean), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("mean normalised MSE")
     return ax
 
 

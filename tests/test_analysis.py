@@ -68,3 +68,24 @@ def test_normalised_mse_and_summary_rank_models_per_dataset():
     assert summary.loc["b", "mean"] == pytest.approx((1.5 + 1 + 1.2) / 3)
     assert list(summary.index) == ["b", "a"], "best mean first"
     assert summary.loc["b", "n_params"] == 1000
+
+
+def test_paper_claims_read_the_store():
+    base = {"timestamp": "2026-12-02", "split": "test", "seed": 0, "dataset": "d0"}
+    rows = [
+        {**base, "stage": "completion", "model": "spackle", "scenario": "masking_10", "mse": 1.0},
+        {**base, "stage": "completion", "model": "median", "scenario": "masking_10", "mse": 4.0},
+        {**base, "stage": "completion", "model": "spackle", "scenario": "masking_50", "mse": 3.0},
+        {**base, "stage": "completion", "model": "median", "scenario": "masking_50", "mse": 4.0},
+    ]
+    for model, scenario, mse, pcc in [("vit_b_delta", "completed", 2.0, 0.5), ("sepal", "completed", 2.5, 0.4),
+                                      ("vit_b_delta", "raw", 9.0, 0.2), ("sepal", "raw", 8.0, 0.3)]:
+        rows.append({**base, "stage": "predict", "model": model, "scenario": scenario, "mse": mse, "pcc_gene": pcc})
+    claims = analysis.paper_claims(pd.DataFrame(rows)).set_index("paper")["ours"]
+    assert claims["82.5%"] == "50.0%"  # (75% + 25%) / 2
+    assert claims["+0.36"] == "+0.20 at most"  # best PCC 0.5 completed vs 0.3 raw
+    assert claims["ViT-B+Δ"].startswith("ViT-B+Δ (1.000)")
+    assert claims["behind"] == "SEPAL 1.250 vs ViT-B+Δ 1.000"
+    assert "EGN / ShuffleNet" in claims["Hist2ST / ShuffleNet"]
+    spots = analysis.registry_spots()
+    assert spots["spots"].sum() == 308_843 and spots["datasets"].sum() == 26

@@ -18,3 +18,15 @@ def test_sorted_counts_draws_counts_largest_first_and_the_even_spread():
     assert tops == sorted(tops, reverse=True), "largest first"
     (line,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert np.allclose(line.get_ydata(), 2.75)
+
+
+def test_scenario_differences_plot_draws_each_pair_with_its_interval():
+    import pandas as pd
+
+    table = pd.DataFrame({"model": ["a", "a", "b"], "pair": ["completed − raw", "completed − masked", "completed − raw"],
+                          "mean_diff": [-2.0, 0.5, -1.0], "ci_low": [-3.0, 0.1, np.nan], "ci_high": [-1.0, 0.9, np.nan]})
+    ax = pl.scenario_differences(table)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["completed − raw", "completed − masked"]
+    xs = sorted(float(x) for c in ax.containers for x in c.lines[0].get_xdata() if np.isfinite(x))
+    assert xs == [-2.0, -1.0, 0.5]
