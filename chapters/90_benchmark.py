@@ -1,0 +1,117 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The benchmark: what the results store says
+#
+# **What it shows:** the paper's benchmark figures regenerated from every run the book has made —
+# the datasets (Fig. 1a), whether completion helps and why (the four training scenarios), how the
+# predictors compare across datasets (Fig. 4a, 4b) — and the paper's headline claims beside ours.
+# **What it needs:** rows in the results store from the predictor chapters (10–20) and the
+# completion chapter (02); several datasets and seeds for intervals and tests
+# (`python -m spared_utils.batch`, chapter README). It trains nothing: seconds on a CPU.
+# **What it writes:** nothing.
+#
+# The paper {cite:p}`mejia2024spackle` trains every predictor on raw data — where a value that was
+# missing is a zero and the loss reads it — and on SpaCKLE-completed data, and reports that
+# completion helps. The book adds two scenarios the paper lacks: `masked` (the loss skips missing
+# values; nothing is filled in) and `median` (the curation's own completion), so that the
+# question splits in two: does completion help because it replaces zeros, and does it help at all
+# once the loss ignores missing values?
+
+# %% tags=["parameters"]
+dataset = "synthetic"  # the dataset whose runs are read; "all": every dataset in the store (a batch plan)
+split = "test"
+scenario = "completed"  # the scenario the model comparison (Fig. 4) uses
+results_file = None  # None: the book's results store (results/results.csv)
+
+# %%
+from IPython.display import Markdown, display
+
+import spared_utils as su
+from spared_utils import analysis
+
+store = su.io.read_results(results_file)
+if dataset != "all":
+    store = store[store["dataset"] == dataset]
+runs = analysis.latest_runs(store, split=split)
+print(f"{len(runs)} predictor runs on {split}: {runs['dataset'].nunique()} datasets, "
+      f"{runs['model'].nunique()} models, scenarios {sorted(runs['scenario'].unique())}")
+
+# %% [markdown]
+# ## The datasets (Fig. 1a)
+#
+# SpaRED's 26 datasets by organism and tissue, from the registry's published spot counts.
+
+# %% mystnb={"figure": {"caption": "Spots of the 26 SpaRED datasets per organism and tissue (the paper's Fig. 1a, from the registry).", "name": "fig-benchmark-spots"}}
+spots = analysis.registry_spots()
+ax = spots.plot.barh(x="tissue", y="spots", legend=False, figsize=(6, 6), color="#0173b2")
+ax.invert_yaxis()
+ax.set_xlabel("spots")
+ax.set_ylabel("")
+_ = ax.set_title(f"{int(spots['spots'].sum()):,} spots in {int(spots['datasets'].sum())} datasets")
+
+# %% [markdown]
+# ## Does completion help, and why?
+#
+# Paired differences of test MSE between scenarios, per model, over runs of the same dataset and
+# seed: `completed − raw` (the paper's comparison), `median − raw` (any completion against
+# zeros) and `completed − masked` (SpaCKLE against simply skipping missing values). The interval
+# is the paired t interval; with one run per model there is none (run more seeds or datasets).
+
+# %%
+diffs = su.tl.scenario_differences(store, split=split)
+diffs.round(3)
+
+# %% mystnb={"figure": {"caption": "Test-MSE differences between training scenarios per model, with 95% paired intervals (negative: the first scenario is better).", "name": "fig-benchmark-scenarios"}}
+ax = su.pl.scenario_differences(diffs) if len(diffs) else None
+
+# %% [markdown]
+# ## How the predictors compare (Fig. 4)
+#
+# Each model's MSE over the best model's MSE on the same dataset (1 = the best), in the
+# `scenario` chosen above; the black bar is the mean ± sd across datasets. Fig. 4b puts the mean
+# against the number of trainable parameters.
+
+# %%
+norm = analysis.normalised_mse(store, scenario, split)
+summary = analysis.model_summary(norm)
+summary.round(3)
+
+# %% mystnb={"figure": {"caption": "Normalised test MSE per model, one dot per dataset, with the mean \u00b1 sd (the paper's Fig. 4a).", "name": "fig-benchmark-normalised"}}
+ax = su.pl.normalised_mse_models(norm, summary) if len(summary) else None
+
+# %% mystnb={"figure": {"caption": "Mean normalised test MSE against trainable parameters (log scale; the paper's Fig. 4b).", "name": "fig-benchmark-parameters"}}
+ax = su.pl.mse_vs_parameters(summary) if len(summary) else None
+
+# %% [markdown]
+# ## The paper's claims beside ours
+
+# %%
+claims = analysis.paper_claims(store, split=split)
+claims
+
+# %% [markdown]
+# ## What we saw
+
+# %%
+lines = [f"- The store holds {len(runs)} runs on {split} from {runs['dataset'].nunique()} dataset(s)."]
+for row in diffs.itertuples():
+    ci = "" if row.n < 2 else f" (95% CI {row.ci_low:+.3f} to {row.ci_high:+.3f}, n = {row.n})"
+    lines.append(f"- {row.model}: {row.pair} = {row.mean_diff:+.3f} test MSE{ci}.")
+if len(summary):
+    top = summary.iloc[0]
+    lines.append(f"- Best mean normalised MSE ({scenario}): {top['model']} ({top['mean']:.3f}).")
+display(Markdown("## What we saw\n\n" + "\n".join(lines)))
