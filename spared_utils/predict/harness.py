@@ -61,8 +61,7 @@ class ChapterRun:
     @property
     def baseline_val_loss(self) -> float:
         """Validation MSE of the trivial predictor (the same in every scenario) on the validation spots."""
-        run = self.runs["raw"] if "raw" in self.runs else next(iter(self.runs.values()))
-        return run.baseline_val_loss
+        return next(iter(self.runs.values())).baseline_val_loss
 
     @property
     def eval_split(self) -> str:
@@ -119,11 +118,9 @@ class ChapterRun:
         for scenario in behind:
             run_s = self.runs[scenario]
             if scenario in ZERO_FILLED:
-                rows_t = run_s.task.data.rows("train")
-                missing = 1.0 - float(run_s.task.data.real[rows_t].mean())
                 d, r = run_s.task.data, run_s.rows[split]
-                real = d.real[r]
-                bias = float((run_s.predictions[split][real] - d.truth[r][real]).mean())
+                missing = 1.0 - float(d.real[d.rows("train")].mean())
+                bias = float((run_s.predictions[split] - d.truth[r])[d.real[r]].mean())
                 lines.append(f"  - Why not ({scenario}): its targets are 0 at the {missing:.0%} of training values that "
                              f"were missing and its loss reads them (the paper's raw scenario): on {split} its "
                              f"predictions are {bias:+.2f} off the real values on average (log scale); the `masked` "
