@@ -97,6 +97,19 @@ ax = su.pl.normalised_mse_models(norm, summary) if len(summary) else None
 ax = su.pl.mse_vs_parameters(summary) if len(summary) else None
 
 # %% [markdown]
+# ## Do the models differ? (Supp. Table 2)
+#
+# A Friedman test over the models with datasets as blocks (MSE averaged over seeds), then each
+# pair of models by a paired Wilcoxon signed-rank test with Holm's correction. Both need several
+# datasets: with one, the table is empty.
+
+# %%
+friedman, pairs = analysis.model_tests(store, scenario, split)
+print(f"Friedman: {friedman['n_models']} models on {friedman['n_datasets']} datasets, "
+      f"statistic {friedman['statistic']:.3f}, p {friedman['p']:.3g}")
+pairs.round(4)
+
+# %% [markdown]
 # ## The paper's claims beside ours
 
 # %%

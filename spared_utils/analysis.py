@@ -20,8 +20,8 @@ from scipy import stats
 from . import models
 from .registry import registry
 
-__all__ = ["SCENARIO_PAIRS", "completion_reduction", "latest_runs", "model_summary", "normalised_mse", "paper_claims",
-           "registry_spots", "scenario_differences"]
+__all__ = ["SCENARIO_PAIRS", "completion_reduction", "latest_runs", "model_summary", "model_tests", "normalised_mse",
+           "paper_claims", "registry_spots", "scenario_differences"]
 
 #: (a, b): the differences ``a − b`` that answer the scenario question.
 SCENARIO_PAIRS: tuple[tuple[str, str], ...] = (("completed", "raw"), ("median", "raw"), ("completed", "masked"))
@@ -161,3 +161,37 @@ def paper_claims(store: pd.DataFrame, split: str = "test") -> pd.DataFrame:
                  f"{names[by_params[-1]]} / {names[[k for k in by_params if models.record(k).n_params_128 > 0][0]]}"
                  " (at 112 px; Hist2ST at 224 px: the most)"))
     return pd.DataFrame(rows, columns=["claim", "paper", "ours"])
+
+
+def model_tests(store: pd.DataFrame, scenario: str = "completed", split: str = "test") -> tuple[dict, pd.DataFrame]:
+    """Supp. Table 2: do the models' per-dataset MSEs differ?
+
+    The book's choice: a Friedman test over the models with datasets as blocks (each dataset's
+    MSE averaged over seeds; only datasets where every model ran), then every pair of models by
+    a paired Wilcoxon signed-rank test, Holm-corrected (:func:`statsmodels.stats.multitest.multipletests`).
+    Returns the Friedman result (statistic, p, models, datasets; NaN with fewer than 3 models or
+    2 datasets) and one row per pair (median difference, p, Holm-adjusted p, rejected at 5%).
+    """
+    from itertools import combinations
+
+    from statsmodels.stats.multitest import multipletests
+
+    runs = latest_runs(store, split=split)
+    runs = runs[runs["scenario"] == scenario]
+    wide = runs.groupby(["dataset", "model"])["mse"].mean().unstack().dropna() if len(runs) else pd.DataFrame()
+    friedman = {"statistic": np.nan, "p": np.nan, "n_models": wide.shape[1], "n_datasets": wide.shape[0]}
+    if wide.shape[1] >= 3 and wide.shape[0] >= 2:
+        res = stats.friedmanchisquare(*[wide[m] for m in wide])
+        friedman.update(statistic=float(res.statistic), p=float(res.pvalue))
+    rows = []
+    for a, b in combinations(sorted(wide), 2):
+        diff = (wide[a] - wide[b]).to_numpy(float)
+        p = float(stats.wilcoxon(diff).pvalue) if len(diff) >= 2 and np.any(diff != 0) else np.nan
+        rows.append({"model_a": a, "model_b": b, "median_diff": float(np.median(diff)) if len(diff) else np.nan, "p": p})
+    pairs = pd.DataFrame(rows, columns=["model_a", "model_b", "median_diff", "p"])
+    ok = pairs["p"].notna()
+    pairs["p_holm"], pairs["rejected"] = np.nan, False
+    if ok.any():
+        reject, p_adj, _, _ = multipletests(pairs.loc[ok, "p"], alpha=0.05, method="holm")
+        pairs.loc[ok, "p_holm"], pairs.loc[ok, "rejected"] = p_adj, reject
+    return friedman, pairs

@@ -89,3 +89,26 @@ def test_paper_claims_read_the_store():
     assert "EGN / ShuffleNet" in claims["Hist2ST / ShuffleNet"]
     spots = analysis.registry_spots()
     assert spots["spots"].sum() == 308_843 and spots["datasets"].sum() == 26
+
+
+def test_model_tests_friedman_and_holm_corrected_pairs():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for d in range(8):
+        base = 3 + rng.normal(0, 0.5)
+        for model, shift in {"a": 0.0, "b": 0.05, "c": 1.0}.items():
+            rows.append({"timestamp": "2026-12-02", "stage": "predict", "dataset": f"d{d}", "model": model,
+                         "scenario": "completed", "seed": 0, "split": "test", "mse": base + shift + rng.normal(0, 0.1)})
+    store = pd.DataFrame(rows)
+    friedman, pairs = analysis.model_tests(store)
+    wide = store.pivot_table(index="dataset", columns="model", values="mse")
+    expected = stats.friedmanchisquare(wide["a"], wide["b"], wide["c"])
+    assert friedman["p"] == pytest.approx(expected.pvalue) and friedman["n_datasets"] == 8
+    pairs = pairs.set_index(["model_a", "model_b"])
+    raw_p = [stats.wilcoxon(wide[x] - wide[y]).pvalue for x, y in pairs.index]
+    np.testing.assert_allclose(pairs["p_holm"], multipletests(raw_p, method="holm")[1])
+    assert pairs.loc[("a", "c"), "rejected"] and pairs.loc[("b", "c"), "rejected"]  # c is clearly worse
+    one, none = analysis.model_tests(store[store["model"] != "c"])
+    assert np.isnan(one["p"]), "fewer than three models: no Friedman test"
