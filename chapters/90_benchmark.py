@@ -64,6 +64,15 @@ ax.set_ylabel("")
 _ = ax.set_title(f"{int(spots['spots'].sum()):,} spots in {int(spots['datasets'].sum())} datasets")
 
 # %% [markdown]
+# ## Best correlation per dataset (Fig. 1b)
+#
+# Each dataset's best PCC-Gene over the models, trained on raw and on completed data.
+
+# %% mystnb={"figure": {"caption": "Best PCC-Gene per dataset, raw \u2192 completed training (the paper's Fig. 1b).", "name": "fig-benchmark-best-pcc"}}
+best = analysis.best_pcc(store, split)
+ax = su.pl.best_pcc_arrows(best) if len(best) else None
+
+# %% [markdown]
 # ## Does completion help, and why?
 #
 # Paired differences of test MSE between scenarios, per model, over runs of the same dataset and

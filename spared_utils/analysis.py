@@ -20,7 +20,7 @@ from scipy import stats
 from . import models
 from .registry import registry
 
-__all__ = ["SCENARIO_PAIRS", "completion_reduction", "latest_runs", "model_summary", "model_tests", "normalised_mse",
+__all__ = ["SCENARIO_PAIRS", "best_pcc", "completion_reduction", "latest_runs", "model_summary", "model_tests", "normalised_mse",
            "paper_claims", "registry_spots", "scenario_differences"]
 
 #: (a, b): the differences ``a − b`` that answer the scenario question.
@@ -195,3 +195,16 @@ def model_tests(store: pd.DataFrame, scenario: str = "completed", split: str = "
         reject, p_adj, _, _ = multipletests(pairs.loc[ok, "p"], alpha=0.05, method="holm")
         pairs.loc[ok, "p_holm"], pairs.loc[ok, "rejected"] = p_adj, reject
     return friedman, pairs
+
+
+def best_pcc(store: pd.DataFrame, split: str = "test", scenarios: Sequence[str] = ("raw", "completed")) -> pd.DataFrame:
+    """Fig. 1b of the paper: each dataset's best PCC-Gene over the models (seeds averaged first),
+    one column per scenario, and ``gain`` = last scenario − first."""
+    runs = latest_runs(store, split=split)
+    runs = runs[runs["scenario"].isin(scenarios)] if len(runs) else runs
+    if runs.empty:
+        return pd.DataFrame(columns=["dataset", *scenarios, "gain"])
+    per = runs.groupby(["dataset", "scenario", "model"])["pcc_gene"].mean()
+    table = per.groupby(["dataset", "scenario"]).max().unstack().reindex(columns=list(scenarios))
+    table["gain"] = table[scenarios[-1]] - table[scenarios[0]]
+    return table.reset_index()

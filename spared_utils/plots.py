@@ -43,6 +43,7 @@ __all__ = [
     "per_gene_pcc",
     "sorted_counts",
     "scenario_differences",
+    "best_pcc_arrows",
     "normalised_mse_models",
     "mse_vs_parameters",
     "predicted_vs_true_maps",
@@ -347,6 +348,23 @@ def scenario_differences(table, ax: plt.Axes | None = None, metric: str = "MSE")
     ax.set_yticks(np.arange(len(models)), models)
     ax.invert_yaxis()
     ax.set_xlabel(f"difference in test {metric} (negative: the first scenario is better)")
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def best_pcc_arrows(table, ax: plt.Axes | None = None, start: str = "raw", end: str = "completed") -> plt.Axes:
+    """Fig. 1b of the paper: each dataset's best PCC-Gene, an arrow from ``start`` to ``end``
+    (:func:`spared_utils.analysis.best_pcc`)."""
+    ax = ax or plt.subplots(figsize=(6, 0.6 + 0.35 * max(len(table), 1)))[1]
+    for y, row in enumerate(table.itertuples(index=False)):
+        a, b = getattr(row, start), getattr(row, end)
+        ax.scatter([a], [y], color=METHOD_COLOURS["raw"], zorder=3, label=start if y == 0 else None)
+        ax.scatter([b], [y], color=METHOD_COLOURS["completed"], zorder=3, label=end if y == 0 else None)
+        if np.isfinite(a) and np.isfinite(b):
+            ax.annotate("", xy=(b, y), xytext=(a, y), arrowprops={"arrowstyle": "->", "color": "0.4"})
+    ax.set_yticks(np.arange(len(table)), list(table["dataset"]))
+    ax.invert_yaxis()
+    ax.set_xlabel("best PCC-Gene over the models")
     ax.legend(frameon=False, fontsize=8)
     return ax
 

@@ -112,3 +112,19 @@ def test_model_tests_friedman_and_holm_corrected_pairs():
     assert pairs.loc[("a", "c"), "rejected"] and pairs.loc[("b", "c"), "rejected"]  # c is clearly worse
     one, none = analysis.model_tests(store[store["model"] != "c"])
     assert np.isnan(one["p"]), "fewer than three models: no Friedman test"
+
+
+def test_best_pcc_takes_each_datasets_best_model_per_scenario():
+    rows = []
+    for d, vals in {"d0": {("a", "raw"): 0.2, ("b", "raw"): 0.3, ("a", "completed"): 0.5, ("b", "completed"): 0.1},
+                    "d1": {("a", "raw"): 0.4, ("a", "completed"): 0.35}}.items():
+        for (model, scenario), pcc in vals.items():
+            rows.append({"timestamp": "2026-12-02", "stage": "predict", "dataset": d, "model": model,
+                         "scenario": scenario, "seed": 0, "split": "test", "mse": 1.0, "pcc_gene": pcc})
+    best = analysis.best_pcc(pd.DataFrame(rows)).set_index("dataset")
+    assert best.loc["d0", "raw"] == 0.3 and best.loc["d0", "completed"] == 0.5
+    assert best.loc["d0", "gain"] == pytest.approx(0.2) and best.loc["d1", "gain"] == pytest.approx(-0.05)
+    from spared_utils import pl
+
+    ax = pl.best_pcc_arrows(best.reset_index())
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["d0", "d1"]
