@@ -110,7 +110,7 @@ def test_model_tests_friedman_and_holm_corrected_pairs():
     raw_p = [stats.wilcoxon(wide[x] - wide[y]).pvalue for x, y in pairs.index]
     np.testing.assert_allclose(pairs["p_holm"], multipletests(raw_p, method="holm")[1])
     assert pairs.loc[("a", "c"), "rejected"] and pairs.loc[("b", "c"), "rejected"]  # c is clearly worse
-    one, none = analysis.model_tests(store[store["model"] != "c"])
+    one, _ = analysis.model_tests(store[store["model"] != "c"])
     assert np.isnan(one["p"]), "fewer than three models: no Friedman test"
 
 
