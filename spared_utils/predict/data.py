@@ -104,21 +104,14 @@ class PredictionData:
         value falls back to the mean of all its values.
         """
         rows = self.rows("train")
-        y, m = self.target[rows].astype(np.float64), self.loss_mask[rows]
-        n = m.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, (y * m).sum(axis=0) / n, y.mean(axis=0))
-        return mean.astype(np.float32)
+        y = self.target[rows].astype(np.float64)
+        return _masked_column_mean(y, self.loss_mask[rows], fallback=y.mean(axis=0))
 
     def real_mean(self) -> np.ndarray:
         """Per-gene mean of the *real* training values, whatever the scenario: the trivial
         predictor every run is compared with (a gene with no real training value: NaN → 0)."""
         rows = self.rows("train")
-        y, m = self.truth[rows].astype(np.float64), self.real[rows]
-        n = m.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, np.where(m, y, 0.0).sum(axis=0) / n, 0.0)
-        return mean.astype(np.float32)
+        return _masked_column_mean(self.truth[rows].astype(np.float64), self.real[rows], fallback=0.0)
 
     def subsample(self, split: str, n_spots: int | None, seed: int = 0) -> np.ndarray:
         """A fixed random subset of ``n_spots`` rows of ``split`` (all rows if ``None`` or larger)."""
@@ -135,6 +128,14 @@ class PredictionData:
         if with_targets:
             return PatchDataset(self.store, self.store_rows[rows], self.target[rows], self.loss_mask[rows], augment)
         return PatchDataset(self.store, self.store_rows[rows], augment=augment)
+
+
+def _masked_column_mean(values: np.ndarray, mask: np.ndarray, fallback) -> np.ndarray:
+    """float32 mean of each column over its ``mask``-ed entries (``fallback`` where none is)."""
+    n = mask.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, np.where(mask, values, 0.0).sum(axis=0) / n, fallback)
+    return mean.astype(np.float32)
 
 
 def prediction_data(adata: AnnData, store, scenario: str = "raw") -> PredictionData:

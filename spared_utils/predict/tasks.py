@@ -313,11 +313,13 @@ class Task:
 
     def _in_batches(self, rows: np.ndarray, predict_part: Callable[[slice], torch.Tensor],
                     progress: bool) -> np.ndarray:
-        """Concatenated ``predict_part(slice)`` over ``eval_batch_size`` chunks of ``rows`` (under autocast)."""
+        """Concatenated ``predict_part(slice)`` over ``eval_batch_size`` chunks of ``rows`` (under
+        autocast); floating outputs come back as float32, integer ones (indices) unchanged."""
         out = []
         for start in tqdm(range(0, len(rows), self.eval_batch_size), desc="predict", leave=False, disable=not progress):
             with autocast(self.device, self.amp):
-                out.append(predict_part(slice(start, start + self.eval_batch_size)).float().cpu())
+                part = predict_part(slice(start, start + self.eval_batch_size))
+            out.append((part.float() if part.is_floating_point() else part).cpu())
         return torch.cat(out).numpy()
 
     def _loss_mask_is_full(self, rows: np.ndarray) -> bool:
@@ -546,13 +548,10 @@ class ContrastiveTask(Task):
         spreads over the bank or keeps returning the same few spots."""
         net.eval()
         self.build_bank(net)
-        out = []
-        for start in range(0, len(rows), max(1, self.batch_size)):
-            part = rows[start:start + max(1, self.batch_size)]
-            _, idx = net.predict(load_patches(self.data, part).to(self.device), k=k, exclude_ids=self.ids[part],
-                                 return_indices=True)
-            out.append(self.train_rows[idx.cpu().numpy()])
-        return np.concatenate(out)
+        idx = self._in_batches(rows, lambda sl: net.predict(load_patches(self.data, rows[sl]).to(self.device), k=k,
+                                                            exclude_ids=self.ids[rows[sl]], return_indices=True)[1],
+                               progress=False)
+        return self.train_rows[idx]
 
 
 class SepalTask(Task):
