@@ -137,12 +137,8 @@ def paper_claims(store: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     red = completion_reduction(store, split=split)
     rows.append(("SpaCKLE lowers completion MSE by 82.5% against the median", "82.5%",
                  "no completion rows" if np.isnan(red) else f"{red:.1f}%"))
-    runs = latest_runs(store, split=split)
-    gain = np.nan
-    if not runs.empty and {"raw", "completed"} <= set(runs["scenario"]):
-        best = runs.groupby(["dataset", "scenario"])["pcc_gene"].max().unstack()
-        if {"raw", "completed"} <= set(best):
-            gain = float((best["completed"] - best["raw"]).max())
+    gains = best_pcc(store, split)["gain"].dropna()
+    gain = float(gains.max()) if len(gains) else np.nan
     rows.append(("completion raises the best PCC-Gene by up to +0.36 (AHSCC)", "+0.36",
                  "no raw/completed pair" if np.isnan(gain) else f"{gain:+.2f} at most"))
     if summary.empty:
@@ -177,9 +173,8 @@ def model_tests(store: pd.DataFrame, scenario: str = "completed", split: str = "
 
     from statsmodels.stats.multitest import multipletests
 
-    runs = latest_runs(store, split=split)
-    runs = runs[runs["scenario"] == scenario]
-    wide = runs.groupby(["dataset", "model"])["mse"].mean().unstack().dropna() if len(runs) else pd.DataFrame()
+    per = normalised_mse(store, scenario, split)  # each (dataset, model)'s MSE, seeds averaged
+    wide = per.pivot(index="dataset", columns="model", values="mse").dropna() if len(per) else pd.DataFrame()
     friedman = {"statistic": np.nan, "p": np.nan, "n_models": wide.shape[1], "n_datasets": wide.shape[0]}
     if wide.shape[1] >= 3 and wide.shape[0] >= 2:
         res = stats.friedmanchisquare(*[wide[m] for m in wide])
