@@ -44,6 +44,13 @@ def masked_mae(pred, true, mask=None) -> float:
     return float(np.mean(np.abs(pred[mask] - true[mask])))
 
 
+def masked_bias(pred, true, mask=None) -> float:
+    """Mean signed error ``pred − true`` over the entries where ``mask`` is True (negative:
+    predictions below the measured values on average)."""
+    pred, true, mask = _check(pred, true, mask)
+    return float(np.mean(pred[mask] - true[mask]))
+
+
 def per_gene_mse(pred, true, mask=None) -> np.ndarray:
     """MSE of each gene (column) over its masked entries; NaN for a gene with none."""
     pred, true, mask = _check(pred, true, mask)
@@ -83,12 +90,14 @@ def pcc_global(pred, true, mask=None) -> float:
 
 
 def evaluate(pred, true, mask=None) -> dict[str, float]:
-    """The metrics of a results row: ``mse``, ``mae``, ``pcc_gene``, ``pcc_global``, ``n_values``."""
+    """The metrics of a results row: ``mse``, ``mae``, ``bias`` (mean signed error), ``pcc_gene``,
+    ``pcc_global``, ``n_values``."""
     pred, true, mask = _check(pred, true, mask)
     gene_r = per_gene_pcc(pred, true, mask)
     return {
         "mse": masked_mse(pred, true, mask),
         "mae": masked_mae(pred, true, mask),
+        "bias": masked_bias(pred, true, mask),
         "pcc_gene": float(np.nanmean(gene_r)) if np.isfinite(gene_r).any() else float("nan"),
         "pcc_global": pcc_global(pred, true, mask),
         "n_values": int(mask.sum()),

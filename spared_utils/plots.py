@@ -25,6 +25,7 @@ METHOD_COLOURS = {
     "stlearn": PALETTE[2],
     "raw": PALETTE[3],
     "completed": PALETTE[4],
+    "masked": PALETTE[9],
 }
 SPLIT_COLOURS = {"train": PALETTE[0], "val": PALETTE[1], "test": PALETTE[2]}
 
@@ -46,6 +47,8 @@ __all__ = [
     "best_pcc_arrows",
     "normalised_mse_models",
     "mse_vs_parameters",
+    "wins_pie",
+    "predictor_comparison",
     "predicted_vs_true_maps",
     "completion_mse_violin",
     "mse_vs_masking",
@@ -394,6 +397,47 @@ def mse_vs_parameters(summary, ax: plt.Axes | None = None) -> plt.Axes:
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel("mean normalised MSE")
+    return ax
+
+
+def wins_pie(summary, ax: plt.Axes | None = None, names: dict | None = None) -> plt.Axes:
+    """Fig. 4a's pie: how many datasets each model won (lowest MSE there); models that won none
+    are left out. ``summary`` is :func:`spared_utils.analysis.model_summary`'s table."""
+    ax = ax or plt.subplots(figsize=(4, 4))[1]
+    won = summary[summary["wins"] > 0].sort_values("wins", ascending=False)
+    labels = [(names or {}).get(m, m) for m in won["model"]]
+    ax.pie(won["wins"], labels=[f"{lab} ({int(w)})" for lab, w in zip(labels, won["wins"])],
+           colors=[PALETTE[k % len(PALETTE)] for k in range(len(won))], startangle=90, counterclock=False,
+           wedgeprops={"edgecolor": "white"})
+    ax.set_title(f"Datasets won ({int(won['wins'].sum())})")
+    return ax
+
+
+def predictor_comparison(table, ax: plt.Axes | None = None, names: dict | None = None,
+                         value: str = "mse_ratio") -> plt.Axes:
+    """The predictors side by side: each model's test MSE over the training mean's (``value`` of
+    :func:`spared_utils.analysis.predictor_table`), one colour per scenario, a bar per seed
+    spread when there are several seeds; the dashed line at 1 is the training mean."""
+    models = list(dict.fromkeys(table.sort_values(value)["model"]))
+    scenarios = [s for s in ("raw", "masked", "median", "completed") if s in set(table["scenario"])]
+    ax = ax or plt.subplots(figsize=(7, 0.8 + 0.45 * max(len(models), 1)))[1]
+    step = 0.8 / max(len(scenarios), 1)
+    for k, scenario in enumerate(scenarios):
+        part = table[table["scenario"] == scenario].set_index("model").reindex(models)
+        y = np.arange(len(models)) + (k - (len(scenarios) - 1) / 2) * step
+        x = part[value].to_numpy(float)
+        err = (part["mse_sd"] / part["baseline_mse"]).fillna(0).to_numpy(float) if value == "mse_ratio" else None
+        ax.errorbar(x, y, xerr=err, fmt="o", capsize=3, color=METHOD_COLOURS.get(scenario, PALETTE[k]),
+                    label=scenario)
+    if value == "mse_ratio":
+        ax.axvline(1, color="0.4", ls="--", lw=0.9)
+        ax.set_xscale("log")
+        ax.set_xlabel("test MSE / training mean's MSE (log; left of the dashed line: better than the mean)")
+    else:
+        ax.set_xlabel(value)
+    ax.set_yticks(np.arange(len(models)), [(names or {}).get(m, m) for m in models])
+    ax.invert_yaxis()
+    ax.legend(frameon=False, fontsize=8, title="scenario")
     return ax
 
 

@@ -128,3 +128,56 @@ def test_best_pcc_takes_each_datasets_best_model_per_scenario():
 
     ax = pl.best_pcc_arrows(best.reset_index())
     assert [t.get_text() for t in ax.get_yticklabels()] == ["d0", "d1"]
+
+
+def test_completion_by_dataset_averages_seeds_then_levels_and_picks_one_level():
+    rows = []
+    for d, (spackle, median) in {"d0": ((1.0, 3.0), (4.0, 8.0)), "d1": ((2.0, 2.0), (2.0, 6.0))}.items():
+        for level, s_mse, m_mse in zip((0.1, 0.5), spackle, median):
+            for seed, jitter in ((0, -0.5), (1, 0.5)):
+                for model, mse in (("spackle", s_mse), ("median", m_mse)):
+                    rows.append({"timestamp": "2026-12-02", "stage": "completion", "dataset": d, "model": model,
+                                 "scenario": f"masking_{int(level * 100)}", "masking": level, "seed": seed,
+                                 "split": "test", "mse": mse + jitter})
+    rows.append({**rows[0], "split": "val", "mse": 100.0})  # another split is not mixed in
+    table = analysis.completion_by_dataset(pd.DataFrame(rows)).set_index(["dataset", "method"])
+    assert table.loc[("d0", "spackle"), "mse"] == pytest.approx(2.0)  # (1 + 3) / 2, seeds cancel
+    assert table.loc[("d1", "median"), "mse"] == pytest.approx(4.0)
+    assert table.loc[("d0", "median"), "n_levels"] == 2 and table.loc[("d0", "median"), "n_seeds"] == 2
+    at_half = analysis.completion_by_dataset(pd.DataFrame(rows), masking=0.5).set_index(["dataset", "method"])
+    assert at_half.loc[("d0", "median"), "mse"] == pytest.approx(8.0) and at_half["n_levels"].eq(1).all()
+    assert analysis.completion_by_dataset(pd.DataFrame(rows), masking=0.7).empty
+
+
+def test_predictor_table_compares_each_model_with_the_training_mean_on_the_same_spots():
+    base = {"timestamp": "2026-12-02", "split": "test", "dataset": "d0"}
+    rows = []
+    for seed in (0, 1):
+        for model, scenario, mse, spots in [("a", "raw", 6.0, 200), ("a", "completed", 2.0, 200),
+                                            ("b", "completed", 3.5, 100)]:
+            rows.append({**base, "stage": "predict", "model": model, "scenario": scenario, "seed": seed,
+                         "mse": mse + seed, "pcc_gene": 0.1 * seed, "n_params": 10, "wall_time_s": 5.0,
+                         "eval_spots": spots})
+        for spots, mse in ((200, 4.0), (100, 3.0)):  # the training mean on each chapter's own spots
+            rows.append({**base, "stage": "predict_baseline", "model": "training_mean", "scenario": "any",
+                         "seed": seed, "mse": mse, "eval_spots": spots})
+    table = analysis.predictor_table(pd.DataFrame(rows)).set_index(["model", "scenario"])
+    assert table.loc[("a", "completed"), "mse"] == pytest.approx(2.5) and table.loc[("a", "completed"), "n_seeds"] == 2
+    assert table.loc[("a", "completed"), "mse_ratio"] == pytest.approx(2.5 / 4.0)
+    assert table.loc[("a", "raw"), "mse_ratio"] > 1, "the raw model is worse than the mean"
+    assert table.loc[("b", "completed"), "baseline_mse"] == pytest.approx(3.0), "matched on eval_spots"
+    assert list(table.xs("completed", level="scenario").index) == ["a", "b"], "best first within a scenario"
+
+
+def test_paper_claims_explain_each_difference():
+    base = {"timestamp": "2026-12-02", "split": "test", "seed": 0}
+    rows = []
+    for d in ("d0", "d1"):
+        for model, mse in (("shufflenet", 2.0), ("vit_b_delta", 3.0), ("sepal", 2.5)):
+            rows.append({**base, "dataset": d, "stage": "predict", "model": model, "scenario": "completed",
+                         "mse": mse, "pcc_gene": 0.3})
+    claims = analysis.paper_claims(pd.DataFrame(rows)).set_index("paper")
+    assert claims["note"].str.len().gt(10).all()
+    assert "2 dataset(s)" in claims.loc["ViT-B+Δ", "note"] and "ShuffleNet" in claims.loc["ViT-B+Δ", "ours"]
+    assert claims.loc["behind", "note"].startswith("SEPAL ahead"), "SEPAL 2.5 beat ViT-B+Δ 3.0 here"
+    assert "chapter 02" in claims.loc["82.5%", "note"]

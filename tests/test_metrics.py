@@ -16,6 +16,9 @@ def test_masked_mse_by_hand():
     # masked squared errors: 1, 0, 0, 1, 4 → mean 6/5 (the unmasked 81 never counts)
     assert metrics.masked_mse(PRED, TRUE, MASK) == pytest.approx(6 / 5)
     assert metrics.masked_mae(PRED, TRUE, MASK) == pytest.approx(4 / 5)
+    # signed errors on the mask: -1, 0, +1, 0, -2 → -2/5 (the unmasked -9 never counts)
+    assert metrics.masked_bias(PRED, TRUE, MASK) == pytest.approx(-2 / 5)
+    assert metrics.evaluate(PRED, TRUE, MASK)["bias"] == pytest.approx(-2 / 5)
     assert metrics.masked_mse(PRED, TRUE) == pytest.approx((1 + 0 + 0 + 0 + 81 + 1 + 4) / 6)
 
 

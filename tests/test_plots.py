@@ -30,3 +30,29 @@ def test_scenario_differences_plot_draws_each_pair_with_its_interval():
     assert labels == ["completed − raw", "completed − masked"]
     xs = sorted(float(x) for c in ax.containers for x in c.lines[0].get_xdata() if np.isfinite(x))
     assert xs == [-2.0, -1.0, 0.5]
+
+
+def test_wins_pie_shows_only_models_that_won_with_their_counts():
+    import pandas as pd
+
+    summary = pd.DataFrame({"model": ["a", "b", "c"], "wins": [3, 0, 1]})
+    ax = pl.wins_pie(summary, names={"a": "Model A"})
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["Model A (3)", "c (1)"]
+    angles = [w.theta2 - w.theta1 for w in ax.patches]
+    assert np.allclose(angles, [270, 90])
+
+
+def test_predictor_comparison_places_models_best_first_against_the_mean():
+    import pandas as pd
+
+    table = pd.DataFrame({"model": ["a", "b", "a", "b"], "scenario": ["raw", "raw", "completed", "completed"],
+                          "mse_ratio": [4.0, 1.2, 0.8, 0.9], "mse_sd": [0.4, 0.0, np.nan, 0.1],
+                          "baseline_mse": [2.0] * 4})
+    ax = pl.predictor_comparison(table)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"], "a has the lowest ratio (0.8)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["raw", "completed"]
+    raw, done = ax.containers
+    assert np.allclose(raw.lines[0].get_xdata(), [4.0, 1.2]) and np.allclose(done.lines[0].get_xdata(), [0.8, 0.9])
+    (mean_line,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert np.allclose(mean_line.get_xdata(), 1)

@@ -123,6 +123,20 @@ def test_training_mean_uses_the_values_the_loss_sees(toy):
     assert np.allclose(done.training_mean(), adata.layers["c_t_log1p"][train].mean(0), atol=1e-6)
 
 
+def test_target_shift_is_how_far_each_scenarios_targets_sit_from_the_real_mean(toy):
+    adata, store = toy
+    data = {s: predict.prediction_data(adata, store, s) for s in predict.SCENARIOS}
+    assert data["masked"].target_shift() == 0.0, "the masked loss reads real values only"
+    assert data["raw"].target_shift() < 0, "zeros pull the targets down"
+    train = adata.obs["split"].to_numpy() == "train"
+    y, m = adata.layers["c_t_log1p"][train].astype(float), adata.layers["mask"][train]
+    real_mean = np.array([y[m[:, j], j].mean() for j in range(y.shape[1])])
+    # c_t_log1p keeps real values, so the shift is (missing share) × (filled mean − real mean) per gene
+    expected = np.mean(y.mean(0) - real_mean)
+    assert data["completed"].target_shift() == pytest.approx(expected, abs=1e-5)
+    assert data["median"].target_shift() != data["completed"].target_shift()
+
+
 def test_patch_dataset_items_and_augmentation(toy):
     adata, store = toy
     data = predict.prediction_data(adata, store, "masked")

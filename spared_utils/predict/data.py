@@ -113,6 +113,17 @@ class PredictionData:
         rows = self.rows("train")
         return _masked_column_mean(self.truth[rows].astype(np.float64), self.real[rows], fallback=0.0)
 
+    def target_shift(self) -> float:
+        """How far the scenario's targets pull a model away from the real values: the mean over
+        genes of :meth:`training_mean` − :meth:`real_mean` (log scale).
+
+        0 for ``masked`` (the loss reads real values only); negative when the entries that were
+        missing are filled with values below the gene's real mean (0 in ``raw``, a completion's
+        estimate in ``median`` / ``completed``). Evaluation reads real values only, so a model
+        trained on shifted targets starts biased by about this much (chapter 90).
+        """
+        return float(np.mean(self.training_mean().astype(np.float64) - self.real_mean()))
+
     def subsample(self, split: str, n_spots: int | None, seed: int = 0) -> np.ndarray:
         """A fixed random subset of ``n_spots`` rows of ``split`` (all rows if ``None`` or larger)."""
         rows = self.rows(split)

@@ -285,6 +285,7 @@ def train_predictor(
                      replace(train, checkpoint_dir=str(ckpt) if ckpt else None), parameters=task.parameters())
 
     preds, rows, tables, metric_rows = {}, {}, {}, []
+    shift = data.target_shift()
     for split in eval_splits:
         if split not in data.splits:
             continue
@@ -292,7 +293,7 @@ def train_predictor(
         p = task.predict(model, r, progress=train.progress)
         preds[split], rows[split] = p, r
         tables[split] = metrics.per_gene_table(p, data.truth[r], data.real[r], data.genes)
-        metric_rows.append({"split": split, **evaluate_predictions(p, data, r)})
+        metric_rows.append({"split": split, **evaluate_predictions(p, data, r), "target_shift": shift})
     table = pd.DataFrame(metric_rows)
 
     run = PredictorRun(config=config, dataset=dataset, model=model, train=result, metrics=table, predictions=preds,
