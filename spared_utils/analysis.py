@@ -21,7 +21,7 @@ from . import models
 from .registry import registry
 
 __all__ = ["SCENARIO_PAIRS", "best_pcc", "completion_by_dataset", "completion_reduction", "latest_runs", "model_summary",
-           "model_tests", "normalised_mse", "paper_claims", "predictor_table", "registry_spots", "scenario_differences"]
+           "model_tests", "bias_decomposition", "normalised_mse", "paper_claims", "predictor_table", "registry_spots", "scenario_differences"]
 
 #: (a, b): the differences ``a − b`` that answer the scenario question.
 SCENARIO_PAIRS: tuple[tuple[str, str], ...] = (("completed", "raw"), ("median", "raw"), ("completed", "masked"))
@@ -296,3 +296,35 @@ def predictor_table(store: pd.DataFrame, split: str = "test") -> pd.DataFrame:
         table["baseline_mse"] = np.nan
     table["mse_ratio"] = table["mse"] / table["baseline_mse"]
     return table.sort_values(["dataset", "scenario", "mse"]).reset_index(drop=True)[cols]
+
+
+def bias_decomposition(store: pd.DataFrame, split: str = "test", reference: str = "masked") -> pd.DataFrame:
+    """Why a training scenario scores what it scores: each run's MSE on real values split into
+    the squared mean error (``bias²``) and the rest (``mse − bias²``: error that no constant
+    shift removes), averaged per (model, scenario) over datasets and seeds, beside the scenario's
+    ``target_shift`` (:meth:`spared_utils.predict.PredictionData.target_shift`).
+
+    ``d_mse`` and ``d_bias2`` are the differences to the ``reference`` scenario of the same model
+    (matched runs, then averaged): where ``d_bias2`` ≈ ``d_mse``, a scenario loses to the reference
+    by its shift alone. Rows without ``bias`` (written before it existed) are left out.
+    """
+    cols = ["model", "scenario", "n", "mse", "bias", "bias2", "rest", "target_shift", "d_mse", "d_bias2"]
+    runs = latest_runs(store, split=split)
+    if runs.empty or "bias" not in runs:
+        return pd.DataFrame(columns=cols)
+    runs = runs.dropna(subset=["bias", "mse"]).copy()
+    if "target_shift" not in runs:
+        runs["target_shift"] = np.nan
+    runs["bias2"] = runs["bias"].astype(float) ** 2
+    runs["rest"] = runs["mse"] - runs["bias2"]
+    key = ["model", "dataset", "seed"]
+    ref = runs[runs["scenario"] == reference].set_index(key)[["mse", "bias2"]]
+    joined = runs.join(ref, on=key, rsuffix="_ref")
+    joined["d_mse"] = joined["mse"] - joined["mse_ref"]
+    joined["d_bias2"] = joined["bias2"] - joined["bias2_ref"]
+    table = joined.groupby(["model", "scenario"]).agg(
+        n=("mse", "size"), mse=("mse", "mean"), bias=("bias", "mean"), bias2=("bias2", "mean"), rest=("rest", "mean"),
+        target_shift=("target_shift", "mean"), d_mse=("d_mse", "mean"), d_bias2=("d_bias2", "mean")).reset_index()
+    order = {s: k for k, s in enumerate(("raw", "masked", "median", "completed"))}
+    return table.sort_values(["model", "scenario"], key=lambda c: c.map(order) if c.name == "scenario" else c)[cols] \
+        .reset_index(drop=True)

@@ -49,6 +49,7 @@ __all__ = [
     "mse_vs_parameters",
     "wins_pie",
     "predictor_comparison",
+    "bias_vs_shift",
     "predicted_vs_true_maps",
     "completion_mse_violin",
     "mse_vs_masking",
@@ -437,6 +438,29 @@ def predictor_comparison(table, ax: plt.Axes | None = None, names: dict | None =
         ax.set_xlabel(value)
     ax.set_yticks(np.arange(len(models)), [(names or {}).get(m, m) for m in models])
     ax.invert_yaxis()
+    ax.legend(frameon=False, fontsize=8, title="scenario")
+    return ax
+
+
+def bias_vs_shift(table, ax: plt.Axes | None = None) -> plt.Axes:
+    """Each (model, scenario)'s mean prediction error on real values (``bias``) against how far
+    its training targets sit from the real mean (``target_shift``), from
+    :func:`spared_utils.analysis.bias_decomposition`; the dashed line is bias = shift (a model
+    that inherits its targets' shift in full)."""
+    ax = ax or plt.subplots(figsize=(5.5, 4.5))[1]
+    shown = table.dropna(subset=["bias", "target_shift"])
+    for scenario, part in shown.groupby("scenario", sort=False):
+        ax.scatter(part["target_shift"], part["bias"], color=METHOD_COLOURS.get(scenario, PALETTE[7]), s=45,
+                   label=scenario, zorder=3)
+        for row in part.itertuples():
+            ax.annotate(row.model, (row.target_shift, row.bias), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    if len(shown):
+        lo = float(min(shown["target_shift"].min(), shown["bias"].min(), 0))
+        hi = float(max(shown["target_shift"].max(), shown["bias"].max(), 0))
+        ax.plot([lo, hi], [lo, hi], ls="--", color="0.5", lw=0.9)
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.set_xlabel("target shift: training targets' mean − real values' mean (log2 scale)")
+    ax.set_ylabel("bias: mean prediction − real value (test)")
     ax.legend(frameon=False, fontsize=8, title="scenario")
     return ax
 

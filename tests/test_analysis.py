@@ -181,3 +181,24 @@ def test_paper_claims_explain_each_difference():
     assert "2 dataset(s)" in claims.loc["ViT-B+Δ", "note"] and "ShuffleNet" in claims.loc["ViT-B+Δ", "ours"]
     assert claims.loc["behind", "note"].startswith("SEPAL ahead"), "SEPAL 2.5 beat ViT-B+Δ 3.0 here"
     assert "chapter 02" in claims.loc["82.5%", "note"]
+
+
+def test_bias_decomposition_splits_mse_into_shift_and_rest_against_the_masked_runs():
+    rows = []
+    for d in ("d0", "d1"):
+        for seed in (0, 1):
+            for scenario, bias, rest, shift in (("masked", 0.0, 2.0, 0.0), ("completed", -0.5, 2.0, -0.4),
+                                                ("raw", -3.0, 2.5, -2.8)):
+                rows.append({"timestamp": "2026-12-02", "stage": "predict", "dataset": d, "model": "m",
+                             "scenario": scenario, "seed": seed, "split": "test", "bias": bias,
+                             "mse": rest + bias ** 2, "target_shift": shift})
+    rows.append({**rows[0], "seed": 9, "scenario": "median", "bias": np.nan, "mse": 1.0})  # an old row
+    table = analysis.bias_decomposition(pd.DataFrame(rows)).set_index("scenario")
+    assert list(table.index) == ["raw", "masked", "completed"], "the paper's order; the NaN-bias row left out"
+    done = table.loc["completed"]
+    assert done["n"] == 4 and done["bias2"] == pytest.approx(0.25) and done["rest"] == pytest.approx(2.0)
+    assert done["d_mse"] == pytest.approx(0.25) and done["d_bias2"] == pytest.approx(0.25), "lost by its shift alone"
+    raw = table.loc["raw"]
+    assert raw["d_mse"] == pytest.approx(9.5) and raw["d_bias2"] == pytest.approx(9.0)
+    assert raw["target_shift"] == pytest.approx(-2.8)
+    assert analysis.bias_decomposition(pd.DataFrame(rows).drop(columns="bias")).empty

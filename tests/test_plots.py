@@ -56,3 +56,16 @@ def test_predictor_comparison_places_models_best_first_against_the_mean():
     assert np.allclose(raw.lines[0].get_xdata(), [4.0, 1.2]) and np.allclose(done.lines[0].get_xdata(), [0.8, 0.9])
     (mean_line,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert np.allclose(mean_line.get_xdata(), 1)
+
+
+def test_bias_vs_shift_puts_each_scenario_at_its_shift_and_bias():
+    import pandas as pd
+
+    table = pd.DataFrame({"model": ["m", "m", "m"], "scenario": ["raw", "masked", "completed"],
+                          "bias": [-3.0, 0.1, -0.4], "target_shift": [-2.8, 0.0, np.nan]})
+    ax = pl.bias_vs_shift(table)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["raw", "masked"], "NaN shift left out"
+    points = np.vstack([c.get_offsets() for c in ax.collections])
+    assert np.allclose(points, [[-2.8, -3.0], [0.0, 0.1]])
+    (identity,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert np.allclose(identity.get_xdata(), identity.get_ydata())
