@@ -25,6 +25,8 @@ __all__ = ["SCENARIO_PAIRS", "best_pcc", "completion_by_dataset", "completion_re
 
 #: (a, b): the differences ``a − b`` that answer the scenario question.
 SCENARIO_PAIRS: tuple[tuple[str, str], ...] = (("completed", "raw"), ("median", "raw"), ("completed", "masked"))
+#: The scenarios in the order tables list them (the paper's raw first).
+_SCENARIO_ORDER = {s: k for k, s in enumerate(("raw", "masked", "median", "completed"))}
 
 
 def latest_runs(store: pd.DataFrame, stage: str = "predict", split: str = "test") -> pd.DataFrame:
@@ -295,7 +297,8 @@ def predictor_table(store: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     else:
         table["baseline_mse"] = np.nan
     table["mse_ratio"] = table["mse"] / table["baseline_mse"]
-    return table.sort_values(["dataset", "scenario", "mse"]).reset_index(drop=True)[cols]
+    table["_order"] = table["scenario"].map(_SCENARIO_ORDER).fillna(len(_SCENARIO_ORDER))
+    return table.sort_values(["dataset", "_order", "mse"]).reset_index(drop=True)[cols]
 
 
 def bias_decomposition(store: pd.DataFrame, split: str = "test", reference: str = "masked") -> pd.DataFrame:
@@ -325,6 +328,5 @@ def bias_decomposition(store: pd.DataFrame, split: str = "test", reference: str 
     table = joined.groupby(["model", "scenario"]).agg(
         n=("mse", "size"), mse=("mse", "mean"), bias=("bias", "mean"), bias2=("bias2", "mean"), rest=("rest", "mean"),
         target_shift=("target_shift", "mean"), d_mse=("d_mse", "mean"), d_bias2=("d_bias2", "mean")).reset_index()
-    order = {s: k for k, s in enumerate(("raw", "masked", "median", "completed"))}
-    return table.sort_values(["model", "scenario"], key=lambda c: c.map(order) if c.name == "scenario" else c)[cols] \
-        .reset_index(drop=True)
+    return table.sort_values(["model", "scenario"], key=lambda c: c.map(_SCENARIO_ORDER) if c.name == "scenario" else c)[
+        cols].reset_index(drop=True)

@@ -421,7 +421,7 @@ def predictor_comparison(table, ax: plt.Axes | None = None, names: dict | None =
     spread when there are several seeds; the dashed line at 1 is the training mean."""
     models = list(dict.fromkeys(table.sort_values(value)["model"]))
     scenarios = [s for s in ("raw", "masked", "median", "completed") if s in set(table["scenario"])]
-    ax = ax or plt.subplots(figsize=(7, 0.8 + 0.45 * max(len(models), 1)))[1]
+    ax = ax or plt.subplots(figsize=(7, 1.2 + 0.5 * max(len(models), 1)))[1]
     step = 0.8 / max(len(scenarios), 1)
     for k, scenario in enumerate(scenarios):
         part = table[table["scenario"] == scenario].set_index("model").reindex(models)
@@ -431,14 +431,18 @@ def predictor_comparison(table, ax: plt.Axes | None = None, names: dict | None =
         ax.errorbar(x, y, xerr=err, fmt="o", capsize=3, color=METHOD_COLOURS.get(scenario, PALETTE[k]),
                     label=scenario)
     if value == "mse_ratio":
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
         ax.axvline(1, color="0.4", ls="--", lw=0.9)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("test MSE / training mean's MSE (log; left of the dashed line: better than the mean)")
     else:
         ax.set_xlabel(value)
     ax.set_yticks(np.arange(len(models)), [(names or {}).get(m, m) for m in models])
     ax.invert_yaxis()
-    ax.legend(frameon=False, fontsize=8, title="scenario")
+    ax.legend(frameon=False, fontsize=8, title="scenario", loc="upper left", bbox_to_anchor=(1.01, 1))
     return ax
 
 

@@ -167,6 +167,7 @@ def test_predictor_table_compares_each_model_with_the_training_mean_on_the_same_
     assert table.loc[("a", "raw"), "mse_ratio"] > 1, "the raw model is worse than the mean"
     assert table.loc[("b", "completed"), "baseline_mse"] == pytest.approx(3.0), "matched on eval_spots"
     assert list(table.xs("completed", level="scenario").index) == ["a", "b"], "best first within a scenario"
+    assert list(dict.fromkeys(table.index.get_level_values("scenario"))) == ["raw", "completed"], "the paper's order"
 
 
 def test_paper_claims_explain_each_difference():
