@@ -26,6 +26,12 @@ def test_book_builds_with_every_chapter(tmp_path, monkeypatch):
     # SPARED_RESULTS_DIR and SPARED_PROCESSED_DIR point into tmp (conftest): the project's own
     # results/ and processed/ (git-ignored, so git status cannot tell) must not be touched.
     own = {name: _snapshot(ROOT / name) for name in ("results", "processed")}
+    # one batch run (the tour at seed 1) so that the book's generated "Results" part renders too
+    plan = tmp_path / "plan.yml"
+    plan.write_text("datasets: [synthetic_tiny]\nchapters: [00_tour]\nseeds: [1]\n")
+    batch = subprocess.run([sys.executable, "-m", "spared_utils.batch", str(plan)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert batch.returncode == 0, batch.stdout[-2000:] + batch.stderr[-3000:]
     proc = subprocess.run(
         [sys.executable, "-m", "spared_utils.book", "--params", str(ROOT / "tests" / "chapter_params.yml"),
          "--build-dir", str(build_dir)],
@@ -52,6 +58,12 @@ def test_book_builds_with_every_chapter(tmp_path, monkeypatch):
         assert "tag_injected-parameters" not in text, f"{chapter}.html shows papermill's injected cell"
         n_img = len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", text))
         assert n_img >= 1, f"{chapter}.html shows no figure"
+    results_index = html / "results" / "synthetic_tiny" / "index.html"
+    assert results_index.is_file(), "the Results part (batch notebooks) was not rendered"
+    assert 'href="00_tour-1.html"' in results_index.read_text(), "the dataset page links its runs"
+    run_page = (html / "results" / "synthetic_tiny" / "00_tour-1.html").read_text()
+    assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", run_page)) >= 4 and "Traceback" not in run_page
+    assert "tag_injected-parameters" not in run_page
     tour = (html / "chapters" / "00_tour.html").read_text()
     assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", tour)) >= 4
     assert "What we saw" in tour
