@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,37 @@ def test_frozen_cache_encodes_each_spot_once_and_bf16_stays_close_to_fp32(toy2):
     assert not torch.equal(a, b), "bf16 really ran"
     assert (a - b).abs().max() <= 0.05 * a.abs().max() + 1e-3
     assert tasks.FrozenCache(data, encode, torch.device("cpu")).bf16 == tasks.native_bf16(torch.device("cpu"))
+
+
+def test_frozen_features_are_kept_on_disk_for_the_next_process_keyed_by_the_weights(toy2, monkeypatch):
+    adata, store = toy2
+    data = predict.prediction_data(adata, store, "completed")
+    torch.manual_seed(0)
+    net = models.build("shufflenet", 4, pretrained=False).eval()
+
+    def cache(module):
+        return tasks.FrozenCache(data, lambda x: module(x.float() / 255.0), torch.device("cpu"), batch_size=5,
+                                 bf16=False, module=module)
+
+    first = cache(net)
+    assert first.file is not None and first.file.parent == Path(store.path) / "features"
+    (a,) = first.get(np.arange(12))
+    assert first.file.is_file() and first.n_loaded == 0
+    again = cache(net)  # another process with the same weights: reads, encodes nothing already there
+    assert again.n_loaded == 12
+    (b,) = again.get(np.arange(12))
+    assert again.n_encoded == 0 and torch.equal(a, b)
+    again.get(np.array([12, 13]))
+    assert again.n_encoded == 2
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)  # other weights: another file, nothing read
+    other = cache(net)
+    assert other.file != first.file and other.n_loaded == 0
+    first.file.write_bytes(b"not a torch file")  # damaged: recomputed with a warning, never trusted
+    net.load_state_dict(weights)
+    with pytest.warns(UserWarning, match="unreadable feature cache"):
+        damaged = cache(net)
+    assert damaged.n_loaded == 0 and torch.allclose(damaged.get(np.arange(12))[0], a)
+    monkeypatch.setenv(tasks.FEATURE_CACHE_ENV, "0")
+    assert cache(net).file is None

@@ -34,10 +34,12 @@ features are computed once per run, only for the spots a run reads (:class:`Froz
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,9 +53,11 @@ from tqdm.auto import tqdm
 from .. import graphs, metrics
 from ..models import contrastive, exemplar, sepal, slide
 from ..training import TrainResult, autocast, resolve_device, to_device
+from ..utils import atomic_path
 from .data import PatchDataset, PredictionData, random_symmetry
 
-__all__ = ["ContrastiveTask", "ExemplarGraphTask", "ExemplarTask", "FrozenCache", "PatchTask", "ProbeTask",
+__all__ = ["FEATURE_CACHE_ENV", "ContrastiveTask", "ExemplarGraphTask", "ExemplarTask", "FrozenCache", "PatchTask", "ProbeTask",
+           "feature_cache_file", "module_fingerprint",
            "SepalTask", "SlideTask", "TASKS", "Task", "default_num_workers", "load_patches", "make_loader", "masked_mse_loss",
            "predict", "slide_window", "task_class", "validation_mse"]
 
@@ -160,6 +164,35 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
+#: Set to "0" to keep frozen features in memory only (no files under ``<patch store>/features/``).
+FEATURE_CACHE_ENV = "SPARED_FEATURE_CACHE"
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """A short hash of every tensor of ``module.state_dict()`` (names, shapes, dtypes, bytes):
+    two modules with the same fingerprint compute the same function."""
+    h = hashlib.sha1()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def feature_cache_file(data: PredictionData, module: nn.Module, name: str, size: int | None, bf16: bool,
+                       device: torch.device) -> Path | None:
+    """Where :class:`FrozenCache` keeps ``module``'s features of ``data``'s spots on disk:
+    ``<patch store>/features/<key>.pt``, the key made of the module's weights
+    (:func:`module_fingerprint`), the spots' order, the patch size, bf16 and the device type.
+    ``None`` when the store is not a folder or ``SPARED_FEATURE_CACHE=0``."""
+    store = getattr(data.store, "path", None)
+    if store is None or os.environ.get(FEATURE_CACHE_ENV, "1") == "0":
+        return None
+    rows = hashlib.sha1(np.ascontiguousarray(data.store_rows, dtype=np.int64).tobytes()).hexdigest()[:12]
+    key = f"{module_fingerprint(module)}|{rows}|{size}|{bool(bf16)}|{torch.device(device).type}|{name}"
+    return Path(store) / "features" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
+
+
 class FrozenCache:
     """Outputs of a frozen function of a spot's patch, computed once per spot, only when asked.
 
@@ -171,22 +204,61 @@ class FrozenCache:
     bfloat16 matrix units, where it is ~1.6× faster for a ViT-B; never where bfloat16 would be
     emulated). Frozen features are inputs, not trained weights: the rounding is far below what
     the models downstream can resolve, and on one machine the values are the same every run.
+
+    ``module``: the ``nn.Module`` whose weights ``encode`` applies. With it the features also
+    live on disk (:func:`feature_cache_file`), so later processes — the batch driver runs one
+    notebook per scenario and seed — read them instead of encoding again. The file is written
+    atomically, whenever the encoding done since the last write took longer than a write does
+    (so writing never costs more than the work it keeps); ``n_loaded`` counts spots read from it.
     """
 
     def __init__(self, data: PredictionData, encode: Callable[[torch.Tensor], Any], device: torch.device,
                  batch_size: int = 32, size: int | None = None, name: str = "frozen features", progress: bool = False,
-                 bf16: bool | None = None):
+                 bf16: bool | None = None, module: nn.Module | None = None):
         self.data, self.encode, self.device = data, encode, torch.device(device)
         self.batch_size, self.size, self.name, self.progress = int(batch_size), size, name, progress
         self.bf16 = native_bf16(self.device) if bf16 is None else bool(bf16)
         self.done = np.zeros(data.target.shape[0], dtype=bool)
         self.values: list[torch.Tensor] | None = None
         self.n_encoded = 0
+        self.n_loaded = 0
+        self.file = (feature_cache_file(data, module, name, size, self.bf16, self.device)
+                     if module is not None else None)
+        self._pending_s, self._write_s = 0.0, 0.0
+        if self.file is not None and self.file.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            saved = torch.load(self.file, map_location="cpu", weights_only=True)
+            done = saved["done"].numpy().astype(bool)
+            values = list(saved["values"])
+            if done.shape != self.done.shape or any(len(v) != len(done) for v in values):
+                raise ValueError(f"{len(done)} spots saved, {len(self.done)} expected")
+        except Exception as err:  # a damaged or foreign file is recomputed, never trusted
+            warnings.warn(f"{self.file}: unreadable feature cache ({err}); encoding again", stacklevel=3)
+            return
+        self.done, self.values, self.n_loaded = done, values, int(done.sum())
+
+    def save(self) -> None:
+        """Write the features encoded so far to :attr:`file` (atomically; nothing without a file)."""
+        if self.file is None or self.values is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            with atomic_path(self.file) as tmp:
+                torch.save({"done": torch.from_numpy(self.done), "values": self.values}, tmp)
+        except OSError as err:  # a full disk or a read-only store costs speed, not the run
+            warnings.warn(f"{self.file}: could not save frozen features ({err}); continuing without", stacklevel=2)
+            self.file = None
+            return
+        self._write_s, self._pending_s = time.perf_counter() - t0, 0.0
 
     @torch.no_grad()
     def get(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
         rows = np.asarray(rows, dtype=np.int64)
         todo = np.unique(rows[~self.done[rows]])
+        t0 = time.perf_counter()
         starts = range(0, len(todo), self.batch_size)
         for start in tqdm(starts, desc=self.name, leave=False, disable=not (self.progress and len(todo) > 4 * self.batch_size)):
             part = todo[start:start + self.batch_size]
@@ -199,6 +271,10 @@ class FrozenCache:
                 store[torch.from_numpy(part)] = o.float().cpu()
             self.done[part] = True
             self.n_encoded += len(part)
+        if len(todo) and self.file is not None:
+            self._pending_s += time.perf_counter() - t0
+            if self._pending_s >= self._write_s:
+                self.save()
         if self.values is None:
             raise ValueError("no spot was asked for")
         index = torch.from_numpy(rows)
@@ -429,7 +505,8 @@ def _frozen_resnet(task: Task) -> FrozenCache:
 
     def make() -> FrozenCache:
         frozen = exemplar.FrozenEncoder(backbone, pretrained).to(task.device)
-        return FrozenCache(task.data, frozen, task.device, name=f"frozen {backbone} features", progress=task.progress)
+        return FrozenCache(task.data, frozen, task.device, name=f"frozen {backbone} features", progress=task.progress,
+                           module=frozen)
 
     return shared_cache(task.data, (backbone, pretrained, str(task.device)), make)
 
@@ -573,7 +650,8 @@ class SepalTask(Task):
             e = self.stage1.embed(x)
             return e, self.stage1.head(e) + self.stage1.offset
 
-        self.cache = FrozenCache(self.data, encode, self.device, name="stage-1 ViT embeddings", progress=self.progress)
+        self.cache = FrozenCache(self.data, encode, self.device, name="stage-1 ViT embeddings", progress=self.progress,
+                                 module=self.stage1)
         self.index = graphs.neighbour_index(self.data.adata, self.model.n_hops, self.model.hex_geometry)
         self.nodes(self.train_rows)  # encode every node the training graphs read, once
 
@@ -623,7 +701,7 @@ class ProbeTask(Task):
         key = ("probe", type(getattr(encoder, "model", encoder)).__name__, repr(encoder)[:2000], self.seed,
                str(self.device), hash(tuple(float(p.double().sum()) for p in list(encoder.parameters())[:4])))
         self.features = shared_cache(self.data, key, lambda: FrozenCache(
-            self.data, encoder, self.device, name="frozen encoder features", progress=self.progress))
+            self.data, encoder, self.device, name="frozen encoder features", progress=self.progress, module=encoder))
 
     def fit(self, net, validate):
         t0 = time.perf_counter()
