@@ -183,6 +183,47 @@ def finished(job: Job) -> bool:
     return meta.get("parameters") == json.loads(json.dumps(dict(job.parameters))) and not meta.get("exception")
 
 
+def notebook_seconds(path: Path) -> float | None:
+    """Seconds papermill took for a finished notebook (its ``metadata.papermill.duration``);
+    ``None`` for a failed, unreadable or unfinished one."""
+    try:
+        meta = json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
+    except (OSError, ValueError):
+        return None
+    duration = meta.get("duration")
+    return float(duration) if duration is not None and not meta.get("exception") else None
+
+
+def estimate(planned: Sequence[Job], results_dir: str | Path | None = None) -> pd.DataFrame:
+    """What the runs of a plan still to do would take, from the notebooks already finished.
+
+    For each chapter, the median papermill duration of its finished notebooks under
+    ``results_dir`` (any dataset; batch runs of the same scenario first, then any run of the
+    chapter) times its runs still to do. One row per chapter: ``to_run``, ``timed`` (notebooks
+    the median comes from, 0 = unknown), ``s_per_run`` and ``hours``; largest first.
+    """
+    root = Path(results_dir) if results_dir else paths.results_dir()
+    rows = []
+    for chapter in dict.fromkeys(j.chapter for j in planned):
+        todo = [j for j in planned if j.chapter == chapter and not finished(j)]
+        found = sorted(root.glob(f"*/{chapter}*.ipynb")) if root.is_dir() else []
+        timed = {nb.stem: notebook_seconds(nb) for nb in found
+                 if not nb.name.startswith(".") and not nb.name.endswith(".failed.ipynb")}
+        timed = {stem: sec for stem, sec in timed.items() if sec is not None}
+        per_job = []
+        for job in todo:
+            tag = f"{chapter}-{job.parameters.get('scenario')}"
+            same = [sec for stem, sec in timed.items() if stem == tag or stem.startswith(tag + "-")]
+            pool = same or list(timed.values())
+            per_job.append(float(pd.Series(pool).median()) if pool else float("nan"))
+        known = pd.Series(per_job, dtype=float)
+        rows.append({"chapter": chapter, "to_run": len(todo), "timed": len(timed),
+                     "s_per_run": round(float(known.median()), 1) if known.notna().any() else float("nan"),
+                     "hours": round(float(known.sum()) / 3600, 2) if known.notna().any() else float("nan")})
+    table = pd.DataFrame(rows, columns=["chapter", "to_run", "timed", "s_per_run", "hours"])
+    return table.sort_values("hours", ascending=False, na_position="last").reset_index(drop=True)
+
+
 def failed_path(job: Job) -> Path:
     return job.output.with_name(job.output.stem + ".failed.ipynb")
 
@@ -254,6 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         for job in planned:
             state = "finished" if finished(job) else "to run"
             print(f"{job.describe()}  [{state}]")
+        # the estimate goes to stderr: stdout stays one line per run (Snakemake's plan is compared with it)
+        table = estimate(planned, args.results_dir)
+        if table["to_run"].sum():
+            known = table[table["timed"] > 0]
+            print(f"\nestimated from finished notebooks: {known['hours'].sum():.1f} h for {int(known['to_run'].sum())} "
+                  f"of {int(table['to_run'].sum())} runs still to do (one after another, this machine)", file=sys.stderr)
+            print(table.to_string(index=False), file=sys.stderr)
+            unknown = table.loc[table["timed"] == 0, "chapter"].tolist()
+            if unknown:
+                print(f"no finished notebook to time for: {', '.join(unknown)}", file=sys.stderr)
         return 0
     try:
         table = run_plan(plan, args.results_dir, only=args.only)

@@ -139,6 +139,37 @@ def test_cli_dry_run_prints_one_line_per_run_and_bad_plan_exits_2(tmp_path, caps
     assert set(default.datasets) == {k for k in batch.known_datasets() if k.startswith("synsuite_")}
 
 
+def test_dry_run_estimates_the_remaining_time_from_finished_notebooks(tmp_path, capsys):
+    plan = batch.load_plan(_plan(tmp_path, PLAN))
+    res = tmp_path / "res"
+    jobs = {j.output.stem: j for j in batch.jobs(plan, res)}
+
+    def write(path, params, seconds, exception=None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"papermill": {"parameters": params, "duration": seconds, "exception": exception}}
+        path.write_text(json.dumps({"cells": [], "metadata": meta, "nbformat": 4, "nbformat_minor": 5}))
+
+    tour = jobs["00_tour-0"]
+    write(tour.output, dict(tour.parameters), 10.0)  # finished: not to run, but it times the tour
+    raw0 = jobs["10_shufflenet-raw-0"]
+    write(raw0.output, dict(raw0.parameters), 100.0)
+    write(res / "other" / "10_shufflenet-masked-5.ipynb", {}, 40.0)  # another dataset's masked run
+    write(res / "other" / "10_shufflenet-masked-6.ipynb", {}, 60.0)
+    write(res / "other" / "10_shufflenet-raw-7.ipynb", {}, 9999.0, exception=True)  # failed: not a timing
+    table = batch.estimate(list(jobs.values()), res).set_index("chapter")
+    shuffle, tour_row = table.loc["10_shufflenet"], table.loc["00_tour"]
+    assert shuffle["to_run"] == 3 and shuffle["timed"] == 3
+    # raw-1 from the raw run (100 s), masked-0/1 from the masked median (50 s)
+    assert shuffle["hours"] == pytest.approx((100 + 50 + 50) / 3600, abs=0.01)
+    assert tour_row["to_run"] == 1 and tour_row["s_per_run"] == 10.0
+    assert batch.main([str(_plan(tmp_path, PLAN)), "--dry-run", "--results-dir", str(res)]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.strip().splitlines()) == 6, "stdout stays one line per run"
+    assert "estimated from finished notebooks" in out.err and "for 4 of 4 runs" in out.err
+    empty = batch.estimate(list(jobs.values()), tmp_path / "nothing")
+    assert empty["timed"].eq(0).all() and empty["hours"].isna().all()
+
+
 @pytest.mark.slow
 def test_snakemake_plans_the_batch_runs_and_runs_a_tiny_plan(tmp_path):
     """``snakemake -n`` plans exactly the notebooks the batch dry-run lists; ``-c1`` runs them."""
