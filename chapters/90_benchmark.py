@@ -21,7 +21,8 @@
 # predictors compare across datasets (Fig. 4a, 4b) — and the paper's headline claims beside ours.
 # **What it needs:** rows in the results store from the predictor chapters (10–20) and the
 # completion chapter (02); several datasets and seeds for intervals and tests
-# (`python -m spared_utils.batch`, chapter README). It trains nothing: seconds on a CPU.
+# (`python -m spared_utils.batch`; then `python -m spared_utils.run 90_benchmark -p datasets all`).
+# It trains nothing: seconds on a CPU.
 # **What it writes:** nothing.
 #
 # The paper {cite:p}`mejia2024spackle` trains every predictor on raw data — where a value that was
@@ -32,7 +33,8 @@
 # once the loss ignores missing values?
 
 # %% tags=["parameters"]
-dataset = "synthetic"  # the dataset whose runs are read; "all": every dataset in the store (a batch plan)
+dataset = "synthetic"  # the dataset whose runs are read (when `datasets` is None)
+datasets = None  # None: `dataset` only; "all": every dataset in the store (a batch plan); or a list of ids
 split = "test"
 scenario = "completed"  # the scenario the model comparison (Fig. 4) uses
 results_file = None  # None: the book's results store (results/results.csv)
@@ -45,8 +47,8 @@ import spared_utils as su
 from spared_utils import analysis
 
 store = su.io.read_results(results_file)
-if dataset != "all":
-    store = store[store["dataset"] == dataset]
+if datasets != "all":
+    store = store[store["dataset"].isin([dataset] if datasets is None else list(datasets))]
 runs = analysis.latest_runs(store, split=split)
 print(f"{len(runs)} predictor runs on {split}: {runs['dataset'].nunique()} datasets, "
       f"{runs['model'].nunique()} models, scenarios {sorted(runs['scenario'].unique())}")
