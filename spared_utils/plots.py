@@ -374,10 +374,14 @@ def best_pcc_arrows(table, ax: plt.Axes | None = None, start: str = "raw", end: 
 
 
 def normalised_mse_models(normalised, summary, ax: plt.Axes | None = None) -> plt.Axes:
-    """Fig. 4a of the paper: each model's MSE over the best model's, one dot per dataset, with
-    the mean ± sd across datasets (black) — models ordered best first."""
+    """Fig. 4a of the paper: each model's MSE over the best model's, a violin over datasets with
+    one dot per dataset, and the mean ± sd across datasets (black) — models ordered best first."""
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     order = list(summary["model"])
+    several = normalised.groupby("model")["dataset"].nunique()
+    if (several > 1).any():  # a violin needs a spread; with one dataset per model the dots say it all
+        sns.violinplot(data=normalised, x="model", y="normalised_mse", order=order, color="0.9", inner=None, cut=0,
+                       linewidth=0.8, ax=ax)
     sns.stripplot(data=normalised, x="model", y="normalised_mse", order=order, color=PALETTE[0], size=5, ax=ax)
     ax.errorbar(np.arange(len(order)), summary["mean"], yerr=summary["sd"].fillna(0), fmt="_", color="k",
                 markersize=18, capsize=4, lw=1.2)

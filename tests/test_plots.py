@@ -69,3 +69,17 @@ def test_bias_vs_shift_puts_each_scenario_at_its_shift_and_bias():
     assert np.allclose(points, [[-2.8, -3.0], [0.0, 0.1]])
     (identity,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert np.allclose(identity.get_xdata(), identity.get_ydata())
+
+
+def test_normalised_mse_models_draws_violins_only_with_several_datasets():
+    import pandas as pd
+    from matplotlib.collections import PolyCollection
+
+    norm = pd.DataFrame({"model": ["a", "a", "b", "b"], "dataset": ["d0", "d1", "d0", "d1"],
+                         "normalised_mse": [1.0, 1.0, 1.2, 1.4]})
+    summary = pd.DataFrame({"model": ["a", "b"], "mean": [1.0, 1.3], "sd": [0.0, 0.14]})
+    ax = pl.normalised_mse_models(norm, summary)
+    assert sum(isinstance(c, PolyCollection) for c in ax.collections) >= 1
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    one = pl.normalised_mse_models(norm[norm["dataset"] == "d0"], summary)
+    assert not any(isinstance(c, PolyCollection) for c in one.collections)
