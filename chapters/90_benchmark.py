@@ -114,6 +114,13 @@ ax = su.pl.scenario_differences(diffs) if len(diffs) else None
 # (the training targets' mean minus the real values' mean, per gene, averaged), and gives the
 # differences to the `masked` runs of the same model, dataset and seed: where `d_bias2` is close
 # to `d_mse`, the scenario loses to `masked` through its shift alone.
+#
+# A shift is expected even from a perfect completion: values go missing more often where a gene
+# is expressed little, so the values that fill them sit below the real values' mean, and a loss
+# on every entry pulls the model towards spots it will never be scored on. Against zeros
+# (`raw`) any completion helps a lot; against a loss that reads only what is scored (`masked`)
+# completion can only help through what it adds to the real values' neighbourhood, and on these
+# data that does not outweigh the shift.
 
 # %%
 decomposition = analysis.bias_decomposition(store, split)
