@@ -32,6 +32,7 @@ from .. import models
 from ..preprocess.panel import PanelMismatchError, package_versions, panel_info
 from ..training import autocast, resolve_device
 from ..utils import atomic_path
+from .data import TARGET_LAYERS
 
 __all__ = ["BUNDLE_NAME", "WEIGHTS_NAME", "PredictorBundle", "check_patch_size", "load_predictor", "predict_patches",
            "save_predictor"]
@@ -100,8 +101,6 @@ def save_predictor(run, folder: str | os.PathLike, adata=None, store=None) -> Pa
     if adata is None or store is None:
         raise ValueError("save_predictor needs the curated dataset and patch store the run was trained on "
                          "(pass adata= and store=)")
-    from .data import TARGET_LAYERS
-
     meta = {
         "kind": "predictor", "model": cfg.model, "model_options": dict(cfg.model_options),
         "scenario": cfg.scenario, "target_layer": TARGET_LAYERS[cfg.scenario], "config_hash": run.config_hash,
@@ -187,7 +186,10 @@ def predict_patches(bundle: PredictorBundle, patches, batch_size: int = 64, prog
         raise PanelMismatchError(f"{source}: patches are {first.shape[:2]} px, not square")
     check_patch_size(bundle, first.shape[0], source)
     device = next(bundle.model.parameters()).device
-    take = getattr(patches, "take", None) or (lambda idx: np.stack([np.asarray(patches[int(i)]) for i in idx]))
+    if isinstance(patches, np.ndarray):
+        take = patches.__getitem__
+    else:  # a PatchStore reads a batch at once; any other sequence one patch at a time
+        take = getattr(patches, "take", None) or (lambda idx: np.stack([np.asarray(patches[int(i)]) for i in idx]))
     out = []
     for start in tqdm(range(0, n, batch_size), desc="predict", unit="batch", disable=not progress):
         x = torch.from_numpy(np.ascontiguousarray(take(np.arange(start, min(n, start + batch_size)))))
