@@ -29,19 +29,22 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from .completion import spackle
+from . import datasets, metrics, paths, synthetic
+from .completion import CPU_BUDGET, SpackleConfig, spackle, train_spackle
 from .patches import PatchStore, extract_patches
-from .predict.bundle import PredictorBundle, load_predictor, predict_patches
+from .predict.bundle import BUNDLE_NAME, PredictorBundle, load_predictor, predict_patches
+from .predict.harness import run_chapter
 from .preprocess.genes import ANNOTATION_FILES, harmonise_gene_ids, load_gene_lengths, strip_version
 from .preprocess.median import median_complete
 from .preprocess.normalise import log1p, tpm
 from .preprocess.panel import PanelMismatchError, package_versions
-from .readers import ReaderError, read_spaceranger
+from .readers import ReaderError, discover_spaceranger, read_spaceranger
 from .utils import atomic_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BATCH_CORRECTIONS", "ApplyError", "apply", "main", "map_panel", "slide_gene_lengths"]
+__all__ = ["BATCH_CORRECTIONS", "ApplyError", "agreement", "apply", "checkpoints_for", "example_slide", "find_checkpoints",
+           "main", "map_panel", "slide_gene_lengths", "write_result"]
 
 #: How a slide outside the training batches is brought to the training scale (see :func:`apply`).
 BATCH_CORRECTIONS = ("none", "reference")
@@ -225,8 +228,9 @@ def apply(
     raw = read_spaceranger(folder, slide_id=slide_id, load_fullres=True, **reader_options)
     source = raw.uns["spatial"][next(iter(raw.uns["spatial"]))]["metadata"]["counts_file"]
     if raw.n_obs < 2:
+        positions = reader_options.get("positions") or discover_spaceranger(folder).get("positions")
         raise ApplyError(f"{source}: the slide has {raw.n_obs} in-tissue spot; completion needs neighbouring spots: "
-                         "check in_tissue in spatial/tissue_positions.csv")
+                         f"check in_tissue in {positions} (1 = under tissue)")
     if not raw.obs_names.is_unique:
         dup = raw.obs_names[raw.obs_names.duplicated()][:3].tolist()
         raise ApplyError(f"{source}: barcodes {dup} appear more than once; the matrix is damaged or two runs "
@@ -325,15 +329,95 @@ def _library_without_fullres(library: dict) -> dict:
 def write_result(adata: ad.AnnData, out: str | os.PathLike) -> Path:
     """Write ``adata`` to ``out`` (``.h5ad``) atomically; a failure names the file and the fix."""
     out = Path(out)
-    try:
-        with atomic_path(out) as tmp:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                adata.write_h5ad(tmp)
-    except OSError as err:
-        raise OSError(err.errno, f"cannot write {out} ({err.strerror or err}); nothing was written: free disk space "
-                                 "or choose a writable folder with -o") from err
+    with atomic_path(out) as tmp:  # a full disk or a read-only folder: an OSError naming ``out`` and the fix
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata.write_h5ad(tmp)
     return out
+
+
+# -------------------------------------------------------------------------------------------------
+# What chapter 95 needs: a slide and checkpoints when the reader brings none
+# -------------------------------------------------------------------------------------------------
+
+
+def example_slide(dataset: str, root: str | os.PathLike) -> Path:
+    """A new slide of an embedded (generated) dataset, written in the Space Ranger layout under ``root``.
+
+    It comes from the dataset's generator (``generator:`` in ``data/datasets.yml``) and is a
+    section the dataset does not contain (:func:`spared_utils.synthetic.write_new_slide`); the
+    folder is reused when it exists.
+    """
+    spec = datasets.get_spec(dataset)
+    if spec.generator is None:
+        raise ApplyError(f"dataset {dataset!r} is not generated, so there is no example slide of it: pass the path "
+                         "of a Space Ranger output folder (slide=...) instead")
+    root = Path(root)
+    generator = dict(spec.generator)
+    seed = int(generator.pop("seed", 0))
+    existing = sorted(p for p in root.glob("SYN_*") if (p / "filtered_feature_bc_matrix.h5").is_file())
+    if existing:
+        return existing[-1]
+    return synthetic.write_new_slide(root, seed=seed, **generator)
+
+
+def _newest(paths_found: list[Path]) -> Path | None:
+    return max(paths_found, key=lambda p: p.stat().st_mtime) if paths_found else None
+
+
+def find_checkpoints(dataset: str, predictor: str = "shufflenet", out_dir: str | os.PathLike | None = "results",
+                     scenario: str = "completed") -> dict[str, Path | None]:
+    """The newest SpaCKLE checkpoint and predictor checkpoint folder the chapters saved for ``dataset``.
+
+    SpaCKLE: ``<out_dir>/<dataset>/completion/**/spackle_*.pt`` (chapter 02); the predictor:
+    ``<out_dir>/checkpoints/<dataset>/<predictor>/<scenario>/*/predictor.json`` (its chapter).
+    ``None`` where there is none.
+    """
+    root = paths.output_dir(out_dir)
+    spk = _newest(list((root / dataset / "completion").rglob("spackle_*.pt")))
+    pred = _newest(list((root / "checkpoints" / dataset / predictor / scenario).glob(f"*/{BUNDLE_NAME}")))
+    return {"completion": spk, "predictor": pred.parent if pred is not None else None}
+
+
+def checkpoints_for(dataset: str, predictor: str = "shufflenet", out_dir: str | os.PathLike | None = "results",
+                    iterations: int | None = None, seed: int = 0, device: str = "auto",
+                    progress: bool = True) -> dict[str, Any]:
+    """:func:`find_checkpoints`, training what is missing (so chapter 95 builds on its own).
+
+    A missing SpaCKLE checkpoint is trained on the curated dataset at the book's CPU budget
+    (:data:`spared_utils.completion.CPU_BUDGET`; ``iterations`` overrides it) into the folder
+    chapter 02 uses; a missing predictor checkpoint is trained by its chapter's harness
+    (:func:`spared_utils.predict.run_chapter`, scenario ``completed``, ``iterations`` overriding the
+    record's CPU budget). Returns ``completion``, ``predictor`` and ``trained`` (what was trained here).
+    """
+    found = find_checkpoints(dataset, predictor, out_dir)
+    trained = []
+    if found["completion"] is None:
+        adata = datasets.load(dataset, progress=progress)
+        options = {**CPU_BUDGET, **({"iterations": int(iterations)} if iterations else {})}
+        folder = paths.output_dir(out_dir, dataset) / "completion" / f"spackle_seed{seed}"
+        config = SpackleConfig.make(**options, seed=seed, device=device, progress=progress, checkpoint_dir=str(folder))
+        found["completion"] = Path(train_spackle(adata, config=config).checkpoint)
+        trained.append("completion")
+    if found["predictor"] is None:
+        run_chapter(dataset, predictor, scenario="completed", out_dir=out_dir, iterations=iterations, seed=seed,
+                    device=device, progress=progress, completion_iterations=iterations)
+        found["predictor"] = find_checkpoints(dataset, predictor, out_dir)["predictor"]
+        trained.append("predictor")
+    return {**found, "trained": trained}
+
+
+def agreement(adata: ad.AnnData) -> pd.DataFrame:
+    """Per gene of an applied slide: how the prediction from the image agrees with the measurement.
+
+    MSE and Pearson correlation of ``predicted`` against ``measured`` over the real values
+    (``mask`` True) only, with their number (genes absent from the slide have none: NaN).
+    """
+    real = np.asarray(adata.layers["mask"], dtype=bool)
+    truth = np.nan_to_num(np.asarray(adata.layers["measured"], dtype=np.float32))
+    table = metrics.per_gene_table(np.asarray(adata.layers["predicted"]), truth, real, list(adata.var_names))
+    table.insert(1, "in_slide", adata.var["in_slide"].to_numpy())
+    return table
 
 
 # -------------------------------------------------------------------------------------------------
