@@ -113,10 +113,10 @@ def check_panel(panel: Mapping[str, Any], genes: Sequence[str], checkpoint: str,
         return
     missing = [g for g in want if g not in set(have)]
     extra = [g for g in have if g not in set(want)]
-    detail = (f"{len(missing)} of its genes are absent from the data (e.g. {missing[:3]}) and {len(extra)} of the "
-              f"data's genes are not in it (e.g. {extra[:3]})") if (missing or extra) else \
+    detail = (f"{len(missing)} of the model's genes are absent (e.g. {missing[:3]}), {len(extra)} genes are new "
+              f"(e.g. {extra[:3]})") if (missing or extra) else \
         "the same genes in another order"
     raise PanelMismatchError(
-        f"checkpoint {checkpoint} was trained on {len(want)} genes of dataset {panel.get('dataset_id', '?')!r} but "
+        f"genes mismatch: checkpoint {checkpoint} was trained on {len(want)} genes of dataset {panel.get('dataset_id', '?')!r} but "
         f"{data} has {len(have)} genes: {detail}; use a checkpoint trained on this dataset, or bring a new slide "
         "to the checkpoint's panel with spared_utils.apply (which maps genes and marks absent ones unmeasured)")
