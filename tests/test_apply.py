@@ -152,3 +152,32 @@ def test_predictor_checkpoint_reproduces_the_trained_model(trained):
     np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
     with h5py.File(trained.slide / "filtered_feature_bc_matrix.h5") as f:
         assert f["matrix/shape"][0] == 64  # the new slide carries the generator's whole gene set
+
+
+def test_space_ranger_1x_layout_with_an_mtx_folder_gives_the_same_slide(trained, applied, tmp_path):
+    """Space Ranger 1.x: ``tissue_positions_list.csv`` without a header, and the mtx folder instead of ``.h5``."""
+    import gzip
+
+    import scipy.io
+
+    slide = trained.slide_copy(tmp_path / "old")
+    raw = read_spaceranger(slide)
+    positions = slide / "spatial" / "tissue_positions.csv"
+    positions.with_name("tissue_positions_list.csv").write_text("".join(positions.read_text().splitlines(True)[1:]))
+    positions.unlink()
+    (slide / "filtered_feature_bc_matrix.h5").unlink()
+    folder = slide / "filtered_feature_bc_matrix"
+    folder.mkdir()
+    scipy.io.mmwrite(folder / "matrix.mtx", sp.csr_matrix(raw.layers["counts"]).T.astype(np.int64).tocoo())
+    with open(folder / "matrix.mtx", "rb") as src, gzip.open(folder / "matrix.mtx.gz", "wb") as dst:
+        dst.write(src.read())
+    (folder / "matrix.mtx").unlink()
+    with gzip.open(folder / "features.tsv.gz", "wt") as f:
+        f.writelines(f"{g}\t{s}\tGene Expression\n" for g, s in zip(raw.var_names, raw.var["gene_symbol"]))
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as f:
+        f.writelines(f"{b}\n" for b in raw.obs_names)
+    old = spared_utils.apply(slide, trained.spackle, trained.predictor, progress=False, device="cpu")
+    new, _ = applied
+    assert list(old.obs_names) == list(new.obs_names)
+    for layer in ("measured", "completed", "predicted"):
+        np.testing.assert_allclose(old.layers[layer], new.layers[layer], rtol=1e-5, atol=1e-5)
