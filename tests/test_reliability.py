@@ -41,7 +41,7 @@ import yaml
 import spared_utils
 from spared_utils import apply as apply_module
 from spared_utils import batch, completion, datasets, download, patches, preprocess, readers, results, run
-from spared_utils.predict import PredictorConfig, load_predictor, prediction_data, train_predictor
+from spared_utils.predict import PredictorConfig, load_predictor, prediction_data, run_chapter, train_predictor
 from tests.fixtures_apply import trained  # noqa: F401  (pytest fixture)
 from tests.fixtures_http import http_server  # noqa: F401  (pytest fixture)
 
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT_ENV = "SPARED_RELIABILITY_REPORT"
 #: Words that say what to do (a message without one only describes the failure).
 FIX = re.compile(r"\b(use|check|download|replace|delete|put|pass|give|choose|free|make|train|drop|point|copy|move|"
-                 r"place|run|set|add|known|valid|declares|lower|re-read|bring|cut)\b", re.IGNORECASE)
+                 r"place|run|set|add|known|valid|declares|lower|re-read|bring|cut|one of)\b", re.IGNORECASE)
 ROWS: list[dict] = []
 
 
@@ -336,6 +336,19 @@ def test_truncated_checkpoints(trained, tmp_path):
     refused("checkpoints", "predict.load_predictor", "predictor checkpoint without predictor.json",
             lambda: load_predictor(folder, device="cpu"), [str(folder / "predictor.json"), "copy the whole folder"],
             exc=FileNotFoundError)
+
+
+def test_completion_and_the_prediction_harness_refuse_what_they_cannot_use(trained):
+    lonely = trained.adata.copy()
+    lonely.obs["slide_id"] = lonely.obs["slide_id"].astype(str)
+    lonely.obs.iloc[0, lonely.obs.columns.get_loc("slide_id")] = "LONELY"
+    refused("values", "completion.complete", "a slide with one spot", lambda: completion.complete(lonely, method="median"),
+            ["'LONELY'", "single spot"], exc=ValueError)
+    refused("names", "predict.run_chapter (harness)", "unknown scenario",
+            lambda: run_chapter("synthetic_tiny", "shufflenet", scenario="bogus", adata=trained.adata,
+                                store=trained.run.task.data.store), ["'bogus'", "raw"], exc=ValueError)
+    refused("names", "predict.train_predictor (harness)", "unknown predictor",
+            lambda: PredictorConfig.make(model="resnet_9000"), ["'resnet_9000'", "shufflenet"], exc=ValueError)
 
 
 # ------------------------------------------------------------------------------------------------
