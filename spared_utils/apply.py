@@ -192,7 +192,8 @@ def apply(
     -------
     AnnData
         The slide's in-tissue spots × the panel's genes: ``layers["measured"]`` (log2(TPM + 1),
-        NaN for genes absent from the slide), ``layers["completed"]`` (measured values kept,
+        after the reference correction when asked; 0 where a gene of the slide read no count; NaN
+        for genes absent from the slide), ``layers["completed"]`` (measured values kept,
         missing ones from SpaCKLE), ``layers["predicted"]`` (from the image), ``layers["mask"]``
         (True = real measurement), ``X`` = ``completed``; ``var`` with ``gene_symbol``,
         ``gene_length``, ``in_slide``; ``obsm["spatial"]`` and ``uns["spatial"]`` as squidpy
@@ -296,7 +297,7 @@ def apply(
                                     source=f"the patches of {folder}")
     step("prediction")
 
-    measured_c = (corrected if batch_correction == "reference" else values).copy()
+    measured_c = np.where(real, corrected, values) if batch_correction == "reference" else values.copy()
     measured_c[:, ~in_slide] = np.nan
     result = ad.AnnData(X=completed.copy(), obs=raw.obs.copy(), var=var.copy(),
                         obsm={"spatial": raw.obsm["spatial"].copy()},

@@ -115,6 +115,7 @@ def test_reference_batch_correction_moves_real_values_to_the_training_scale(trai
     real = result.layers["mask"]
     means = np.array([result.layers["measured"][real[:, j], j].mean() for j in range(result.n_vars)])
     np.testing.assert_allclose(means, panel["train_mean"], rtol=1e-4, atol=1e-4)
+    assert (result.layers["measured"][~real] == 0).all()  # unmeasured entries stay 0, not median-filled
     assert result.uns["apply"]["batch_correction"] == "reference"
 
 
