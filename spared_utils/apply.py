@@ -232,10 +232,6 @@ def apply(
         positions = reader_options.get("positions") or discover_spaceranger(folder).get("positions")
         raise ApplyError(f"{source}: the slide has {raw.n_obs} in-tissue spot; completion needs neighbouring spots: "
                          f"check in_tissue in {positions} (1 = under tissue)")
-    if not raw.obs_names.is_unique:
-        dup = raw.obs_names[raw.obs_names.duplicated()][:3].tolist()
-        raise ApplyError(f"{source}: barcodes {dup} appear more than once; the matrix is damaged or two runs "
-                         "were merged: use the filtered_feature_bc_matrix of one Space Ranger run")
     step("read")
 
     organism = panel.get("organism")
@@ -251,6 +247,11 @@ def apply(
     step("genes")
 
     lengths = slide_gene_lengths(mapped, folder, panel)
+    with_length = int(np.isfinite(lengths.to_numpy()).sum())
+    if with_length < 0.5 * mapped.n_vars:
+        log.warning("%s: only %d of the slide's %d genes have a known length, so TPM sums over those only and its "
+                    "scale may differ from the training data's; put a gene_lengths.tsv (gene, merged) beside the slide",
+                    source, with_length, mapped.n_vars)
     normalised = log1p(tpm(mapped, lengths=lengths))
     n_obs, n_genes = mapped.n_obs, len(columns)
     kept = {g: i for i, g in enumerate(normalised.var_names)}
