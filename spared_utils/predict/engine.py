@@ -14,6 +14,7 @@ The paper's protocol (Mejia et al., MICCAI 2024, Sec. 3), shared by every predic
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -38,6 +39,8 @@ from ..training import (
 from .bundle import save_predictor
 from .data import SCENARIOS, TARGET_LAYERS, PredictionData, patch_channel_stats
 from .tasks import Task, default_num_workers, make_loader, masked_mse_loss, predict, task_class, validation_mse
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LR_GRID", "PredictorConfig", "PredictorRun", "build_for_data", "checkpoint_dir",
            "default_num_workers", "evaluate_predictions", "make_loader", "make_task", "masked_mse_loss", "predict",
@@ -303,7 +306,10 @@ def train_predictor(
                        task=task)
     if ckpt is not None and models.record(config.model).kind == "patch" and data.adata is not None \
             and hasattr(data.store, "patch_size"):
-        save_predictor(run, ckpt)  # predictor.json beside best.pt: a checkpoint new slides can use (apply)
+        try:  # predictor.json beside best.pt: a checkpoint new slides can use (spared_utils.apply)
+            save_predictor(run, ckpt)
+        except ValueError as err:  # data that are not a curated dataset: the run stands, without the description
+            log.warning("%s: no predictor.json written (%s); spared_utils.apply cannot use this run", ckpt, err)
     run.rows_written = result_rows(run, stage=stage)
     if write_results and run.rows_written:
         results.append(run.rows_written, path=root / results.STORE_NAME)
