@@ -222,103 +222,105 @@ def apply(
         steps.set_postfix_str(name)
         steps.update()
 
-    model = spackle.load_checkpoint(completion, device=device)
-    bundle = load_predictor(predictor, device=device)
-    _same_panel(model, bundle)
-    panel = {**bundle.panel, "genes": list(model.genes)}
-    raw = read_spaceranger(folder, slide_id=slide_id, load_fullres=True, **reader_options)
-    source = raw.uns["spatial"][next(iter(raw.uns["spatial"]))]["metadata"]["counts_file"]
-    if raw.n_obs < 2:
-        positions = reader_options.get("positions") or discover_spaceranger(folder).get("positions")
-        raise ApplyError(f"{source}: the slide has {raw.n_obs} in-tissue spot; completion needs neighbouring spots: "
-                         f"check in_tissue in {positions} (1 = under tissue)")
-    step("read")
+    try:
+        model = spackle.load_checkpoint(completion, device=device)
+        bundle = load_predictor(predictor, device=device)
+        _same_panel(model, bundle)
+        panel = {**bundle.panel, "genes": list(model.genes)}
+        raw = read_spaceranger(folder, slide_id=slide_id, load_fullres=True, **reader_options)
+        source = raw.uns["spatial"][next(iter(raw.uns["spatial"]))]["metadata"]["counts_file"]
+        if raw.n_obs < 2:
+            positions = reader_options.get("positions") or discover_spaceranger(folder).get("positions")
+            raise ApplyError(f"{source}: the slide has {raw.n_obs} in-tissue spot; completion needs neighbouring spots: "
+                             f"check in_tissue in {positions} (1 = under tissue)")
+        step("read")
 
-    organism = panel.get("organism")
-    mapped = harmonise_gene_ids(raw, organism) if organism in ANNOTATION_FILES else raw
-    columns = map_panel(mapped, panel)
-    found = columns >= 0
-    if found.mean() < min_genes:
-        raise ApplyError(
-            f"{source}: only {int(found.sum())} of the {len(columns)} genes of checkpoint {model.checkpoint} "
-            f"(dataset {panel.get('dataset_id')!r}, e.g. {panel['genes'][:3]}) were found on the slide by Ensembl id "
-            f"or symbol (the slide's genes look like {list(raw.var_names[:3])}); use checkpoints trained on the "
-            f"slide's organism, or lower min_genes (now {min_genes}) to predict the missing genes from the image")
-    step("genes")
+        organism = panel.get("organism")
+        mapped = harmonise_gene_ids(raw, organism) if organism in ANNOTATION_FILES else raw
+        columns = map_panel(mapped, panel)
+        found = columns >= 0
+        if found.mean() < min_genes:
+            raise ApplyError(
+                f"{source}: only {int(found.sum())} of the {len(columns)} genes of checkpoint {model.checkpoint} "
+                f"(dataset {panel.get('dataset_id')!r}, e.g. {panel['genes'][:3]}) were found on the slide by Ensembl id "
+                f"or symbol (the slide's genes look like {list(raw.var_names[:3])}); use checkpoints trained on the "
+                f"slide's organism, or lower min_genes (now {min_genes}) to predict the missing genes from the image")
+        step("genes")
 
-    lengths = slide_gene_lengths(mapped, folder, panel)
-    with_length = int(np.isfinite(lengths.to_numpy()).sum())
-    if with_length < 0.5 * mapped.n_vars:
-        log.warning("%s: only %d of the slide's %d genes have a known length, so TPM sums over those only and its "
-                    "scale may differ from the training data's; put a gene_lengths.tsv (gene, merged) beside the slide",
-                    source, with_length, mapped.n_vars)
-    normalised = log1p(tpm(mapped, lengths=lengths))
-    n_obs, n_genes = mapped.n_obs, len(columns)
-    kept = {g: i for i, g in enumerate(normalised.var_names)}
-    values = np.zeros((n_obs, n_genes), dtype=np.float32)
-    dense_log = normalised.layers["log1p"].tocsc() if sp.issparse(normalised.layers["log1p"]) else normalised.layers["log1p"]
-    in_slide = np.zeros(n_genes, dtype=bool)
-    for j, col in enumerate(columns):
-        name = mapped.var_names[col] if col >= 0 else None
-        if name is not None and name in kept:
-            column = dense_log[:, kept[name]]
-            values[:, j] = column.toarray().ravel() if sp.issparse(column) else np.asarray(column).ravel()
-            in_slide[j] = True
-    absent = [g for g, ok in zip(panel["genes"], in_slide) if not ok]
-    if absent:
-        log.warning("%s: %d panel gene(s) are not on the slide (e.g. %s): marked unmeasured, predicted from the image",
-                    source, len(absent), absent[:3])
-    real = values != 0
-    sid = next(iter(raw.uns["spatial"]))
-    var = pd.DataFrame({"gene_symbol": panel["symbols"], "gene_length": panel["gene_lengths"], "in_slide": in_slide},
-                       index=pd.Index([str(g) for g in panel["genes"]]))
-    obs = raw.obs.copy()
-    obs["slide_id"] = pd.Categorical([sid] * n_obs)
-    obs["split"] = "test"
-    work = ad.AnnData(X=None, obs=obs, var=var, obsm={"spatial": raw.obsm["spatial"].copy()},
-                      layers={"log1p": values}, uns={"spatial": raw.uns["spatial"]})
-    work.X = sp.csr_matrix(work.shape, dtype=np.float32)
-    median_complete(work, "log1p", "d_log1p", n_rings=int(panel.get("n_rings", 4)),
-                    hex_geometry=bool(panel.get("hex_geometry", True)), progress=False)
-    d_log = np.asarray(work.layers["d_log1p"], dtype=np.float32)
-    train_mean = np.asarray(panel["train_mean"], dtype=np.float32)
-    d_log[:, ~in_slide] = np.nan_to_num(train_mean[~in_slide])  # no measurement: the training mean as input
-    step("curation transforms")
+        lengths = slide_gene_lengths(mapped, folder, panel)
+        with_length = int(np.isfinite(lengths.to_numpy()).sum())
+        if with_length < 0.5 * mapped.n_vars:
+            log.warning("%s: only %d of the slide's %d genes have a known length, so TPM sums over those only and its "
+                        "scale may differ from the training data's; put a gene_lengths.tsv (gene, merged) beside the slide",
+                        source, with_length, mapped.n_vars)
+        normalised = log1p(tpm(mapped, lengths=lengths))
+        n_obs, n_genes = mapped.n_obs, len(columns)
+        kept = {g: i for i, g in enumerate(normalised.var_names)}
+        values = np.zeros((n_obs, n_genes), dtype=np.float32)
+        dense_log = normalised.layers["log1p"].tocsc() if sp.issparse(normalised.layers["log1p"]) else normalised.layers["log1p"]
+        in_slide = np.zeros(n_genes, dtype=bool)
+        for j, col in enumerate(columns):
+            name = mapped.var_names[col] if col >= 0 else None
+            if name is not None and name in kept:
+                column = dense_log[:, kept[name]]
+                values[:, j] = column.toarray().ravel() if sp.issparse(column) else np.asarray(column).ravel()
+                in_slide[j] = True
+        absent = [g for g, ok in zip(panel["genes"], in_slide) if not ok]
+        if absent:
+            log.warning("%s: %d panel gene(s) are not on the slide (e.g. %s): marked unmeasured, predicted from the image",
+                        source, len(absent), absent[:3])
+        real = values != 0
+        sid = next(iter(raw.uns["spatial"]))
+        var = pd.DataFrame({"gene_symbol": panel["symbols"], "gene_length": panel["gene_lengths"], "in_slide": in_slide},
+                           index=pd.Index([str(g) for g in panel["genes"]]))
+        obs = raw.obs.copy()
+        obs["slide_id"] = pd.Categorical([sid] * n_obs)
+        obs["split"] = "test"
+        work = ad.AnnData(X=None, obs=obs, var=var, obsm={"spatial": raw.obsm["spatial"].copy()},
+                          layers={"log1p": values}, uns={"spatial": raw.uns["spatial"]})
+        work.X = sp.csr_matrix(work.shape, dtype=np.float32)
+        median_complete(work, "log1p", "d_log1p", n_rings=int(panel.get("n_rings", 4)),
+                        hex_geometry=bool(panel.get("hex_geometry", True)), progress=False)
+        d_log = np.asarray(work.layers["d_log1p"], dtype=np.float32)
+        train_mean = np.asarray(panel["train_mean"], dtype=np.float32)
+        d_log[:, ~in_slide] = np.nan_to_num(train_mean[~in_slide])  # no measurement: the training mean as input
+        step("curation transforms")
 
-    corrected = _reference_correction(d_log, real, panel) if batch_correction == "reference" else d_log
-    work.layers["c_d_log1p"] = corrected
-    work.layers["mask"] = real
-    completed = spackle.complete_with(model, work, "c_d_log1p", hex_geometry=bool(panel.get("hex_geometry", True)))
-    step("completion")
+        corrected = _reference_correction(d_log, real, panel) if batch_correction == "reference" else d_log
+        work.layers["c_d_log1p"] = corrected
+        work.layers["mask"] = real
+        completed = spackle.complete_with(model, work, "c_d_log1p", hex_geometry=bool(panel.get("hex_geometry", True)))
+        step("completion")
 
-    with tempfile.TemporaryDirectory(prefix="spared-apply-") as tmp:
-        store_path = extract_patches(work, Path(tmp) / "patches", patch_scale=bundle.patch_scale,
-                                     patch_size=bundle.patch_size, progress=progress)
-        predicted = predict_patches(bundle, PatchStore(store_path), progress=progress,
-                                    source=f"the patches of {folder}")
-    step("prediction")
+        with tempfile.TemporaryDirectory(prefix="spared-apply-") as tmp:
+            store_path = extract_patches(work, Path(tmp) / "patches", patch_scale=bundle.patch_scale,
+                                         patch_size=bundle.patch_size, progress=progress)
+            predicted = predict_patches(bundle, PatchStore(store_path), progress=progress,
+                                        source=f"the patches of {folder}")
+        step("prediction")
 
-    measured_c = np.where(real, corrected, values) if batch_correction == "reference" else values.copy()
-    measured_c[:, ~in_slide] = np.nan
-    result = ad.AnnData(X=completed.copy(), obs=raw.obs.copy(), var=var.copy(),
-                        obsm={"spatial": raw.obsm["spatial"].copy()},
-                        layers={"measured": measured_c.astype(np.float32), "completed": completed.astype(np.float32),
-                                "predicted": predicted.astype(np.float32), "mask": real})
-    result.obs["slide_id"] = pd.Categorical([sid] * n_obs)
-    result.uns["spatial"] = {sid: _library_without_fullres(raw.uns["spatial"][sid])}
-    result.uns["apply"] = {
-        "slide": str(folder.resolve()), "counts_file": str(source),
-        "completion_checkpoint": str(model.checkpoint), "predictor_checkpoint": str(bundle.path),
-        "predictor": bundle.name, "scenario": bundle.meta["scenario"],
-        "training_dataset": str(panel.get("dataset_id")), "training_fingerprint": str(panel.get("dataset_fingerprint")),
-        "n_panel_genes": int(n_genes), "n_genes_found": int(in_slide.sum()), "absent_genes": [str(g) for g in absent],
-        "batch_correction": batch_correction, "missing_fraction": float(1 - real[:, in_slide].mean()) if in_slide.any() else 1.0,
-        "versions": package_versions(),
-    }
-    if out_path is not None:
-        write_result(result, out_path)
-    step("written" if out_path is not None else "done")
-    steps.close()
+        measured_c = np.where(real, corrected, values) if batch_correction == "reference" else values.copy()
+        measured_c[:, ~in_slide] = np.nan
+        result = ad.AnnData(X=completed.copy(), obs=raw.obs.copy(), var=var.copy(),
+                            obsm={"spatial": raw.obsm["spatial"].copy()},
+                            layers={"measured": measured_c.astype(np.float32), "completed": completed.astype(np.float32),
+                                    "predicted": predicted.astype(np.float32), "mask": real})
+        result.obs["slide_id"] = pd.Categorical([sid] * n_obs)
+        result.uns["spatial"] = {sid: _library_without_fullres(raw.uns["spatial"][sid])}
+        result.uns["apply"] = {
+            "slide": str(folder.resolve()), "counts_file": str(source),
+            "completion_checkpoint": str(model.checkpoint), "predictor_checkpoint": str(bundle.path),
+            "predictor": bundle.name, "scenario": bundle.meta["scenario"],
+            "training_dataset": str(panel.get("dataset_id")), "training_fingerprint": str(panel.get("dataset_fingerprint")),
+            "n_panel_genes": int(n_genes), "n_genes_found": int(in_slide.sum()), "absent_genes": [str(g) for g in absent],
+            "batch_correction": batch_correction, "missing_fraction": float(1 - real[:, in_slide].mean()) if in_slide.any() else 1.0,
+            "versions": package_versions(),
+        }
+        if out_path is not None:
+            write_result(result, out_path)
+        step("written" if out_path is not None else "done")
+    finally:
+        steps.close()
     return result
 
 
