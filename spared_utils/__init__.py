@@ -9,6 +9,7 @@
 ``su.pl``        figures: ``ax=`` in, Axes out (a Figure for several panels)
 ``su.io``        stores: curated datasets, patch stores, checkpoints, the results store
 ``su.models``    the predictor registry (one record per predictor) and ``build``
+``su.apply``     a new slide completed and predicted with the book's checkpoints (callable)
 ==============  =====================================================================
 
 The stages, each importing only those before it (``pyproject.toml`` holds the import-linter
@@ -24,7 +25,7 @@ import warnings as _warnings
 # says nothing to our users and clutters every chapter's first output.
 _warnings.filterwarnings("ignore", message=".*is not a valid key", category=SyntaxWarning)
 
-__all__ = ["datasets", "io", "models", "pl", "pp", "tl"]
+__all__ = ["apply", "datasets", "io", "models", "pl", "pp", "tl"]
 
 
 def __getattr__(name: str):

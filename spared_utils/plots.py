@@ -55,6 +55,7 @@ __all__ = [
     "mse_vs_masking",
     "completion_maps",
     "patch_symmetries",
+    "slide_layers",
 ]
 
 
@@ -636,5 +637,46 @@ def patch_symmetries(image: np.ndarray, title: str = "The 8 symmetries of a patc
             ax.set_title(f"{'mirrored, ' if r else ''}rotated {90 * k}°", fontsize=9)
             ax.set_axis_off()
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# A new slide (chapter 95, spared_utils.apply)
+# --------------------------------------------------------------------------------------------
+
+
+def slide_layers(adata: AnnData, genes: Sequence[str], layers: Sequence[str] = ("measured", "completed", "predicted"),
+                 mask_layer: str = "mask", cmap: str = "viridis") -> plt.Figure:
+    """One row per gene, one column per layer of a slide made by :func:`spared_utils.apply`.
+
+    In the ``measured`` column, values that are not real measurements (``mask`` False; a gene
+    absent from the slide has none) are grey crosses. Each gene has one colour scale for its row
+    (2nd to 98th percentile of its finite values).
+    """
+    slide = next(iter(adata.uns["spatial"]))
+    xy = np.asarray(adata.obsm["spatial"])
+    fig, axes = plt.subplots(len(genes), len(layers), figsize=(3.3 * len(layers), 3.0 * len(genes)), squeeze=False)
+    for r, gene in enumerate(genes):
+        j = adata.var_names.get_loc(gene)
+        real = np.asarray(adata.layers[mask_layer][:, j], dtype=bool) if mask_layer in adata.layers \
+            else np.ones(adata.n_obs, bool)
+        columns = {name: np.asarray(dense(adata.layers[name][:, j]), dtype=float).ravel() for name in layers}
+        finite = np.concatenate([v[np.isfinite(v)] for v in columns.values()])
+        vmin, vmax = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+        for c, name in enumerate(layers):
+            ax, values = axes[r, c], columns[name]
+            size = spot_size(adata, slide, ax)
+            keep = real & np.isfinite(values) if name == "measured" else np.isfinite(values)
+            sc = ax.scatter(xy[keep, 0], xy[keep, 1], c=values[keep], s=size, marker="h", cmap=cmap, vmin=vmin,
+                            vmax=vmax, linewidths=0)
+            if (~keep).any():
+                ax.scatter(xy[~keep, 0], xy[~keep, 1], s=size * 0.5, marker="x", color="0.5", linewidths=0.6)
+            ax.invert_yaxis()
+            ax.set_aspect("equal")
+            ax.set_axis_off()
+            ax.set_title(f"{gene}: {name}", fontsize=9)
+            fig.colorbar(sc, ax=ax, shrink=0.7, label="log2(TPM + 1)")
+    fig.suptitle(f"Slide {slide}: measured (crosses: not measured), completed, predicted from the image")
     fig.tight_layout()
     return fig

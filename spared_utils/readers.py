@@ -94,7 +94,8 @@ def as_rgb_uint8(array: np.ndarray, source: PathLike | str = "image") -> np.ndar
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
         array = np.moveaxis(array, 0, -1)  # planar (C, H, W) TIFF
     if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ReaderError(f"{path}: expected an RGB image, got an array of shape {array.shape}")
+        raise ReaderError(f"{path}: expected an RGB image, got an array of shape {array.shape}; the file is corrupt, "
+                          "truncated or not an H&E image: replace it (download it again)")
     array = array[..., :3]
     if array.dtype == np.uint16:
         array = (array.astype(np.float32) / 65535.0 * 255.0).round()
@@ -216,7 +217,8 @@ def check_counts(matrix, source: PathLike, *, require_integers: bool = False) ->
                           "count matrix (Space Ranger's filtered_feature_bc_matrix)")
     if not np.array_equal(values, np.round(values)):
         message = (f"{source}: count values are not whole numbers (e.g. {values[values != np.round(values)][0]:g}); "
-                   "the matrix looks normalised, not raw")
+                   "the matrix looks normalised, not raw: use the raw UMI counts (Space Ranger's "
+                   "filtered_feature_bc_matrix) if you have them")
         if require_integers:
             raise ReaderError(message)
         log.warning(message)
@@ -266,6 +268,10 @@ def read_counts(path: PathLike) -> ad.AnnData:
     adata.var["gene_symbol"] = np.asarray(symbols, dtype=str)
     adata.var = adata.var[["gene_symbol"]]
     adata.obs = pd.DataFrame(index=adata.obs_names.astype(str))
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
+        raise ReaderError(f"{path}: barcode(s) {dup} appear more than once; the matrix is damaged or joins two runs: "
+                          "use the filtered_feature_bc_matrix of one Space Ranger run")
     check_counts(adata.X, path)
     return _finish_counts(adata)
 

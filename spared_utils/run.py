@@ -93,7 +93,34 @@ def check_parameters(source: Path, params: Mapping[str, Any]) -> dict[str, Any]:
             f"{source.name} has no parameter {', '.join(map(repr, unknown))}; "
             f"its parameters cell declares: {', '.join(declared)}"
         )
+    for name, value in params.items():
+        problem = _type_problem(declared[name], value)
+        if problem:
+            raise ChapterError(f"{source.name}: parameter {name!r} got {value!r} ({type(value).__name__}) but its default "
+                               f"is {declared[name]!r}: {problem}")
     return declared
+
+
+def _type_problem(default: Any, value: Any) -> str:
+    """Why ``value`` cannot stand in for a parameter whose default is ``default`` ('' if it can).
+
+    Numbers, booleans and lists must stay numbers, booleans and lists (an int for a float is
+    fine); a parameter whose default is ``None`` or a string takes anything (``"search"`` or a
+    number, ``"all"`` or a count).
+    """
+    if default is None or isinstance(default, str) or value is None:
+        return ""
+    if isinstance(default, bool):
+        return "" if isinstance(value, bool) else "give true or false (-p NAME true)"
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "give a number (-p NAME 20)"
+        if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+            return "give a whole number"
+        return ""
+    if isinstance(default, list) and not isinstance(value, list):
+        return "give a list (-p NAME '[0.1, 0.5]')"
+    return ""
 
 
 def output_path(chapter: str, dataset: str) -> Path:

@@ -398,3 +398,26 @@ def write_spaceranger(adata: ad.AnnData, root: str | os.PathLike) -> Path:
             Image.fromarray(_resize(full, cfg.lowres_scalef)).save(folder / "spatial" / "tissue_lowres_image.png")
             Image.fromarray(full).save(folder / "image.tif", compression="tiff_deflate")
     return root
+
+
+def write_new_slide(root: str | os.PathLike, seed: int = 0, **size) -> Path:
+    """A slide that :func:`make_dataset` with ``seed`` and ``size`` does not contain, as Space Ranger output.
+
+    The slide shares the dataset's gene programme and tissue look (same genes, lengths and domain
+    appearance: drawn from the same seed) but is a new section: it is the slide that would come
+    after the dataset's last one. It is written by :func:`write_spaceranger` into
+    ``<root>/<slide_id>/`` (with ``<root>/gene_lengths.tsv``), the layout a user's own slide has.
+
+    Returns
+    -------
+    Path
+        The slide's folder (what :func:`spared_utils.apply` reads).
+    """
+    n_slides = int(size.pop("n_slides", SyntheticConfig.n_slides)) + 1
+    adata = make_dataset(seed=seed, n_slides=n_slides, **size)
+    new = slide_ids(n_slides)[-1]
+    one = adata[(adata.obs["slide_id"] == new).to_numpy()].copy()
+    one.obs["slide_id"] = one.obs["slide_id"].cat.remove_unused_categories()
+    one.uns["spatial"] = {new: adata.uns["spatial"][new]}
+    write_spaceranger(one, root)
+    return Path(root) / new

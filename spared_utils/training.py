@@ -7,7 +7,8 @@ keep the checkpoint with the lowest validation loss; the learning rate is search
 :func:`fit` implements exactly that, with what long runs need: a progress bar with the current
 loss, mixed precision (bfloat16 autocast) and channels-last on CUDA, seed control (a rerun with
 the same seed gives the same numbers on CPU), and checkpoints (``best.pt`` and ``last.pt``) from
-which an interrupted run resumes.
+which an interrupted run resumes to the numbers an uninterrupted run gives (the batch stream is
+replayed up to the resumed step and the random state restored).
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def fit(
     ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     start, history, best_val, best_it, best_state = 0, [], float("inf"), -1, None
     tag = config.hash(type(model).__name__, sum(p.numel() for p in params))
+    resume_rng = None
     if ckpt_dir and config.resume and (ckpt_dir / "last.pt").is_file():
         state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
         finished_ok = "model" in state or (ckpt_dir / "best.pt").is_file()
@@ -194,7 +196,7 @@ def fit(
             start, history, best_val, best_it = state["iteration"], state["history"], state["best_val"], state["best_iteration"]
             if (ckpt_dir / "best.pt").is_file():
                 best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
-            torch.set_rng_state(state["rng_cpu"])
+            resume_rng = state["rng_cpu"]
 
     from tqdm.auto import tqdm
 
@@ -203,6 +205,13 @@ def fit(
     elapsed_before = history[-1]["elapsed_s"] if history else 0.0
     model.train()
     stream = cycle(batches)
+    if resume_rng is not None:
+        if start < config.iterations:
+            # The batches of the first `start` steps are drawn again (and dropped), so that the
+            # resumed run reads the same batches as an uninterrupted one: the same final numbers.
+            for _ in range(start):
+                next(stream)
+        torch.set_rng_state(resume_rng)
     bar = tqdm(total=config.iterations, initial=start, disable=not config.progress, desc=type(model).__name__, leave=False)
     running, n_running = 0.0, 0
     for it in range(start + 1, config.iterations + 1):

@@ -8,6 +8,7 @@ target only when the block finishes without error.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["atomic_path", "dense"]
+__all__ = ["WRITE_ERRNOS", "atomic_path", "dense"]
 
 
 @contextmanager
@@ -36,16 +37,20 @@ def atomic_path(target: str | os.PathLike, directory: bool = False, fsync: bool 
         Flush the written file to disk before the rename (files only).
 
     On any exception (``KeyboardInterrupt`` too) the temporary file or folder is deleted and
-    ``target`` is left as it was.
+    ``target`` is left as it was. A full disk or an unwritable folder (:data:`WRITE_ERRNOS`)
+    raises an ``OSError`` of the same kind whose message names ``target`` and the fix.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as err:
+        raise _write_error(err, target) from err
     # mkstemp/mkdtemp make private (0600/0700) entries; the result gets the permissions an
     # ordinary open() or mkdir() would give it, so collaborators can read shared results.
     os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
@@ -57,12 +62,29 @@ def atomic_path(target: str | os.PathLike, directory: bool = False, fsync: bool 
         if directory and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            raise _write_error(err, target) from err
         raise
+
+
+#: Errors of the disk or the folder (full, read-only, no permission, quota) that
+#: :func:`atomic_path` reports naming the target and what to do.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT})
+
+
+def _write_error(err: OSError, target: Path) -> OSError:
+    """``err`` restated with the file that could not be written and the fix (nothing was left behind)."""
+    if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
+        fix = "free disk space there, or point SPARED_RESULTS_DIR / SPARED_PROCESSED_DIR (or out_dir) at another disk"
+    else:
+        fix = ("make the folder writable, or point SPARED_RESULTS_DIR / SPARED_PROCESSED_DIR (or out_dir) at a "
+               "writable folder")
+    return type(err)(err.errno, f"cannot write {target} ({err.strerror or err}); nothing was written: {fix}")
 
 
 def _umask() -> int:

@@ -53,6 +53,7 @@ from anndata import AnnData
 from torch import nn
 
 from .. import graphs, training
+from ..preprocess.panel import check_panel, package_versions, panel_info
 from ..training import count_parameters
 from ..utils import atomic_path, dense
 
@@ -547,7 +548,7 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
         best_val=res.best_val, best_iteration=res.best_iteration, history=res.history,
         wall_time_s=time.perf_counter() - t0, device=res.device, lr_table=lr_table,
         extra={"validation_split": val_name, "n_validation_spots": int(len(val_spots)),
-               "train_wall_time_s": res.wall_time_s},
+               "train_wall_time_s": res.wall_time_s, "panel": panel_info(adata, layer)},
     )
     if cfg.checkpoint_dir:
         result.checkpoint = save_checkpoint(result, Path(cfg.checkpoint_dir) / f"spackle_{run_tag}.pt")
@@ -589,9 +590,19 @@ def _hex_geometry(adata: AnnData, hex_geometry: bool | None) -> bool:
 
 
 def save_checkpoint(result: SpackleResult, path: str | os.PathLike) -> Path:
-    """Write the model, its configuration and gene list atomically to ``path`` (a ``.pt`` file)."""
+    """Write the model, its configuration and gene panel atomically to ``path`` (a ``.pt`` file).
+
+    The file carries the weights, the :class:`SpackleConfig`, the genes, and the panel of the
+    training data (:func:`spared_utils.preprocess.panel.panel_info`: symbols, gene lengths,
+    curation parameters, the training dataset's id and fingerprint, per-gene training
+    statistics) with the package versions, so that :func:`spared_utils.apply` can bring a new
+    slide to the same scale and :func:`check_genes` can name what disagrees.
+    """
     path = Path(path)
     blob = {
+        "kind": "spackle",
+        "panel": result.extra.get("panel"),
+        "versions": package_versions(),
         "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
         "config": asdict(result.config),
         "genes": list(result.genes),
@@ -611,7 +622,14 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto") -> SpackleRes
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SpaCKLE checkpoint {path} not found; train with complete(adata, method='spackle') first")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+        raise ValueError(f"SpaCKLE checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file is "
+                         "truncated or not a checkpoint: train again (chapters/02_completion) or copy it again") from err
+    if not isinstance(blob, dict) or "state_dict" not in blob or blob.get("kind", "spackle") != "spackle":
+        raise ValueError(f"{path} is not a SpaCKLE checkpoint (written by spared_utils.completion.save_checkpoint); "
+                         "pass the spackle_*.pt file that chapter 02 writes under results/<dataset>/completion/")
     cfg_values = dict(blob["config"])
     cfg_values["train"] = {**cfg_values["train"], "device": device}
     if cfg_values.get("lr_grid") is not None:
@@ -622,7 +640,8 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto") -> SpackleRes
     model.to(training.resolve_device(device)).eval()
     return SpackleResult(model=model, config=cfg, genes=list(blob["genes"]), learning_rate=blob["learning_rate"],
                          best_val=blob["best_val"], best_iteration=blob["best_iteration"],
-                         history=pd.DataFrame(blob["history"]), wall_time_s=0.0, device=str(device), checkpoint=path)
+                         history=pd.DataFrame(blob["history"]), wall_time_s=0.0, device=str(device), checkpoint=path,
+                         extra={"panel": blob.get("panel"), "versions": blob.get("versions", {})})
 
 
 def check_genes(result: SpackleResult, adata: AnnData, source: str = "the checkpoint") -> None:
@@ -630,6 +649,10 @@ def check_genes(result: SpackleResult, adata: AnnData, source: str = "the checkp
     data_genes = [str(g) for g in adata.var_names]
     if data_genes == result.genes:
         return
+    if result.checkpoint is not None:
+        panel = result.extra.get("panel") or {"genes": result.genes}
+        data = f"the data ({adata.uns.get('dataset_id', 'unnamed dataset')})"
+        check_panel({**panel, "genes": result.genes}, data_genes, str(result.checkpoint), data)
     missing = [g for g in result.genes if g not in set(data_genes)]
     extra = [g for g in data_genes if g not in set(result.genes)]
     detail = (f"{len(missing)} of the model's genes are absent (e.g. {missing[:3]}), {len(extra)} genes are new "

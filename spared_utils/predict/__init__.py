@@ -48,13 +48,14 @@ from .engine import (
     train_predictor,
     trivial_baseline,
 )
+from .bundle import PredictorBundle, check_patch_size, load_predictor, predict_patches, save_predictor
 from .tasks import TASKS, Task, task_class
 from .harness import ChapterRun, parse_scenarios, run_chapter
 
 __all__ = [
     "DEFAULT_LR_GRID", "MASK_LAYER", "SCENARIOS", "TARGET_LAYERS", "TRUTH_LAYER", "ChapterRun", "PatchDataset",
-    "PredictionData", "PredictorConfig", "PredictorRun", "build_for_data", "checkpoint_dir", "default_num_workers",
-    "TASKS", "Task", "evaluate_predictions", "make_loader", "make_task", "masked_mse_loss", "open_store", "patch_channel_stats", "parse_scenarios",
-    "predict", "prediction_data", "random_symmetry", "result_rows", "run_chapter", "search_learning_rate",
+    "PredictionData", "PredictorBundle", "PredictorConfig", "PredictorRun", "build_for_data", "check_patch_size", "checkpoint_dir", "default_num_workers",
+    "TASKS", "Task", "evaluate_predictions", "make_loader", "load_predictor", "make_task", "masked_mse_loss", "open_store", "patch_channel_stats", "parse_scenarios",
+    "predict", "predict_patches", "prediction_data", "random_symmetry", "result_rows", "run_chapter", "save_predictor", "search_learning_rate",
     "stage1_for_sepal", "store_positions", "task_class", "train_predictor", "trivial_baseline",
 ]

@@ -14,6 +14,7 @@ The paper's protocol (Mejia et al., MICCAI 2024, Sec. 3), shared by every predic
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -35,8 +36,11 @@ from ..training import (
     seed_everything,
     split_train_options,
 )
+from .bundle import save_predictor
 from .data import SCENARIOS, TARGET_LAYERS, PredictionData, patch_channel_stats
 from .tasks import Task, default_num_workers, make_loader, masked_mse_loss, predict, task_class, validation_mse
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LR_GRID", "PredictorConfig", "PredictorRun", "build_for_data", "checkpoint_dir",
            "default_num_workers", "evaluate_predictions", "make_loader", "make_task", "masked_mse_loss", "predict",
@@ -255,6 +259,8 @@ def train_predictor(
         ``stage`` column of the results rows.
     write_results, checkpoints
         Append rows to the store / keep checkpoints (``best.pt``, ``last.pt``; a rerun resumes).
+        A patch predictor's folder also gets ``predictor.json`` (:func:`~spared_utils.predict.bundle.save_predictor`):
+        with it the folder is a checkpoint that :func:`spared_utils.apply` uses on new slides.
 
     Returns
     -------
@@ -299,6 +305,12 @@ def train_predictor(
     run = PredictorRun(config=config, dataset=dataset, model=model, train=result, metrics=table, predictions=preds,
                        rows=rows, gene_tables=tables, n_params=n_params, config_hash=chash, baseline_val_loss=baseline_val,
                        task=task)
+    if ckpt is not None and models.record(config.model).kind == "patch" and data.adata is not None \
+            and hasattr(data.store, "patch_size"):
+        try:  # predictor.json beside best.pt: a checkpoint new slides can use (spared_utils.apply)
+            save_predictor(run, ckpt)
+        except ValueError as err:  # data that are not a curated dataset: the run stands, without the description
+            log.warning("%s: no predictor.json written (%s); spared_utils.apply cannot use this run", ckpt, err)
     run.rows_written = result_rows(run, stage=stage)
     if write_results and run.rows_written:
         results.append(run.rows_written, path=root / results.STORE_NAME)

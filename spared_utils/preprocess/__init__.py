@@ -31,14 +31,17 @@ from .moran import moran_i, select_top_moran
 from .normalise import gene_lengths_for, log1p, tpm
 from ..registry import PipelineParams
 from .genes import harmonise_gene_ids, load_gene_lengths, strip_version, symbol_to_ensembl
+from .panel import PanelMismatchError, check_panel, package_versions, panel_info
 from .pipeline import DELTA_LAYERS, run_pipeline
 from .store import curation_fingerprint, processed_path, read_processed, write_processed
 
 __all__ = [
     "DELTA_LAYERS",
+    "PanelMismatchError",
     "PipelineParams",
     "add_mask",
     "check_counts",
+    "check_panel",
     "collect",
     "combat",
     "curation_fingerprint",
@@ -57,6 +60,8 @@ __all__ = [
     "median_complete_loop",
     "moran_i",
     "nonzero_medians",
+    "package_versions",
+    "panel_info",
     "processed_path",
     "read_processed",
     "real_data_genes",

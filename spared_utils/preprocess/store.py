@@ -65,4 +65,8 @@ def read_processed(dataset: str) -> AnnData:
     path = processed_path(dataset)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run chapters/01_curation with dataset={dataset!r} first")
-    return ad.read_h5ad(path)
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - h5py raises many kinds for a truncated file
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); the file is truncated or damaged: "
+                         f"delete it and curate again (spared_utils.datasets.load({dataset!r}, force=True))") from err

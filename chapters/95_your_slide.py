@@ -1,0 +1,123 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Your own slide: completed and predicted with the book's models
+#
+# **What it shows:** a new Visium slide — yours — read from its Space Ranger folder, brought to the
+# gene panel and scale of a dataset the book trained on, its missing values completed by SpaCKLE and
+# every spot's expression predicted from its H&E patch.
+# **What it needs:** a Space Ranger output folder (`slide`; by default a new synthetic slide of the
+# embedded dataset, written in the Space Ranger layout), and the SpaCKLE and predictor checkpoints that
+# chapters 02 and 10 saved (trained here, briefly, when they are missing); a CPU, a minute or two.
+# **What it writes:** `results/<dataset>/your_slide/<slide>.h5ad` with the layers `measured`,
+# `completed`, `predicted` and `mask`, which scanpy and squidpy read as they are.
+#
+# The same runs as a command, for a slide of your own:
+#
+# ```bash
+# python -m spared_utils.apply path/to/outs --completion spackle.pt --predictor CHECKPOINT_DIR -o slide.h5ad
+# ```
+
+# %% tags=["parameters"]
+dataset = "synthetic"  # the dataset whose checkpoints are used (the slide should be of the same tissue and organism)
+slide = ""  # a Space Ranger output folder; "" writes a new synthetic slide of `dataset`
+completion_checkpoint = ""  # "" = the newest one chapter 02 saved for `dataset` (trained here if none)
+predictor_checkpoint = ""  # "" = the newest `predictor` checkpoint its chapter saved (trained here if none)
+predictor = "shufflenet"
+batch_correction = "none"  # or "reference": each gene moved to the training slides' mean and spread
+iterations = None  # budget of a checkpoint trained here (None: the book's CPU budget)
+device = "auto"
+seed = 0
+out_dir = "results"
+
+# %%
+import time
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+import spared_utils as su
+
+started = time.perf_counter()
+out = su.io.output_dir(out_dir, dataset) / "your_slide"
+
+# %% [markdown]
+# ## The slide and the checkpoints
+#
+# Without a `slide`, the chapter writes one: a section of the embedded dataset's generator that the
+# dataset does not contain (same genes and tissue, new spots), as Space Ranger lays its output out
+# (`filtered_feature_bc_matrix.h5`, `spatial/tissue_positions.csv`, scale factors, the hires and
+# lowres PNGs, the full-resolution `image.tif`). Each checkpoint carries the gene panel and training
+# dataset it belongs to, its configuration and the package versions that made it.
+
+# %%
+slide_dir = Path(slide) if slide else su.apply.example_slide(dataset, out / "example")
+found = su.apply.checkpoints_for(dataset, predictor, out_dir, iterations=iterations, seed=seed, device=device)
+completion_file = completion_checkpoint or found["completion"]
+predictor_dir = predictor_checkpoint or found["predictor"]
+bundle = su.io.load_predictor(predictor_dir, device=device)
+pd.Series({"slide": str(slide_dir), "SpaCKLE checkpoint": str(completion_file), "predictor checkpoint": str(predictor_dir),
+           "trained here": ", ".join(found["trained"]) or "nothing (found the chapters' checkpoints)",
+           "training dataset": bundle.panel["dataset_id"], "genes in the panel": len(bundle.genes),
+           "patch": f"{bundle.patch_size} px of {bundle.patch_scale:g} spot diameters",
+           "versions": ", ".join(f"{k} {v}" for k, v in bundle.meta["versions"].items())}, name="value").to_frame()
+
+# %% [markdown]
+# ## Apply
+#
+# `su.apply` reads the folder with the book's Space Ranger reader, finds each panel gene on the slide by
+# Ensembl id or symbol (through the vendored identifier tables), computes log2(TPM + 1) with the
+# training dataset's gene lengths, fills missing values with the curation's adaptive median, lets
+# SpaCKLE complete them, cuts a patch around every spot and predicts its expression. ComBat, which
+# corrected the training slides against each other, cannot place a slide outside those batches; with
+# `batch_correction="none"` the slide's values are used as they are, `"reference"` moves each gene to the
+# training slides' mean and spread. A panel gene missing from the slide stays unmeasured (`NaN` in
+# `measured`), never a silent zero.
+
+# %%
+result = su.apply(slide_dir, completion=completion_file, predictor=predictor_dir, out=out / f"{slide_dir.name}.h5ad",
+                  batch_correction=batch_correction, device=device)
+info = result.uns["apply"]
+result
+
+# %% [markdown]
+# ## Measured, completed, predicted
+#
+# Grey crosses in the first column are values the slide did not measure; SpaCKLE fills them in the second
+# column from the spot's own genes and its neighbours; the third column is what the predictor reads from
+# the image alone ({numref}`fig-your-slide-layers`).
+
+# %% mystnb={"figure": {"caption": "Two genes of the slide: measured (crosses: not measured), completed by SpaCKLE, predicted from the H&E patch.", "name": "fig-your-slide-layers"}}
+table = su.apply.agreement(result).sort_values("pcc", ascending=False)
+shown = [table["gene"].iloc[0], table["gene"].iloc[-1]]
+fig = su.pl.slide_layers(result, shown)
+
+# %%
+table.round(3).head(10)
+
+# %% [markdown]
+# ## What we saw
+
+# %%
+best, worst = table.iloc[0], table.iloc[-1]
+display(Markdown(f"""## What we saw
+
+- The slide has {result.n_obs:,} spots in tissue; {info['n_genes_found']} of the panel's {info['n_panel_genes']} genes were found on it{f" ({len(info['absent_genes'])} absent, marked unmeasured)" if info['absent_genes'] else ""}, and {100 * info['missing_fraction']:.1f}% of their values were missing, completed by SpaCKLE.
+- The checkpoints were trained on `{info['training_dataset']}` ({info['predictor']}, scenario {info['scenario']}); batch correction: {info['batch_correction']}.
+- Predicted against measured (real values only), per gene: best {best['gene']} (PCC {best['pcc']:.2f}), worst {worst['gene']} (PCC {worst['pcc']:.2f}), median PCC {table['pcc'].median():.2f}.
+- The whole chapter took {time.perf_counter() - started:.0f} s.
+"""))

@@ -1,0 +1,76 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Appendix: the reliability matrix
+#
+# **What it shows:** what every public entry point does with the inputs users actually produce —
+# corrupt and truncated files, missing images, inconsistent barcodes, empty slides, bad counts, unknown
+# names, failed downloads, full and read-only disks, runs killed half-way, two processes writing the
+# results store at once — and whether anything half-written is left behind.
+# **What it needs:** the repository's `tests/` folder; no data (the matrix builds its own tiny slides and
+# checkpoints); a CPU, about a minute.
+# **What it writes:** `results/reliability.json`, the outcome of each row of this run.
+#
+# The table is not typed: this page runs `tests/test_reliability.py` when the book is built and shows
+# the rows it recorded, so it cannot drift from the code. A row passes when the call refuses the input
+# with a message naming the file (or the slide, dataset, chapter) **and** what to do about it, and no
+# new file is left in the folders it writes to; a killed run passes when its resumption reaches the same
+# numbers, bit for bit, as an uninterrupted run with the same seed.
+
+# %% tags=["parameters"]
+dataset = "synthetic"  # unused: the matrix makes its own tiny data
+select = ""  # a pytest -k expression to run some rows only ("" = every row)
+out_dir = "results"
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+import spared_utils as su
+from spared_utils import reliability
+
+rows, ran = reliability.run_matrix(su.io.output_dir(out_dir) / "reliability.json", select=select)
+counts = reliability.summary(rows)
+print(f"pytest exit code {ran['exit_code']} in {ran['seconds']:.0f} s: {' '.join(ran['tail'])}")
+pd.Series(counts, name="count").to_frame()
+
+# %% [markdown]
+# ## The matrix
+#
+# One row per input tried, grouped by kind; `outcome` is the exception raised (or what happened), and
+# the last column the start of the message a user reads.
+
+# %%
+shown = rows.assign(message=rows["message"].fillna("").str.slice(0, 160))
+shown[["group", "entry", "case", "outcome", "names_file", "names_fix", "partial_outputs", "passed", "message"]]
+
+# %% mystnb={"figure": {"caption": "Inputs tried per kind of failure, and how many rows passed.", "name": "fig-reliability-counts"}}
+per_group = rows.groupby("group", sort=False)["passed"].agg(tried="size", passed="sum")
+ax = per_group.plot.barh(color=su.pl.PALETTE[:2], figsize=(7, 3.2))
+ax.set(xlabel="inputs", ylabel="", title="Reliability matrix: inputs tried and passed")
+ax.invert_yaxis()
+
+# %% [markdown]
+# ## What we saw
+
+# %%
+failed = rows.loc[~rows["passed"].eq(True), "case"].tolist()
+display(Markdown(f"""## What we saw
+
+- {counts['inputs tried']} inputs tried{f" (rows selected by `{select}`)" if select else ""}; {counts['inputs refused or warned about']} were refused (or warned about), {counts['messages naming the file and the fix']} of them with a message naming the file and the fix; {counts['partial outputs found']} partial outputs found.
+- {counts['resumed to identical numbers']} of {counts['interrupted runs']} runs killed half-way resumed to identical numbers.
+- {counts['rows passed']} of {counts['inputs tried']} rows passed{": failed " + ", ".join(failed) if failed else ""}; the matrix ran in {ran['seconds']:.0f} s.
+"""))
