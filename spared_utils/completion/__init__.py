@@ -5,7 +5,10 @@ One verb, :func:`complete`, runs any method on a curated dataset and adds the co
 
 * ``"spackle"`` – the transformer of :mod:`spared_utils.completion.spackle` (trained on the
   training slides, or loaded from a checkpoint, or given as a trained result);
+* ``"spackle_plus"`` – ours: SpaCKLE's model trained over a range of masking rates, reading which
+  entries it is given (:data:`PLUS_OPTIONS`, chosen by the ablation of chapter 02);
 * ``"median"`` – the adaptive median of SEPAL/SpaRED (:func:`spared_utils.preprocess.median_complete`);
+* ``"mean"`` – each gene's mean over its real training values (the trivial completion);
 * ``"stlearn"`` – stLearn's SME imputation (:mod:`spared_utils.completion.sme`).
 
 :mod:`spared_utils.completion.evaluate` holds the paper's protocol (synthetic masking of real
@@ -27,7 +30,16 @@ from anndata import AnnData
 
 from ..preprocess import deltas, write_processed
 from . import evaluate, sme, spackle
-from .evaluate import MASKING_LEVELS, METHODS, evaluate_masking, masking_methods, relative_reduction
+from .evaluate import (
+    MASKING_LEVELS,
+    METHODS,
+    SCHEMES,
+    before_dropout_layer,
+    evaluate_masking,
+    evaluate_missing,
+    masking_methods,
+    relative_reduction,
+)
 from .sme import SmeConfig
 from .spackle import (
     SpackleConfig,
@@ -45,6 +57,25 @@ COMPLETED_LAYER = "c_t_log1p"
 #: ``datasets.load(id, stage="completed")`` trains when a dataset has no completed layer yet
 #: (the paper: 10,000 iterations, lr searched, feed-forward width 2048).
 CPU_BUDGET: dict[str, Any] = {"iterations": 200, "learning_rate": 3e-3, "dim_feedforward": 512}
+#: ``method="spackle_plus"``: the :class:`SpackleConfig` options that make our completion (on top
+#: of the caller's budget). Each was kept by the ablation of chapter 02 / ``bench_completion.py``:
+#: ρ drawn per neighbourhood from 5–95% with the authors' per-gene rule (high masking is then in
+#: the training distribution), an input indicator of the given entries, unseen entries (hidden or
+#: originally missing) set to 0 in training as at inference, and the loss on hidden entries only.
+PLUS_OPTIONS: dict[str, Any] = {"mask_prob_range": (0.05, 0.95), "masking": "per_gene", "mask_indicator": True,
+                                "missing_in_training": "zero", "loss_on": "hidden", "mask_prob": 0.5}
+
+
+def plus_config(**config: Any) -> tuple[SpackleConfig, dict]:
+    """:data:`PLUS_OPTIONS` under the caller's options (``SpackleConfig.from_kwargs``)."""
+    return SpackleConfig.from_kwargs(**{**PLUS_OPTIONS, **config})
+
+
+def train_plus(adata: AnnData, layer: str = "c_d_log1p", hex_geometry: bool | None = None, **config: Any) -> SpackleResult:
+    """Train our completion model (``method="spackle_plus"``): :func:`train_spackle` with :data:`PLUS_OPTIONS`."""
+    cfg, rest = plus_config(**config)
+    _no_extra(rest, "spackle_plus", SpackleConfig)
+    return train_spackle(adata, layer, cfg, hex_geometry=hex_geometry)
 
 
 def delta_key(key: str) -> str:
@@ -71,7 +102,8 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         (True = real measurement), ``obs["slide_id"]``, ``obs["split"]``, ``obs["array_row"]``,
         ``obs["array_col"]`` (``obsm["spatial"]`` and the images for ``"stlearn"``).
     method
-        ``"spackle"``, ``"median"`` or ``"stlearn"``.
+        One of :data:`METHODS`: ``"spackle"``, ``"spackle_plus"`` (ours), ``"median"``,
+        ``"mean"`` (each gene's mean over its real training values) or ``"stlearn"``.
     layer, key_added
         Input layer and the completed layer to add; its Δ (minus the training mean of each gene)
         is added as ``key_added`` with ``log1p`` → ``deltas`` (``c_t_deltas``).
@@ -79,7 +111,8 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         ``spackle``: any :class:`SpackleConfig` field (``iterations``, ``learning_rate``,
         ``lr_grid``, ``seed``, ``device``, ``checkpoint_dir``, ...), or ``model=`` a trained
         :class:`SpackleResult`, or ``checkpoint=`` a path saved by :func:`save_checkpoint`.
-        ``median``: ``n_rings`` (4). ``stlearn``: any :class:`SmeConfig` field. All methods:
+        ``spackle_plus``: as ``spackle`` (its defaults :data:`PLUS_OPTIONS`). ``median``:
+        ``n_rings`` (4). ``mean``: none. ``stlearn``: any :class:`SmeConfig` field. All methods:
         ``hex_geometry`` (default: the curation's).
 
     Returns
@@ -104,10 +137,10 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
     values, real = check_input(adata, layer)
     t0 = time.perf_counter()
     info: dict[str, Any] = {"method": method, "layer": layer, "key_added": key_added}
-    if method == "spackle":
+    if method in ("spackle", "spackle_plus"):
         model = config.pop("model", None)
         ckpt = config.pop("checkpoint", None)
-        cfg, rest = SpackleConfig.from_kwargs(**config)
+        cfg, rest = SpackleConfig.from_kwargs(**config) if method == "spackle" else plus_config(**config)
         _no_extra(rest, method, SpackleConfig)
         if model is None and ckpt is not None:
             model = load_checkpoint(ckpt, device=cfg.train.device)
@@ -118,6 +151,11 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
                     best_iteration=model.best_iteration, n_params=model.n_params,
                     checkpoint=str(model.checkpoint) if model.checkpoint else "",
                     config=json.dumps(asdict(model.config), default=str))
+    elif method == "mean":
+        _no_extra(config, method, None)
+        completed = evaluate.mean_fill(adata, values, real, np.arange(adata.n_obs))
+        completed = np.where(real, values, completed).astype(np.float32)
+        info.update(config="{}")
     elif method == "median":
         n_rings = int(config.pop("n_rings", 4))
         _no_extra(config, method, None, allowed=("n_rings",))
@@ -178,7 +216,8 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
 
 
 __all__ = [
-    "COMPLETED_LAYER", "CPU_BUDGET", "METHODS", "MASKING_LEVELS", "SmeConfig", "SpackleConfig", "SpackleResult", "complete", "delta_key",
-    "evaluate", "evaluate_masking", "hex_geometry_of", "load_checkpoint", "masking_methods", "relative_reduction",
-    "results_rows", "save_checkpoint", "save_completed", "sme", "spackle", "train_spackle",
+    "COMPLETED_LAYER", "CPU_BUDGET", "METHODS", "MASKING_LEVELS", "PLUS_OPTIONS", "SCHEMES", "SmeConfig", "SpackleConfig",
+    "SpackleResult", "before_dropout_layer", "complete", "delta_key", "evaluate", "evaluate_masking", "evaluate_missing",
+    "hex_geometry_of", "load_checkpoint", "masking_methods", "plus_config", "relative_reduction", "results_rows",
+    "save_checkpoint", "save_completed", "sme", "spackle", "train_plus", "train_spackle",
 ]
