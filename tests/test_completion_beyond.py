@@ -4,6 +4,8 @@ predictor harness's choice of completion."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -157,3 +159,35 @@ def test_spackle_plus_trains_over_masking_range_reproducibly(data):
     assert float(p.min()) >= lo and float(p.max()) <= hi and float(p.std()) > 0.2
     with pytest.raises(ValueError, match="mask_prob_range"):
         S.SpackleConfig.make(mask_prob_range=(0.5, 0.2))
+
+
+def test_harness_completed_scenario_takes_the_completion_method(tmp_path):
+    from spared_utils import patches, predict, results
+    from tests.test_predict import _toy_adata
+
+    adata = _toy_adata()
+    store = patches.PatchStore(patches.extract_patches(adata.copy(), tmp_path / "patches", patch_size=64, progress=False))
+    kw = dict(scenario="completed", learning_rate=1e-3, adata=adata, store=store, iterations=2, batch_size=4,
+              eval_every=1, eval_spots=8, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="unknown completion method"):
+        predict.run_chapter("toy", "shufflenet", completion="knn", **kw)
+    mean = predict.run_chapter("toy", "shufflenet", completion="mean", **kw)
+    # "mean" completes a copy: real values kept, each missing value the gene's mean over its real
+    # training values, the caller's data (and its stored SpaCKLE layer) untouched
+    target, real = mean.data["completed"].target, adata.layers["mask"]
+    train = (adata.obs["split"] == "train").to_numpy()
+    np.testing.assert_array_equal(target[real], adata.layers["c_d_log1p"][real])
+    for g in range(adata.n_vars):
+        want = adata.layers["c_d_log1p"][train & real[:, g], g].mean()
+        np.testing.assert_allclose(target[~real[:, g], g], want, rtol=1e-6)
+    assert mean.adata is not adata and not np.array_equal(adata.layers["c_t_log1p"], target)
+    # runs are kept apart: their own hash (checkpoint folder), the method in the results rows;
+    # the default (SpaCKLE) hashes exactly as before the option existed
+    cfg = mean.runs["completed"].config
+    assert cfg.completion == "mean" and mean.runs["completed"].config_hash == cfg.hash("toy", 3)
+    spackle = replace(cfg, completion="spackle")
+    assert spackle.hash("toy", 3) != cfg.hash("toy", 3)
+    ident = {k: v for k, v in asdict(spackle).items() if k not in {"train", "num_workers", "eval_batch_size", "completion"}}
+    assert spackle.hash("toy", 3) == spackle.train.hash("toy", 3, sorted(ident.items()))
+    rows = results.read()
+    assert set(rows.loc[rows["stage"] == "predict", "completion"]) == {"mean"}
