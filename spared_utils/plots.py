@@ -25,6 +25,8 @@ METHOD_COLOURS = {
     "stlearn": PALETTE[2],
     "raw": PALETTE[3],
     "completed": PALETTE[4],
+    "mean": PALETTE[7],
+    "spackle_plus": PALETTE[5],
 }
 SPLIT_COLOURS = {"train": PALETTE[0], "val": PALETTE[1], "test": PALETTE[2]}
 
@@ -444,7 +446,8 @@ def predicted_vs_true_maps(adata: AnnData, slide: str, rows: np.ndarray, pred: n
 # Completion (chapter 02, Fig. 3)
 # --------------------------------------------------------------------------------------------
 
-COMPLETION_LABELS = {"median": "median", "spackle": "SpaCKLE", "stlearn": "stLearn (SME)"}
+COMPLETION_LABELS = {"median": "median", "spackle": "SpaCKLE", "stlearn": "stLearn (SME)", "mean": "training mean",
+                     "spackle_plus": "ours (SpaCKLE+)"}
 
 
 def completion_mse_violin(table, by: str = "gene", ax: plt.Axes | None = None,

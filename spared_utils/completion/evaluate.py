@@ -400,6 +400,75 @@ def evaluate_missing(adata: AnnData, methods: Mapping[str, Completer], truth_lay
     return pd.DataFrame(out), preds
 
 
+def score_missing(adata: AnnData, methods: Mapping[str, Completer], generated: AnnData,
+                  splits: Sequence[str] = ("val", "test"), layer: str = S.DEFAULT_LAYER) -> pd.DataFrame:
+    """Every method on the originally missing entries, against both truths of the synthetic data.
+
+    Adds the truth layers of ``generated`` (:data:`TRUTH_SOURCES`) to ``adata``, scores with
+    :func:`evaluate_missing` and removes them again (they are for evaluation only). Returns one
+    row per method, columns ``(metric, truth)`` with metrics ``mse`` and ``mean_signed_error``
+    and truths ``counts before dropout`` and ``expected expression``; several evaluation splits
+    are averaged.
+    """
+    labels = {"before_dropout_log1p": "counts before dropout", "expected_log1p": "expected expression"}
+    parts = []
+    try:
+        for source, key in TRUTH_SOURCES.items():
+            before_dropout_layer(adata, generated, source=source, layer=layer, key_added=key)
+            table, _ = evaluate_missing(adata, methods, truth_layer=key, layer=layer, splits=splits)
+            parts.append(table.assign(truth=labels.get(key, key)))
+    finally:
+        for key in TRUTH_SOURCES.values():
+            adata.layers.pop(key, None)
+    table = pd.concat(parts).pivot_table(index="method", columns="truth", values=["mse", "mean_signed_error"])
+    return table.reindex([m for m in methods if m in table.index])
+
+
+def ablation_table(adata: AnnData, base: S.SpackleConfig, candidates: Mapping[str, Mapping],
+                   levels: Sequence[float] = MASKING_LEVELS, splits: Sequence[str] = ("test",), seed: int = 0,
+                   hex_geometry: bool = True) -> pd.DataFrame:
+    """Train one model per candidate (``base`` with the candidate's options) and score it.
+
+    Returns one row per candidate: ``mean_mse`` (over ``levels``), the MSE at the lowest and the
+    highest level, ``best_val`` and ``train_s``; the masks are those of :func:`evaluate_masking`.
+    """
+    from dataclasses import replace
+
+    rows = []
+    for name, options in candidates.items():
+        result = S.train_spackle(adata, config=replace(base, **dict(options), checkpoint_dir=None),
+                                 hex_geometry=hex_geometry)
+        fn = masking_methods(None, None, hex_geometry, mean=False, models={name: result})
+        fn.pop("median")
+        summary, _, _ = evaluate_masking(adata, fn, levels=levels, splits=splits, seed=seed, progress=False)
+        mse = summary.groupby("masking")["mse"].mean()
+        rows.append({"candidate": name, "mean_mse": float(mse.mean()), f"mse_{int(100 * min(levels))}":
+                     float(mse.iloc[0]), f"mse_{int(100 * max(levels))}": float(mse.iloc[-1]),
+                     "best_val": result.best_val, "train_s": result.wall_time_s})
+    return pd.DataFrame(rows).set_index("candidate")
+
+
+def comparison_table(summary: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """MSE per masking level (rows) and method (columns), with the comparisons chapter 02 shows.
+
+    Added where both methods are present: SpaCKLE vs the median and vs the training mean, ours
+    (``spackle_plus``) vs SpaCKLE, the mean and the median (``% lower MSE``: ``100 · (1 − a / b)``),
+    and stLearn / SpaCKLE (MSE ratio). Several splits are averaged.
+    """
+    table = summary.pivot_table(index="masking", columns="method", values="mse").rename_axis(columns=None)
+    if methods is not None:
+        table = table[[m for m in methods if m in table]]
+    pairs = [("SpaCKLE vs median", "spackle", "median"), ("SpaCKLE vs mean", "spackle", "mean"),
+             ("ours vs SpaCKLE", "spackle_plus", "spackle"), ("ours vs mean", "spackle_plus", "mean"),
+             ("ours vs median", "spackle_plus", "median")]
+    for label, a, b in pairs:
+        if a in table and b in table:
+            table[f"{label} (% lower MSE)"] = 100 * (1 - table[a] / table[b])
+    if "stlearn" in table and "spackle" in table:
+        table["stLearn / SpaCKLE (MSE ratio)"] = table["stlearn"] / table["spackle"]
+    return table
+
+
 def _level_seed(seed: int, level: float, split: str) -> int:
     return int(seed) * 1_000_003 + int(round(level * 1000)) * 101 + sum(map(ord, split))
 
@@ -414,6 +483,6 @@ def relative_reduction(summary: pd.DataFrame, method: str = "spackle", baseline:
     return out.reset_index()
 
 
-__all__ = ["MASKING_LEVELS", "METHODS", "SCHEMES", "TRUTH_LAYER", "TRUTH_SOURCES", "MaskingRun", "before_dropout_layer", "evaluate_masking",
+__all__ = ["ablation_table", "comparison_table", "score_missing", "MASKING_LEVELS", "METHODS", "SCHEMES", "TRUTH_LAYER", "TRUTH_SOURCES", "MaskingRun", "before_dropout_layer", "evaluate_masking",
            "evaluate_missing", "evaluation_spots", "lost_genes", "masking_methods", "mean_fill", "median_fill",
            "relative_reduction", "train_rows_of", "training_mean"]
