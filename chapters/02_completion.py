@@ -246,12 +246,12 @@ else:
     print(f"{dataset} is not synthetic: the truth of its missing entries is unknown")
 
 # %% [markdown]
-# Most originally missing entries of the synthetic data are zeros of the count sampling itself, not
-# of technical dropout; before dropout they are still 0 counts, far below what any completion
-# fills in. Every method is biased high there (positive mean signed error), the median and the
-# neural models most, because they fill from measured — hence higher — neighbours. Against the
-# expected expression the gap is smaller but keeps its sign: completion from measured values
-# overestimates weakly expressed entries.
+# Most originally missing entries of the synthetic data are zeros of the count sampling itself
+# (weakly expressed genes), not of technical dropout; before dropout they are still 0 counts, far
+# below anything a completion fills in from measured neighbours, so every method is biased high
+# there (positive mean signed error). Against the expected expression the bias is much smaller:
+# this is the truth a completion can aim at, and the ranking of the methods on it is the
+# question the masking protocol cannot answer.
 #
 # ### How SpaCKLE+ was chosen
 #

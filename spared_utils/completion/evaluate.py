@@ -155,9 +155,9 @@ def masking_methods(spackle: S.SpackleResult | None = None, sme_config=None, hex
     ``spackle`` when a trained result is given; ``stlearn`` when ``sme_config`` is given (an
     :class:`~spared_utils.completion.sme.SmeConfig`; morphology features are computed once per
     slide and reused across levels). ``models`` adds more trained completers by name: a
-    :class:`~spared_utils.completion.spackle.SpackleResult` or a
-    :class:`~spared_utils.completion.plus.PlusResult` (e.g. ``{"spackle_plus": plus_result,
-    "spackle (authors' code)": result}``).
+    :class:`~spared_utils.completion.spackle.SpackleResult` (e.g. ``{"spackle_plus":
+    plus_result}``) or any object with a ``predict_hidden(adata, hidden, rows, hex_geometry=,
+    slide_key=)`` method.
     """
     out: dict[str, Completer] = {
         "median": lambda a, v, r, h, rows: median_fill(a, v, r & ~h, rows, hex_geometry, n_rings, slide_key),
@@ -182,7 +182,7 @@ def masking_methods(spackle: S.SpackleResult | None = None, sme_config=None, hex
 
 def _model_completer(model, hex_geometry: bool, slide_key: str) -> Completer:
     """A trained model as a completer (its neighbourhood index built once)."""
-    if hasattr(model, "predict_hidden"):  # a PlusResult (or anything with the same method)
+    if hasattr(model, "predict_hidden"):  # a completer object of its own
         return lambda a, v, r, h, rows: model.predict_hidden(a, h, rows, hex_geometry=hex_geometry,
                                                              slide_key=slide_key)
     cache: dict[str, np.ndarray] = {}
