@@ -144,6 +144,27 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
     return out
 
 
+def _masking_job(job, capture: bool = True):
+    """One dataset of (a): ``(printed text, result or None)``; a dataset that fails is reported, not fatal."""
+    import contextlib
+    import io
+
+    import torch
+
+    ds, config, levels, with_stlearn, threads = job
+    torch.set_num_threads(threads)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf) if capture else contextlib.nullcontext():
+        try:
+            out = bench_masking(ds, config, levels, with_stlearn=with_stlearn)
+            for key in ("result",):  # the trained model stays in the worker
+                out.pop(key, None)
+        except Exception as err:  # a real dataset that cannot be read here is reported, not fatal
+            print(f"{ds}: skipped ({type(err).__name__}: {err})")
+            out = None
+    return buf.getvalue(), out
+
+
 def bench_missing(adata, spec, methods) -> pd.DataFrame:
     """Score every method on the originally missing entries against the expression before dropout."""
     from spared_utils import completion, synthetic
@@ -504,6 +525,8 @@ def main() -> None:
                         help="(a) at the book's CPU budget (chapter 02: 200 iterations, lr 3e-3, feed-forward 512)")
     parser.add_argument("--datasets", default=None, help="(a) on these datasets only, e.g. 'synthetic,synsuite_base'")
     parser.add_argument("--no-stlearn", action="store_true", help="(a) without stLearn's SME (faster)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(a) datasets in this many processes at once (each with --threads threads)")
     args = parser.parse_args()
 
     import torch
@@ -526,12 +549,19 @@ def main() -> None:
         ids = ["synthetic"] if args.quick else available_datasets()
         if args.datasets:
             ids = args.datasets.split(",")
+        jobs = [(ds, config, levels, not (args.quick or args.no_stlearn), args.threads) for ds in ids]
+        if args.jobs > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(args.jobs) as pool:
+                done = pool.map(_masking_job, jobs, chunksize=1)
+        else:
+            done = [_masking_job(job, capture=False) for job in jobs]
         outs = []
-        for ds in ids:
-            try:
-                outs.append(bench_masking(ds, config, levels, with_stlearn=not (args.quick or args.no_stlearn)))
-            except Exception as err:  # a real dataset that cannot be read here is reported, not fatal
-                print(f"{ds}: skipped ({type(err).__name__}: {err})")
+        for text, out in done:
+            print(text, end="", flush=True)
+            if out is not None:
+                outs.append(out)
         if outs:
             summ = pd.DataFrame([{"dataset": o["dataset"], "spackle_vs_median_%": o["mean_reduction"],
                                   "spackle_below_median_everywhere": o["below_all"],

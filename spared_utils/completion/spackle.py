@@ -98,6 +98,9 @@ class SpackleConfig:
     #: ours: each training neighbourhood draws its ρ uniformly from this range (``None``: ρ fixed),
     #: so that every masking level of the evaluation is in the training distribution
     mask_prob_range: tuple[float, float] | None = None
+    #: ours: share of training neighbourhoods whose ρ is drawn from ``mask_prob_range``; the others
+    #: are masked at ``mask_prob`` (so the paper's training distribution stays part of the mix)
+    mask_range_share: float = 1.0
     #: ours: the input adapter also reads which entries are given (1) or unseen (0); unseen
     #: entries are exactly 0 in the input, so the indicator is ``x ≠ 0``
     mask_indicator: bool = False
@@ -125,6 +128,8 @@ class SpackleConfig:
             if not 0 < lo <= hi < 1:
                 raise ValueError(f"mask_prob_range must be (low, high) with 0 < low <= high < 1, got {self.mask_prob_range}")
             self.mask_prob_range = (lo, hi)
+        if not 0 <= self.mask_range_share <= 1:
+            raise ValueError(f"mask_range_share must be in [0, 1], got {self.mask_range_share}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SpackleConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -382,6 +387,9 @@ class Neighbourhoods:
             return self.hide_prob
         lo, hi = config.mask_prob_range
         rho = torch.rand((batch, 1, 1), device=self.values.device) * (hi - lo) + lo
+        if config.mask_range_share < 1:
+            fixed = torch.rand((batch, 1, 1), device=self.values.device) >= config.mask_range_share
+            rho = torch.where(fixed, torch.full_like(rho, config.mask_prob), rho)
         if config.masking == "uniform":
             return rho
         frac = self.real_frac[None, None, :]
