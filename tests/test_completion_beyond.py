@@ -157,6 +157,10 @@ def test_spackle_plus_trains_over_masking_range_reproducibly(data):
     assert p.shape == (2000, 1, 4)
     lo, hi = cfg.mask_prob_range
     assert float(p.min()) >= lo and float(p.max()) <= hi and float(p.std()) > 0.2
+    mixed = S.SpackleConfig.make(mask_prob_range=(0.5, 0.9), mask_range_share=0.25, mask_prob=0.3)
+    q = nb.step_hide_prob(4000, mixed).flatten()
+    assert float((q == 0.3).float().mean()) == pytest.approx(0.75, abs=0.03)  # the fixed rate's share
+    assert float(q[q != 0.3].min()) >= 0.5
     with pytest.raises(ValueError, match="mask_prob_range"):
         S.SpackleConfig.make(mask_prob_range=(0.5, 0.2))
 
