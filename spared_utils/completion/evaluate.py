@@ -46,6 +46,7 @@ from anndata import AnnData
 
 from .. import graphs, metrics
 from ..preprocess import median_complete
+from ..utils import dense
 from . import sme
 from . import spackle as S
 
@@ -325,8 +326,6 @@ def before_dropout_layer(adata: AnnData, generated: AnnData, source: str = "coun
     if (spots < 0).any() or (genes < 0).any():
         raise KeyError(f"{int((spots < 0).sum())} spots and {int((genes < 0).sum())} genes of the curated dataset are "
                        "not in the generated one: generate it with the dataset's own generator arguments")
-    from ..utils import dense
-
     before = dense(generated.layers[source][spots][:, genes]).astype(np.float64)
     counts = dense(adata.layers["counts"]).astype(np.float64)
     tpm = dense(adata.layers["tpm"]).astype(np.float64)
@@ -377,8 +376,6 @@ def evaluate_missing(adata: AnnData, methods: Mapping[str, Completer], truth_lay
         raise KeyError(f"layer {truth_layer!r} not found: it exists for the synthetic datasets only; add it with "
                        "spared_utils.completion.before_dropout_layer(adata, synthetic.make_dataset(**generator))")
     values, real = S.check_input(adata, layer, slide_key=slide_key)
-    from ..utils import dense
-
     truth = dense(adata.layers[truth_layer]).astype(np.float32)
     unseen = ~real
     out, preds = [], {}
