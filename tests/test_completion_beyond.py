@@ -161,6 +161,9 @@ def test_spackle_plus_trains_over_masking_range_reproducibly(data):
     q = nb.step_hide_prob(4000, mixed).flatten()
     assert float((q == 0.3).float().mean()) == pytest.approx(0.75, abs=0.03)  # the fixed rate's share
     assert float(q[q != 0.3].min()) >= 0.5
+    # the chapter's ablation: every candidate has its recorded row, and the kept one is SpaCKLE+
+    assert list(completion.PLUS_ABLATION) == list(completion.recorded_ablation().index)
+    assert any(opts == completion.PLUS_OPTIONS for opts in completion.PLUS_ABLATION.values())
     with pytest.raises(ValueError, match="mask_prob_range"):
         S.SpackleConfig.make(mask_prob_range=(0.5, 0.2))
 
