@@ -26,6 +26,8 @@ METHOD_COLOURS = {
     "raw": PALETTE[3],
     "completed": PALETTE[4],
     "masked": PALETTE[9],
+    "mean": PALETTE[7],
+    "spackle_plus": PALETTE[5],
 }
 SPLIT_COLOURS = {"train": PALETTE[0], "val": PALETTE[1], "test": PALETTE[2]}
 
@@ -521,7 +523,8 @@ def predicted_vs_true_maps(adata: AnnData, slide: str, rows: np.ndarray, pred: n
 # Completion (chapter 02, Fig. 3)
 # --------------------------------------------------------------------------------------------
 
-COMPLETION_LABELS = {"median": "median", "spackle": "SpaCKLE", "stlearn": "stLearn (SME)"}
+COMPLETION_LABELS = {"median": "median", "spackle": "SpaCKLE", "stlearn": "stLearn (SME)", "mean": "training mean",
+                     "spackle_plus": "ours (SpaCKLE+)"}
 
 
 def completion_mse_violin(table, by: str = "gene", ax: plt.Axes | None = None,

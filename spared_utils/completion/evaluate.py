@@ -8,13 +8,26 @@ completes the slides from what is left, and MSE / PCC are computed on the hidden
 Masking levels follow the authors' rule (``scheme="per_gene"``): to hide ``p`` of a gene's
 entries, each of its real entries is hidden with probability ``p / (fraction of real entries
 of the gene)``, capped at 1 — so at high levels weakly measured genes lose every real value,
-which is where the adaptive median degenerates to the slide median. ``scheme="uniform"`` hides
-``p`` of the real entries of every gene instead.
+which is where the adaptive median degenerates to the slide median. The summary counts those
+genes per level (``genes_lost``) and gives the MSE without them (``mse_kept_genes``).
+``scheme="uniform"`` hides ``p`` of the real entries of every gene instead; ``scheme="lgdist"``
+is the protocol of SpaCKLE's follow-up LGDiST (Cárdenas et al., arXiv 2509.01864): each real
+entry of a gene is hidden with probability ``p_miss / (1 − p_miss)`` (capped at 1), ``p_miss``
+the gene's fraction of missing entries, so a gene loses about as many real values as it already
+misses — weakly measured genes lose the most. It has no level: :func:`evaluate_masking` runs it
+once and reports the realised hidden fraction as ``masking``.
+
+:func:`evaluate_missing` scores the other question — how well each method fills the entries
+that were *originally* missing — where their truth is known: on the synthetic datasets, whose
+generator keeps the counts before technical dropout (:func:`before_dropout_layer` maps them onto
+the curated layer's scale).
 
 What each method sees:
 
 * ``median`` – the layer with hidden and originally missing entries set to 0, completed by
   :func:`spared_utils.preprocess.median_complete` (the SEPAL/SpaRED adaptive median);
+* ``mean`` – nothing of the slide: each gene's mean over its real values on the training spots
+  (the trivial completion, absent from the paper);
 * ``spackle`` – the layer with hidden entries set to 0 (originally missing entries keep their
   median values, exactly as in training); the centre token's output is the prediction;
 * ``stlearn`` – the layer with hidden and missing entries set to 0, imputed by SME
@@ -33,12 +46,16 @@ from anndata import AnnData
 
 from .. import graphs, metrics
 from ..preprocess import median_complete
+from ..utils import dense
 from . import sme
 from . import spackle as S
 
 #: The masking levels of Fig. 3 (fraction of a gene's entries hidden).
 MASKING_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-METHODS: tuple[str, ...] = ("median", "spackle", "stlearn")
+#: Every completion method of :func:`spared_utils.completion.complete`.
+METHODS: tuple[str, ...] = ("median", "mean", "spackle", "stlearn", "spackle_plus")
+#: Masking schemes of :func:`evaluate_masking` (see the module's docstring).
+SCHEMES: tuple[str, ...] = ("per_gene", "uniform", "lgdist")
 
 
 def evaluation_spots(adata: AnnData, splits: Sequence[str] = ("val", "test"),
@@ -78,6 +95,38 @@ def median_fill(adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: 
     return out[rows]
 
 
+def training_mean(values: np.ndarray, observed: np.ndarray, train_rows: np.ndarray | None = None) -> np.ndarray:
+    """Each gene's mean over its observed entries of ``train_rows`` (all rows when ``None``).
+
+    A gene with no observed training entry gets the mean of all its training values (the
+    median-completed ones), so the result is always finite.
+    """
+    v = values if train_rows is None else values[train_rows]
+    o = observed if train_rows is None else observed[train_rows]
+    n = o.sum(axis=0)
+    total = np.where(o, v, 0).sum(axis=0, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / np.maximum(n, 1), v.mean(axis=0, dtype=np.float64))
+    return mean.astype(np.float32)
+
+
+def train_rows_of(adata: AnnData, split_key: str = "split") -> np.ndarray:
+    """Integer positions of the training spots (every spot when the dataset has no split)."""
+    return S.split_spots(adata, split_key).get("train", np.arange(adata.n_obs))
+
+
+def mean_fill(adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: np.ndarray,
+              split_key: str = "split") -> np.ndarray:
+    """The trivial completion: each gene's mean over its observed training values, at every row.
+
+    Training spots are never hidden by the masking protocol, so this baseline sees the same
+    values whatever the masking level; it is the floor a completion method must beat to have
+    learnt anything from a spot's neighbourhood.
+    """
+    mean = training_mean(values, observed, train_rows_of(adata, split_key))
+    return np.broadcast_to(mean, (len(rows), values.shape[1])).copy()
+
+
 @dataclass
 class MaskingRun:
     """One masking level on one evaluation split: what was hidden and each method's predictions."""
@@ -99,25 +148,28 @@ Completer = Callable[[AnnData, np.ndarray, np.ndarray, np.ndarray, np.ndarray], 
 
 
 def masking_methods(spackle: S.SpackleResult | None = None, sme_config=None, hex_geometry: bool = True,
-               n_rings: int = 4, slide_key: str = "slide_id") -> dict[str, Completer]:
+                    n_rings: int = 4, slide_key: str = "slide_id", mean: bool = True,
+                    models: Mapping[str, object] | None = None) -> dict[str, Completer]:
     """Completion functions ``f(adata, values, real, hidden_full, rows) -> (len(rows), genes)``, by method name.
 
-    ``median`` is always present; ``spackle`` when a trained result is given; ``stlearn`` when
-    ``sme_config`` is given (an :class:`~spared_utils.completion.sme.SmeConfig`; morphology
-    features are computed once per slide and reused across levels).
+    ``median`` is always present, ``mean`` (each gene's training mean) unless ``mean=False``;
+    ``spackle`` when a trained result is given; ``stlearn`` when ``sme_config`` is given (an
+    :class:`~spared_utils.completion.sme.SmeConfig`; morphology features are computed once per
+    slide and reused across levels). ``models`` adds more trained completers by name: a
+    :class:`~spared_utils.completion.spackle.SpackleResult` (e.g. ``{"spackle_plus":
+    plus_result}``) or any object with a ``predict_hidden(adata, hidden, rows, hex_geometry=,
+    slide_key=)`` method.
     """
     out: dict[str, Completer] = {
         "median": lambda a, v, r, h, rows: median_fill(a, v, r & ~h, rows, hex_geometry, n_rings, slide_key),
     }
+    if mean:
+        out["mean"] = lambda a, v, r, h, rows: mean_fill(a, v, r & ~h, rows)
+    trained = dict(models or {})
     if spackle is not None:
-        index_cache: dict[str, np.ndarray] = {}
-
-        def spackle_pred(a, v, r, h, rows):
-            if "index" not in index_cache:
-                index_cache["index"] = S.neighbourhoods(a, spackle.config, hex_geometry, slide_key)
-            return S.predict_hidden(spackle, a, h, rows, index=index_cache["index"], slide_key=slide_key)
-
-        out["spackle"] = spackle_pred
+        trained = {"spackle": spackle, **trained}
+    for name, model in trained.items():
+        out[name] = _model_completer(model, hex_geometry, slide_key)
     if sme_config is not None:
         feature_cache: dict = {}
 
@@ -127,6 +179,26 @@ def masking_methods(spackle: S.SpackleResult | None = None, sme_config=None, hex
 
         out["stlearn"] = sme_pred
     return out
+
+
+def _model_completer(model, hex_geometry: bool, slide_key: str) -> Completer:
+    """A trained model as a completer (its neighbourhood index built once)."""
+    if hasattr(model, "predict_hidden"):  # a completer object of its own
+        return lambda a, v, r, h, rows: model.predict_hidden(a, h, rows, hex_geometry=hex_geometry,
+                                                             slide_key=slide_key)
+    cache: dict[str, np.ndarray] = {}
+
+    def pred(a, v, r, h, rows):
+        if "index" not in cache:
+            cache["index"] = S.neighbourhoods(a, model.config, hex_geometry, slide_key)
+        return S.predict_hidden(model, a, h, rows, index=cache["index"], slide_key=slide_key)
+
+    return pred
+
+
+def lost_genes(real: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """Genes with real values among ``real``'s rows that ``hidden`` hides entirely (bool per gene)."""
+    return real.any(axis=0) & ~(real & ~hidden).any(axis=0)
 
 
 def evaluate_masking(
@@ -145,11 +217,20 @@ def evaluate_masking(
     The same hidden entries are used for every method at a given level and split (drawn from
     ``seed`` and the level), so methods are compared on identical masks.
 
+    Parameters
+    ----------
+    scheme
+        ``"per_gene"`` (the paper's authors), ``"uniform"`` or ``"lgdist"`` (LGDiST's
+        dropout-proportional rule, which has no level: ``levels`` is ignored and one masking is
+        scored per split, its ``masking`` the realised hidden fraction of all entries).
+
     Returns
     -------
     summary
         One row per (split, level, method): ``mse``, ``mae``, ``pcc_gene``, ``pcc_global``,
-        ``n_values``, ``seconds``, ``masked_fraction`` (hidden / all entries).
+        ``n_values``, ``seconds``, ``masked_fraction`` (hidden / all entries), ``scheme``,
+        ``genes_lost`` (genes whose every real value on the split is hidden),
+        ``mse_kept_genes`` (the MSE over the other genes' hidden values).
     per_gene
         One row per (split, level, method, gene): ``mse``, ``pcc``, ``n_values``.
     runs
@@ -157,9 +238,13 @@ def evaluate_masking(
     """
     from tqdm.auto import tqdm
 
+    if scheme not in SCHEMES:
+        raise ValueError(f"masking scheme must be one of {SCHEMES}, got {scheme!r}")
     values, real = S.check_input(adata, layer, slide_key=slide_key)
     eval_sets = evaluation_spots(adata, splits)
     rows_out, genes_out, runs = [], [], []
+    if scheme == "lgdist":
+        levels = (0.0,)
     jobs = [(s, lv) for s in eval_sets for lv in levels]
     for split, level in tqdm(jobs, desc="masking levels", disable=not progress, leave=False):
         rows = eval_sets[split]
@@ -168,6 +253,9 @@ def evaluate_masking(
         full[rows] = hidden_full
         if not hidden_full.any():
             continue
+        if scheme == "lgdist":
+            level = round(float(hidden_full.mean()), 4)
+        lost = lost_genes(real[rows], hidden_full)
         run = MaskingRun(level, split, rows, hidden_full, values[rows])
         for name, fn in methods.items():
             t0 = time.perf_counter()
@@ -175,9 +263,12 @@ def evaluate_masking(
             run.seconds[name] = time.perf_counter() - t0
             run.predictions[name] = pred
             m = metrics.evaluate(pred, run.truth, hidden_full)
+            kept = hidden_full & ~lost[None]
             rows_out.append({"split": split, "masking": level, "method": name, **m,
                              "seconds": run.seconds[name],
-                             "masked_fraction": float(hidden_full.mean())})
+                             "masked_fraction": float(hidden_full.mean()), "scheme": scheme,
+                             "genes_lost": int(lost.sum()),
+                             "mse_kept_genes": metrics.masked_mse(pred, run.truth, kept) if kept.any() else float("nan")})
             table = metrics.per_gene_table(pred, run.truth, hidden_full, adata.var_names)
             table.insert(0, "method", name)
             table.insert(0, "masking", level)
@@ -187,6 +278,192 @@ def evaluate_masking(
     summary = pd.DataFrame(rows_out)
     per_gene = pd.concat(genes_out, ignore_index=True) if genes_out else pd.DataFrame()
     return summary, per_gene, runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring the originally missing entries (synthetic data: the truth before technical dropout)
+# ---------------------------------------------------------------------------------------------
+
+#: Layer :func:`before_dropout_layer` adds by default: the expression before technical dropout on
+#: the scale of the curated layer. No completion method reads it.
+TRUTH_LAYER = "before_dropout_log1p"
+#: Generator layer → the truth layer made from it.
+TRUTH_SOURCES: dict[str, str] = {"counts_before_dropout": TRUTH_LAYER, "expected_counts": "expected_log1p"}
+
+
+def before_dropout_layer(adata: AnnData, generated: AnnData, source: str = "counts_before_dropout",
+                         layer: str = S.DEFAULT_LAYER, key_added: str | None = None,
+                         batch_key: str | None = None) -> AnnData:
+    """Add the expression before technical dropout, on the scale of ``layers[layer]``.
+
+    ``generated`` is the synthetic dataset as :func:`spared_utils.synthetic.make_dataset` returns
+    it; ``source`` its layer to map: ``"counts_before_dropout"`` (→ ``before_dropout_log1p``, what
+    the slide would have measured without technical dropout) or ``"expected_counts"`` (→
+    ``expected_log1p``, the expected expression before sampling); ``adata`` the curated dataset.
+    The counts go through the curation's own transformations, recovered from the
+    curated layers: each spot's TPM factor (``tpm / (counts / gene_length)`` on its real
+    entries), log2(x + 1), and the ComBat correction, which is affine per batch and gene (fitted
+    by least squares of ``layers[layer]`` on ``layers["d_log1p"]``, its input). Where a value
+    was measured, the counts before dropout equal the counts, so the new layer reproduces
+    ``layers[layer]`` there (a check of the mapping); where it is missing, it holds what the slide
+    would have measured without technical dropout (0 counts when the sampling itself gave none).
+
+    Raises
+    ------
+    KeyError
+        ``generated`` has no ``counts_before_dropout`` layer, spots or genes of ``adata`` are
+        absent from it, or a curated layer the mapping needs is missing.
+    """
+    if source not in generated.layers:
+        raise KeyError(f"the generated dataset has no layers[{source!r}]; make it with "
+                       "spared_utils.synthetic.make_dataset from the dataset's generator arguments")
+    key_added = key_added or TRUTH_SOURCES.get(source, f"{source}_log1p")
+    for need in ("counts", "tpm", "d_log1p", layer, S.MASK_LAYER):
+        if need not in adata.layers:
+            raise KeyError(f"layer {need!r} is missing from the curated dataset; curate it with spared_utils.datasets.load")
+    spots = generated.obs_names.get_indexer(adata.obs_names)
+    genes = generated.var_names.get_indexer(adata.var_names)
+    if (spots < 0).any() or (genes < 0).any():
+        raise KeyError(f"{int((spots < 0).sum())} spots and {int((genes < 0).sum())} genes of the curated dataset are "
+                       "not in the generated one: generate it with the dataset's own generator arguments")
+    before = dense(generated.layers[source][spots][:, genes]).astype(np.float64)
+    counts = dense(adata.layers["counts"]).astype(np.float64)
+    tpm = dense(adata.layers["tpm"]).astype(np.float64)
+    length = np.asarray(adata.var["gene_length"], dtype=np.float64)
+    per_len = counts / length
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(per_len > 0, tpm / per_len, np.nan)
+    scale = np.nanmedian(np.where(np.isfinite(ratio), ratio, np.nan), axis=1) if np.isfinite(ratio).any() else None
+    if scale is None:
+        raise ValueError("no spot has a measured value: the TPM factors cannot be recovered")
+    scale = np.where(np.isfinite(scale), scale, np.nanmedian(scale))
+    logged = np.log2(before / length * scale[:, None] + 1.0)
+    x = dense(adata.layers["d_log1p"]).astype(np.float64)
+    y = dense(adata.layers[layer]).astype(np.float64)
+    key = batch_key or (adata.uns.get("preprocessing", {}).get("params", {}) or {}).get("combat_key")
+    groups = (adata.obs[key].astype(str).to_numpy() if isinstance(key, str) and key in adata.obs
+              else np.zeros(adata.n_obs, dtype=int))
+    out = np.empty_like(logged)
+    for g in np.unique(groups):
+        sel = groups == g
+        xm, ym = x[sel].mean(axis=0), y[sel].mean(axis=0)
+        var = ((x[sel] - xm) ** 2).mean(axis=0)
+        cov = ((x[sel] - xm) * (y[sel] - ym)).mean(axis=0)
+        slope = np.where(var > 1e-12, cov / np.maximum(var, 1e-12), 1.0)
+        out[sel] = slope * (logged[sel] - xm) + ym
+    adata.layers[key_added] = out.astype(np.float32)
+    return adata
+
+
+def evaluate_missing(adata: AnnData, methods: Mapping[str, Completer], truth_layer: str = TRUTH_LAYER,
+                     layer: str = S.DEFAULT_LAYER, splits: Sequence[str] = ("val", "test"),
+                     slide_key: str = "slide_id") -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """Score every method on the originally missing entries against ``layers[truth_layer]``.
+
+    Each method completes the evaluation slides from their real values only (nothing extra is
+    hidden), as :func:`spared_utils.completion.complete` does, and is scored where
+    ``layers["mask"]`` is False.
+
+    Returns
+    -------
+    summary
+        One row per (split, method): ``mse``, ``mae``, ``mean_signed_error`` (prediction − truth:
+        negative = the method fills too low), ``pcc_gene``, ``n_values``, ``seconds``.
+    predictions
+        ``{split: {method: (len(rows), genes) array}}``.
+    """
+    if truth_layer not in adata.layers:
+        raise KeyError(f"layer {truth_layer!r} not found: it exists for the synthetic datasets only; add it with "
+                       "spared_utils.completion.before_dropout_layer(adata, synthetic.make_dataset(**generator))")
+    values, real = S.check_input(adata, layer, slide_key=slide_key)
+    truth = dense(adata.layers[truth_layer]).astype(np.float32)
+    unseen = ~real
+    out, preds = [], {}
+    for split, rows in evaluation_spots(adata, splits).items():
+        missing = unseen[rows]
+        if not missing.any():
+            continue
+        preds[split] = {}
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            pred = np.asarray(fn(adata, values, real, unseen, rows), dtype=np.float32)
+            seconds = time.perf_counter() - t0
+            preds[split][name] = pred
+            m = metrics.evaluate(pred, truth[rows], missing)
+            err = (pred - truth[rows])[missing]
+            out.append({"split": split, "method": name, "mse": m["mse"], "mae": m["mae"],
+                        "mean_signed_error": float(err.mean()), "pcc_gene": m["pcc_gene"],
+                        "n_values": m["n_values"], "seconds": seconds})
+    return pd.DataFrame(out), preds
+
+
+def score_missing(adata: AnnData, methods: Mapping[str, Completer], generated: AnnData,
+                  splits: Sequence[str] = ("val", "test"), layer: str = S.DEFAULT_LAYER) -> pd.DataFrame:
+    """Every method on the originally missing entries, against both truths of the synthetic data.
+
+    Adds the truth layers of ``generated`` (:data:`TRUTH_SOURCES`) to ``adata``, scores with
+    :func:`evaluate_missing` and removes them again (they are for evaluation only). Returns one
+    row per method, columns ``(metric, truth)`` with metrics ``mse`` and ``mean_signed_error``
+    and truths ``counts before dropout`` and ``expected expression``; several evaluation splits
+    are averaged.
+    """
+    labels = {"before_dropout_log1p": "counts before dropout", "expected_log1p": "expected expression"}
+    parts = []
+    try:
+        for source, key in TRUTH_SOURCES.items():
+            before_dropout_layer(adata, generated, source=source, layer=layer, key_added=key)
+            table, _ = evaluate_missing(adata, methods, truth_layer=key, layer=layer, splits=splits)
+            parts.append(table.assign(truth=labels.get(key, key)))
+    finally:
+        for key in TRUTH_SOURCES.values():
+            adata.layers.pop(key, None)
+    table = pd.concat(parts).pivot_table(index="method", columns="truth", values=["mse", "mean_signed_error"])
+    return table.reindex([m for m in methods if m in table.index])
+
+
+def ablation_table(adata: AnnData, base: S.SpackleConfig, candidates: Mapping[str, Mapping],
+                   levels: Sequence[float] = MASKING_LEVELS, splits: Sequence[str] = ("test",), seed: int = 0,
+                   hex_geometry: bool = True) -> pd.DataFrame:
+    """Train one model per candidate (``base`` with the candidate's options) and score it.
+
+    Returns one row per candidate: ``mean_mse`` (over ``levels``), the MSE at the lowest and the
+    highest level, ``best_val`` and ``train_s``; the masks are those of :func:`evaluate_masking`.
+    """
+    from dataclasses import replace
+
+    rows = []
+    for name, options in candidates.items():
+        result = S.train_spackle(adata, config=replace(base, **dict(options), checkpoint_dir=None),
+                                 hex_geometry=hex_geometry)
+        fn = masking_methods(None, None, hex_geometry, mean=False, models={name: result})
+        fn.pop("median")
+        summary, _, _ = evaluate_masking(adata, fn, levels=levels, splits=splits, seed=seed, progress=False)
+        mse = summary.groupby("masking")["mse"].mean()
+        rows.append({"candidate": name, "mean_mse": float(mse.mean()), f"mse_{int(100 * min(levels))}":
+                     float(mse.iloc[0]), f"mse_{int(100 * max(levels))}": float(mse.iloc[-1]),
+                     "best_val": result.best_val, "train_s": result.wall_time_s})
+    return pd.DataFrame(rows).set_index("candidate")
+
+
+def comparison_table(summary: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """MSE per masking level (rows) and method (columns), with the comparisons chapter 02 shows.
+
+    Added where both methods are present: SpaCKLE vs the median and vs the training mean, ours
+    (``spackle_plus``) vs SpaCKLE, the mean and the median (``% lower MSE``: ``100 · (1 − a / b)``),
+    and stLearn / SpaCKLE (MSE ratio). Several splits are averaged.
+    """
+    table = summary.pivot_table(index="masking", columns="method", values="mse").rename_axis(columns=None)
+    if methods is not None:
+        table = table[[m for m in methods if m in table]]
+    pairs = [("SpaCKLE vs median", "spackle", "median"), ("SpaCKLE vs mean", "spackle", "mean"),
+             ("ours vs SpaCKLE", "spackle_plus", "spackle"), ("ours vs mean", "spackle_plus", "mean"),
+             ("ours vs median", "spackle_plus", "median")]
+    for label, a, b in pairs:
+        if a in table and b in table:
+            table[f"{label} (% lower MSE)"] = 100 * (1 - table[a] / table[b])
+    if "stlearn" in table and "spackle" in table:
+        table["stLearn / SpaCKLE (MSE ratio)"] = table["stlearn"] / table["spackle"]
+    return table
 
 
 def _level_seed(seed: int, level: float, split: str) -> int:
@@ -203,5 +480,6 @@ def relative_reduction(summary: pd.DataFrame, method: str = "spackle", baseline:
     return out.reset_index()
 
 
-__all__ = ["MASKING_LEVELS", "METHODS", "MaskingRun", "evaluate_masking", "evaluation_spots", "median_fill",
-           "masking_methods", "relative_reduction"]
+__all__ = ["ablation_table", "comparison_table", "score_missing", "MASKING_LEVELS", "METHODS", "SCHEMES", "TRUTH_LAYER", "TRUTH_SOURCES", "MaskingRun", "before_dropout_layer", "evaluate_masking",
+           "evaluate_missing", "evaluation_spots", "lost_genes", "masking_methods", "mean_fill", "median_fill",
+           "relative_reduction", "train_rows_of", "training_mean"]

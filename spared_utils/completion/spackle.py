@@ -94,8 +94,17 @@ class SpackleConfig:
     n_hops: int = 2
     n_neighbours: int = 18  #: used by ``"knn"``
     # --- masking and loss ------------------------------------------------------------------
-    mask_prob: float = 0.3  #: ρ
+    mask_prob: float = 0.3  #: ρ (also the validation mask's level)
     masking: str = "uniform"  #: ``"per_gene"``: ρ / real fraction of the gene (authors)
+    #: ours: each training neighbourhood draws its ρ uniformly from this range (``None``: ρ fixed),
+    #: so that every masking level of the evaluation is in the training distribution
+    mask_prob_range: tuple[float, float] | None = None
+    #: ours: share of training neighbourhoods whose ρ is drawn from ``mask_prob_range``; the others
+    #: are masked at ``mask_prob`` (so the paper's training distribution stays part of the mix)
+    mask_range_share: float = 1.0
+    #: ours: the input adapter also reads which entries are given (1) or unseen (0); unseen
+    #: entries are exactly 0 in the input, so the indicator is ``x ≠ 0``
+    mask_indicator: bool = False
     loss_on: str = "all"  #: whole matrix (paper); ``"hidden"``: hidden entries only
     missing_in_training: str = "median"  #: median-completed entries stay in the input
     # --- training ----------------------------------------------------------------------------
@@ -115,6 +124,13 @@ class SpackleConfig:
                              f"{self.train.iterations!r} (the paper uses 10,000; the chapter's CPU default is a few hundred)")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob (ρ) must be in (0, 1), got {self.mask_prob}")
+        if self.mask_prob_range is not None:
+            lo, hi = (float(v) for v in self.mask_prob_range)
+            if not 0 < lo <= hi < 1:
+                raise ValueError(f"mask_prob_range must be (low, high) with 0 < low <= high < 1, got {self.mask_prob_range}")
+            self.mask_prob_range = (lo, hi)
+        if not 0 <= self.mask_range_share <= 1:
+            raise ValueError(f"mask_range_share must be in [0, 1], got {self.mask_range_share}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SpackleConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -175,7 +191,8 @@ class Spackle(nn.Module):
             raise ValueError(f"model width {d} is not divisible by n_heads={cfg.n_heads}")
         self.n_genes, self.n_tokens, self.d_model = n_genes, n_tokens, d
         self.within_neighbourhood = cfg.attention == "neighbourhood"
-        self.adapter_in = nn.Linear(n_genes, d)
+        self.indicator = bool(cfg.mask_indicator)
+        self.adapter_in = nn.Linear(n_genes * (2 if self.indicator else 1), d)
         layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.dim_feedforward, cfg.dropout,
                                            batch_first=self.within_neighbourhood)
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
@@ -191,7 +208,10 @@ class Spackle(nn.Module):
         self.register_buffer("out_scale", ones.clone() if out_scale is None else torch.as_tensor(out_scale).float().clone())
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.adapter_in(x / self.gene_scale)
+        xin = x / self.gene_scale
+        if self.indicator:
+            xin = torch.cat([xin, (x != 0).to(xin.dtype)], dim=-1)
+        h = self.adapter_in(xin)
         if self.position is not None:
             h = h + self.position[: h.shape[1]]
         if self.within_neighbourhood:
@@ -293,11 +313,21 @@ def mask_probabilities(real: np.ndarray, rho: float, scheme: str = "uniform") ->
 
     ``uniform``: ρ for every gene (≈ ρ of the real values hidden). ``per_gene``: ρ divided by the
     gene's fraction of real values, capped at 1 (the authors' code; ≈ ρ of *all* entries hidden).
+    ``lgdist``: ``p_miss / (1 − p_miss)``, capped at 1, with ``p_miss`` the gene's fraction of
+    missing entries (LGDiST, Cárdenas et al., arXiv 2509.01864; ρ is not used): a gene loses
+    about as many real values as it misses.
     """
     g = real.shape[1]
     if scheme == "uniform":
         return np.full(g, rho, dtype=np.float32)
     frac = real.mean(axis=0)
+    if scheme == "lgdist":
+        miss = 1.0 - frac
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = np.where(frac > 0, miss / np.maximum(frac, 1e-12), 0.0)
+        return np.minimum(p, 1.0).astype(np.float32)
+    if scheme != "per_gene":
+        raise ValueError(f"masking scheme must be 'uniform', 'per_gene' or 'lgdist', got {scheme!r}")
     with np.errstate(divide="ignore"):
         p = np.where(frac > 0, rho / np.maximum(frac, 1e-12), 0.0)
     return np.minimum(p, 1.0).astype(np.float32)
@@ -338,6 +368,7 @@ class Neighbourhoods:
     real: torch.Tensor  #: (n_spots, genes) bool, True = measured
     index: torch.Tensor  #: (n_spots, k) neighbour indices, -1 = absent
     hide_prob: torch.Tensor  #: (genes,) probability of hiding a real entry in training
+    real_frac: torch.Tensor | None = None  #: (genes,) fraction of real entries (for ``mask_prob_range``)
 
     @classmethod
     def build(cls, values: np.ndarray, real: np.ndarray, index: np.ndarray, config: SpackleConfig,
@@ -347,13 +378,29 @@ class Neighbourhoods:
             real=torch.as_tensor(real, dtype=torch.bool).to(device),
             index=torch.as_tensor(index, dtype=torch.long).to(device),
             hide_prob=torch.as_tensor(mask_probabilities(real, config.mask_prob, config.masking)).to(device),
+            real_frac=torch.as_tensor(real.mean(axis=0), dtype=torch.float32).to(device),
         )
+
+    def step_hide_prob(self, batch: int, config: SpackleConfig) -> torch.Tensor:
+        """Probability of hiding each real entry in one step: per gene, or per (neighbourhood, gene)
+        with ρ drawn from ``config.mask_prob_range``."""
+        if config.mask_prob_range is None:
+            return self.hide_prob
+        lo, hi = config.mask_prob_range
+        rho = torch.rand((batch, 1, 1), device=self.values.device) * (hi - lo) + lo
+        if config.mask_range_share < 1:
+            fixed = torch.rand((batch, 1, 1), device=self.values.device) >= config.mask_range_share
+            rho = torch.where(fixed, torch.full_like(rho, config.mask_prob), rho)
+        if config.masking == "uniform":
+            return rho
+        frac = self.real_frac[None, None, :]
+        return torch.where(frac > 0, (rho / frac.clamp_min(1e-6)).clamp(max=1.0), torch.zeros_like(frac))
 
     def training_loss(self, model: Spackle, centres: torch.Tensor, config: SpackleConfig) -> torch.Tensor:
         """Random ρ-mask of real entries, forward pass, MSE (whole matrix or hidden entries)."""
         x, padding, tokens = gather(self.values, self.index, centres)
         real = self.real[tokens] & ~padding[..., None]
-        hide = training_mask(real, self.hide_prob)
+        hide = training_mask(real, self.step_hide_prob(len(centres), config))
         keep = ~hide
         if config.missing_in_training == "zero":
             keep = keep & real
@@ -448,9 +495,9 @@ def synthetic_hidden(real: np.ndarray, fraction: float, seed: int, scheme: str =
 
     ``uniform``: each real entry hidden with probability ``fraction`` (≈ ``fraction`` of the
     real values); ``per_gene``: the authors' rule (≈ ``fraction`` of all entries, see
-    :func:`mask_probabilities`).
+    :func:`mask_probabilities`); ``lgdist``: LGDiST's rule (``fraction`` is not used).
     """
-    if not 0 < fraction < 1:
+    if scheme != "lgdist" and not 0 < fraction < 1:
         raise ValueError(f"masking fraction must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     p = mask_probabilities(real, fraction, scheme)

@@ -103,6 +103,9 @@ class PredictorConfig:
     stage1_checkpoint: str | None = None
     #: SEPAL only: flat options of the stage-1 ViT-B+Δ run (its record's CPU budget if empty)
     stage1: dict = field(default_factory=dict)
+    #: the completion method behind the ``completed`` scenario's targets (a name of
+    #: :data:`spared_utils.completion.METHODS`; the paper's: SpaCKLE)
+    completion: str = "spackle"
 
     def __post_init__(self):
         if self.model not in models.NAMES:
@@ -132,6 +135,8 @@ class PredictorConfig:
     def hash(self, dataset: str, n_genes: int) -> str:
         """Short hash identifying the run (results rows, checkpoint folder)."""
         ident = {k: v for k, v in asdict(self).items() if k not in {"train", "num_workers", "eval_batch_size"}}
+        if self.completion == "spackle":  # the default leaves the hashes of earlier runs unchanged
+            ident.pop("completion")
         return self.train.hash(dataset, n_genes, sorted(ident.items()))
 
 
@@ -328,6 +333,7 @@ def result_rows(run: PredictorRun, stage: str = "predict") -> list[dict]:
         "best_val_subsample_mse": run.train.best_val, "val_spots": cfg.val_spots, "eval_spots": cfg.eval_spots,
         "train_spots": cfg.train_spots,
         "pretrained": cfg.pretrained, "target_layer": TARGET_LAYERS[cfg.scenario],
+        **({"completion": cfg.completion} if cfg.scenario == "completed" else {}),
     }
     return [{**common, **row} for row in run.metrics.to_dict("records")]
 

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .. import completion as completion_stage
 from .. import datasets, models, paths, results
 from .data import PAPER_PAIR, SCENARIOS, ZERO_FILLED, PredictionData, prediction_data
 from .engine import DEFAULT_LR_GRID, PredictorConfig, PredictorRun, search_learning_rate, train_predictor, trivial_baseline
 
-__all__ = ["ChapterRun", "budget_costs", "parse_scenarios", "run_chapter"]
+__all__ = ["ChapterRun", "budget_costs", "complete_for", "parse_scenarios", "run_chapter"]
 
 
 #: The seed of the learning-rate search (one search per dataset and predictor, for every seed).
@@ -207,6 +208,7 @@ def run_chapter(
     adata: AnnData | None = None,
     store=None,
     completion_iterations: int | None = None,
+    completion: str = "spackle",
     iterations: int | None = None,
     batch_size: int | None = None,
     eval_every: int | None = None,
@@ -236,7 +238,14 @@ def run_chapter(
         not ``None``; ``"all"`` for the ``*_spots`` reads every spot.
     completion_iterations
         SpaCKLE's budget if the dataset has no ``c_t_log1p`` yet (default: the book's CPU
-        budget, :data:`spared_utils.completion.CPU_BUDGET`).
+        budget, :data:`spared_utils.completion.CPU_BUDGET`), and the budget of another
+        ``completion`` method that trains.
+    completion
+        The completion method behind the ``completed`` scenario's targets (one of
+        :data:`spared_utils.completion.METHODS`). ``"spackle"`` (the paper's) uses the dataset's
+        stored ``c_t_log1p``; any other method completes a copy of the curated data in memory
+        (nothing is written back) and its runs are kept apart (their own configuration hash and
+        checkpoints; results rows carry a ``completion`` column).
     **options
         Other fields of :class:`PredictorConfig` and :class:`~spared_utils.training.TrainConfig`
         (``seed``, ``device``, ``pretrained``, ``model_options``, ``progress``, ...).
@@ -255,14 +264,19 @@ def run_chapter(
         # its run (and checkpoint) is reused when chapter 12 ran with the same parameters
         options["stage1"] = budget_costs("vit_b_delta", budget, iterations=iterations, batch_size=batch_size,
                                          eval_every=eval_every, val_spots=val_spots, eval_spots=eval_spots)
-    base = PredictorConfig.make(model=model, scenario="raw", **costs, **options)
+    if completion not in completion_stage.METHODS:
+        raise ValueError(f"unknown completion method {completion!r}; choose one of {completion_stage.METHODS}")
+    base = PredictorConfig.make(model=model, scenario="raw", completion=completion, **costs, **options)
     if adata is None or store is None:
-        stage = "completed" if "completed" in scenarios else "curated"
+        stage = "completed" if "completed" in scenarios and completion == "spackle" else "curated"
         extra = {} if stage == "curated" else {
             "seed": base.train.seed, "device": base.train.device,
             **({"iterations": int(completion_iterations)} if completion_iterations else {})}
         adata = datasets.load(dataset, stage=stage, progress=base.train.progress, **extra)
         store = datasets.patch_store(dataset, adata, progress=base.train.progress)
+    if "completed" in scenarios and completion != "spackle":
+        adata = complete_for(adata, completion, seed=base.train.seed, device=base.train.device,
+                             iterations=completion_iterations, progress=base.train.progress)
     data = {s: prediction_data(adata, store, s) for s in scenarios}
 
     lr_table = None
@@ -289,6 +303,23 @@ def run_chapter(
     return ChapterRun(dataset=dataset, model=model, config=config, adata=adata, data=data, runs=runs,
                       baseline=baseline, lr_table=lr_table, learning_rate=float(lr),
                       seconds=time.perf_counter() - t0)
+
+
+def complete_for(adata: AnnData, method: str, seed: int = 0, device: str = "auto", iterations: int | None = None,
+                 progress: bool = False) -> AnnData:
+    """A copy of ``adata`` whose ``c_t_log1p`` (and ``c_t_deltas``) come from completion ``method``.
+
+    Trained methods run at the book's CPU budget (:data:`spared_utils.completion.CPU_BUDGET`,
+    ``iterations`` overriding its length) with the predictor's seed and device.
+    """
+    out = adata.copy()
+    options = {}
+    if method in ("spackle", "spackle_plus"):
+        options = {**completion_stage.CPU_BUDGET, "seed": seed, "device": device, "progress": progress,
+                   **({"iterations": int(iterations)} if iterations else {})}
+    completion_stage.complete(out, method=method, layer="c_d_log1p", key_added=completion_stage.COMPLETED_LAYER,
+                              **options)
+    return out
 
 
 def budget_costs(model: str, budget: str = "cpu", **overrides) -> dict:

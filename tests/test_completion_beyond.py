@@ -1,0 +1,200 @@
+"""Completion beyond SpaCKLE: the training-mean baseline, LGDiST's masking, lost genes, scoring the
+originally missing entries against the truth before dropout, our ``spackle_plus`` and the
+predictor harness's choice of completion."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from spared_utils import completion, synthetic
+from spared_utils.completion import evaluate as E
+from spared_utils.completion import spackle as S
+
+FAST = dict(d_model=16, dim_feedforward=32, n_layers=1, iterations=6, eval_every=3, batch_size=64,
+            val_max_spots=64, progress=False, learning_rate=3e-3, device="cpu")
+
+
+def _grid_adata(values: np.ndarray, real: np.ndarray, splits: list[str]) -> ad.AnnData:
+    """One slide per split, spots on a Visium row each (columns 0, 2, 4, ...)."""
+    n_per = len(values) // len(splits)
+    obs = pd.DataFrame({
+        "slide_id": np.repeat([f"S{i}" for i in range(len(splits))], n_per),
+        "split": np.repeat(splits, n_per),
+        "array_row": 0,
+        "array_col": np.tile(np.arange(0, 2 * n_per, 2), len(splits)),
+    }, index=[f"s{i}" for i in range(len(values))])
+    a = ad.AnnData(X=np.asarray(values, dtype=np.float32), obs=obs)
+    a.var_names = [f"g{j}" for j in range(values.shape[1])]
+    a.layers["c_d_log1p"] = a.X.copy()
+    a.layers["mask"] = np.asarray(real, dtype=bool)
+    return a
+
+
+@pytest.fixture(scope="module")
+def data():
+    from tests.test_completion import _median_layer
+
+    return _median_layer(synthetic.make_dataset(seed=1, n_rows=12, n_cols=24, n_genes=12, images=False))
+
+
+def test_mean_method_fills_each_genes_real_training_mean():
+    rng = np.random.default_rng(0)
+    values = rng.normal(10, 2, size=(12, 3)).astype(np.float32)
+    real = rng.random((12, 3)) > 0.3
+    real[:4, 2] = False  # gene 2 has no real training value: falls back to its training values' mean
+    a = _grid_adata(values, real, ["train", "test", "val"])
+    completion.complete(a, method="mean")
+    out, train = a.layers["c_t_log1p"], np.arange(4)
+    np.testing.assert_array_equal(out[real], values[real])
+    for g in range(2):
+        expected = values[train, g][real[train, g]].mean()
+        np.testing.assert_allclose(out[~real[:, g], g], expected, rtol=1e-6)
+    np.testing.assert_allclose(out[~real[:, 2], 2], values[train, 2].mean(), rtol=1e-6)
+    assert a.uns["completion"]["method"] == "mean"
+    assert "mean" in completion.METHODS and "spackle_plus" in completion.METHODS
+    with pytest.raises(TypeError, match="unknown option"):
+        completion.complete(a, method="mean", n_rings=2)
+
+
+def test_lgdist_masking_rule_and_level_free_run(data):
+    real = np.zeros((10, 3), dtype=bool)
+    real[:8, 0] = True  # 20% missing → p = 0.2 / 0.8 = 0.25
+    real[:4, 1] = True  # 60% missing → 1.5, capped at 1
+    p = S.mask_probabilities(real, 0.3, "lgdist")  # ρ is not used
+    np.testing.assert_allclose(p, [0.25, 1.0, 0.0])
+    with pytest.raises(ValueError, match="masking scheme"):
+        S.mask_probabilities(real, 0.3, "lgdsit")
+    summary, _, runs = E.evaluate_masking(data, E.masking_methods(), scheme="lgdist", splits=("test",), progress=False)
+    assert len(runs) == 1 and set(summary["scheme"]) == {"lgdist"}
+    run = runs[0]
+    r = data.layers["mask"][run.rows]
+    assert run.level == pytest.approx(run.hidden.mean(), abs=1e-4)
+    # the share of a gene's real values hidden grows with its missing fraction
+    miss = 1 - r.mean(0)
+    share = run.hidden.sum(0) / np.maximum(r.sum(0), 1)
+    low, high = miss < np.quantile(miss, 0.34), miss > np.quantile(miss, 0.66)
+    assert share[high].mean() > share[low].mean() + 0.1
+
+
+def test_lost_genes_counted_and_scored_without_them():
+    rng = np.random.default_rng(1)
+    values = rng.normal(10, 1, size=(40, 4)).astype(np.float32)
+    real = np.ones((40, 4), dtype=bool)
+    real[26:, 3] = False  # gene 3: 30% measured on the test slide, so 70% per-gene masking hides all of it
+    a = _grid_adata(values, real, ["train", "test"])
+    zero = lambda a_, v, r, h, rows: np.zeros((len(rows), a_.n_vars))  # noqa: E731
+    summary, _, runs = E.evaluate_masking(a, {"zero": zero}, levels=(0.05, 0.7), splits=("test",), progress=False)
+    by = summary.set_index("masking")
+    assert by.loc[0.7, "genes_lost"] == 1 and by.loc[0.05, "genes_lost"] == 0
+    run = [r for r in runs if r.level == 0.7][0]
+    kept = run.hidden.copy()
+    kept[:, 3] = False
+    assert by.loc[0.7, "mse_kept_genes"] == pytest.approx(float(np.mean(run.truth[kept] ** 2)), rel=1e-5)
+    assert by.loc[0.05, "mse_kept_genes"] == pytest.approx(by.loc[0.05, "mse"], rel=1e-6)
+
+
+def test_generator_keeps_counts_before_dropout_without_changing_the_data(tiny_adata):
+    from tests.conftest import TINY
+
+    counts = tiny_adata.layers["counts"].toarray()
+    before = tiny_adata.layers["counts_before_dropout"].toarray()
+    # dropout only zeroes counts: equal where measured, and some zeros had counts before
+    np.testing.assert_array_equal(before[counts > 0], counts[counts > 0])
+    assert ((counts == 0) & (before > 0)).mean() > 0.01
+    expected = tiny_adata.layers["expected_counts"]
+    assert expected.shape == counts.shape and (expected > 0).all()
+    # skipping the images leaves every expression value as it was
+    lean = synthetic.make_dataset(seed=0, images=False, **TINY)
+    assert (lean.layers["counts"] != tiny_adata.layers["counts"]).nnz == 0
+    assert (lean.layers["counts_before_dropout"] != tiny_adata.layers["counts_before_dropout"]).nnz == 0
+
+
+def test_truth_before_dropout_maps_onto_the_curated_scale(tiny_adata):
+    from spared_utils.preprocess import run_pipeline
+    from tests.test_preprocess import Spec
+
+    curated = run_pipeline(tiny_adata.copy(), Spec(), progress=False)
+    E.before_dropout_layer(curated, tiny_adata)
+    E.before_dropout_layer(curated, tiny_adata, source="expected_counts")
+    truth, y, real = curated.layers[E.TRUTH_LAYER], curated.layers["c_d_log1p"], curated.layers["mask"]
+    # where a value was measured the truth is that value (the curation's TPM, log and ComBat recovered)
+    np.testing.assert_allclose(truth[real], y[real], atol=1e-3)
+    # where it is missing, it differs from the median's guess (dropout zeros carry their counts)
+    assert np.abs(truth[~real] - y[~real]).mean() > 0.1
+    assert np.isfinite(curated.layers["expected_log1p"]).all()
+    perfect = lambda a, v, r, h, rows: truth[rows]  # noqa: E731
+    summary, _ = E.evaluate_missing(curated, {"perfect": perfect, "median": E.masking_methods()["median"]},
+                                    splits=("test",))
+    by = summary.set_index("method")
+    assert by.loc["perfect", "mse"] == 0 and by.loc["perfect", "n_values"] == int((~real[curated.obs["split"] == "test"]).sum())
+    med = E.masking_methods()["median"](curated, y, real, ~real, np.flatnonzero(curated.obs["split"] == "test"))
+    test = (curated.obs["split"] == "test").to_numpy()
+    err = (med - truth[test])[~real[test]]
+    assert by.loc["median", "mean_signed_error"] == pytest.approx(float(err.mean()), rel=1e-4)
+    with pytest.raises(KeyError, match="counts_before_dropout"):
+        E.before_dropout_layer(curated, ad.AnnData(tiny_adata.X))
+
+
+def test_spackle_plus_trains_over_masking_range_reproducibly(data):
+    a, b = data.copy(), data.copy()
+    completion.complete(a, method="spackle_plus", **FAST, seed=3)
+    completion.complete(b, method="spackle_plus", **FAST, seed=3)
+    np.testing.assert_array_equal(a.layers["c_t_log1p"], b.layers["c_t_log1p"])
+    real = data.layers["mask"]
+    np.testing.assert_array_equal(a.layers["c_t_log1p"][real], data.layers["c_d_log1p"][real])
+    cfg = completion.plus_config(**FAST)[0]
+    assert cfg.mask_prob_range == completion.PLUS_OPTIONS["mask_prob_range"] and cfg.mask_indicator
+    # the indicator doubles the input adapter's width; the range draws one ρ per neighbourhood
+    model = S.Spackle(data.n_vars, 19, cfg)
+    assert model.adapter_in.in_features == 2 * data.n_vars
+    nb = S.Neighbourhoods.build(np.ones((5, 4), np.float32), np.ones((5, 4), bool), np.full((5, 2), -1), cfg, "cpu")
+    p = nb.step_hide_prob(2000, cfg)
+    assert p.shape == (2000, 1, 4)
+    lo, hi = cfg.mask_prob_range
+    assert float(p.min()) >= lo and float(p.max()) <= hi and float(p.std()) > 0.2
+    mixed = S.SpackleConfig.make(mask_prob_range=(0.5, 0.9), mask_range_share=0.25, mask_prob=0.3)
+    q = nb.step_hide_prob(4000, mixed).flatten()
+    assert float((q == 0.3).float().mean()) == pytest.approx(0.75, abs=0.03)  # the fixed rate's share
+    assert float(q[q != 0.3].min()) >= 0.5
+    # the chapter's ablation: every candidate has its recorded row, and the kept one is SpaCKLE+
+    assert list(completion.PLUS_ABLATION) == list(completion.recorded_ablation().index)
+    assert any(opts == completion.PLUS_OPTIONS for opts in completion.PLUS_ABLATION.values())
+    with pytest.raises(ValueError, match="mask_prob_range"):
+        S.SpackleConfig.make(mask_prob_range=(0.5, 0.2))
+
+
+def test_harness_completed_scenario_takes_the_completion_method(tmp_path):
+    from spared_utils import patches, predict, results
+    from tests.test_predict import _toy_adata
+
+    adata = _toy_adata()
+    store = patches.PatchStore(patches.extract_patches(adata.copy(), tmp_path / "patches", patch_size=64, progress=False))
+    kw = dict(scenario="completed", learning_rate=1e-3, adata=adata, store=store, iterations=2, batch_size=4,
+              eval_every=1, eval_spots=8, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="unknown completion method"):
+        predict.run_chapter("toy", "shufflenet", completion="knn", **kw)
+    mean = predict.run_chapter("toy", "shufflenet", completion="mean", **kw)
+    # "mean" completes a copy: real values kept, each missing value the gene's mean over its real
+    # training values, the caller's data (and its stored SpaCKLE layer) untouched
+    target, real = mean.data["completed"].target, adata.layers["mask"]
+    train = (adata.obs["split"] == "train").to_numpy()
+    np.testing.assert_array_equal(target[real], adata.layers["c_d_log1p"][real])
+    for g in range(adata.n_vars):
+        want = adata.layers["c_d_log1p"][train & real[:, g], g].mean()
+        np.testing.assert_allclose(target[~real[:, g], g], want, rtol=1e-6)
+    assert mean.adata is not adata and not np.array_equal(adata.layers["c_t_log1p"], target)
+    # runs are kept apart: their own hash (checkpoint folder), the method in the results rows;
+    # the default (SpaCKLE) hashes exactly as before the option existed
+    cfg = mean.runs["completed"].config
+    assert cfg.completion == "mean" and mean.runs["completed"].config_hash == cfg.hash("toy", 3)
+    spackle = replace(cfg, completion="spackle")
+    assert spackle.hash("toy", 3) != cfg.hash("toy", 3)
+    ident = {k: v for k, v in asdict(spackle).items() if k not in {"train", "num_workers", "eval_batch_size", "completion"}}
+    assert spackle.hash("toy", 3) == spackle.train.hash("toy", 3, sorted(ident.items()))
+    rows = results.read()
+    assert set(rows.loc[rows["stage"] == "predict", "completion"]) == {"mean"}
