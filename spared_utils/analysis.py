@@ -30,10 +30,18 @@ _SCENARIO_ORDER = {s: k for k, s in enumerate(("raw", "masked", "median", "compl
 
 
 def latest_runs(store: pd.DataFrame, stage: str = "predict", split: str = "test") -> pd.DataFrame:
-    """One row per (dataset, model, scenario, seed) of ``stage`` on ``split``: the newest."""
+    """One row per (dataset, model, scenario, seed) of ``stage`` on ``split``: the newest.
+
+    A ``completed`` run whose targets came from another completion method than SpaCKLE (the
+    ``completion`` column, ``run_chapter(..., completion=...)``) counts as its own scenario,
+    ``completed:<method>``, so every table compares it with the others.
+    """
     rows = store[(store["stage"] == stage) & (store["split"] == split)].copy()
     if rows.empty:
         return rows
+    if "completion" in rows:
+        other = (rows["scenario"] == "completed") & rows["completion"].notna() & (rows["completion"] != "spackle")
+        rows.loc[other, "scenario"] = "completed:" + rows.loc[other, "completion"].astype(str)
     rows["timestamp"] = pd.to_datetime(rows["timestamp"], utc=True, errors="coerce", format="mixed")
     rows = rows.sort_values("timestamp")
     return rows.drop_duplicates(["dataset", "model", "scenario", "seed"], keep="last").reset_index(drop=True)

@@ -203,3 +203,17 @@ def test_bias_decomposition_splits_mse_into_shift_and_rest_against_the_masked_ru
     assert raw["d_mse"] == pytest.approx(9.5) and raw["d_bias2"] == pytest.approx(9.0)
     assert raw["target_shift"] == pytest.approx(-2.8)
     assert analysis.bias_decomposition(pd.DataFrame(rows).drop(columns="bias")).empty
+
+
+def test_a_completed_run_with_another_completion_method_is_its_own_scenario():
+    base = {"timestamp": "2026-12-02", "stage": "predict", "dataset": "d0", "model": "m", "split": "test"}
+    rows = []
+    for seed in (0, 1):
+        rows += [{**base, "seed": seed, "scenario": "completed", "completion": "spackle", "mse": 3.0},
+                 {**base, "seed": seed, "scenario": "completed", "completion": "spackle_plus", "mse": 2.5 + seed},
+                 {**base, "seed": seed, "scenario": "raw", "mse": 9.0}]
+    runs = analysis.latest_runs(pd.DataFrame(rows))
+    assert sorted(runs["scenario"].unique()) == ["completed", "completed:spackle_plus", "raw"]
+    assert len(runs) == 6, "the two completions of a seed are different runs, not a repeat"
+    table = analysis.scenario_differences(pd.DataFrame(rows), pairs=[("completed:spackle_plus", "completed")])
+    assert table.iloc[0]["mean_diff"] == pytest.approx(0.0)  # (-0.5 + 0.5) / 2
