@@ -4,7 +4,9 @@
 
 1. Each chapter listed in ``_toc.yml`` is executed (:func:`spared_utils.run.execute`) on the
    dataset, with the per-chapter overrides of ``--params`` (a YAML file mapping chapter name to
-   parameters; key ``all`` applies to every chapter).
+   parameters; key ``all`` applies to every chapter). A chapter whose source, parameters,
+   dataset and package are unchanged since its last successful run is not executed again: a
+   stamp beside the executed notebook records them (:func:`chapter_stamp`; ``--force`` re-runs).
 2. A staging folder ``_build/src`` receives ``_config.yml``, ``_toc.yml``, the markdown pages and
    the *executed* notebooks; Jupyter Book 1.x renders it with execution turned off (our papermill
    runs play the role of a pre-executed cache), into ``_build/html``.
@@ -16,16 +18,20 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 from . import paths
-from .run import execute
+from .run import execute, output_path
+from .utils import atomic_path
 
 
 def toc_files(root: Path) -> list[str]:
@@ -60,15 +66,76 @@ def load_params(path: str | None) -> dict[str, dict]:
     return data
 
 
-def execute_all(dataset: str, params: dict[str, dict], root: Path) -> dict[str, Path]:
-    """Run every chapter of the table of contents; returns chapter → executed notebook."""
+def package_digest() -> str:
+    """The package's version and a digest of its sources and ``data/datasets.yml``: a change to
+    any of them can change what a chapter computes."""
+    h = hashlib.sha256(f"spared-utils {_version()}".encode())
+    files = sorted(paths.PACKAGE_DIR.rglob("*.py")) + [paths.data_dir() / "datasets.yml"]
+    for f in files:
+        if f.is_file():
+            h.update(f.relative_to(f.parents[1]).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("spared-utils")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def chapter_stamp(root: Path, chapter: str, dataset: str, parameters: dict, package: str) -> str:
+    """The hash that decides whether an executed chapter can be reused.
+
+    Parameters
+    ----------
+    root
+        The book's root (holds ``chapters/<chapter>.py``).
+    chapter, dataset, parameters
+        What the run executes: the chapter's source, the dataset and its parameter overrides.
+    package
+        :func:`package_digest` (passed in so that it is computed once per build).
+
+    Returns
+    -------
+    str
+        A SHA-256 hex digest; equal digests mean the same source, parameters and package.
+    """
+    h = hashlib.sha256((root / "chapters" / f"{chapter}.py").read_bytes())
+    h.update(json.dumps({"dataset": dataset, "parameters": parameters, "package": package},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def stamp_path(notebook: Path) -> Path:
+    """The stamp file beside an executed notebook (``.<name>.stamp``)."""
+    return notebook.with_name(f".{notebook.name}.stamp")
+
+
+def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool = False) -> dict[str, Path]:
+    """Run every chapter of the table of contents; returns chapter → executed notebook.
+
+    A chapter whose executed notebook exists with a stamp (:func:`chapter_stamp`) equal to this
+    run's is reused, not executed again, unless ``force``: a second build with nothing changed
+    only renders. The stamp is written after a successful run, so a failed chapter re-runs.
+    """
     executed = {}
+    package = package_digest()
     for chapter in chapters_in_toc(root):
         chosen = {**params.get("all", {}), **params.get(chapter, {})}
         ds = chosen.pop("dataset", dataset)
+        stamp = chapter_stamp(root, chapter, ds, chosen, package)
+        out = output_path(chapter, ds)
+        if not force and out.is_file() and stamp_path(out).is_file() and stamp_path(out).read_text() == stamp:
+            print(f"[book] {chapter} on {ds} unchanged: reusing {out}", flush=True)
+            executed[chapter] = out
+            continue
+        stamp_path(out).unlink(missing_ok=True)
         t0 = time.perf_counter()
         print(f"[book] running {chapter} on {ds} {chosen or ''}", flush=True)
         executed[chapter] = execute(chapter, ds, chosen, progress=False)
+        with atomic_path(stamp_path(executed[chapter])) as tmp:
+            tmp.write_text(stamp)
         print(f"[book] {chapter} done in {time.perf_counter() - t0:.0f} s", flush=True)
     return executed
 
@@ -182,8 +249,10 @@ def build(
     params_file: str | None = None,
     render_only: bool = False,
     build_dir: str | Path | None = None,
+    force: bool = False,
 ) -> Path:
-    """Run the chapters (unless ``render_only``) and render the book; returns the HTML folder."""
+    """Run the chapters (unless ``render_only``; unchanged ones are reused unless ``force``, see
+    :func:`execute_all`) and render the book; returns the HTML folder."""
     root = paths.project_root()
     build_dir = Path(build_dir) if build_dir else root / "_build"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +264,7 @@ def build(
                 raise FileNotFoundError(f"{nb} is missing: run the chapters first (drop --render-only)")
             executed[chapter] = nb
     else:
-        executed = execute_all(dataset, load_params(params_file), root)
+        executed = execute_all(dataset, load_params(params_file), root, force=force)
     html = render(stage(root, executed, build_dir), build_dir)
     print(f"[book] HTML in {html}/index.html")
     return html
@@ -207,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", help="YAML file: chapter name (or 'all') → parameter overrides")
     parser.add_argument("--render-only", action="store_true", help="render the already executed notebooks")
     parser.add_argument("--build-dir", help="output folder, named _build (default: <root>/_build)")
+    parser.add_argument("--force", action="store_true",
+                        help="re-run every chapter, even those whose source, parameters and package are unchanged")
     args = parser.parse_args(argv)
-    build(args.dataset, args.params, args.render_only, args.build_dir)
+    build(args.dataset, args.params, args.render_only, args.build_dir, args.force)
     return 0
 
 
