@@ -57,6 +57,44 @@ def chapters_in_toc(root: Path) -> list[str]:
     return [Path(f).name for f in toc_files(root) if f.startswith("chapters/")]
 
 
+#: The first code cell of every chapter (:func:`setup_cell`): in Colab, Binder or any kernel
+#: without the project it clones the repository (``$SPARED_BOOK_REPO``: a URL or a local folder
+#: in its place), installs it with ``%pip install -e`` (an editable install keeps ``data/`` and
+#: the chapters beside the package) and says which GPU it found; where ``spared_utils`` imports,
+#: it does nothing.
+SETUP_CELL = """\
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util, os, sys  # noqa: E401
+
+if importlib.util.find_spec("spared_utils") is None:
+    _repo = os.environ.get("SPARED_BOOK_REPO", "{url}")
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone --quiet --depth 1 {{_repo}} {{_dir}}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install --quiet -e {{_dir}}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+    print("installed from", _repo, "| GPU:", torch.cuda.get_device_name()
+          if torch.cuda.is_available() else "none, the CPU")"""
+
+#: Tags of the setup cell: folded away in the HTML (a reader of the book needs no install).
+SETUP_TAGS = ["setup", "hide-cell"]
+
+
+def repository_url(root: Path) -> str:
+    """``repository.url`` of the book's ``_config.yml`` (the one place the URL is set)."""
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    try:
+        return config["repository"]["url"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{root / '_config.yml'} has no repository.url: add it under 'repository:'") from None
+
+
+def setup_cell(root: Path) -> str:
+    """The source of every chapter's first code cell (:data:`SETUP_CELL` with the book's URL)."""
+    return SETUP_CELL.format(url=repository_url(root))
+
+
 def load_params(path: str | None) -> dict[str, dict]:
     if not path:
         return {}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -15,27 +13,12 @@ from spared_utils.book import chapters_in_toc
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _snapshot(folder: Path) -> dict[str, int]:
-    """Every file under ``folder`` with its modification time (empty if the folder is absent)."""
-    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
-
-
 @pytest.mark.slow
-def test_book_builds_with_every_chapter(tmp_path, monkeypatch):
-    build_dir = tmp_path / "_build"
-    # SPARED_RESULTS_DIR and SPARED_PROCESSED_DIR point into tmp (conftest): the project's own
-    # results/ and processed/ (git-ignored, so git status cannot tell) must not be touched.
-    own = {name: _snapshot(ROOT / name) for name in ("results", "processed")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "spared_utils.book", "--params", str(ROOT / "tests" / "chapter_params.yml"),
-         "--build-dir", str(build_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for name, before in own.items():
-        after = _snapshot(ROOT / name)
-        written = sorted(set(after) - set(before)) + sorted(k for k in before if after.get(k) != before[k])
+def test_book_builds_with_every_chapter(tiny_book):
+    assert tiny_book.returncode == 0, tiny_book.log
+    for name, written in tiny_book.written.items():
         assert written == [], f"the book wrote into the project's {name}/ despite SPARED_*_DIR: {written[:5]}"
+    build_dir = tiny_book.build_dir
     html = build_dir / "html"
     index = html / "index.html"
     assert index.is_file()
