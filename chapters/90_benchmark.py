@@ -23,6 +23,7 @@
 # completion chapter (02); several datasets and seeds for intervals and tests
 # (`python -m spared_utils.batch`, chapter README). It trains nothing: seconds on a CPU.
 # **What it writes:** nothing.
+# **Measured runtime:** seconds (it trains nothing; not timed on its own); GPU not needed.
 #
 # The paper {cite:p}`mejia2024spackle` trains every predictor on raw data — where a value that was
 # missing is a zero and the loss reads it — and on SpaCKLE-completed data, and reports that
@@ -31,9 +32,29 @@
 # question splits in two: does completion help because it replaces zeros, and does it help at all
 # once the loss ignores missing values?
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
-dataset = "synthetic"  # the dataset whose runs are read; "all": every dataset in the store (a batch plan)
-split = "test"
+# the dataset whose runs are read; "all": every dataset in the store (a batch plan)
+dataset = "synthetic"
+split = "test"  # the held-out split whose scores are compared ("val" or "test")
 scenario = "completed"  # the scenario the model comparison (Fig. 4) uses
 results_file = None  # None: the book's results store (results/results.csv)
 

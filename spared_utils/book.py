@@ -64,18 +64,22 @@ def chapters_in_toc(root: Path) -> list[str]:
 #: it does nothing.
 SETUP_CELL = """\
 # Colab, Binder or a fresh kernel: install the project when it is missing.
-import importlib.util, os, sys  # noqa: E401
+import importlib.util
+import os
+import sys
 
 if importlib.util.find_spec("spared_utils") is None:
-    _repo = os.environ.get("SPARED_BOOK_REPO", "{url}")
+    _url = "{url}"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
     _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
     if not os.path.isdir(_dir):
-        get_ipython().system(f"git clone --quiet --depth 1 {{_repo}} {{_dir}}")  # noqa: F821
-    get_ipython().run_line_magic("pip", f"install --quiet -e {{_dir}}")  # noqa: F821
+        get_ipython().system(f"git clone -q --depth 1 {{_repo}} {{_dir}}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {{_dir}}")  # noqa: F821
     sys.path.insert(0, _dir)
     import torch
-    print("installed from", _repo, "| GPU:", torch.cuda.get_device_name()
-          if torch.cuda.is_available() else "none, the CPU")"""
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {{_repo}}; GPU: {{_gpu}}")"""
 
 #: Tags of the setup cell: folded away in the HTML (a reader of the book needs no install).
 SETUP_TAGS = ["setup", "hide-cell"]
