@@ -27,9 +27,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import matplotlib
 import yaml
+from matplotlib.figure import Figure
 
-from . import paths
+from . import paths, plots
 from .run import execute, output_path
 from .utils import atomic_path
 
@@ -245,6 +247,21 @@ def add_results_part(src: Path, runs: dict[str, list[Path]]) -> list[str]:
     return added
 
 
+#: The intro's pipeline figure, relative to the book's root (drawn again at every build).
+OVERVIEW_FIGURE = Path("figures") / "pipeline.svg"
+
+
+def write_overview_figure(target: Path) -> Path:
+    """Draw :func:`spared_utils.plots.pipeline_overview` into the SVG ``target`` (text kept as
+    text, no date: the same code gives the same file)."""
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "spared-book"}):
+        fig = Figure(figsize=(3 * len(plots.PIPELINE_STAGES), 3.2))  # no pyplot: no backend needed
+        plots.pipeline_overview(ax=fig.add_subplot())
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
+    return target
+
+
 def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
     """Copy the book's sources, with executed notebooks in place of the chapters, to a staging folder."""
     src = build_dir / "src"
@@ -269,6 +286,7 @@ def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
     figures = root / "chapters" / "figures"
     if figures.is_dir():
         shutil.copytree(figures, src / "chapters" / "figures")
+    write_overview_figure(src / OVERVIEW_FIGURE)
     add_results_part(src, batch_notebooks(paths.results_dir()))
     return src
 
