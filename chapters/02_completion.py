@@ -219,6 +219,17 @@ median_vals = adata.layers["c_d_log1p"][~adata.layers["mask"]]
 pd.DataFrame({"median-completed": pd.Series(median_vals).describe(),
               "SpaCKLE-completed": pd.Series(filled).describe()}).round(3)
 
+# %% [markdown]
+# ## Explore the completed dataset
+#
+# Pick a slide and a gene: its measured values, where they are missing, and the two
+# completions side by side (`su.pl.explore_slide`). In a live kernel (JupyterLab, Colab) the
+# dropdowns redraw the figure; the HTML shows the first view, the gene with the most missing
+# values.
+
+# %%
+su.pl.explore_slide({dataset: adata})
+
 # %%
 red = su.tl.relative_reduction(summary)["reduction_pct"]
 at = table[np.isclose(table.index, masking_levels[0]) | np.isclose(table.index, masking_levels[-1])]

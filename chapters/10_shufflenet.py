@@ -147,6 +147,19 @@ fig = su.pl.predicted_vs_true_maps(
 )
 
 # %% [markdown]
+# ## Explore the predictions
+#
+# Pick a scenario and a gene: measured and predicted maps of a held-out slide and every gene's
+# correlation (`su.pl.explore_prediction`). In a live kernel (JupyterLab, Colab) the dropdowns
+# redraw the figure; the HTML shows the first view, the best predicted gene.
+
+# %%
+split = chapter.eval_split
+runs = {f"ShuffleNet, {s}": (r.rows[split], r.predictions[split])
+        for s, r in chapter.runs.items()}
+su.pl.explore_prediction(chapter.adata, runs)
+
+# %% [markdown]
 # ## What we saw
 
 # %%
