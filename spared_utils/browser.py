@@ -20,6 +20,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["PageReport", "browse", "find_chromium", "html_pages", "static_problems", "check_book"]
+
+REFRESH = re.compile("^refresh$", re.IGNORECASE)  # <meta http-equiv="Refresh">: a redirect page
 
 #: Classes myst-nb gives to a cell output that is an error (``output error`` / ``traceback``).
 ERROR_OUTPUT_CLASSES = ("traceback", "error")
@@ -46,7 +49,8 @@ _IMAGES_JS = """
     text: document.body ? document.body.innerText.length : 0,
     height: document.documentElement.scrollHeight,
     images: imgs.map(i => ({src: i.getAttribute('src'), natural: [i.naturalWidth, i.naturalHeight],
-                           shown: [i.getBoundingClientRect().width, i.getBoundingClientRect().height]})),
+                           shown: [i.getBoundingClientRect().width, i.getBoundingClientRect().height],
+                           visible: i.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})})),
   });
 })()
 """
@@ -66,6 +70,8 @@ class PageReport:
         ``(src, natural width, natural height, shown width, shown height)`` per ``<img>``.
     screenshot
         Where the page's screenshot was written.
+    redirect
+        The target of a redirect page (Sphinx's ``index.html``), which is not opened.
     problems
         What is wrong (empty when the page is fine).
     """
@@ -74,6 +80,7 @@ class PageReport:
     title: str = ""
     images: list[tuple[str, int, int, float, float]] = field(default_factory=list)
     screenshot: Path | None = None
+    redirect: str | None = None
     problems: list[str] = field(default_factory=list)
 
 
@@ -129,7 +136,9 @@ def static_problems(html: Path) -> dict[str, list[str]]:
         refs = ([("link", a.get("href")) for a in soup.find_all("a", href=True)]
                 + [("image", el.get("src")) for el in soup.find_all("img")]
                 + [("stylesheet", el.get("href")) for el in soup.find_all("link", rel="stylesheet")]
-                + [("script", el.get("src")) for el in soup.find_all("script", src=True)])
+                + [("script", el.get("src")) for el in soup.find_all("script", src=True)]
+                + [("redirect", el.get("content", "").partition("url=")[2])
+                   for el in soup.find_all("meta", attrs={"http-equiv": REFRESH})])
         for kind, ref in refs:
             if not ref:
                 problems.append(f"{kind} without a target")
@@ -140,7 +149,7 @@ def static_problems(html: Path) -> dict[str, list[str]]:
             path, fragment = target
             if not path.is_file():
                 problems.append(f"{kind} {ref!r}: {path} does not exist")
-            elif kind == "link" and fragment and path.suffix == ".html" and fragment not in anchors(path):
+            elif kind in ("link", "redirect") and fragment and path.suffix == ".html" and fragment not in anchors(path):
                 problems.append(f"link {ref!r}: no element with id {fragment!r} in {path.name}")
         for out in soup.select("div.output, div.cell_output div"):
             classes = set(out.get("class", []))
@@ -237,6 +246,7 @@ async def _browse(chromium: str, pages: list[Path], html: Path, shots: Path, wid
 
 async def _visit(dt: _DevTools, pages: list[Path], html: Path, shots: Path, width: int,
                  max_height: int, timeout: float) -> list[PageReport]:
+    from bs4 import BeautifulSoup
     from tqdm.auto import tqdm
 
     await dt.call("Page.enable")
@@ -244,6 +254,12 @@ async def _visit(dt: _DevTools, pages: list[Path], html: Path, shots: Path, widt
     for page in tqdm(pages, desc="pages in chromium", leave=False):
         rel = page.relative_to(html)
         report = PageReport(str(rel))
+        refresh = BeautifulSoup(page.read_text(errors="replace"), "html.parser").find(
+            "meta", attrs={"http-equiv": REFRESH})
+        if refresh is not None:  # checked by static_problems: its target exists
+            report.redirect = refresh.get("content", "").partition("url=")[2] or "?"
+            reports.append(report)
+            continue
         dt.events.clear()
         nav = await dt.call("Page.navigate", url=page.as_uri())
         if nav.get("errorText"):
@@ -265,7 +281,7 @@ async def _visit(dt: _DevTools, pages: list[Path], html: Path, shots: Path, widt
             report.images.append((img["src"], nw, nh, sw, sh))
             if min(nw, nh) == 0:
                 report.problems.append(f"image {img['src']!r} did not decode (natural size {nw}×{nh})")
-            elif min(sw, sh) == 0:
+            elif min(sw, sh) == 0 and img["visible"]:  # a closed menu's icons have no size
                 report.problems.append(f"image {img['src']!r} is laid out with zero size")
         height = min(int(seen["height"]), max_height)
         shot = await dt.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,

@@ -42,3 +42,26 @@ def test_book_builds_with_every_chapter(tiny_book):
     for chapter in chapters:
         nb = nbformat.read(build_dir / "src" / "chapters" / f"{chapter}.ipynb", as_version=4)
         assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{chapter} was not executed"
+
+
+@pytest.mark.slow
+def test_book_pages_for_readers(tiny_book):
+    """Citations resolve in the bibliography page, the intro shows the pipeline figure, chapters
+    carry launch buttons, and the explorers show a static figure in the HTML."""
+    assert tiny_book.returncode == 0, tiny_book.log
+    html = tiny_book.html
+    log = (tiny_book.build_dir / "jupyter-book.log").read_text()
+    assert "could not find bibtex key" not in log, "a citation key is missing from references.bib"
+    bibliography = (html / "bibliography.html").read_text()
+    assert "Enhancing Gene Expression Prediction" in bibliography
+    tour = (html / "chapters" / "00_tour.html").read_text()
+    assert 'href="../bibliography.html#id' in tour, "citations link to the bibliography page"
+    intro = (html / "intro.html").read_text()
+    assert 'src="_images/pipeline.svg"' in intro or "pipeline.svg" in intro
+    assert "colab.research.google.com/github/spared-book/spared-book" in tour, "Colab launch button"
+    assert "mybinder.org" in tour, "Binder launch button"
+    assert "tag_setup" in tour and "tag_hide-cell" in tour, "the setup cell is folded away"
+    for chapter in ("02_completion", "10_shufflenet"):
+        nb = nbformat.read(tiny_book.build_dir / "src" / "chapters" / f"{chapter}.ipynb", as_version=4)
+        explorer = [o for c in nb.cells if "su.pl.explore_" in c.source for o in c.get("outputs", [])]
+        assert any("image/png" in o.get("data", {}) for o in explorer), f"{chapter}: no static explorer view"
