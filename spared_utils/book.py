@@ -242,7 +242,10 @@ def add_results_part(src: Path, runs: dict[str, list[Path]]) -> list[str]:
         (folder / "index.md").write_text("\n".join(lines) + "\n")
         part["chapters"].append({"file": f"results/{dataset}/index", "sections": sections})
         added.append(f"results/{dataset}/index")
-    toc.setdefault("parts", []).append(part)
+    parts = toc.setdefault("parts", [])
+    # before the back matter (the bibliography stays the last page)
+    at = next((i for i, p in enumerate(parts) if p.get("caption") == "References"), len(parts))
+    parts.insert(at, part)
     toc_path.write_text(yaml.safe_dump(toc, sort_keys=False))
     return added
 
