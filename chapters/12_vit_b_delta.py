@@ -66,7 +66,7 @@ scenario = "both"
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 learning_rate = None
-lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate = "search"
+lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
 iterations = None  # None: the budget's (su.models.record("vit_b_delta").cpu)
 batch_size = None  # None: the budget's; patches (or windows) per training step
 eval_every = None  # None: the budget's; validate every this many iterations

@@ -91,6 +91,11 @@ def test_every_parameter_says_what_it_means(source):
         if "#" not in line.split("=", 1)[1] and not above.lstrip().startswith("#"):
             bare.append(node.targets[0].id)
     assert bare == [], f"{source.name}: parameters without a comment saying what they mean: {bare}"
+    # papermill reads the same names (its parser gives up on a line whose comment holds "=")
+    from papermill.translators import PythonTranslator
+
+    seen = [p.name for p in PythonTranslator.inspect(nbformat.v4.new_code_cell(cell.source))]
+    assert seen == list(run.chapter_parameters(source)), f"{source.name}: papermill reads {seen}"
 
 
 # Chapters whose body other branches are editing; their lines are wrapped when those land.
