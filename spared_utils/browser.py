@@ -272,6 +272,10 @@ async def _visit(dt: _DevTools, pages: list[Path], html: Path, shots: Path, widt
             report.problems.append(f"no load event within {timeout} s")
         res = await dt.call("Runtime.evaluate", expression=_IMAGES_JS, awaitPromise=True,
                             returnByValue=True)
+        if "exceptionDetails" in res or not isinstance(res.get("result", {}).get("value"), str):
+            report.problems.append(f"could not inspect the page: {res.get('exceptionDetails', res)!s:.300}")
+            reports.append(report)
+            continue
         seen = json.loads(res["result"]["value"])
         report.title = seen["title"]
         if seen["text"] == 0:
