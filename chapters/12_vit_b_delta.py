@@ -61,8 +61,7 @@ seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
 # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
 scenario = "both"
-# "cpu": this predictor's CPU default (its record); "paper": 1,000 iterations × batch
-# 256
+# "cpu": this predictor's CPU default (its record); "paper": 1,000 steps × batch 256
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 learning_rate = None

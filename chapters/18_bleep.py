@@ -56,8 +56,7 @@ seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
 # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
 scenario = "both"
-# "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000
-# iterations
+# "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 learning_rate = None

@@ -273,6 +273,8 @@ def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
     (src / "chapters").mkdir(parents=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, src / name)
+    if (root / "_static").is_dir():  # the book's own CSS (Jupyter Book loads _static/*.css)
+        shutil.copytree(root / "_static", src / "_static")
     for f in root.glob("*.bib"):
         shutil.copy2(f, src / f.name)
     for entry in toc_files(root):

@@ -48,6 +48,9 @@ _IMAGES_JS = """
     title: document.title,
     text: document.body ? document.body.innerText.length : 0,
     height: document.documentElement.scrollHeight,
+    wide: [...document.querySelectorAll('div.cell_input pre')]
+      .filter(p => p.checkVisibility() && p.scrollWidth > p.clientWidth + 1)
+      .map(p => Math.max(...p.textContent.split('\\n').map(l => l.length))),
     images: imgs.map(i => ({src: i.getAttribute('src'), natural: [i.naturalWidth, i.naturalHeight],
                            shown: [i.getBoundingClientRect().width, i.getBoundingClientRect().height],
                            visible: i.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})})),
@@ -70,6 +73,8 @@ class PageReport:
         ``(src, natural width, natural height, shown width, shown height)`` per ``<img>``.
     screenshot
         Where the page's screenshot was written.
+    wide_code
+        The longest line (characters) of each code cell wider than its box (a scroll bar).
     redirect
         The target of a redirect page (Sphinx's ``index.html``), which is not opened.
     problems
@@ -80,6 +85,7 @@ class PageReport:
     title: str = ""
     images: list[tuple[str, int, int, float, float]] = field(default_factory=list)
     screenshot: Path | None = None
+    wide_code: list[int] = field(default_factory=list)
     redirect: str | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -278,6 +284,7 @@ async def _visit(dt: _DevTools, pages: list[Path], html: Path, shots: Path, widt
             continue
         seen = json.loads(res["result"]["value"])
         report.title = seen["title"]
+        report.wide_code = seen["wide"]
         if seen["text"] == 0:
             report.problems.append("the page shows no text")
         for img in seen["images"]:

@@ -12,6 +12,8 @@ import pytest
 
 from spared_utils import browser
 
+from .test_chapters import WIDTH_PENDING
+
 CHROMIUM = browser.find_chromium()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium not installed (apt-get install chromium; .ci/run does it as root)")
@@ -81,5 +83,8 @@ def test_every_page_of_the_book_in_chromium(tiny_book):
             figures = [img for img in report.images if "_images/" in img[0] and img[0].endswith(".png")]
             assert figures, f"{page} shows no figure"
             assert all(min(img[3:]) > 0 for img in figures), f"{page}: a figure laid out with zero size"
+    wide = {page: r.wide_code for page, r in by_page.items()
+            if r.wide_code and not any(name in page for name in WIDTH_PENDING)}
+    assert wide == {}, f"code cells wider than the page (longest line of each): {wide}"
     overview = [img for img in by_page["intro.html"].images if img[0].endswith("pipeline.svg")]
     assert overview and min(overview[0][1:]) > 0, "the intro's overview figure"
