@@ -110,12 +110,17 @@ def load_params(path: str | None) -> dict[str, dict]:
     return data
 
 
+#: Modules no chapter runs (the book and batch tooling): editing them re-runs no chapter.
+TOOLING = frozenset({"book.py", "browser.py", "batch.py"})
+
+
 def package_digest() -> str:
     """The package's version and a digest of its sources and ``data/datasets.yml``: a change to
-    any of them can change what a chapter computes."""
+    any of them can change what a chapter computes (the :data:`TOOLING` modules aside)."""
     h = hashlib.sha256(f"spared-utils {_version()}".encode())
-    files = sorted(paths.PACKAGE_DIR.rglob("*.py")) + [paths.data_dir() / "datasets.yml"]
-    for f in files:
+    files = [f for f in sorted(paths.PACKAGE_DIR.rglob("*.py"))
+             if not (f.parent == paths.PACKAGE_DIR and f.name in TOOLING)]
+    for f in files + [paths.data_dir() / "datasets.yml"]:
         if f.is_file():
             h.update(f.relative_to(f.parents[1]).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
