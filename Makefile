@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATASET ?= synthetic
 
-.PHONY: book test test-fast env sync clean help
+.PHONY: book lab test test-fast env sync clean help
 
 help:
 	@echo "make book   # create .venv, install, run every chapter with papermill, render _build/html"
 	@echo "make test   # create .venv, install, run the test suite (what CI runs)"
+	@echo "make lab    # open the chapters in JupyterLab with the project's environment"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,12 @@ env: $(STAMP)
 
 book: $(STAMP)
 	$(BIN)/python -m spared_utils.book --dataset $(DATASET)
+
+# JupyterLab on the chapters, in the project's environment (jupytext opens each .py as a
+# notebook; its pairing keeps the .ipynb in step). JupyterLab is installed on first use.
+lab: $(STAMP)
+	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,lab]'
+	$(BIN)/jupyter lab --notebook-dir=. chapters/00_tour.py
 
 # pytest's exit code 5 ("no tests collected") is non-zero, so it fails here as it should.
 test: $(STAMP)

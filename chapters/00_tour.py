@@ -21,6 +21,7 @@
 # **What it needs:** nothing but a CPU; the embedded synthetic dataset is generated in seconds
 # (a SpaRED dataset id downloads its raw data first).
 # **What it writes:** `results/<dataset>/tour_slides.csv`, one row per slide.
+# **Measured runtime:** 16 s on a 2-core CPU (embedded dataset); GPU not needed.
 #
 # Spatial transcriptomics measures gene expression at thousands of *spots* laid out on a grid
 # over a tissue section, next to an H&E image of the same section. On 10x Visium, spots are 55 µm
@@ -28,10 +29,30 @@
 # questions of such data: can missing values be completed from neighbouring spots (SpaCKLE), and
 # how well can the image alone predict expression once they are.
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
+# dataset id from data/datasets.yml ("synthetic": embedded, offline)
 dataset = "synthetic"
-seed = 0
-out_dir = "results"
+seed = 0  # random seed of everything the run draws
+out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
 
 # %%
 import time
@@ -68,11 +89,12 @@ adata
 counts = adata.layers["counts"]
 total = np.asarray(counts.sum(axis=1)).ravel()
 zeros = 1 - np.asarray((counts > 0).sum(axis=1)).ravel() / adata.n_vars
+obs = adata.obs[["slide_id", "split", "patient"]].astype(str)
 slides = (
-    pd.DataFrame({"slide_id": adata.obs["slide_id"].astype(str), "split": adata.obs["split"].astype(str),
-                  "patient": adata.obs["patient"].astype(str), "umi": total, "zero_fraction": zeros})
+    obs.assign(umi=total, zero_fraction=zeros)
     .groupby(["slide_id", "split", "patient"], observed=True)
-    .agg(spots=("umi", "size"), median_umi=("umi", "median"), zero_fraction=("zero_fraction", "mean"))
+    .agg(spots=("umi", "size"), median_umi=("umi", "median"),
+         zero_fraction=("zero_fraction", "mean"))
     .reset_index()
 )
 table_path = su.io.output_dir(out_dir, dataset) / "tour_slides.csv"
@@ -91,9 +113,11 @@ fig = su.pl.slides_overview(adata)
 
 # %% mystnb={"figure": {"caption": "Total UMI counts per spot, drawn by squidpy's spatial_scatter on our AnnData unchanged.", "name": "fig-tour-counts"}}
 adata.obs["total_counts"] = total
-sq.pl.spatial_scatter(adata, color="total_counts", library_key="slide_id", shape="hex",
-                      library_id=list(adata.obs["slide_id"].cat.categories), img_res_key="hires",
-                      ncols=4, figsize=(4, 4), cmap="viridis")
+sq.pl.spatial_scatter(
+    adata, color="total_counts", library_key="slide_id", shape="hex",
+    library_id=list(adata.obs["slide_id"].cat.categories), img_res_key="hires", ncols=4,
+    figsize=(4, 4), cmap="viridis",
+)
 
 # %% [markdown]
 # ## The hexagonal neighbourhood
@@ -126,24 +150,30 @@ sc.pp.log1p(norm)
 morans = []
 for sid in norm.obs["slide_id"].cat.categories:
     sub = norm[norm.obs["slide_id"] == sid].copy()
-    sq.gr.spatial_neighbors(sub, coord_type="grid", n_neighs=6 if spec.curation.hex_geometry else 4)
-    sq.gr.spatial_autocorr(sub, mode="moran", n_perms=None, n_jobs=1, show_progress_bar=False)
+    n_neighs = 6 if spec.curation.hex_geometry else 4
+    sq.gr.spatial_neighbors(sub, coord_type="grid", n_neighs=n_neighs)
+    sq.gr.spatial_autocorr(sub, mode="moran", n_perms=None, n_jobs=1,
+                           show_progress_bar=False)
     morans.append(sub.uns["moranI"]["I"].rename(sid))
 moran = pd.concat(morans, axis=1).mean(axis=1).sort_values(ascending=False)
 top, bottom = moran.index[0], moran.index[-1]
 
 # %% mystnb={"figure": {"caption": "The genes with the highest and the lowest Moran's I, on the first slide.", "name": "fig-tour-moran-maps"}}
-fig = su.pl.gene_maps(norm, [top, bottom], slide=str(norm.obs["slide_id"].cat.categories[0]),
-                      titles=[f"{top}: Moran's I {moran[top]:.2f}", f"{bottom}: Moran's I {moran[bottom]:.2f}"])
+slide = str(norm.obs["slide_id"].cat.categories[0])
+titles = [f"{g}: Moran's I {moran[g]:.2f}" for g in (top, bottom)]
+fig = su.pl.gene_maps(norm, [top, bottom], slide=slide, titles=titles)
 
 # %% mystnb={"figure": {"caption": "Left: Moran's I of every gene. Right: the fraction of zeros grows as mean expression falls.", "name": "fig-tour-genes"}}
 fig, axs = plt.subplots(1, 2, figsize=(11, 4))
 if "spatial_gene" in adata.var:
-    kind = adata.var.loc[moran.index, "spatial_gene"].map({True: "spatial", False: "noise"})
-    sns.histplot(x=moran.values, hue=kind.values, bins=40, palette="colorblind", ax=axs[0], element="step")
+    is_spatial = adata.var.loc[moran.index, "spatial_gene"]
+    kind = is_spatial.map({True: "spatial", False: "noise"})
+    sns.histplot(x=moran.values, hue=kind.values, bins=40, palette="colorblind",
+                 ax=axs[0], element="step")
 else:
     axs[0].hist(moran.values, bins=40)
-axs[0].set(xlabel="Moran's I (mean over slides)", ylabel="genes", title="Spatial autocorrelation per gene")
+axs[0].set(xlabel="Moran's I (mean over slides)", ylabel="genes",
+           title="Spatial autocorrelation per gene")
 su.pl.dropout_vs_expression(adata, ax=axs[1])
 fig.tight_layout()
 
@@ -161,13 +191,14 @@ fig.tight_layout()
 splits = adata.obs.groupby("split", observed=True)["slide_id"].nunique()
 spatial = ""
 if "spatial_gene" in adata.var:
-    spatial_true = adata.var["spatial_gene"]
-    top_k = moran.index[: int(spatial_true.sum())]
-    spatial = (f"\n- Of the {int(spatial_true.sum())} genes with the highest Moran's I, "
-               f"{100 * spatial_true[top_k].mean():.0f}% are the generator's spatial genes.")
+    truth = adata.var["spatial_gene"]
+    top_k = moran.index[: int(truth.sum())]
+    spatial = (f"\n- Of the {int(truth.sum())} genes with the highest Moran's I, "
+               f"{100 * truth[top_k].mean():.0f}% are the generator's spatial genes.")
 lines = [
     f"- **{adata.n_obs:,} spots** on **{adata.obs['slide_id'].nunique()} slides** "
-    f"({', '.join(f'{k}: {v}' for k, v in splits.items())}), {adata.n_vars} genes, loaded in {load_seconds:.1f} s.",
+    f"({', '.join(f'{k}: {v}' for k, v in splits.items())}), {adata.n_vars} genes, "
+    f"loaded in {load_seconds:.1f} s.",
     f"- {100 * (counts.toarray() == 0).mean():.1f}% of the count matrix is zero; "
     f"median {np.median(total):.0f} UMI per spot.",
     f"- Spots have {n_nb.min()}–{n_nb.max()} neighbours within two rings "

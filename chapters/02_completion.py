@@ -26,6 +26,7 @@
 # **What it writes:** the completed layers `c_t_log1p` and `c_t_deltas` into
 # `processed/<dataset>/adata.h5ad` (atomically), SpaCKLE's checkpoint under
 # `results/<dataset>/completion/`, and one row per method and masking level in the results store.
+# **Measured runtime:** 55 s on a 2-core CPU at the default budget; GPU not measured yet.
 #
 # Spatial transcriptomics misses many values: a gene that is expressed may still read zero at a spot.
 # Curation fills those gaps with the median of neighbouring spots {cite:p}`mejia2023sepal`.
@@ -34,22 +35,47 @@
 # (Pham et al., *Nat Commun* 14, 7739, 2023) imputes zeros from the spots that are close, look
 # alike in the H&E image and correlate in expression.
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
+# dataset id from data/datasets.yml ("synthetic": embedded, offline)
 dataset = "synthetic"
-device = "auto"
-seed = 0
-out_dir = "results"
+device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
+seed = 0  # random seed of everything the run draws
+out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
 iterations = 200  # the paper: 10_000
-learning_rates = [3e-3]  # one value: no search; the paper searches per dataset, e.g. [1e-4, 1e-3, 3e-3]
-dim_feedforward = 512  # the authors' encoder uses PyTorch's default, 2048 (slower on a CPU)
+# one value: no search; the paper searches per dataset, e.g. [1e-4, 1e-3, 3e-3]
+learning_rates = [3e-3]
+# the authors' encoder uses PyTorch's default, 2048 (slower on a CPU)
+dim_feedforward = 512
+# fractions of the real values hidden, then completed and scored
 masking_levels = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-eval_splits = ["test"]  # falls back to val (then train) when the dataset has no test slide
+# falls back to val (then train) when the dataset has no test slide
+eval_splits = ["test"]
 stlearn_backbone = "resnet18"  # stLearn uses ResNet-50
 stlearn_tile_size = 64  # stLearn feeds 299-px tiles to its Keras backbone
 pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
 ours = True  # also train our completion (SpaCKLE+) at the same budget
-run_ablation = False  # retrain every candidate of SpaCKLE+'s ablation here (slow); otherwise the recorded table
-write_processed = True
+# retrain every candidate of SpaCKLE+'s ablation here (slow); otherwise the recorded table
+run_ablation = False
+write_processed = True  # write the completed layers back to processed/<dataset>/
 
 # %%
 import time
@@ -70,14 +96,21 @@ store_file = su.io.output_dir(out_dir) / "results.csv"
 adata = su.datasets.load(dataset)
 hex_geometry = su.tl.hex_geometry_of(adata)
 config = SpackleConfig.make(
-    iterations=iterations, learning_rate=learning_rates[0],
+    iterations=iterations,
+    learning_rate=learning_rates[0],
     lr_grid=tuple(learning_rates) if len(learning_rates) > 1 else None,
-    dim_feedforward=dim_feedforward, seed=seed, device=device,
+    dim_feedforward=dim_feedforward,
+    seed=seed,
+    device=device,
     checkpoint_dir=str(out / "completion" / f"spackle_seed{seed}"),
 )
 missing = 1 - adata.layers["mask"].mean()
-print(f"{adata.n_obs:,} spots × {adata.n_vars} genes, {100 * missing:.1f}% of the values missing (median-completed)")
-pd.Series({k: v for k, v in config.flat().items() if k not in ("progress",)}, name="value").to_frame()
+print(
+    f"{adata.n_obs:,} spots × {adata.n_vars} genes, {100 * missing:.1f}% of the values missing (median-completed)"
+)
+pd.Series(
+    {k: v for k, v in config.flat().items() if k not in ("progress",)}, name="value"
+).to_frame()
 
 # %% [markdown]
 # ## The neighbourhood tensor
@@ -94,8 +127,16 @@ n_nb = su.pp.n_neighbours(index)
 fig, axs = plt.subplots(1, 2, figsize=(10, 3.8))
 centre = int(np.argmax(n_nb == n_nb.max()))
 su.pl.hex_neighbourhood(adata, index, centre, ax=axs[0])
-axs[1].hist(n_nb, bins=np.arange(-0.5, index.shape[1] + 1.5), color=su.pl.METHOD_COLOURS["spackle"])
-axs[1].set(xlabel="neighbours present (of 18)", ylabel="spots", title="Neighbourhood sizes (fewer at edges)")
+axs[1].hist(
+    n_nb,
+    bins=np.arange(-0.5, index.shape[1] + 1.5),
+    color=su.pl.METHOD_COLOURS["spackle"],
+)
+axs[1].set(
+    xlabel="neighbours present (of 18)",
+    ylabel="spots",
+    title="Neighbourhood sizes (fewer at edges)",
+)
 fig.tight_layout()
 
 # %% [markdown]
@@ -114,11 +155,15 @@ fig.tight_layout()
 result = su.tl.train_spackle(adata, config=config, hex_geometry=hex_geometry)
 if result.lr_table is not None:
     display(result.lr_table)
-print(f"learning rate {result.learning_rate:g}, best validation MSE {result.best_val:.4f} at iteration "
-      f"{result.best_iteration}, {result.n_params:,} parameters, {result.wall_time_s:.0f} s on {result.device}")
+print(
+    f"learning rate {result.learning_rate:g}, best validation MSE {result.best_val:.4f} at iteration "
+    f"{result.best_iteration}, {result.n_params:,} parameters, {result.wall_time_s:.0f} s on {result.device}"
+)
 
 # %% mystnb={"figure": {"caption": "SpaCKLE's training loss and validation MSE on hidden real values.", "name": "fig-completion-training"}}
-ax = su.pl.learning_curves({"spackle": result.history}, title="SpaCKLE: training and validation MSE")
+ax = su.pl.learning_curves(
+    {"spackle": result.history}, title="SpaCKLE: training and validation MSE"
+)
 
 # %% [markdown]
 # ## Ours: SpaCKLE+
@@ -137,11 +182,19 @@ ax = su.pl.learning_curves({"spackle": result.history}, title="SpaCKLE: training
 # %%
 plus = None
 if ours:
-    plus = su.tl.train_spackle(adata, config=replace(config, **PLUS_OPTIONS,
-                                                     checkpoint_dir=str(out / "completion" / f"spackle_plus_seed{seed}")),
-                               hex_geometry=hex_geometry)
-    print(f"SpaCKLE+: best validation MSE {plus.best_val:.4f} (at 50% masking) at iteration {plus.best_iteration}, "
-          f"{plus.n_params:,} parameters, {plus.wall_time_s:.0f} s on {plus.device}")
+    plus = su.tl.train_spackle(
+        adata,
+        config=replace(
+            config,
+            **PLUS_OPTIONS,
+            checkpoint_dir=str(out / "completion" / f"spackle_plus_seed{seed}"),
+        ),
+        hex_geometry=hex_geometry,
+    )
+    print(
+        f"SpaCKLE+: best validation MSE {plus.best_val:.4f} (at 50% masking) at iteration {plus.best_iteration}, "
+        f"{plus.n_params:,} parameters, {plus.wall_time_s:.0f} s on {plus.device}"
+    )
     pd.Series(PLUS_OPTIONS, name="SpaCKLE+ option").to_frame()
 
 # %% [markdown]
@@ -158,14 +211,28 @@ if ours:
 
 # %%
 methods = su.tl.masking_methods(
-    result, SmeConfig(backbone=stlearn_backbone, pretrained=pretrained, tile_size=stlearn_tile_size, device=device),
-    hex_geometry=hex_geometry, models={"spackle_plus": plus} if plus is not None else None,
+    result,
+    SmeConfig(
+        backbone=stlearn_backbone,
+        pretrained=pretrained,
+        tile_size=stlearn_tile_size,
+        device=device,
+    ),
+    hex_geometry=hex_geometry,
+    models={"spackle_plus": plus} if plus is not None else None,
 )
-summary, per_gene, runs = su.tl.evaluate_masking(adata, methods, levels=masking_levels, splits=eval_splits,
-                                                 seed=seed)
-shown = [m for m in ("median", "mean", "stlearn", "spackle", "spackle_plus") if m in set(summary["method"])]
+summary, per_gene, runs = su.tl.evaluate_masking(
+    adata, methods, levels=masking_levels, splits=eval_splits, seed=seed
+)
+shown = [
+    m
+    for m in ("median", "mean", "stlearn", "spackle", "spackle_plus")
+    if m in set(summary["method"])
+]
 table = su.completion.comparison_table(summary, shown)
-ref = min(masking_levels, key=lambda v: abs(v - 0.3))  # the level the single-number figures use
+ref = min(
+    masking_levels, key=lambda v: abs(v - 0.3)
+)  # the level the single-number figures use
 table.round(3)
 
 # %% [markdown]
@@ -174,16 +241,28 @@ table.round(3)
 # point per gene of this dataset.
 
 # %%
-su.io.append_results(su.tl.completion_rows(summary, dataset, seed=seed, spackle_result=result), path=store_file)
+su.io.append_results(
+    su.tl.completion_rows(summary, dataset, seed=seed, spackle_result=result),
+    path=store_file,
+)
 stored = su.io.select_results(store_file, stage="completion", masking=float(ref))
-by_dataset = stored.groupby(["dataset", "model"])["mse"].mean().reset_index().rename(columns={"model": "method"})
+by_dataset = (
+    stored.groupby(["dataset", "model"])["mse"]
+    .mean()
+    .reset_index()
+    .rename(columns={"model": "method"})
+)
 several = by_dataset["dataset"].nunique() > 1
 violin = by_dataset if several else per_gene[np.isclose(per_gene["masking"], ref)]
 
 # %% mystnb={"figure": {"caption": "Completion error on hidden real values (paper Fig. 3). Left (3a): per method, one point per dataset (or per gene of this dataset). Right (3b): as masking grows.", "name": "fig-completion-mse"}}
 fig, axs = plt.subplots(1, 2, figsize=(11, 4.2))
-su.pl.completion_mse_violin(violin, by="dataset" if several else f"gene, {100 * ref:.0f}% masked", ax=axs[0])
-su.pl.mse_vs_masking(summary, methods=("median", "mean", "spackle", "stlearn", "spackle_plus"), ax=axs[1])
+su.pl.completion_mse_violin(
+    violin, by="dataset" if several else f"gene, {100 * ref:.0f}% masked", ax=axs[0]
+)
+su.pl.mse_vs_masking(
+    summary, methods=("median", "mean", "spackle", "stlearn", "spackle_plus"), ax=axs[1]
+)
 fig.tight_layout()
 
 # %% [markdown]
@@ -205,10 +284,23 @@ fig.tight_layout()
 # without them.
 
 # %%
-lost = summary.pivot_table(index="masking", columns="method", values=["mse", "mse_kept_genes"])
-lost = pd.concat({"genes that lost every real value": summary.groupby("masking")["genes_lost"].first(),
-                  **{f"{m}: MSE all / without them": lost["mse"][m].round(3).astype(str) + " / "
-                     + lost["mse_kept_genes"][m].round(3).astype(str) for m in shown}}, axis=1)
+lost = summary.pivot_table(
+    index="masking", columns="method", values=["mse", "mse_kept_genes"]
+)
+lost = pd.concat(
+    {
+        "genes that lost every real value": summary.groupby("masking")[
+            "genes_lost"
+        ].first(),
+        **{
+            f"{m}: MSE all / without them": lost["mse"][m].round(3).astype(str)
+            + " / "
+            + lost["mse_kept_genes"][m].round(3).astype(str)
+            for m in shown
+        },
+    },
+    axis=1,
+)
 lost
 
 # %% [markdown]
@@ -220,8 +312,12 @@ lost
 # genes are hidden most. The rule has no level; one masking per evaluation split is scored.
 
 # %%
-lgdist, _, _ = su.tl.evaluate_masking(adata, methods, splits=eval_splits, seed=seed, scheme="lgdist", progress=False)
-lg = lgdist.set_index("method")[["masking", "genes_lost", "mse", "mse_kept_genes", "pcc_gene"]].loc[shown]
+lgdist, _, _ = su.tl.evaluate_masking(
+    adata, methods, splits=eval_splits, seed=seed, scheme="lgdist", progress=False
+)
+lg = lgdist.set_index("method")[
+    ["masking", "genes_lost", "mse", "mse_kept_genes", "pcc_gene"]
+].loc[shown]
 lg.rename(columns={"masking": "hidden fraction of all entries"}).round(3)
 
 # %% [markdown]
@@ -284,8 +380,15 @@ else:
 
 # %%
 if run_ablation:
-    ablation = su.tl.ablation_table(adata, config, su.completion.PLUS_ABLATION, levels=masking_levels,
-                                    splits=eval_splits, seed=seed, hex_geometry=hex_geometry)
+    ablation = su.tl.ablation_table(
+        adata,
+        config,
+        su.completion.PLUS_ABLATION,
+        levels=masking_levels,
+        splits=eval_splits,
+        seed=seed,
+        hex_geometry=hex_geometry,
+    )
 else:
     ablation = su.completion.recorded_ablation()
 ablation.round(3)
@@ -294,9 +397,11 @@ ablation.round(3)
 plus_text = ""
 if plus is not None:
     vs = table["ours vs SpaCKLE (% lower MSE)"]
-    plus_text = (f"; ours (SpaCKLE+) was {vs.mean():.1f}% below SpaCKLE on average ({vs.min():.1f}% to {vs.max():.1f}% "
-                 f"per level), below the mean at {int((table['spackle_plus'] < table['mean']).sum())} of {len(table)} "
-                 f"levels and {table['ours vs median (% lower MSE)'].mean():.1f}% below the median")
+    plus_text = (
+        f"; ours (SpaCKLE+) was {vs.mean():.1f}% below SpaCKLE on average ({vs.min():.1f}% to {vs.max():.1f}% "
+        f"per level), below the mean at {int((table['spackle_plus'] < table['mean']).sum())} of {len(table)} "
+        f"levels and {table['ours vs median (% lower MSE)'].mean():.1f}% below the median"
+    )
 print(plus_text.lstrip("; ") or "SpaCKLE+ was not trained (ours = False)")
 
 # %% [markdown]
@@ -308,7 +413,11 @@ print(plus_text.lstrip("; ") or "SpaCKLE+ was not trained (ours = False)")
 # %%
 split = runs[0].split
 slide = str(adata.obs["slide_id"].iloc[runs[0].rows[0]])
-pg = per_gene[(per_gene["method"] == "spackle") & np.isclose(per_gene["masking"], ref) & (per_gene["split"] == split)]
+pg = per_gene[
+    (per_gene["method"] == "spackle")
+    & np.isclose(per_gene["masking"], ref)
+    & (per_gene["split"] == split)
+]
 gene = str(pg.sort_values("pcc", ascending=False, na_position="last")["gene"].iloc[0])
 shown = [r for r in runs if r.split == split]
 shown = [shown[k] for k in sorted({0, len(shown) // 2, len(shown) - 1})]
@@ -331,12 +440,30 @@ if write_processed:
     print(f"wrote {path}")
 filled = adata.layers["c_t_log1p"][~adata.layers["mask"]]
 median_vals = adata.layers["c_d_log1p"][~adata.layers["mask"]]
-pd.DataFrame({"median-completed": pd.Series(median_vals).describe(),
-              "SpaCKLE-completed": pd.Series(filled).describe()}).round(3)
+pd.DataFrame(
+    {
+        "median-completed": pd.Series(median_vals).describe(),
+        "SpaCKLE-completed": pd.Series(filled).describe(),
+    }
+).round(3)
+
+# %% [markdown]
+# ## Explore the completed dataset
+#
+# Pick a slide and a gene: its measured values, where they are missing, and the two
+# completions side by side (`su.pl.explore_slide`). In a live kernel (JupyterLab, Colab) the
+# dropdowns redraw the figure; the HTML shows the first view, the gene with the most missing
+# values.
+
+# %%
+su.pl.explore_slide({dataset: adata})
 
 # %%
 red = su.tl.relative_reduction(summary)["reduction_pct"]
-at = table[np.isclose(table.index, masking_levels[0]) | np.isclose(table.index, masking_levels[-1])]
+at = table[
+    np.isclose(table.index, masking_levels[0])
+    | np.isclose(table.index, masking_levels[-1])
+]
 ratio = table["stLearn / SpaCKLE (MSE ratio)"]
 lo, hi = (f"{100 * v:.0f}%" for v in (masking_levels[0], masking_levels[-1]))
 display(Markdown(f"""## What we saw

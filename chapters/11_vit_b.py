@@ -24,6 +24,7 @@
 # second there), the paper's budget wants a GPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/vit_b/`.
+# **Measured runtime:** 207 s on a 2-core CPU (both scenarios); GPU not measured yet.
 #
 # The Vision Transformer cuts a 224 px patch into 16 × 16-pixel tiles and relates them with 12
 # self-attention layers; the base model has about 86 million parameters. In the paper
@@ -43,22 +44,46 @@
 # `benchmarks/bench_predictors.py`). ViT-B+Δ (chapter 12) removes the offset from the problem
 # and gets there within its default budget.
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
+# dataset id from data/datasets.yml ("synthetic": embedded, offline)
 dataset = "synthetic"
-device = "auto"
-seed = 0
-out_dir = "results"
-scenario = "both"  # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": 1,000 iterations × batch 256
-learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
-lr_grid = [0.0001, 0.001, 0.01]
+device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
+seed = 0  # random seed of everything the run draws
+out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
+# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
+scenario = "both"
+# "cpu": this predictor's CPU default (its record); "paper": 1,000 steps × batch 256
+budget = "cpu"
+# None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
+learning_rate = None
+lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
 iterations = None  # None: the budget's (su.models.record("vit_b").cpu)
-batch_size = None
-eval_every = None
+batch_size = None  # None: the budget's; patches (or windows) per training step
+eval_every = None  # None: the budget's; validate every this many iterations
 val_spots = None  # None: the budget's; "all": every validation spot
 eval_spots = None  # None: the budget's; "all": every held-out spot (the paper)
-pretrained = False
-completion_iterations = None  # SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
+# SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+completion_iterations = None
 
 # %%
 from IPython.display import Markdown, display
@@ -66,9 +91,10 @@ from IPython.display import Markdown, display
 import spared_utils as su
 
 chapter = su.tl.run_chapter(
-    dataset, "vit_b", scenario=scenario, budget=budget, learning_rate=learning_rate, lr_grid=lr_grid,
-    iterations=iterations, batch_size=batch_size, eval_every=eval_every, val_spots=val_spots,
-    eval_spots=eval_spots, out_dir=out_dir, seed=seed, device=device, pretrained=pretrained,
+    dataset, "vit_b", scenario=scenario, budget=budget, learning_rate=learning_rate,
+    lr_grid=lr_grid, iterations=iterations, batch_size=batch_size,
+    eval_every=eval_every, val_spots=val_spots, eval_spots=eval_spots, out_dir=out_dir,
+    seed=seed, device=device, pretrained=pretrained,
     completion_iterations=completion_iterations,
 )
 print(chapter.config)
@@ -96,13 +122,18 @@ chapter.metrics().round(4)
 # weights with the lowest value are the ones evaluated above.
 
 # %% mystnb={"figure": {"caption": "ViT-B: training loss and validation MSE per scenario; the dashed line is the training mean's validation MSE.", "name": "fig-vit_b-curves"}}
-ax = su.pl.learning_curves(chapter.histories, baseline=chapter.baseline_val_loss, title="ViT-B: MSE during training")
+ax = su.pl.learning_curves(
+    chapter.histories, baseline=chapter.baseline_val_loss,
+    title="ViT-B: MSE during training",
+)
 
 # %% [markdown]
 # ## Which genes can be predicted?
 
 # %% mystnb={"figure": {"caption": "ViT-B: Pearson correlation of each gene across held-out spots, per scenario.", "name": "fig-vit_b-pcc"}}
-ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"ViT-B: per-gene PCC on {chapter.eval_split}")
+ax = su.pl.per_gene_pcc(
+    chapter.gene_tables(), title=f"ViT-B: per-gene PCC on {chapter.eval_split}"
+)
 
 # %% [markdown]
 # ## Predicted and measured maps
@@ -113,31 +144,27 @@ ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"ViT-B: per-gene PCC on {c
 shown = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
 best, worst = chapter.best_and_worst_genes(shown)
 slide, rows, pred = chapter.map_inputs(shown)
-fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, worst],
-                                   titles=[f"best: {best}", f"worst: {worst}"])
+fig = su.pl.predicted_vs_true_maps(
+    chapter.adata, slide, rows, pred, [best, worst],
+    titles=[f"best: {best}", f"worst: {worst}"],
+)
 
 # %% [markdown]
 # ## What we saw
 
 # %%
-saw = chapter.summary()  # one row per scenario and split: MSE, the training mean's MSE, PCC-Gene
+# one row per scenario and split: MSE, the training mean's MSE, PCC-Gene
+saw = chapter.summary()
 saw.round(3)
 
 # %%
-split, cfg, run = chapter.eval_split, chapter.config.train, next(iter(chapter.runs.values()))
-verdict = chapter.beats_training_mean()
-behind = [s for s, ok in verdict.items() if not ok]
-diff = chapter.completed_minus_raw()
-shown = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
-genes = chapter.gene_tables()[shown].set_index("gene")["pcc"]
-best, worst = chapter.best_and_worst_genes(shown)
-advice = (f" At this budget the {' and '.join(behind)} model(s) learned no more than the mean: raise `iterations` "
-          "(the learning curve shows whether it still falls)" + ("" if chapter.config.pretrained
-                                                                   else " or start from ImageNet weights (`pretrained = True`)")
-          + "." if behind else "")
-display(Markdown(f"""## What we saw
-
-- **{su.models.display_name(chapter.model)}**: {run.n_params:,} trainable parameters; {cfg.iterations} iterations × batch {cfg.batch_size} at learning rate {chapter.learning_rate:g} per scenario, on `{run.train.device}` ({chapter.seconds:.0f} s for the whole chapter).
-- Below the training mean on {split} MSE: {", ".join(f"{s} {'yes' if ok else 'no'}" for s, ok in verdict.items())}.{advice}
-""" + (f"- Training on completed instead of raw data changed {split} MSE by {diff['mse']:+.3f} and PCC-Gene by {diff['pcc_gene']:+.3f} (both scored on real values only).\n" if diff else "")
-    + f"- Per gene ({shown}, {split}): best {best} (PCC {genes[best]:.2f}), worst {worst} (PCC {genes[worst]:.2f})."))
+behind = [s for s, ok in chapter.beats_training_mean().items() if not ok]
+weights = "" if chapter.config.pretrained else " or set `pretrained = True`"
+advice = (
+    f"- At this budget the {' and '.join(behind)} model(s) learned no more than the "
+    f"mean: raise `iterations` (the learning curve shows whether it still falls)"
+    f"{weights}.\n"
+    if behind
+    else ""
+)
+display(Markdown(chapter.what_we_saw() + advice))

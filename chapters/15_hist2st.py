@@ -22,29 +22,54 @@
 # if missing); the CPU default takes a few minutes.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/hist2st/`.
+# **Measured runtime:** 120 s on a 2-core CPU (both scenarios); GPU not measured yet.
 #
 # Hist2ST {cite:p}`zeng2022hist2st` embeds each 112 px patch with ConvMixer blocks, adds row and
 # column embeddings, runs 8 transformer blocks over the slide's spots and then 4 GraphSAGE layers
 # over the spot graph, combined by LSTM jumping knowledge. In the paper {cite:p}`mejia2024spackle`
 # it is the predictor with the most trainable parameters.
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
+# dataset id from data/datasets.yml ("synthetic": embedded, offline)
 dataset = "synthetic"
-device = "auto"
-seed = 0
-out_dir = "results"
-scenario = "both"  # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 iterations
-learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
-lr_grid = [0.0001, 0.001, 0.01]
+device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
+seed = 0  # random seed of everything the run draws
+out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
+# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
+scenario = "both"
+# "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
+budget = "cpu"
+# None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
+learning_rate = None
+lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
 iterations = None  # None: the budget's (su.models.record(...).cpu)
-batch_size = None
-eval_every = None
+batch_size = None  # None: the budget's; patches (or windows) per training step
+eval_every = None  # None: the budget's; validate every this many iterations
 val_spots = None  # None: the budget's; "all": every validation spot
 eval_spots = None  # None: the budget's; "all": every held-out spot (the paper)
 train_spots = None  # None: the budget's; "all": every training spot (the paper)
-pretrained = False
-completion_iterations = None  # SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
+# SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+completion_iterations = None
 
 # %%
 from IPython.display import Markdown, display
@@ -52,9 +77,10 @@ from IPython.display import Markdown, display
 import spared_utils as su
 
 chapter = su.tl.run_chapter(
-    dataset, "hist2st", scenario=scenario, budget=budget, learning_rate=learning_rate, lr_grid=lr_grid,
-    iterations=iterations, batch_size=batch_size, eval_every=eval_every, val_spots=val_spots,
-    eval_spots=eval_spots, train_spots=train_spots, out_dir=out_dir, seed=seed, device=device,
+    dataset, "hist2st", scenario=scenario, budget=budget, learning_rate=learning_rate,
+    lr_grid=lr_grid, iterations=iterations, batch_size=batch_size,
+    eval_every=eval_every, val_spots=val_spots, eval_spots=eval_spots,
+    train_spots=train_spots, out_dir=out_dir, seed=seed, device=device,
     pretrained=pretrained, completion_iterations=completion_iterations,
 )
 print(chapter.config)
@@ -90,7 +116,10 @@ chapter.metrics().round(4)
 # the lowest value are the ones evaluated above.
 
 # %% mystnb={"figure": {"caption": "Hist2ST: training loss and validation MSE per scenario; the dashed line is the training mean's validation MSE.", "name": "fig-hist2st-curves"}}
-ax = su.pl.learning_curves(chapter.histories, baseline=chapter.baseline_val_loss, title="Hist2ST: MSE during training")
+ax = su.pl.learning_curves(
+    chapter.histories, baseline=chapter.baseline_val_loss,
+    title="Hist2ST: MSE during training",
+)
 
 # %% [markdown]
 # At this CPU budget Hist2ST, trained from scratch, ends just above the training mean on the
@@ -106,7 +135,9 @@ ax = su.pl.learning_curves(chapter.histories, baseline=chapter.baseline_val_loss
 # ## Which genes can be predicted?
 
 # %% mystnb={"figure": {"caption": "Hist2ST: Pearson correlation of each gene across held-out spots, per scenario.", "name": "fig-hist2st-pcc"}}
-ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"Hist2ST: per-gene PCC on {chapter.eval_split}")
+ax = su.pl.per_gene_pcc(
+    chapter.gene_tables(), title=f"Hist2ST: per-gene PCC on {chapter.eval_split}"
+)
 
 # %% [markdown]
 # ## Predicted and measured maps
@@ -117,8 +148,10 @@ ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"Hist2ST: per-gene PCC on 
 shown = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
 best, worst = chapter.best_and_worst_genes(shown)
 slide, rows, pred = chapter.map_inputs(shown)
-fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, worst],
-                                   titles=[f"best: {best}", f"worst: {worst}"])
+fig = su.pl.predicted_vs_true_maps(
+    chapter.adata, slide, rows, pred, [best, worst],
+    titles=[f"best: {best}", f"worst: {worst}"],
+)
 
 # %% [markdown]
 # ## The official spot graph on a Visium grid
@@ -131,17 +164,30 @@ fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, wors
 # %%
 import torch
 
-rows, cols = (torch.as_tensor(chapter.adata.obs[k].to_numpy()) for k in ("array_row", "array_col"))
-one = torch.as_tensor((chapter.adata.obs["slide_id"] == chapter.adata.obs["slide_id"].iloc[0]).to_numpy())
+rows, cols = (
+    torch.as_tensor(chapter.adata.obs[k].to_numpy()) for k in ("array_row", "array_col")
+)
+one = torch.as_tensor(
+    (chapter.adata.obs["slide_id"] == chapter.adata.obs["slide_id"].iloc[0]).to_numpy()
+)
 official = su.models.slide.spot_graph(rows[one], cols[one])
-ring = su.models.slide.spot_graph(rows[one], cols[one], k=6, row_scale=3 ** 0.5)
+ring = su.models.slide.spot_graph(rows[one], cols[one], k=6, row_scale=3**0.5)
 same_row = lambda e: float((rows[one][e[0]] == rows[one][e[1]]).float().mean())
-print(f"official graph: {official.shape[1]} edges, {same_row(official):.0%} within a row; hexagonal ring: "
-      f"{ring.shape[1]} edges, {same_row(ring):.0%} within a row")
+print(
+    f"official graph: {official.shape[1]} edges, {same_row(official):.0%} within a "
+    f"row; hexagonal ring: "
+    f"{ring.shape[1]} edges, {same_row(ring):.0%} within a row"
+)
 
 # %% [markdown]
 # ## What we saw
 
 # %%
-display(Markdown(chapter.what_we_saw() + f"- The official 4-nearest graph on this Visium slide: {same_row(official):.0%} of "
-                 f"edges within a row, against {same_row(ring):.0%} for the hexagonal ring."))
+display(
+    Markdown(
+        chapter.what_we_saw()
+        + f"- The official 4-nearest graph on this Visium slide: "
+          f"{same_row(official):.0%} of "
+        f"edges within a row, against {same_row(ring):.0%} for the hexagonal ring."
+    )
+)

@@ -22,29 +22,54 @@
 # frozen ResNet-50 encodes the exemplar bank once, then the ViT trains; a few minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/egn/`.
+# **Measured runtime:** 167 s on a 2-core CPU (both scenarios); GPU not measured yet.
 #
 # EGN {cite:p}`yang2023egn` finds, for every spot, the k = 6 training spots of *other* slides
 # nearest to it in the feature space of a frozen ImageNet ResNet-50, and lets a ViT trained from
 # scratch attend to their features and expression through exemplar-bridging blocks. Its loss is
 # MSE + 0.5 · (1 − PCC).
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
+# dataset id from data/datasets.yml ("synthetic": embedded, offline)
 dataset = "synthetic"
-device = "auto"
-seed = 0
-out_dir = "results"
-scenario = "both"  # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 iterations
-learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
-lr_grid = [0.0001, 0.001, 0.01]
+device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
+seed = 0  # random seed of everything the run draws
+out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
+# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
+scenario = "both"
+# "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
+budget = "cpu"
+# None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
+learning_rate = None
+lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
 iterations = None  # None: the budget's (su.models.record(...).cpu)
-batch_size = None
-eval_every = None
+batch_size = None  # None: the budget's; patches (or windows) per training step
+eval_every = None  # None: the budget's; validate every this many iterations
 val_spots = None  # None: the budget's; "all": every validation spot
 eval_spots = None  # None: the budget's; "all": every held-out spot (the paper)
 train_spots = None  # None: the budget's; "all": every training spot (the paper)
-pretrained = False
-completion_iterations = None  # SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
+# SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+completion_iterations = None
 
 # %%
 from IPython.display import Markdown, display
@@ -52,9 +77,10 @@ from IPython.display import Markdown, display
 import spared_utils as su
 
 chapter = su.tl.run_chapter(
-    dataset, "egn", scenario=scenario, budget=budget, learning_rate=learning_rate, lr_grid=lr_grid,
-    iterations=iterations, batch_size=batch_size, eval_every=eval_every, val_spots=val_spots,
-    eval_spots=eval_spots, train_spots=train_spots, out_dir=out_dir, seed=seed, device=device,
+    dataset, "egn", scenario=scenario, budget=budget, learning_rate=learning_rate,
+    lr_grid=lr_grid, iterations=iterations, batch_size=batch_size,
+    eval_every=eval_every, val_spots=val_spots, eval_spots=eval_spots,
+    train_spots=train_spots, out_dir=out_dir, seed=seed, device=device,
     pretrained=pretrained, completion_iterations=completion_iterations,
 )
 print(chapter.config)
@@ -88,13 +114,18 @@ chapter.metrics().round(4)
 # the lowest value are the ones evaluated above.
 
 # %% mystnb={"figure": {"caption": "EGN: training loss and validation MSE per scenario; the dashed line is the training mean's validation MSE.", "name": "fig-egn-curves"}}
-ax = su.pl.learning_curves(chapter.histories, baseline=chapter.baseline_val_loss, title="EGN: MSE during training")
+ax = su.pl.learning_curves(
+    chapter.histories, baseline=chapter.baseline_val_loss,
+    title="EGN: MSE during training",
+)
 
 # %% [markdown]
 # ## Which genes can be predicted?
 
 # %% mystnb={"figure": {"caption": "EGN: Pearson correlation of each gene across held-out spots, per scenario.", "name": "fig-egn-pcc"}}
-ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"EGN: per-gene PCC on {chapter.eval_split}")
+ax = su.pl.per_gene_pcc(
+    chapter.gene_tables(), title=f"EGN: per-gene PCC on {chapter.eval_split}"
+)
 
 # %% [markdown]
 # ## Predicted and measured maps
@@ -105,8 +136,10 @@ ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"EGN: per-gene PCC on {cha
 shown = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
 best, worst = chapter.best_and_worst_genes(shown)
 slide, rows, pred = chapter.map_inputs(shown)
-fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, worst],
-                                   titles=[f"best: {best}", f"worst: {worst}"])
+fig = su.pl.predicted_vs_true_maps(
+    chapter.adata, slide, rows, pred, [best, worst],
+    titles=[f"best: {best}", f"worst: {worst}"],
+)
 
 # %% [markdown]
 # ## The exemplars of one held-out spot
@@ -120,13 +153,22 @@ task = chapter.runs[next(iter(chapter.runs))].task
 spot = chapter.runs[next(iter(chapter.runs))].rows[chapter.eval_split][:1]
 (feats,) = task.features.get(spot)
 found = task.bank.query(feats, task.model.k, exclude_slides=task.data.slides[spot])
-print(f"spot {task.ids[spot[0]]} (slide {task.data.slides[spot[0]]}): exemplars from slides "
-      f"{task.bank.slides[found.indices[0].cpu().numpy()].tolist()}, distances {np.round(found.distances[0].cpu().numpy(), 1).tolist()}")
+print(
+    f"spot {task.ids[spot[0]]} (slide {task.data.slides[spot[0]]}): exemplars from "
+    f"slides "
+    f"{task.bank.slides[found.indices[0].cpu().numpy()].tolist()}, distances "
+    f"{np.round(found.distances[0].cpu().numpy(), 1).tolist()}"
+)
 
 # %% [markdown]
 # ## What we saw
 
 # %%
 train_slides = set(task.data.slides[task.train_rows])
-display(Markdown(chapter.what_we_saw() + f"- Bank: {len(task.bank)} training spots of {len(train_slides)} slides; "
-                 f"no held-out spot can be an exemplar."))
+display(
+    Markdown(
+        chapter.what_we_saw()
+        + f"- Bank: {len(task.bank)} training spots of {len(train_slides)} slides; "
+        f"no held-out spot can be an exemplar."
+    )
+)

@@ -22,29 +22,54 @@
 # minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/bleep/`.
+# **Measured runtime:** 176 s on a 2-core CPU (both scenarios); GPU not measured yet.
 #
 # BLEEP {cite:p}`xie2023bleep` trains an image encoder (ResNet-50) and an expression projection
 # into one 256-dimensional space with a CLIP-style loss whose soft targets let similar spots share
 # probability. It predicts by retrieval, not regression: the mean expression of the top-50 training
 # spots whose expression embeddings are most similar to the spot's image embedding.
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
+# dataset id from data/datasets.yml ("synthetic": embedded, offline)
 dataset = "synthetic"
-device = "auto"
-seed = 0
-out_dir = "results"
-scenario = "both"  # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 iterations
-learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
-lr_grid = [0.0001, 0.001, 0.01]
+device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
+seed = 0  # random seed of everything the run draws
+out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
+# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
+scenario = "both"
+# "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
+budget = "cpu"
+# None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
+learning_rate = None
+lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
 iterations = None  # None: the budget's (su.models.record(...).cpu)
-batch_size = None
-eval_every = None
+batch_size = None  # None: the budget's; patches (or windows) per training step
+eval_every = None  # None: the budget's; validate every this many iterations
 val_spots = None  # None: the budget's; "all": every validation spot
 eval_spots = None  # None: the budget's; "all": every held-out spot (the paper)
 train_spots = None  # None: the budget's; "all": every training spot (the paper)
-pretrained = False
-completion_iterations = None  # SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
+# SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+completion_iterations = None
 
 # %%
 import numpy as np
@@ -53,9 +78,10 @@ from IPython.display import Markdown, display
 import spared_utils as su
 
 chapter = su.tl.run_chapter(
-    dataset, "bleep", scenario=scenario, budget=budget, learning_rate=learning_rate, lr_grid=lr_grid,
-    iterations=iterations, batch_size=batch_size, eval_every=eval_every, val_spots=val_spots,
-    eval_spots=eval_spots, train_spots=train_spots, out_dir=out_dir, seed=seed, device=device,
+    dataset, "bleep", scenario=scenario, budget=budget, learning_rate=learning_rate,
+    lr_grid=lr_grid, iterations=iterations, batch_size=batch_size,
+    eval_every=eval_every, val_spots=val_spots, eval_spots=eval_spots,
+    train_spots=train_spots, out_dir=out_dir, seed=seed, device=device,
     pretrained=pretrained, completion_iterations=completion_iterations,
 )
 print(chapter.config)
@@ -88,13 +114,18 @@ chapter.metrics().round(4)
 # the lowest value are the ones evaluated above.
 
 # %% mystnb={"figure": {"caption": "BLEEP: training loss and validation MSE per scenario; the dashed line is the training mean's validation MSE.", "name": "fig-bleep-curves"}}
-ax = su.pl.learning_curves(chapter.histories, baseline=chapter.baseline_val_loss, title="BLEEP: MSE during training")
+ax = su.pl.learning_curves(
+    chapter.histories, baseline=chapter.baseline_val_loss,
+    title="BLEEP: MSE during training",
+)
 
 # %% [markdown]
 # ## Which genes can be predicted?
 
 # %% mystnb={"figure": {"caption": "BLEEP: Pearson correlation of each gene across held-out spots, per scenario.", "name": "fig-bleep-pcc"}}
-ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"BLEEP: per-gene PCC on {chapter.eval_split}")
+ax = su.pl.per_gene_pcc(
+    chapter.gene_tables(), title=f"BLEEP: per-gene PCC on {chapter.eval_split}"
+)
 
 # %% [markdown]
 # ## Predicted and measured maps
@@ -105,8 +136,10 @@ ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"BLEEP: per-gene PCC on {c
 shown = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
 best, worst = chapter.best_and_worst_genes(shown)
 slide, rows, pred = chapter.map_inputs(shown)
-fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, worst],
-                                   titles=[f"best: {best}", f"worst: {worst}"])
+fig = su.pl.predicted_vs_true_maps(
+    chapter.adata, slide, rows, pred, [best, worst],
+    titles=[f"best: {best}", f"worst: {worst}"],
+)
 
 # %% [markdown]
 # ## One neighbour or mean_k
@@ -120,8 +153,10 @@ rows, top_k = run.rows[chapter.eval_split], run.model.top_k
 run.model.top_k = 1
 one = su.tl.evaluate_predictions(run.task.predict(run.model, rows), data, rows)
 run.model.top_k = top_k
-print(f"{name}, {chapter.eval_split}: MSE with k=1 {one['mse']:.3f}, with k={top_k} "
-      f"{run.metrics.set_index('split').loc[chapter.eval_split, 'mse']:.3f}")
+print(
+    f"{name}, {chapter.eval_split}: MSE with k=1 {one['mse']:.3f}, with k={top_k} "
+    f"{run.metrics.set_index('split').loc[chapter.eval_split, 'mse']:.3f}"
+)
 
 # %% [markdown]
 # ## Which training spots are retrieved?
@@ -132,21 +167,36 @@ print(f"{name}, {chapter.eval_split}: MSE with k=1 {one['mse']:.3f}, with k={top
 
 # %% mystnb={"figure": {"caption": "BLEEP: how many held-out queries retrieve each training spot (sorted), against the uniform spread of a random retrieval (dashed).", "name": "fig-bleep-retrieved"}}
 hits = run.task.retrieved(run.model, rows)
-counts = np.bincount(np.searchsorted(run.task.train_rows, hits.ravel()), minlength=len(run.task.train_rows))
+counts = np.bincount(
+    np.searchsorted(run.task.train_rows, hits.ravel()),
+    minlength=len(run.task.train_rows),
+)
 n_bank, expected = len(counts), hits.size / len(counts)
 reached = int((counts > 0).sum())
-random_reach = n_bank * (1 - (1 - top_k / n_bank) ** len(rows))  # distinct spots a random retrieval reaches
-bias = float((run.predictions[chapter.eval_split] - data.truth[rows])[data.real[rows]].mean())
-ax = su.pl.sorted_counts(counts, expected, xlabel="training spots, most retrieved first",
-                         ylabel="queries retrieving it", title=f"BLEEP ({name}): retrieved training spots")
+# distinct spots a random retrieval reaches
+random_reach = n_bank * (1 - (1 - top_k / n_bank) ** len(rows))
+bias = float(
+    (run.predictions[chapter.eval_split] - data.truth[rows])[data.real[rows]].mean()
+)
+ax = su.pl.sorted_counts(
+    counts, expected, xlabel="training spots, most retrieved first",
+    ylabel="queries retrieving it", title=f"BLEEP ({name}): retrieved training spots",
+)
 
 # %% [markdown]
 # ## What we saw
 
 # %%
 mean_k = run.metrics.set_index("split").loc[chapter.eval_split, "mse"]
-display(Markdown(chapter.what_we_saw() + f"- Retrieval: MSE {one['mse']:.3f} from the single nearest training spot, "
-                 f"{mean_k:.3f} from the mean of {top_k} ({name}, {chapter.eval_split}).\n"
-                 f"- Retrieved: {reached} of {n_bank} training spots at least once (a random retrieval would reach "
-                 f"about {random_reach:.0f}); the most retrieved spot answered {counts.max()} of {len(rows)} queries. "
-                 f"Predictions are {bias:+.2f} off the real values on average (log scale)."))
+display(
+    Markdown(
+        chapter.what_we_saw()
+        + f"- Retrieval: MSE {one['mse']:.3f} from the single nearest training spot, "
+        f"{mean_k:.3f} from the mean of {top_k} ({name}, {chapter.eval_split}).\n"
+        f"- Retrieved: {reached} of {n_bank} training spots at least once (a random "
+        f"retrieval would reach "
+        f"about {random_reach:.0f}); the most retrieved spot answered {counts.max()} "
+        f"of {len(rows)} queries. "
+        f"Predictions are {bias:+.2f} off the real values on average (log scale)."
+    )
+)

@@ -23,29 +23,54 @@
 # a few minutes on a CPU once stage 1 exists.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/sepal/`. Stage 1 is saved as `stage1.pt` beside ViT-B+Δ's checkpoint.
+# **Measured runtime:** 113 s on a 2-core CPU with chapter 12's stage 1 reused (587 s alone); GPU not measured yet.
 #
 # SEPAL {cite:p}`mejia2023sepal` trains in two stages: stage 1 is ViT-B+Δ (chapter 12); stage 2
 # builds, for every spot, the graph of the spots within `n_hops` rings, whose nodes carry frozen
 # stage-1 embeddings and sin-cos encodings of their offsets, and a GCN predicts a correction that is
 # added to the stage-1 prediction of the centre spot.
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
+# dataset id from data/datasets.yml ("synthetic": embedded, offline)
 dataset = "synthetic"
-device = "auto"
-seed = 0
-out_dir = "results"
-scenario = "both"  # "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-budget = "cpu"  # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 iterations
-learning_rate = None  # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
-lr_grid = [0.0001, 0.001, 0.01]
+device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
+seed = 0  # random seed of everything the run draws
+out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
+# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
+scenario = "both"
+# "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
+budget = "cpu"
+# None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
+learning_rate = None
+lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
 iterations = None  # None: the budget's (su.models.record(...).cpu)
-batch_size = None
-eval_every = None
+batch_size = None  # None: the budget's; patches (or windows) per training step
+eval_every = None  # None: the budget's; validate every this many iterations
 val_spots = None  # None: the budget's; "all": every validation spot
 eval_spots = None  # None: the budget's; "all": every held-out spot (the paper)
 train_spots = None  # None: the budget's; "all": every training spot (the paper)
-pretrained = False
-completion_iterations = None  # SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
+# SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+completion_iterations = None
 
 # %%
 from IPython.display import Markdown, display
@@ -53,9 +78,10 @@ from IPython.display import Markdown, display
 import spared_utils as su
 
 chapter = su.tl.run_chapter(
-    dataset, "sepal", scenario=scenario, budget=budget, learning_rate=learning_rate, lr_grid=lr_grid,
-    iterations=iterations, batch_size=batch_size, eval_every=eval_every, val_spots=val_spots,
-    eval_spots=eval_spots, train_spots=train_spots, out_dir=out_dir, seed=seed, device=device,
+    dataset, "sepal", scenario=scenario, budget=budget, learning_rate=learning_rate,
+    lr_grid=lr_grid, iterations=iterations, batch_size=batch_size,
+    eval_every=eval_every, val_spots=val_spots, eval_spots=eval_spots,
+    train_spots=train_spots, out_dir=out_dir, seed=seed, device=device,
     pretrained=pretrained, completion_iterations=completion_iterations,
 )
 print(chapter.config)
@@ -89,13 +115,18 @@ chapter.metrics().round(4)
 # the lowest value are the ones evaluated above.
 
 # %% mystnb={"figure": {"caption": "SEPAL: training loss and validation MSE per scenario; the dashed line is the training mean's validation MSE.", "name": "fig-sepal-curves"}}
-ax = su.pl.learning_curves(chapter.histories, baseline=chapter.baseline_val_loss, title="SEPAL: MSE during training")
+ax = su.pl.learning_curves(
+    chapter.histories, baseline=chapter.baseline_val_loss,
+    title="SEPAL: MSE during training",
+)
 
 # %% [markdown]
 # ## Which genes can be predicted?
 
 # %% mystnb={"figure": {"caption": "SEPAL: Pearson correlation of each gene across held-out spots, per scenario.", "name": "fig-sepal-pcc"}}
-ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"SEPAL: per-gene PCC on {chapter.eval_split}")
+ax = su.pl.per_gene_pcc(
+    chapter.gene_tables(), title=f"SEPAL: per-gene PCC on {chapter.eval_split}"
+)
 
 # %% [markdown]
 # ## Predicted and measured maps
@@ -106,8 +137,10 @@ ax = su.pl.per_gene_pcc(chapter.gene_tables(), title=f"SEPAL: per-gene PCC on {c
 shown = "completed" if "completed" in chapter.runs else next(iter(chapter.runs))
 best, worst = chapter.best_and_worst_genes(shown)
 slide, rows, pred = chapter.map_inputs(shown)
-fig = su.pl.predicted_vs_true_maps(chapter.adata, slide, rows, pred, [best, worst],
-                                   titles=[f"best: {best}", f"worst: {worst}"])
+fig = su.pl.predicted_vs_true_maps(
+    chapter.adata, slide, rows, pred, [best, worst],
+    titles=[f"best: {best}", f"worst: {worst}"],
+)
 
 # %% [markdown]
 # ## Stage 1 alone and with its graph
@@ -120,13 +153,20 @@ run, data = chapter.runs[name], chapter.data[name]
 rows = run.rows[chapter.eval_split]
 stage1 = run.task._inputs(rows)[0].cpu().numpy()
 alone = su.tl.evaluate_predictions(stage1, data, rows)
-print(f"{name}, {chapter.eval_split}: stage 1 alone MSE {alone['mse']:.3f}, "
-      f"SEPAL {run.metrics.set_index('split').loc[chapter.eval_split, 'mse']:.3f}")
+print(
+    f"{name}, {chapter.eval_split}: stage 1 alone MSE {alone['mse']:.3f}, "
+    f"SEPAL {run.metrics.set_index('split').loc[chapter.eval_split, 'mse']:.3f}"
+)
 
 # %% [markdown]
 # ## What we saw
 
 # %%
 sepal_mse = run.metrics.set_index("split").loc[chapter.eval_split, "mse"]
-display(Markdown(chapter.what_we_saw() + f"- On the same {len(rows)} spots: stage 1 alone MSE {alone['mse']:.3f}, "
-                 f"SEPAL {sepal_mse:.3f} ({sepal_mse - alone['mse']:+.3f})."))
+display(
+    Markdown(
+        chapter.what_we_saw()
+        + f"- On the same {len(rows)} spots: stage 1 alone MSE {alone['mse']:.3f}, "
+        f"SEPAL {sepal_mse:.3f} ({sepal_mse - alone['mse']:+.3f})."
+    )
+)

@@ -24,6 +24,7 @@
 # (`python -m spared_utils.batch`; then `python -m spared_utils.run 90_benchmark -p datasets all`).
 # It trains nothing: seconds on a CPU.
 # **What it writes:** nothing.
+# **Measured runtime:** seconds (it trains nothing; not timed on its own); GPU not needed.
 #
 # The paper {cite:p}`mejia2024spackle` trains every predictor on raw data — where a value that was
 # missing is a zero and the loss reads it — and on SpaCKLE-completed data, and reports that
@@ -32,10 +33,30 @@
 # question splits in two: does completion help because it replaces zeros, and does it help at all
 # once the loss ignores missing values?
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
 dataset = "synthetic"  # the dataset whose runs are read (when `datasets` is None)
-datasets = None  # None: `dataset` only; "all": every dataset in the store (a batch plan); or a list of ids
-split = "test"
+# None: `dataset` only; "all": every dataset in the store (a batch plan); or a list of ids
+datasets = None
+split = "test"  # the held-out split whose scores are compared ("val" or "test")
 scenario = "completed"  # the scenario the model comparison (Fig. 4) uses
 results_file = None  # None: the book's results store (results/results.csv)
 
@@ -48,10 +69,14 @@ from spared_utils import analysis
 
 store = su.io.read_results(results_file)
 if datasets != "all":
-    store = store[store["dataset"].isin([dataset] if datasets is None else list(datasets))]
+    store = store[
+        store["dataset"].isin([dataset] if datasets is None else list(datasets))
+    ]
 runs = analysis.latest_runs(store, split=split)
-print(f"{len(runs)} predictor runs on {split}: {runs['dataset'].nunique()} datasets, "
-      f"{runs['model'].nunique()} models, scenarios {sorted(runs['scenario'].unique())}")
+print(
+    f"{len(runs)} predictor runs on {split}: {runs['dataset'].nunique()} datasets, "
+    f"{runs['model'].nunique()} models, scenarios {sorted(runs['scenario'].unique())}"
+)
 
 # %% [markdown]
 # ## The datasets (Fig. 1a)
@@ -60,11 +85,15 @@ print(f"{len(runs)} predictor runs on {split}: {runs['dataset'].nunique()} datas
 
 # %% mystnb={"figure": {"caption": "Spots of the 26 SpaRED datasets per organism and tissue (the paper's Fig. 1a, from the registry).", "name": "fig-benchmark-spots"}}
 spots = analysis.registry_spots()
-ax = spots.plot.barh(x="tissue", y="spots", legend=False, figsize=(6, 6), color="#0173b2")
+ax = spots.plot.barh(
+    x="tissue", y="spots", legend=False, figsize=(6, 6), color="#0173b2"
+)
 ax.invert_yaxis()
 ax.set_xlabel("spots")
 ax.set_ylabel("")
-_ = ax.set_title(f"{int(spots['spots'].sum()):,} spots in {int(spots['datasets'].sum())} datasets")
+_ = ax.set_title(
+    f"{int(spots['spots'].sum()):,} spots in {int(spots['datasets'].sum())} datasets"
+)
 
 # %% [markdown]
 # ## Best correlation per dataset (Fig. 1b)
@@ -83,11 +112,19 @@ ax = su.pl.best_pcc_arrows(best) if len(best) else None
 
 # %%
 completion = analysis.completion_by_dataset(store, split)
-completion.pivot(index="dataset", columns="method", values="mse").round(3) if len(completion) else completion
+(
+    completion.pivot(index="dataset", columns="method", values="mse").round(3)
+    if len(completion)
+    else completion
+)
 
 # %% mystnb={"figure": {"caption": "Completion MSE of hidden values per method, one point per dataset (log scale; the paper's Fig. 3 across datasets).", "name": "fig-benchmark-completion"}}
 methods = tuple(completion.groupby("method")["mse"].mean().sort_values().index)
-ax = su.pl.completion_mse_violin(completion, by="dataset", methods=methods) if len(completion) else None
+ax = (
+    su.pl.completion_mse_violin(completion, by="dataset", methods=methods)
+    if len(completion)
+    else None
+)
 
 # %% [markdown]
 # ## Does completion help, and why?
@@ -160,8 +197,10 @@ ax = su.pl.mse_vs_parameters(summary) if len(summary) else None
 
 # %%
 friedman, pairs = analysis.model_tests(store, scenario, split)
-print(f"Friedman: {friedman['n_models']} models on {friedman['n_datasets']} datasets, "
-      f"statistic {friedman['statistic']:.3f}, p {friedman['p']:.3g}")
+print(
+    f"Friedman: {friedman['n_models']} models on {friedman['n_datasets']} datasets, "
+    f"statistic {friedman['statistic']:.3f}, p {friedman['p']:.3g}"
+)
 pairs.round(4)
 
 # %% [markdown]
@@ -171,25 +210,39 @@ pairs.round(4)
 
 # %%
 claims = analysis.paper_claims(store, split=split)
-claims.style.hide(axis="index").set_properties(subset=["note"], **{"text-align": "left"})
+claims.style.hide(axis="index").set_properties(
+    subset=["note"], **{"text-align": "left"}
+)
 
 # %% [markdown]
 # ## What we saw
 
 # %%
-lines = [f"- The store holds {len(runs)} runs on {split} from {runs['dataset'].nunique()} dataset(s)."]
+lines = [
+    f"- The store holds {len(runs)} runs on {split} from {runs['dataset'].nunique()} dataset(s)."
+]
 for row in diffs.itertuples():
-    ci = "" if row.n < 2 else f" (95% CI {row.ci_low:+.3f} to {row.ci_high:+.3f}, n = {row.n})"
+    ci = (
+        ""
+        if row.n < 2
+        else f" (95% CI {row.ci_low:+.3f} to {row.ci_high:+.3f}, n = {row.n})"
+    )
     lines.append(f"- {row.model}: {row.pair} = {row.mean_diff:+.3f} test MSE{ci}.")
 by = decomposition.set_index(["model", "scenario"]) if len(decomposition) else None
 for model in decomposition["model"].unique() if by is not None else []:
     for scenario in ("raw", "completed"):
-        if (model, scenario) in by.index and pd.notna(by.loc[(model, scenario), "d_mse"]):
+        if (model, scenario) in by.index and pd.notna(
+            by.loc[(model, scenario), "d_mse"]
+        ):
             r = by.loc[(model, scenario)]
-            lines.append(f"- {model}, {scenario} − masked: {r['d_mse']:+.3f} test MSE, of which "
-                         f"{r['d_bias2']:+.3f} is squared bias (bias {r['bias']:+.3f}, target shift "
-                         f"{r['target_shift']:+.3f}).")
+            lines.append(
+                f"- {model}, {scenario} − masked: {r['d_mse']:+.3f} test MSE, of which "
+                f"{r['d_bias2']:+.3f} is squared bias (bias {r['bias']:+.3f}, target shift "
+                f"{r['target_shift']:+.3f})."
+            )
 if len(summary):
     top = summary.iloc[0]
-    lines.append(f"- Best mean normalised MSE ({scenario}): {top['model']} ({top['mean']:.3f}).")
+    lines.append(
+        f"- Best mean normalised MSE ({scenario}): {top['model']} ({top['mean']:.3f})."
+    )
 display(Markdown("## What we saw\n\n" + "\n".join(lines)))

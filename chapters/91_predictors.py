@@ -44,8 +44,10 @@ from spared_utils import analysis
 store = su.io.read_results(results_file)
 table = analysis.predictor_table(store[store["dataset"] == dataset], split=split)
 names = {k: su.models.display_name(k) for k in su.models.NAMES}
-print(f"{table['model'].nunique()} predictors on {dataset} ({split}), scenarios "
-      f"{sorted(table['scenario'].unique())}, up to {table['n_seeds'].max() if len(table) else 0} seed(s)")
+print(
+    f"{table['model'].nunique()} predictors on {dataset} ({split}), scenarios "
+    f"{sorted(table['scenario'].unique())}, up to {table['n_seeds'].max() if len(table) else 0} seed(s)"
+)
 
 # %% [markdown]
 # ## The table
@@ -56,8 +58,16 @@ print(f"{table['model'].nunique()} predictors on {dataset} ({split}), scenarios 
 
 # %%
 shown = table.assign(model=table["model"].map(lambda m: names.get(m, m)))
-shown.drop(columns="dataset").round({"mse": 3, "mse_sd": 3, "pcc_gene": 3, "baseline_mse": 3,
-                                     "mse_ratio": 3, "train_s": 0})
+shown.drop(columns="dataset").round(
+    {
+        "mse": 3,
+        "mse_sd": 3,
+        "pcc_gene": 3,
+        "baseline_mse": 3,
+        "mse_ratio": 3,
+        "train_s": 0,
+    }
+)
 
 # %% [markdown]
 # ## The figure
@@ -73,9 +83,13 @@ lines = []
 for scenario, part in table.groupby("scenario", sort=False):
     best = part.iloc[0]
     beat = part.loc[part["mse_ratio"] < 1, "model"].map(lambda m: names.get(m, m))
-    lines.append(f"- `{scenario}`: best {names.get(best['model'], best['model'])} (MSE {best['mse']:.3f}, "
-                 f"{best['mse_ratio']:.2f}× the training mean); {len(beat)} of {len(part)} predictors "
-                 f"beat the mean" + (f" ({', '.join(beat)})." if len(beat) else "."))
+    lines.append(
+        f"- `{scenario}`: best {names.get(best['model'], best['model'])} (MSE {best['mse']:.3f}, "
+        f"{best['mse_ratio']:.2f}× the training mean); {len(beat)} of {len(part)} predictors "
+        f"beat the mean" + (f" ({', '.join(beat)})." if len(beat) else ".")
+    )
 if not lines:
-    lines.append(f"- No predictor runs on {dataset} in the store yet: run chapters 10–20 first.")
+    lines.append(
+        f"- No predictor runs on {dataset} in the store yet: run chapters 10–20 first."
+    )
 display(Markdown("## What we saw\n\n" + "\n".join(lines)))

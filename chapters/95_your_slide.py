@@ -34,10 +34,14 @@
 # %% tags=["parameters"]
 dataset = "synthetic"  # the dataset whose checkpoints are used (the slide should be of the same tissue and organism)
 slide = ""  # a Space Ranger output folder; "" writes a new synthetic slide of `dataset`
-completion_checkpoint = ""  # "" = the newest one chapter 02 saved for `dataset` (trained here if none)
+completion_checkpoint = (
+    ""  # "" = the newest one chapter 02 saved for `dataset` (trained here if none)
+)
 predictor_checkpoint = ""  # "" = the newest `predictor` checkpoint its chapter saved (trained here if none)
 predictor = "shufflenet"
-batch_correction = "none"  # or "reference": each gene moved to the training slides' mean and spread
+batch_correction = (
+    "none"  # or "reference": each gene moved to the training slides' mean and spread
+)
 iterations = None  # budget of a checkpoint trained here (None: the book's CPU budget)
 device = "auto"
 seed = 0
@@ -66,15 +70,26 @@ out = su.io.output_dir(out_dir, dataset) / "your_slide"
 
 # %%
 slide_dir = Path(slide) if slide else su.apply.example_slide(dataset, out / "example")
-found = su.apply.checkpoints_for(dataset, predictor, out_dir, iterations=iterations, seed=seed, device=device)
+found = su.apply.checkpoints_for(
+    dataset, predictor, out_dir, iterations=iterations, seed=seed, device=device
+)
 completion_file = completion_checkpoint or found["completion"]
 predictor_dir = predictor_checkpoint or found["predictor"]
 bundle = su.io.load_predictor(predictor_dir, device=device)
-pd.Series({"slide": str(slide_dir), "SpaCKLE checkpoint": str(completion_file), "predictor checkpoint": str(predictor_dir),
-           "trained here": ", ".join(found["trained"]) or "nothing (found the chapters' checkpoints)",
-           "training dataset": bundle.panel["dataset_id"], "genes in the panel": len(bundle.genes),
-           "patch": f"{bundle.patch_size} px of {bundle.patch_scale:g} spot diameters",
-           "versions": ", ".join(f"{k} {v}" for k, v in bundle.meta["versions"].items())}, name="value").to_frame()
+pd.Series(
+    {
+        "slide": str(slide_dir),
+        "SpaCKLE checkpoint": str(completion_file),
+        "predictor checkpoint": str(predictor_dir),
+        "trained here": ", ".join(found["trained"])
+        or "nothing (found the chapters' checkpoints)",
+        "training dataset": bundle.panel["dataset_id"],
+        "genes in the panel": len(bundle.genes),
+        "patch": f"{bundle.patch_size} px of {bundle.patch_scale:g} spot diameters",
+        "versions": ", ".join(f"{k} {v}" for k, v in bundle.meta["versions"].items()),
+    },
+    name="value",
+).to_frame()
 
 # %% [markdown]
 # ## Apply
@@ -89,8 +104,14 @@ pd.Series({"slide": str(slide_dir), "SpaCKLE checkpoint": str(completion_file), 
 # `measured`), never a silent zero.
 
 # %%
-result = su.apply(slide_dir, completion=completion_file, predictor=predictor_dir, out=out / f"{slide_dir.name}.h5ad",
-                  batch_correction=batch_correction, device=device)
+result = su.apply(
+    slide_dir,
+    completion=completion_file,
+    predictor=predictor_dir,
+    out=out / f"{slide_dir.name}.h5ad",
+    batch_correction=batch_correction,
+    device=device,
+)
 info = result.uns["apply"]
 result
 

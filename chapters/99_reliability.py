@@ -42,9 +42,13 @@ from IPython.display import Markdown, display
 import spared_utils as su
 from spared_utils import reliability
 
-rows, ran = reliability.run_matrix(su.io.output_dir(out_dir) / "reliability.json", select=select)
+rows, ran = reliability.run_matrix(
+    su.io.output_dir(out_dir) / "reliability.json", select=select
+)
 counts = reliability.summary(rows)
-print(f"pytest exit code {ran['exit_code']} in {ran['seconds']:.0f} s: {' '.join(ran['tail'])}")
+print(
+    f"pytest exit code {ran['exit_code']} in {ran['seconds']:.0f} s: {' '.join(ran['tail'])}"
+)
 pd.Series(counts, name="count").to_frame()
 
 # %% [markdown]
@@ -55,7 +59,19 @@ pd.Series(counts, name="count").to_frame()
 
 # %%
 shown = rows.assign(message=rows["message"].fillna("").str.slice(0, 160))
-shown[["group", "entry", "case", "outcome", "names_file", "names_fix", "partial_outputs", "passed", "message"]]
+shown[
+    [
+        "group",
+        "entry",
+        "case",
+        "outcome",
+        "names_file",
+        "names_fix",
+        "partial_outputs",
+        "passed",
+        "message",
+    ]
+]
 
 # %% mystnb={"figure": {"caption": "Inputs tried per kind of failure, and how many rows passed.", "name": "fig-reliability-counts"}}
 per_group = rows.groupby("group", sort=False)["passed"].agg(tried="size", passed="sum")

@@ -4,7 +4,9 @@
 
 1. Each chapter listed in ``_toc.yml`` is executed (:func:`spared_utils.run.execute`) on the
    dataset, with the per-chapter overrides of ``--params`` (a YAML file mapping chapter name to
-   parameters; key ``all`` applies to every chapter).
+   parameters; key ``all`` applies to every chapter). A chapter whose source, parameters,
+   dataset and package are unchanged since its last successful run is not executed again: a
+   stamp beside the executed notebook records them (:func:`chapter_stamp`; ``--force`` re-runs).
 2. A staging folder ``_build/src`` receives ``_config.yml``, ``_toc.yml``, the markdown pages and
    the *executed* notebooks; Jupyter Book 1.x renders it with execution turned off (our papermill
    runs play the role of a pre-executed cache), into ``_build/html``.
@@ -16,16 +18,22 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
+import matplotlib
 import yaml
+from matplotlib.figure import Figure
 
-from . import paths
-from .run import execute
+from . import paths, plots
+from .run import execute, output_path
+from .utils import atomic_path
 
 
 def toc_files(root: Path) -> list[str]:
@@ -51,6 +59,48 @@ def chapters_in_toc(root: Path) -> list[str]:
     return [Path(f).name for f in toc_files(root) if f.startswith("chapters/")]
 
 
+#: The first code cell of every chapter (:func:`setup_cell`): in Colab, Binder or any kernel
+#: without the project it clones the repository (``$SPARED_BOOK_REPO``: a URL or a local folder
+#: in its place), installs it with ``%pip install -e`` (an editable install keeps ``data/`` and
+#: the chapters beside the package) and says which GPU it found; where ``spared_utils`` imports,
+#: it does nothing.
+SETUP_CELL = """\
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "{url}"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {{_repo}} {{_dir}}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {{_dir}}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {{_repo}}; GPU: {{_gpu}}")"""
+
+#: Tags of the setup cell: folded away in the HTML (a reader of the book needs no install).
+SETUP_TAGS = ["setup", "hide-cell"]
+
+
+def repository_url(root: Path) -> str:
+    """``repository.url`` of the book's ``_config.yml`` (the one place the URL is set)."""
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    try:
+        return config["repository"]["url"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{root / '_config.yml'} has no repository.url: add it under 'repository:'") from None
+
+
+def setup_cell(root: Path) -> str:
+    """The source of every chapter's first code cell (:data:`SETUP_CELL` with the book's URL)."""
+    return SETUP_CELL.format(url=repository_url(root))
+
+
 def load_params(path: str | None) -> dict[str, dict]:
     if not path:
         return {}
@@ -60,15 +110,81 @@ def load_params(path: str | None) -> dict[str, dict]:
     return data
 
 
-def execute_all(dataset: str, params: dict[str, dict], root: Path) -> dict[str, Path]:
-    """Run every chapter of the table of contents; returns chapter → executed notebook."""
+#: Modules no chapter runs (the book and batch tooling): editing them re-runs no chapter.
+TOOLING = frozenset({"book.py", "browser.py", "batch.py"})
+
+
+def package_digest() -> str:
+    """The package's version and a digest of its sources and ``data/datasets.yml``: a change to
+    any of them can change what a chapter computes (the :data:`TOOLING` modules aside)."""
+    h = hashlib.sha256(f"spared-utils {_version()}".encode())
+    files = [f for f in sorted(paths.PACKAGE_DIR.rglob("*.py"))
+             if not (f.parent == paths.PACKAGE_DIR and f.name in TOOLING)]
+    for f in files + [paths.data_dir() / "datasets.yml"]:
+        if f.is_file():
+            h.update(f.relative_to(f.parents[1]).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("spared-utils")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def chapter_stamp(root: Path, chapter: str, dataset: str, parameters: dict, package: str) -> str:
+    """The hash that decides whether an executed chapter can be reused.
+
+    Parameters
+    ----------
+    root
+        The book's root (holds ``chapters/<chapter>.py``).
+    chapter, dataset, parameters
+        What the run executes: the chapter's source, the dataset and its parameter overrides.
+    package
+        :func:`package_digest` (passed in so that it is computed once per build).
+
+    Returns
+    -------
+    str
+        A SHA-256 hex digest; equal digests mean the same source, parameters and package.
+    """
+    h = hashlib.sha256((root / "chapters" / f"{chapter}.py").read_bytes())
+    h.update(json.dumps({"dataset": dataset, "parameters": parameters, "package": package},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def stamp_path(notebook: Path) -> Path:
+    """The stamp file beside an executed notebook (``.<name>.stamp``)."""
+    return notebook.with_name(f".{notebook.name}.stamp")
+
+
+def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool = False) -> dict[str, Path]:
+    """Run every chapter of the table of contents; returns chapter → executed notebook.
+
+    A chapter whose executed notebook exists with a stamp (:func:`chapter_stamp`) equal to this
+    run's is reused, not executed again, unless ``force``: a second build with nothing changed
+    only renders. The stamp is written after a successful run, so a failed chapter re-runs.
+    """
     executed = {}
+    package = package_digest()
     for chapter in chapters_in_toc(root):
         chosen = {**params.get("all", {}), **params.get(chapter, {})}
         ds = chosen.pop("dataset", dataset)
+        stamp = chapter_stamp(root, chapter, ds, chosen, package)
+        out = output_path(chapter, ds)
+        if not force and out.is_file() and stamp_path(out).is_file() and stamp_path(out).read_text() == stamp:
+            print(f"[book] {chapter} on {ds} unchanged: reusing {out}", flush=True)
+            executed[chapter] = out
+            continue
+        stamp_path(out).unlink(missing_ok=True)
         t0 = time.perf_counter()
         print(f"[book] running {chapter} on {ds} {chosen or ''}", flush=True)
         executed[chapter] = execute(chapter, ds, chosen, progress=False)
+        with atomic_path(stamp_path(executed[chapter])) as tmp:
+            tmp.write_text(stamp)
         print(f"[book] {chapter} done in {time.perf_counter() - t0:.0f} s", flush=True)
     return executed
 
@@ -131,9 +247,27 @@ def add_results_part(src: Path, runs: dict[str, list[Path]]) -> list[str]:
         (folder / "index.md").write_text("\n".join(lines) + "\n")
         part["chapters"].append({"file": f"results/{dataset}/index", "sections": sections})
         added.append(f"results/{dataset}/index")
-    toc.setdefault("parts", []).append(part)
+    parts = toc.setdefault("parts", [])
+    # before the back matter (the bibliography stays the last page)
+    at = next((i for i, p in enumerate(parts) if p.get("caption") == "References"), len(parts))
+    parts.insert(at, part)
     toc_path.write_text(yaml.safe_dump(toc, sort_keys=False))
     return added
+
+
+#: The intro's pipeline figure, relative to the book's root (drawn again at every build).
+OVERVIEW_FIGURE = Path("figures") / "pipeline.svg"
+
+
+def write_overview_figure(target: Path) -> Path:
+    """Draw :func:`spared_utils.plots.pipeline_overview` into the SVG ``target`` (text kept as
+    text, no date: the same code gives the same file)."""
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "spared-book"}):
+        fig = Figure(figsize=(3 * len(plots.PIPELINE_STAGES), 3.2))  # no pyplot: no backend needed
+        plots.pipeline_overview(ax=fig.add_subplot())
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
+    return target
 
 
 def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
@@ -144,6 +278,8 @@ def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
     (src / "chapters").mkdir(parents=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, src / name)
+    if (root / "_static").is_dir():  # the book's own CSS (Jupyter Book loads _static/*.css)
+        shutil.copytree(root / "_static", src / "_static")
     for f in root.glob("*.bib"):
         shutil.copy2(f, src / f.name)
     for entry in toc_files(root):
@@ -160,6 +296,7 @@ def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
     figures = root / "chapters" / "figures"
     if figures.is_dir():
         shutil.copytree(figures, src / "chapters" / "figures")
+    write_overview_figure(src / OVERVIEW_FIGURE)
     add_results_part(src, batch_notebooks(paths.results_dir()))
     return src
 
@@ -182,8 +319,10 @@ def build(
     params_file: str | None = None,
     render_only: bool = False,
     build_dir: str | Path | None = None,
+    force: bool = False,
 ) -> Path:
-    """Run the chapters (unless ``render_only``) and render the book; returns the HTML folder."""
+    """Run the chapters (unless ``render_only``; unchanged ones are reused unless ``force``, see
+    :func:`execute_all`) and render the book; returns the HTML folder."""
     root = paths.project_root()
     build_dir = Path(build_dir) if build_dir else root / "_build"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +334,7 @@ def build(
                 raise FileNotFoundError(f"{nb} is missing: run the chapters first (drop --render-only)")
             executed[chapter] = nb
     else:
-        executed = execute_all(dataset, load_params(params_file), root)
+        executed = execute_all(dataset, load_params(params_file), root, force=force)
     html = render(stage(root, executed, build_dir), build_dir)
     print(f"[book] HTML in {html}/index.html")
     return html
@@ -207,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", help="YAML file: chapter name (or 'all') → parameter overrides")
     parser.add_argument("--render-only", action="store_true", help="render the already executed notebooks")
     parser.add_argument("--build-dir", help="output folder, named _build (default: <root>/_build)")
+    parser.add_argument("--force", action="store_true",
+                        help="re-run every chapter, even those whose source, parameters and package are unchanged")
     args = parser.parse_args(argv)
-    build(args.dataset, args.params, args.render_only, args.build_dir)
+    build(args.dataset, args.params, args.render_only, args.build_dir, args.force)
     return 0
 
 

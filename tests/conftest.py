@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,57 @@ def shared_real() -> Path:
     if not SHARED_REAL.is_dir():
         pytest.skip(f"real sample data not found at {SHARED_REAL} (../shared beside the repository)")
     return SHARED_REAL
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` with its modification time (empty if the folder is absent)."""
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
+
+
+@dataclass
+class TinyBook:
+    """The tiny book built once per session (``python -m spared_utils.book`` on tiny parameters)."""
+
+    build_dir: Path
+    returncode: int
+    log: str
+    #: files the build wrote into the project's own results/ and processed/ (should be none)
+    written: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def html(self) -> Path:
+        return self.build_dir / "html"
+
+
+@pytest.fixture(scope="session")
+def tiny_book(tmp_path_factory) -> TinyBook:
+    """Build the whole book once on ``synthetic_tiny`` (``tests/chapter_params.yml``), for every
+    test that reads it (``test_book``, ``test_browser``). Setting ``SPARED_TEST_BOOK`` to an
+    existing ``_build`` folder reuses that build instead (while working on the checks)."""
+    reuse = os.environ.get("SPARED_TEST_BOOK")
+    if reuse:
+        return TinyBook(Path(reuse).resolve(), 0, f"reused {reuse}")
+    base = tmp_path_factory.mktemp("book")
+    build_dir = base / "_build"
+    env = {**os.environ, "SPARED_CACHE_DIR": str(base / "cache"), "SPARED_PROCESSED_DIR": str(base / "processed"),
+           "SPARED_RESULTS_DIR": str(base / "results"), "MPLBACKEND": "agg"}
+    # SPARED_RESULTS_DIR and SPARED_PROCESSED_DIR point into tmp: the project's own results/ and
+    # processed/ (git-ignored, so git status cannot tell) must not be touched.
+    own = {name: _snapshot(ROOT / name) for name in ("results", "processed")}
+    # one batch run (the tour at seed 1) first, so that the book's generated "Results" part renders
+    plan = base / "plan.yml"
+    plan.write_text("datasets: [synthetic_tiny]\nchapters: [00_tour]\nseeds: [1]\n")
+    batch = subprocess.run([sys.executable, "-m", "spared_utils.batch", str(plan)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=900, env=env)
+    if batch.returncode != 0:
+        return TinyBook(build_dir, batch.returncode, "batch run failed:\n" + batch.stdout[-2000:] + batch.stderr[-3000:])
+    proc = subprocess.run(
+        [sys.executable, "-m", "spared_utils.book", "--params", str(ROOT / "tests" / "chapter_params.yml"),
+         "--build-dir", str(build_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env,
+    )
+    written = {}
+    for name, before in own.items():
+        after = _snapshot(ROOT / name)
+        written[name] = sorted(set(after) - set(before)) + sorted(k for k in before if after.get(k) != before[k])
+    return TinyBook(build_dir, proc.returncode, proc.stdout[-3000:] + proc.stderr[-5000:], written)

@@ -221,6 +221,7 @@ def test_batch_notebooks_become_a_results_part_of_the_book(tmp_path, monkeypatch
     assert "| [10_shufflenet-raw-1](10_shufflenet-raw-1.ipynb) | 10_shufflenet | raw / 1 |" in page
     assert "masked-1" not in page, "a failed run is not published"
     assert [p["caption"] for p in toc["parts"]][:3] == ["Data", "Completion", "Prediction"]
+    assert [p["caption"] for p in toc["parts"]][-2:] == ["Results", "References"], "the bibliography stays last"
     # papermill's injected-parameters cell is left out of the HTML (the source stays untouched)
     staged = json.loads((src / "results" / "synthetic_tiny" / "00_tour-0.ipynb").read_text())
     assert "remove-cell" in staged["cells"][0]["metadata"]["tags"]

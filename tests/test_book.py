@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -15,33 +13,12 @@ from spared_utils.book import chapters_in_toc
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _snapshot(folder: Path) -> dict[str, int]:
-    """Every file under ``folder`` with its modification time (empty if the folder is absent)."""
-    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
-
-
 @pytest.mark.slow
-def test_book_builds_with_every_chapter(tmp_path, monkeypatch):
-    build_dir = tmp_path / "_build"
-    # SPARED_RESULTS_DIR and SPARED_PROCESSED_DIR point into tmp (conftest): the project's own
-    # results/ and processed/ (git-ignored, so git status cannot tell) must not be touched.
-    own = {name: _snapshot(ROOT / name) for name in ("results", "processed")}
-    # one batch run (the tour at seed 1) so that the book's generated "Results" part renders too
-    plan = tmp_path / "plan.yml"
-    plan.write_text("datasets: [synthetic_tiny]\nchapters: [00_tour]\nseeds: [1]\n")
-    batch = subprocess.run([sys.executable, "-m", "spared_utils.batch", str(plan)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)
-    assert batch.returncode == 0, batch.stdout[-2000:] + batch.stderr[-3000:]
-    proc = subprocess.run(
-        [sys.executable, "-m", "spared_utils.book", "--params", str(ROOT / "tests" / "chapter_params.yml"),
-         "--build-dir", str(build_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for name, before in own.items():
-        after = _snapshot(ROOT / name)
-        written = sorted(set(after) - set(before)) + sorted(k for k in before if after.get(k) != before[k])
+def test_book_builds_with_every_chapter(tiny_book):
+    assert tiny_book.returncode == 0, tiny_book.log
+    for name, written in tiny_book.written.items():
         assert written == [], f"the book wrote into the project's {name}/ despite SPARED_*_DIR: {written[:5]}"
+    build_dir = tiny_book.build_dir
     html = build_dir / "html"
     index = html / "index.html"
     assert index.is_file()
@@ -71,3 +48,26 @@ def test_book_builds_with_every_chapter(tmp_path, monkeypatch):
     for chapter in chapters:
         nb = nbformat.read(build_dir / "src" / "chapters" / f"{chapter}.ipynb", as_version=4)
         assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{chapter} was not executed"
+
+
+@pytest.mark.slow
+def test_book_pages_for_readers(tiny_book):
+    """Citations resolve in the bibliography page, the intro shows the pipeline figure, chapters
+    carry launch buttons, and the explorers show a static figure in the HTML."""
+    assert tiny_book.returncode == 0, tiny_book.log
+    html = tiny_book.html
+    log = (tiny_book.build_dir / "jupyter-book.log").read_text()
+    assert "could not find bibtex key" not in log, "a citation key is missing from references.bib"
+    bibliography = (html / "bibliography.html").read_text()
+    assert "enhancing gene expression prediction" in bibliography.lower()
+    tour = (html / "chapters" / "00_tour.html").read_text()
+    assert 'href="../bibliography.html#id' in tour, "citations link to the bibliography page"
+    intro = (html / "intro.html").read_text()
+    assert 'src="_images/pipeline.svg"' in intro or "pipeline.svg" in intro
+    assert "colab.research.google.com/github/spared-book/spared-book" in tour, "Colab launch button"
+    assert "mybinder.org" in tour, "Binder launch button"
+    assert "tag_setup" in tour and "tag_hide-cell" in tour, "the setup cell is folded away"
+    for chapter in ("02_completion", "10_shufflenet"):
+        nb = nbformat.read(tiny_book.build_dir / "src" / "chapters" / f"{chapter}.ipynb", as_version=4)
+        explorer = [o for c in nb.cells if "su.pl.explore_" in c.source for o in c.get("outputs", [])]
+        assert any("image/png" in o.get("data", {}) for o in explorer), f"{chapter}: no static explorer view"

@@ -47,9 +47,70 @@ def test_one_parameters_cell_with_plain_literals(source):
     assert params.get("dataset") == "synthetic", "the default dataset is the embedded one"
     assert all(isinstance(v, (str, int, float, bool, type(None), list)) for v in params.values())
     nb = jupytext.read(source)
-    first_code = next(c for c in nb.cells if c.cell_type == "code")
-    assert "parameters" in first_code.metadata.get("tags", []), "the parameters cell must be the first code cell"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[1].metadata.get("tags", []), (
+        "the parameters cell must be the first code cell after the setup cell")
     assert nb.cells[0].cell_type == "markdown" and "What it needs" in nb.cells[0].source
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_first_code_cell_is_the_setup_cell(source):
+    """The same setup cell opens every chapter (Colab, Binder): it installs the project from
+    ``repository.url`` of ``_config.yml`` when ``spared_utils`` is missing, and is folded away in
+    the HTML. ``tests/test_setup_cell.py`` runs it in an environment without the project."""
+    from spared_utils.book import SETUP_TAGS, repository_url, setup_cell
+
+    first = next(c for c in jupytext.read(source).cells if c.cell_type == "code")
+    assert first.source == setup_cell(ROOT), (
+        f"{source.name}: the first code cell differs from spared_utils.book.setup_cell(); paste it "
+        "as is (tags " + repr(SETUP_TAGS) + ")")
+    assert first.metadata.get("tags") == SETUP_TAGS
+    assert repository_url(ROOT) in first.source
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_opening_says_what_it_shows_needs_writes_and_its_runtime(source):
+    opening = jupytext.read(source).cells[0].source
+    for label in ("What it shows", "What it needs", "What it writes", "Measured runtime"):
+        assert f"**{label}:**" in opening, f"{source.name}: the opening lacks **{label}:**"
+    runtime = opening.split("**Measured runtime:**")[1].split("\n")[0]
+    assert "CPU" in runtime or "seconds" in runtime, f"{source.name}: say where the runtime was measured"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_every_parameter_says_what_it_means(source):
+    """Each parameter carries a comment, on its line or on the line(s) just above it."""
+    import ast
+
+    cell = next(c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", []))
+    lines = cell.source.splitlines()
+    bare = []
+    for node in ast.parse(cell.source).body:
+        line = lines[node.lineno - 1]
+        above = lines[node.lineno - 2] if node.lineno > 1 else ""
+        if "#" not in line.split("=", 1)[1] and not above.lstrip().startswith("#"):
+            bare.append(node.targets[0].id)
+    assert bare == [], f"{source.name}: parameters without a comment saying what they mean: {bare}"
+    # papermill reads the same names (its parser gives up on a line whose comment holds "=")
+    from papermill.translators import PythonTranslator
+
+    seen = [p.name for p in PythonTranslator.inspect(nbformat.v4.new_code_cell(cell.source))]
+    assert seen == list(run.chapter_parameters(source)), f"{source.name}: papermill reads {seen}"
+
+
+# Chapters whose body other branches are editing; their lines are wrapped when those land.
+WIDTH_PENDING = {"02_completion", "90_benchmark"}
+
+
+@pytest.mark.parametrize("source", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="long lines wrapped after merge"))
+    if p.stem in WIDTH_PENDING else p for p in CHAPTERS], ids=lambda p: p.stem)
+def test_code_lines_fit_the_page(source):
+    """Chapter code stays within the page width of the HTML (88 characters a line)."""
+    nb = jupytext.read(source)
+    long = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+            if len(line) > 88]
+    assert long == [], f"{source.name}: {len(long)} code lines over 88 characters, e.g. {long[:2]}"
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)

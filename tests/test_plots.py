@@ -83,3 +83,26 @@ def test_normalised_mse_models_draws_violins_only_with_several_datasets():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
     one = pl.normalised_mse_models(norm[norm["dataset"] == "d0"], summary)
     assert not any(isinstance(c, PolyCollection) for c in one.collections)
+
+
+def test_pipeline_overview_draws_the_four_stages_in_order_with_their_chapters():
+    ax = pl.pipeline_overview()
+    boxes = [p for p in ax.patches if p.get_label() in {s[0] for s in pl.PIPELINE_STAGES}]
+    assert [b.get_label() for b in boxes] == ["Curation", "Completion", "Prediction", "Benchmark"]
+    assert all(a.get_x() + a.get_width() < b.get_x() for a, b in zip(boxes, boxes[1:])), "left to right"
+    texts = {t.get_text() for t in ax.texts}
+    assert {"chapters 00, 01", "chapter 02", "chapters 10–20", "chapter 90"} <= texts
+    arrows = [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
+    assert len(arrows) == 3, "one arrow between consecutive stages"
+
+
+def test_overview_figure_is_written_whole_and_the_same_each_time(tmp_path):
+    from spared_utils import book
+
+    a = book.write_overview_figure(tmp_path / "a" / "pipeline.svg")
+    b = book.write_overview_figure(tmp_path / "b.svg")
+    assert a.read_bytes() == b.read_bytes()
+    text = a.read_text()
+    assert text.lstrip().startswith("<?xml") and text.rstrip().endswith("</svg>")
+    assert "Completion" in text, "labels stay text (svg.fonttype none)"
+    assert [p.name for p in a.parent.iterdir()] == ["pipeline.svg"], "no temporary file left"

@@ -1,0 +1,90 @@
+"""The rendered book as a reader sees it: every page opened in headless Chromium.
+
+Chromium is Debian's ``chromium`` package; ``.ci/run`` installs it with apt when it is missing.
+The tiny book is the one ``test_book`` checks (the session fixture ``tiny_book``, built once).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from spared_utils import browser
+
+from .test_chapters import WIDTH_PENDING
+
+CHROMIUM = browser.find_chromium()
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (apt-get install chromium; .ci/run does it as root)")
+
+
+def test_static_check_finds_broken_links_missing_images_and_tracebacks(tmp_path):
+    html = tmp_path / "html"
+    (html / "chapters").mkdir(parents=True)
+    (html / "_images").mkdir()
+    (html / "_images" / "ok.png").write_bytes(b"png")
+    (html / "index.html").write_text(
+        '<html><body><h1 id="top">Book</h1><a href="chapters/a.html#part">a</a>'
+        '<a href="#top">top</a><a href="https://example.org/x">out</a></body></html>')
+    (html / "chapters" / "a.html").write_text(
+        '<html><body><h2 id="part">A</h2><img src="../_images/ok.png">'
+        '<a href="../index.html#top">home</a></body></html>')
+    assert browser.static_problems(html) == {}
+    (html / "chapters" / "b.html").write_text(
+        '<html><body><img src="../_images/gone.png"><a href="a.html#nowhere">x</a>'
+        '<a href="c.html">c</a><div class="cell_output docutils container">'
+        '<div class="output traceback highlight-ipythontb">ValueError: boom</div></div></body></html>')
+    problems = browser.static_problems(html)
+    assert list(problems) == ["chapters/b.html"]
+    found = " | ".join(problems["chapters/b.html"])
+    for expected in ("gone.png", "'nowhere'", "c.html", "error output cell"):
+        assert expected in found, f"{expected!r} not reported: {found}"
+
+
+@needs_chromium
+def test_browser_sees_a_missing_image(tmp_path):
+    """A page whose ``<img>`` file does not decode is reported, and each page gets a screenshot."""
+    from PIL import Image
+
+    html = tmp_path / "_build" / "html"
+    html.mkdir(parents=True)
+    Image.new("RGB", (40, 30), "teal").save(html / "fig.png")
+    (html / "index.html").write_text('<html><body><p>fine</p><img src="fig.png"></body></html>')
+    (html / "bad.html").write_text('<html><body><p>broken</p><img src="nothing.png"></body></html>')
+    reports = {r.page: r for r in browser.browse(html)}
+    assert reports["index.html"].problems == []
+    assert reports["index.html"].images[0][1:3] == (40, 30)
+    assert any("nothing.png" in p for p in reports["bad.html"].problems)
+    assert (tmp_path / "_build" / "screenshots" / "bad.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_every_page_of_the_book_in_chromium(tiny_book):
+    assert tiny_book.returncode == 0, tiny_book.log
+    html = tiny_book.html
+    static = browser.static_problems(html)
+    assert static == {}, f"broken links, missing files or error outputs: {static}"
+    shots = tiny_book.build_dir / "screenshots"
+    shutil.rmtree(shots, ignore_errors=True)
+    reports = browser.browse(html, shots)
+    pages = browser.html_pages(html)
+    assert len(reports) == len(pages) >= 16
+    bad = {r.page: r.problems for r in reports if r.problems}
+    assert bad == {}, f"pages that do not show right in Chromium: {bad}"
+    by_page = {r.page: r for r in reports}
+    assert by_page["index.html"].redirect == "intro.html"
+    for page, report in by_page.items():
+        if report.redirect:
+            continue
+        assert report.screenshot is not None and report.screenshot.stat().st_size > 1000, page
+        if page.startswith("chapters/"):
+            figures = [img for img in report.images if "_images/" in img[0] and img[0].endswith(".png")]
+            assert figures, f"{page} shows no figure"
+            assert all(min(img[3:]) > 0 for img in figures), f"{page}: a figure laid out with zero size"
+    wide = {page: r.wide_code for page, r in by_page.items()
+            if r.wide_code and not any(name in page for name in WIDTH_PENDING)}
+    assert wide == {}, f"code cells wider than the page (longest line of each): {wide}"
+    overview = [img for img in by_page["intro.html"].images if img[0].endswith("pipeline.svg")]
+    assert overview and min(overview[0][1:]) > 0, "the intro's overview figure"

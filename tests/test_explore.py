@@ -1,0 +1,92 @@
+"""Interactive explorers: a widget change redraws the figure with the newly chosen data."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from spared_utils import pl
+
+
+@pytest.fixture(scope="module")
+def curated_like(tiny_adata):
+    """The tiny dataset with the layers the explorers read (log counts, a mask, two completions)."""
+    adata = tiny_adata.copy()
+    counts = np.asarray(adata.layers["counts"].todense(), dtype=np.float32)
+    logged = np.log2(counts + 1)
+    adata.layers["mask"] = counts > 0
+    adata.layers["c_d_log1p"] = logged
+    adata.layers["c_t_log1p"] = logged + 0.5
+    return adata
+
+
+def _shown(explorer, panel: int) -> np.ndarray:
+    """The colour values of the last scatter drawn on a panel."""
+    return np.asarray(explorer.figure.axes[panel].collections[-1].get_array())
+
+
+def test_slide_explorer_redraws_when_the_gene_or_slide_changes(curated_like):
+    ex = pl.explore_slide(curated_like)
+    assert ex.updates == 1 and set(ex.controls) == {"dataset", "slide", "gene"}
+    titles = [ax.get_title() for ax in ex.figure.axes[:4]]
+    assert titles[0] == "measured" and titles[1].startswith("missing values")
+    other = next(g for g in curated_like.var_names if g != ex.controls["gene"].value)
+    ex.controls["gene"].value = other
+    assert ex.updates == 2, "changing the gene must call the update"
+    slide = ex.controls["slide"].value
+    rows = np.flatnonzero(curated_like.obs["slide_id"].astype(str).to_numpy() == slide)
+    j = curated_like.var_names.get_loc(other)
+    expected = curated_like.layers["c_t_log1p"][rows, j]
+    np.testing.assert_allclose(np.sort(_shown(ex, 3)), np.sort(expected), rtol=1e-6)
+    ex.controls["slide"].value = new = next(s for s in ex.controls["slide"].options if s != slide)
+    assert ex.updates == 3
+    new_rows = np.flatnonzero(curated_like.obs["slide_id"].astype(str).to_numpy() == new)
+    np.testing.assert_allclose(np.sort(_shown(ex, 2)), np.sort(curated_like.layers["c_d_log1p"][new_rows, j]))
+    assert new in ex.figure._suptitle.get_text()
+
+
+def test_slide_explorer_shows_the_measured_values_only_where_the_mask_is_true(curated_like):
+    ex = pl.explore_slide({"tiny": curated_like}, slide=str(curated_like.obs["slide_id"].iloc[0]))
+    slide = ex.controls["slide"].value
+    rows = np.flatnonzero(curated_like.obs["slide_id"].astype(str).to_numpy() == slide)
+    j = curated_like.var_names.get_loc(ex.controls["gene"].value)
+    real = curated_like.layers["mask"][rows, j]
+    assert len(_shown(ex, 0)) == real.sum() < len(rows), "missing spots are not coloured as measured"
+    png = base64.b64decode(ex._repr_mimebundle_()["image/png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "the static view (no kernel) is a PNG of the figure"
+
+
+def test_slide_explorer_refuses_a_dataset_without_a_mask(tiny_adata):
+    with pytest.raises(ValueError, match="mask"):
+        pl.explore_slide(tiny_adata)
+
+
+def test_prediction_explorer_switches_prediction_and_gene(curated_like):
+    rows = np.flatnonzero(curated_like.obs["split"].astype(str).to_numpy() == "test")
+    truth = curated_like.layers["c_d_log1p"][rows]
+    rng = np.random.default_rng(0)
+    preds = {"good, completed": (rows, truth + rng.normal(0, 0.1, truth.shape)),
+             "noise, raw": (rows, rng.normal(0, 1, truth.shape))}
+    ex = pl.explore_prediction(curated_like, preds)
+    assert ex.controls["prediction"].value == "good, completed"
+    first = _shown(ex, 1).copy()
+    bars = [p.get_height() for p in ex.figure.axes[2].patches]
+    assert np.nanmedian(bars) > 0.9, "a near-perfect prediction has high per-gene PCC"
+    ex.controls["prediction"].value = "noise, raw"
+    assert ex.updates == 2
+    assert not np.allclose(first, _shown(ex, 1)), "the predicted map must change with the prediction"
+    bars = [p.get_height() for p in ex.figure.axes[2].patches]
+    assert abs(np.nanmedian(bars)) < 0.5
+    gene = curated_like.var_names[5]
+    ex.controls["gene"].value = gene
+    slide_rows = rows[curated_like.obs["slide_id"].to_numpy()[rows] == curated_like.obs["slide_id"].to_numpy()[rows[0]]]
+    on = np.isin(rows, slide_rows)
+    np.testing.assert_allclose(_shown(ex, 1), preds["noise, raw"][1][on, 5])
+    assert gene in ex.figure.axes[2].get_title()
+
+
+def test_prediction_explorer_names_a_misshapen_prediction(curated_like):
+    with pytest.raises(ValueError, match="one column per gene"):
+        pl.explore_prediction(curated_like, {"bad": (np.arange(3), np.zeros((3, 2)))})
