@@ -73,7 +73,8 @@ stlearn_backbone = "resnet18"  # stLearn uses ResNet-50
 stlearn_tile_size = 64  # stLearn feeds 299-px tiles to its Keras backbone
 pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
 ours = True  # also train our completion (SpaCKLE+) at the same budget
-# retrain every candidate of SpaCKLE+'s ablation here (slow); otherwise the recorded table
+# retrain every candidate of SpaCKLE+'s ablation here (slow);
+# otherwise the recorded table
 run_ablation = False
 write_processed = True  # write the completed layers back to processed/<dataset>/
 
@@ -104,9 +105,12 @@ config = SpackleConfig.make(
     device=device,
     checkpoint_dir=str(out / "completion" / f"spackle_seed{seed}"),
 )
+
+# %%
 missing = 1 - adata.layers["mask"].mean()
 print(
-    f"{adata.n_obs:,} spots × {adata.n_vars} genes, {100 * missing:.1f}% of the values missing (median-completed)"
+    f"{adata.n_obs:,} spots × {adata.n_vars} genes, "
+    f"{100 * missing:.1f}% of the values missing (median-completed)"
 )
 pd.Series(
     {k: v for k, v in config.flat().items() if k not in ("progress",)}, name="value"
@@ -156,8 +160,9 @@ result = su.tl.train_spackle(adata, config=config, hex_geometry=hex_geometry)
 if result.lr_table is not None:
     display(result.lr_table)
 print(
-    f"learning rate {result.learning_rate:g}, best validation MSE {result.best_val:.4f} at iteration "
-    f"{result.best_iteration}, {result.n_params:,} parameters, {result.wall_time_s:.0f} s on {result.device}"
+    f"learning rate {result.learning_rate:g}, "
+    f"best validation MSE {result.best_val:.4f} at iteration {result.best_iteration}, "
+    f"{result.n_params:,} parameters, {result.wall_time_s:.0f} s on {result.device}"
 )
 
 # %% mystnb={"figure": {"caption": "SpaCKLE's training loss and validation MSE on hidden real values.", "name": "fig-completion-training"}}
@@ -192,7 +197,8 @@ if ours:
         hex_geometry=hex_geometry,
     )
     print(
-        f"SpaCKLE+: best validation MSE {plus.best_val:.4f} (at 50% masking) at iteration {plus.best_iteration}, "
+        f"SpaCKLE+: best validation MSE {plus.best_val:.4f} (at 50% masking) "
+        f"at iteration {plus.best_iteration}, "
         f"{plus.n_params:,} parameters, {plus.wall_time_s:.0f} s on {plus.device}"
     )
     pd.Series(PLUS_OPTIONS, name="SpaCKLE+ option").to_frame()
@@ -224,6 +230,8 @@ methods = su.tl.masking_methods(
 summary, per_gene, runs = su.tl.evaluate_masking(
     adata, methods, levels=masking_levels, splits=eval_splits, seed=seed
 )
+
+# %%
 shown = [
     m
     for m in ("median", "mean", "stlearn", "spackle", "spackle_plus")
@@ -398,9 +406,10 @@ plus_text = ""
 if plus is not None:
     vs = table["ours vs SpaCKLE (% lower MSE)"]
     plus_text = (
-        f"; ours (SpaCKLE+) was {vs.mean():.1f}% below SpaCKLE on average ({vs.min():.1f}% to {vs.max():.1f}% "
-        f"per level), below the mean at {int((table['spackle_plus'] < table['mean']).sum())} of {len(table)} "
-        f"levels and {table['ours vs median (% lower MSE)'].mean():.1f}% below the median"
+        f"; ours (SpaCKLE+) was {vs.mean():.1f}% below SpaCKLE on average "
+        f"({vs.min():.1f}% to {vs.max():.1f}% per level), below the mean at "
+        f"{int((table['spackle_plus'] < table['mean']).sum())} of {len(table)} levels "
+        f"and {table['ours vs median (% lower MSE)'].mean():.1f}% below the median"
     )
 print(plus_text.lstrip("; ") or "SpaCKLE+ was not trained (ours = False)")
 
@@ -466,13 +475,38 @@ at = table[
 ]
 ratio = table["stLearn / SpaCKLE (MSE ratio)"]
 lo, hi = (f"{100 * v:.0f}%" for v in (masking_levels[0], masking_levels[-1]))
-display(Markdown(f"""## What we saw
+saw = [
+    f"- SpaCKLE ({result.n_params:,} parameters, {iterations} iterations, "
+    f"learning rate {result.learning_rate:g}) trained in {result.wall_time_s:.0f} s "
+    f"on {result.device}; best validation MSE {result.best_val:.3f}.",
+    f"- On the {split} slides, SpaCKLE's MSE on hidden values was lower than the "
+    f"median's at {int((red > 0).sum())} of {len(red)} masking levels: "
+    f"{red.min():.1f}% to {red.max():.1f}% lower (mean {red.mean():.1f}%; "
+    f"the paper reports 82.5% over SpaRED).",
+]
 
-- SpaCKLE ({result.n_params:,} parameters, {iterations} iterations, learning rate {result.learning_rate:g}) trained in {result.wall_time_s:.0f} s on {result.device}; best validation MSE {result.best_val:.3f}.
-- On the {split} slides, SpaCKLE's MSE on hidden values was lower than the median's at {int((red > 0).sum())} of {len(red)} masking levels: {red.min():.1f}% to {red.max():.1f}% lower (mean {red.mean():.1f}%; the paper reports 82.5% over SpaRED).
-- At {lo} masking: median {at['median'].iloc[0]:.3f}, SpaCKLE {at['spackle'].iloc[0]:.3f}, stLearn {at['stlearn'].iloc[0]:.3f}; at {hi}: median {at['median'].iloc[-1]:.3f}, SpaCKLE {at['spackle'].iloc[-1]:.3f}, stLearn {at['stlearn'].iloc[-1]:.3f}.
-- stLearn's MSE was {ratio.min():.1f}–{ratio.max():.1f} times SpaCKLE's (the paper: about two orders of magnitude on SpaRED, where stLearn leaves many zeros).
-- The training mean (MSE {table['mean'].min():.3f}–{table['mean'].max():.3f} at every level) was beaten by SpaCKLE at {int((table['spackle'] < table['mean']).sum())} of {len(table)} levels{plus_text}.
-- At the highest level {int(lost.iloc[-1, 0])} genes lost every real value; LGDiST's rule hid {100 * lgdist['masked_fraction'].iloc[0]:.0f}% of all entries (SpaCKLE MSE {lg.loc['spackle', 'mse']:.3f}, median {lg.loc['median', 'mse']:.3f}, mean {lg.loc['mean', 'mse']:.3f}).
-- {int((~adata.layers['mask']).sum()):,} missing values completed; the chapter ran in {time.perf_counter() - started:.0f} s.
-"""))
+# %%
+saw += [
+    f"- At {lo} masking: median {at['median'].iloc[0]:.3f}, "
+    f"SpaCKLE {at['spackle'].iloc[0]:.3f}, stLearn {at['stlearn'].iloc[0]:.3f}; "
+    f"at {hi}: median {at['median'].iloc[-1]:.3f}, "
+    f"SpaCKLE {at['spackle'].iloc[-1]:.3f}, stLearn {at['stlearn'].iloc[-1]:.3f}.",
+    f"- stLearn's MSE was {ratio.min():.1f}–{ratio.max():.1f} times SpaCKLE's "
+    f"(the paper: about two orders of magnitude on SpaRED, "
+    f"where stLearn leaves many zeros).",
+    f"- The training mean (MSE {table['mean'].min():.3f}–{table['mean'].max():.3f} "
+    f"at every level) was beaten by SpaCKLE at "
+    f"{int((table['spackle'] < table['mean']).sum())} of {len(table)} levels"
+    f"{plus_text}.",
+]
+
+# %%
+saw += [
+    f"- At the highest level {int(lost.iloc[-1, 0])} genes lost every real value; "
+    f"LGDiST's rule hid {100 * lgdist['masked_fraction'].iloc[0]:.0f}% of all entries "
+    f"(SpaCKLE MSE {lg.loc['spackle', 'mse']:.3f}, "
+    f"median {lg.loc['median', 'mse']:.3f}, mean {lg.loc['mean', 'mse']:.3f}).",
+    f"- {int((~adata.layers['mask']).sum()):,} missing values completed; "
+    f"the chapter ran in {time.perf_counter() - started:.0f} s.",
+]
+display(Markdown("## What we saw\n\n" + "\n".join(saw) + "\n"))

@@ -54,7 +54,8 @@ if importlib.util.find_spec("spared_utils") is None:
 
 # %% tags=["parameters"]
 dataset = "synthetic"  # the dataset whose runs are read (when `datasets` is None)
-# None: `dataset` only; "all": every dataset in the store (a batch plan); or a list of ids
+# None: `dataset` only; "all": every dataset in the store (a batch plan);
+# or a list of ids
 datasets = None
 split = "test"  # the held-out split whose scores are compared ("val" or "test")
 scenario = "completed"  # the scenario the model comparison (Fig. 4) uses
@@ -219,7 +220,8 @@ claims.style.hide(axis="index").set_properties(
 
 # %%
 lines = [
-    f"- The store holds {len(runs)} runs on {split} from {runs['dataset'].nunique()} dataset(s)."
+    f"- The store holds {len(runs)} runs on {split} "
+    f"from {runs['dataset'].nunique()} dataset(s)."
 ]
 for row in diffs.itertuples():
     ci = (
@@ -229,6 +231,8 @@ for row in diffs.itertuples():
     )
     lines.append(f"- {row.model}: {row.pair} = {row.mean_diff:+.3f} test MSE{ci}.")
 by = decomposition.set_index(["model", "scenario"]) if len(decomposition) else None
+
+# %%
 for model in decomposition["model"].unique() if by is not None else []:
     for scenario in ("raw", "completed"):
         if (model, scenario) in by.index and pd.notna(
@@ -236,9 +240,9 @@ for model in decomposition["model"].unique() if by is not None else []:
         ):
             r = by.loc[(model, scenario)]
             lines.append(
-                f"- {model}, {scenario} − masked: {r['d_mse']:+.3f} test MSE, of which "
-                f"{r['d_bias2']:+.3f} is squared bias (bias {r['bias']:+.3f}, target shift "
-                f"{r['target_shift']:+.3f})."
+                f"- {model}, {scenario} − masked: {r['d_mse']:+.3f} test MSE, "
+                f"of which {r['d_bias2']:+.3f} is squared bias "
+                f"(bias {r['bias']:+.3f}, target shift {r['target_shift']:+.3f})."
             )
 if len(summary):
     top = summary.iloc[0]

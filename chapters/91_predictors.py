@@ -24,11 +24,31 @@
 # dataset; several seeds (the batch driver, `python -m spared_utils.batch`) give the spread.
 # It trains nothing: seconds on a CPU.
 # **What it writes:** nothing.
+# **Measured runtime:** seconds (it trains nothing); GPU not needed.
 #
 # Each predictor chapter reports its own model; this page puts them together, the view the
 # paper's Table 1 gives per dataset {cite:p}`mejia2024spackle`. The ratio to the training mean
 # makes datasets and scenarios comparable: below 1, the model predicts the real values better
 # than a constant per gene; chapter 90 does the same across datasets (Fig. 4).
+
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
 
 # %% tags=["parameters"]
 dataset = "synthetic"  # the dataset whose runs are compared
@@ -46,7 +66,8 @@ table = analysis.predictor_table(store[store["dataset"] == dataset], split=split
 names = {k: su.models.display_name(k) for k in su.models.NAMES}
 print(
     f"{table['model'].nunique()} predictors on {dataset} ({split}), scenarios "
-    f"{sorted(table['scenario'].unique())}, up to {table['n_seeds'].max() if len(table) else 0} seed(s)"
+    f"{sorted(table['scenario'].unique())}, "
+    f"up to {table['n_seeds'].max() if len(table) else 0} seed(s)"
 )
 
 # %% [markdown]
@@ -84,12 +105,14 @@ for scenario, part in table.groupby("scenario", sort=False):
     best = part.iloc[0]
     beat = part.loc[part["mse_ratio"] < 1, "model"].map(lambda m: names.get(m, m))
     lines.append(
-        f"- `{scenario}`: best {names.get(best['model'], best['model'])} (MSE {best['mse']:.3f}, "
-        f"{best['mse_ratio']:.2f}× the training mean); {len(beat)} of {len(part)} predictors "
-        f"beat the mean" + (f" ({', '.join(beat)})." if len(beat) else ".")
+        f"- `{scenario}`: best {names.get(best['model'], best['model'])} "
+        f"(MSE {best['mse']:.3f}, {best['mse_ratio']:.2f}× the training mean); "
+        f"{len(beat)} of {len(part)} predictors beat the mean"
+        + (f" ({', '.join(beat)})." if len(beat) else ".")
     )
 if not lines:
     lines.append(
-        f"- No predictor runs on {dataset} in the store yet: run chapters 10–20 first."
+        f"- No predictor runs on {dataset} in the store yet: "
+        "run chapters 10–20 first."
     )
 display(Markdown("## What we saw\n\n" + "\n".join(lines)))

@@ -21,9 +21,11 @@
 # every spot's expression predicted from its H&E patch.
 # **What it needs:** a Space Ranger output folder (`slide`; by default a new synthetic slide of the
 # embedded dataset, written in the Space Ranger layout), and the SpaCKLE and predictor checkpoints that
-# chapters 02 and 10 saved (trained here, briefly, when they are missing); a CPU, a minute or two.
+# chapters 02 and 10 saved (trained here, briefly, when they are missing); a CPU is enough.
 # **What it writes:** `results/<dataset>/your_slide/<slide>.h5ad` with the layers `measured`,
 # `completed`, `predicted` and `mask`, which scanpy and squidpy read as they are.
+# **Measured runtime:** about 30 seconds when chapters 02 and 10 saved their checkpoints, about
+# 16 minutes on a 2-core CPU when it must train them.
 #
 # The same runs as a command, for a slide of your own:
 #
@@ -31,21 +33,42 @@
 # python -m spared_utils.apply path/to/outs --completion spackle.pt --predictor CHECKPOINT_DIR -o slide.h5ad
 # ```
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
-dataset = "synthetic"  # the dataset whose checkpoints are used (the slide should be of the same tissue and organism)
+# the dataset whose checkpoints are used
+# (the slide should be of the same tissue and organism)
+dataset = "synthetic"
 slide = ""  # a Space Ranger output folder; "" writes a new synthetic slide of `dataset`
-completion_checkpoint = (
-    ""  # "" = the newest one chapter 02 saved for `dataset` (trained here if none)
-)
-predictor_checkpoint = ""  # "" = the newest `predictor` checkpoint its chapter saved (trained here if none)
+# "": the newest one chapter 02 saved for `dataset` (trained here if none)
+completion_checkpoint = ""
+# "": the newest `predictor` checkpoint its chapter saved (trained here if none)
+predictor_checkpoint = ""
+# the predictor (a name of su.models.NAMES) whose checkpoint predicts the slide
 predictor = "shufflenet"
-batch_correction = (
-    "none"  # or "reference": each gene moved to the training slides' mean and spread
-)
+# "none"; or "reference": each gene moved to the training slides' mean and spread
+batch_correction = "none"
 iterations = None  # budget of a checkpoint trained here (None: the book's CPU budget)
-device = "auto"
-seed = 0
-out_dir = "results"
+device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
+seed = 0  # random seed of everything the run draws
+out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
 
 # %%
 import time
@@ -76,6 +99,8 @@ found = su.apply.checkpoints_for(
 completion_file = completion_checkpoint or found["completion"]
 predictor_dir = predictor_checkpoint or found["predictor"]
 bundle = su.io.load_predictor(predictor_dir, device=device)
+
+# %%
 pd.Series(
     {
         "slide": str(slide_dir),
@@ -135,10 +160,26 @@ table.round(3).head(10)
 
 # %%
 best, worst = table.iloc[0], table.iloc[-1]
-display(Markdown(f"""## What we saw
+absent = (
+    f" ({len(info['absent_genes'])} absent, marked unmeasured)"
+    if info["absent_genes"]
+    else ""
+)
+saw = [
+    f"- The slide has {result.n_obs:,} spots in tissue; {info['n_genes_found']} of the "
+    f"panel's {info['n_panel_genes']} genes were found on it{absent}, and "
+    f"{100 * info['missing_fraction']:.1f}% of their values were missing, "
+    f"completed by SpaCKLE.",
+    f"- The checkpoints were trained on `{info['training_dataset']}` "
+    f"({info['predictor']}, scenario {info['scenario']}); "
+    f"batch correction: {info['batch_correction']}.",
+]
 
-- The slide has {result.n_obs:,} spots in tissue; {info['n_genes_found']} of the panel's {info['n_panel_genes']} genes were found on it{f" ({len(info['absent_genes'])} absent, marked unmeasured)" if info['absent_genes'] else ""}, and {100 * info['missing_fraction']:.1f}% of their values were missing, completed by SpaCKLE.
-- The checkpoints were trained on `{info['training_dataset']}` ({info['predictor']}, scenario {info['scenario']}); batch correction: {info['batch_correction']}.
-- Predicted against measured (real values only), per gene: best {best['gene']} (PCC {best['pcc']:.2f}), worst {worst['gene']} (PCC {worst['pcc']:.2f}), median PCC {table['pcc'].median():.2f}.
-- The whole chapter took {time.perf_counter() - started:.0f} s.
-"""))
+# %%
+saw += [
+    f"- Predicted against measured (real values only), per gene: best {best['gene']} "
+    f"(PCC {best['pcc']:.2f}), worst {worst['gene']} (PCC {worst['pcc']:.2f}), "
+    f"median PCC {table['pcc'].median():.2f}.",
+    f"- The whole chapter took {time.perf_counter() - started:.0f} s.",
+]
+display(Markdown("## What we saw\n\n" + "\n".join(saw) + "\n"))

@@ -23,6 +23,8 @@
 # **What it needs:** the repository's `tests/` folder; no data (the matrix builds its own tiny slides and
 # checkpoints); a CPU, about a minute.
 # **What it writes:** `results/reliability.json`, the outcome of each row of this run.
+# **Measured runtime:** about 10 seconds in the book build (it runs the reliability rows that
+# need no trained checkpoint).
 #
 # The table is not typed: this page runs `tests/test_reliability.py` when the book is built and shows
 # the rows it recorded, so it cannot drift from the code. A row passes when the call refuses the input
@@ -30,10 +32,29 @@
 # new file is left in the folders it writes to; a killed run passes when its resumption reaches the same
 # numbers, bit for bit, as an uninterrupted run with the same seed.
 
+# %% tags=["setup", "hide-cell"]
+# Colab, Binder or a fresh kernel: install the project when it is missing.
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("spared_utils") is None:
+    _url = "https://github.com/spared-book/spared-book"  # repository.url in _config.yml
+    _repo = os.environ.get("SPARED_BOOK_REPO", _url)  # or a local clone
+    _dir = _repo if os.path.isdir(_repo) else os.path.abspath("spared-book")
+    if not os.path.isdir(_dir):
+        get_ipython().system(f"git clone -q --depth 1 {_repo} {_dir}")  # noqa: F821
+    get_ipython().run_line_magic("pip", f"install -q -e {_dir}")  # noqa: F821
+    sys.path.insert(0, _dir)
+    import torch
+
+    _gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"installed spared_utils from {_repo}; GPU: {_gpu}")
+
 # %% tags=["parameters"]
 dataset = "synthetic"  # unused: the matrix makes its own tiny data
-select = ""  # a pytest -k expression to run some rows only ("" = every row)
-out_dir = "results"
+select = ""  # a pytest -k expression to run some rows only ("": every row)
+out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
 
 # %%
 import pandas as pd
@@ -47,7 +68,8 @@ rows, ran = reliability.run_matrix(
 )
 counts = reliability.summary(rows)
 print(
-    f"pytest exit code {ran['exit_code']} in {ran['seconds']:.0f} s: {' '.join(ran['tail'])}"
+    f"pytest exit code {ran['exit_code']} in {ran['seconds']:.0f} s: "
+    f"{' '.join(ran['tail'])}"
 )
 pd.Series(counts, name="count").to_frame()
 
@@ -84,9 +106,16 @@ ax.invert_yaxis()
 
 # %%
 failed = rows.loc[~rows["passed"].eq(True), "case"].tolist()
-display(Markdown(f"""## What we saw
-
-- {counts['inputs tried']} inputs tried{f" (rows selected by `{select}`)" if select else ""}; {counts['inputs refused or warned about']} were refused (or warned about), {counts['messages naming the file and the fix']} of them with a message naming the file and the fix; {counts['partial outputs found']} partial outputs found.
-- {counts['resumed to identical numbers']} of {counts['interrupted runs']} runs killed half-way resumed to identical numbers.
-- {counts['rows passed']} of {counts['inputs tried']} rows passed{": failed " + ", ".join(failed) if failed else ""}; the matrix ran in {ran['seconds']:.0f} s.
-"""))
+selected = f" (rows selected by `{select}`)" if select else ""
+failures = ": failed " + ", ".join(failed) if failed else ""
+saw = [
+    f"- {counts['inputs tried']} inputs tried{selected}; "
+    f"{counts['inputs refused or warned about']} were refused (or warned about), "
+    f"{counts['messages naming the file and the fix']} of them with a message naming "
+    f"the file and the fix; {counts['partial outputs found']} partial outputs found.",
+    f"- {counts['resumed to identical numbers']} of {counts['interrupted runs']} "
+    f"runs killed half-way resumed to identical numbers.",
+    f"- {counts['rows passed']} of {counts['inputs tried']} rows passed{failures}; "
+    f"the matrix ran in {ran['seconds']:.0f} s.",
+]
+display(Markdown("## What we saw\n\n" + "\n".join(saw) + "\n"))
