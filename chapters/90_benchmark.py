@@ -234,13 +234,11 @@ by = decomposition.set_index(["model", "scenario"]) if len(decomposition) else N
 
 # %%
 for model in decomposition["model"].unique() if by is not None else []:
-    for scenario in ("raw", "completed"):
-        if (model, scenario) in by.index and pd.notna(
-            by.loc[(model, scenario), "d_mse"]
-        ):
-            r = by.loc[(model, scenario)]
+    for shown in ("raw", "completed"):  # not `scenario`: the parameter is read below
+        if (model, shown) in by.index and pd.notna(by.loc[(model, shown), "d_mse"]):
+            r = by.loc[(model, shown)]
             lines.append(
-                f"- {model}, {scenario} − masked: {r['d_mse']:+.3f} test MSE, "
+                f"- {model}, {shown} − masked: {r['d_mse']:+.3f} test MSE, "
                 f"of which {r['d_bias2']:+.3f} is squared bias "
                 f"(bias {r['bias']:+.3f}, target shift {r['target_shift']:+.3f})."
             )
