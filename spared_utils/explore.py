@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +34,11 @@ SLIDE_PANELS: tuple[tuple[str, str, str], ...] = (
     ("median completion", "c_d_log1p", "values"),
     ("SpaCKLE completion", "c_t_log1p", "values"),
 )
+
+
+#: Set to "1" (``spared_utils.run.execute`` does, for papermill runs) to show explorers as their
+#: static first view only, without widgets.
+STATIC_ENV = "SPARED_STATIC_VIEWS"
 
 
 @dataclass
@@ -97,7 +103,10 @@ class Explorer:
             from ipykernel.kernelbase import Kernel
         except ImportError:  # pragma: no cover
             return bundle
-        if Kernel.initialized():  # a live kernel: the widget view too (frontends prefer it)
+        # a live kernel: the widget view too (frontends prefer it) — but not in a batch run
+        # (papermill): nothing would use the widgets, and nbclient has been seen to hang, now and
+        # then, on an Output widget displayed while a cell's result is being formatted
+        if Kernel.initialized() and os.environ.get(STATIC_ENV) != "1":
             view = self.widget()._repr_mimebundle_()
             bundle.update({k: v for k, v in view.items() if k != "text/plain"})
         return bundle

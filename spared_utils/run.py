@@ -160,6 +160,11 @@ def execute(
     # A non-interactive MPLBACKEND (e.g. "agg", common in scripts and CI) would stop the kernel's
     # figures from reaching the notebook: the kernel must use its inline backend.
     saved_backend = os.environ.pop("MPLBACKEND", None)
+    # explorers show their static view in a batch run (no one is there to use the widgets)
+    from .explore import STATIC_ENV
+
+    saved_static = os.environ.get(STATIC_ENV)
+    os.environ[STATIC_ENV] = "1"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             nb_in = Path(tmp) / f"{source.stem}.ipynb"
@@ -176,6 +181,10 @@ def execute(
     finally:
         if saved_backend is not None:
             os.environ["MPLBACKEND"] = saved_backend
+        if saved_static is None:
+            os.environ.pop(STATIC_ENV, None)
+        else:
+            os.environ[STATIC_ENV] = saved_static
     return out
 
 

@@ -90,3 +90,19 @@ def test_prediction_explorer_switches_prediction_and_gene(curated_like):
 def test_prediction_explorer_names_a_misshapen_prediction(curated_like):
     with pytest.raises(ValueError, match="one column per gene"):
         pl.explore_prediction(curated_like, {"bad": (np.arange(3), np.zeros((3, 2)))})
+
+
+def test_a_batch_run_shows_the_static_view_only(curated_like, monkeypatch):
+    """In a live kernel the explorer adds its widgets; under papermill (the runner sets
+    SPARED_STATIC_VIEWS) it shows the PNG alone."""
+    from ipykernel.kernelbase import Kernel
+
+    from spared_utils import explore
+
+    monkeypatch.setattr(Kernel, "initialized", classmethod(lambda cls: True))
+    ex = pl.explore_slide(curated_like)
+    monkeypatch.delenv(explore.STATIC_ENV, raising=False)
+    assert "application/vnd.jupyter.widget-view+json" in ex._repr_mimebundle_()
+    monkeypatch.setenv(explore.STATIC_ENV, "1")
+    bundle = ex._repr_mimebundle_()
+    assert "image/png" in bundle and "application/vnd.jupyter.widget-view+json" not in bundle

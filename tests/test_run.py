@@ -52,3 +52,24 @@ def test_tour_executes_on_tiny_dataset(tmp_path):
     assert len(images) >= 4, "the tour shows at least four figures"
     text = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in nb.cells for o in c.get("outputs", []))
     assert "What we saw" in text and "spots" in text
+
+
+def test_papermill_runs_see_static_explorers_and_the_setting_is_restored(tmp_path, monkeypatch):
+    import papermill
+
+    from spared_utils.explore import STATIC_ENV
+
+    seen = {}
+
+    def fake(nb_in, nb_out, **kwargs):
+        import os
+
+        seen["value"] = os.environ.get(STATIC_ENV)
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake)
+    monkeypatch.delenv(STATIC_ENV, raising=False)
+    run.execute("00_tour", "synthetic_tiny", {}, output=tmp_path / "out.ipynb", progress=False)
+    assert seen["value"] == "1", "the kernel papermill starts inherits the static setting"
+    import os
+
+    assert STATIC_ENV not in os.environ, "the caller's environment is left as it was"
