@@ -21,6 +21,7 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 
 from .metrics import per_gene_pcc
+from .paths import STATIC_VIEWS_ENV
 from .plots import _touching_hex_size
 from .utils import dense
 
@@ -36,9 +37,8 @@ SLIDE_PANELS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-#: Set to "1" (``spared_utils.run.execute`` does, for papermill runs) to show explorers as their
-#: static first view only, without widgets.
-STATIC_ENV = "SPARED_STATIC_VIEWS"
+#: "1" in this environment variable: the static first view only, without widgets.
+STATIC_ENV = STATIC_VIEWS_ENV
 
 
 @dataclass

@@ -20,6 +20,10 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
+#: Set to "1" to show the explorers (``su.pl.explore_*``) as their static first view only;
+#: :func:`spared_utils.run.execute` sets it for papermill runs, where no one uses the widgets.
+STATIC_VIEWS_ENV = "SPARED_STATIC_VIEWS"
+
 
 def project_root() -> Path:
     """The book's root folder (holds ``_toc.yml``), or the package's parent."""

@@ -161,10 +161,8 @@ def execute(
     # figures from reaching the notebook: the kernel must use its inline backend.
     saved_backend = os.environ.pop("MPLBACKEND", None)
     # explorers show their static view in a batch run (no one is there to use the widgets)
-    from .explore import STATIC_ENV
-
-    saved_static = os.environ.get(STATIC_ENV)
-    os.environ[STATIC_ENV] = "1"
+    saved_static = os.environ.get(paths.STATIC_VIEWS_ENV)
+    os.environ[paths.STATIC_VIEWS_ENV] = "1"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             nb_in = Path(tmp) / f"{source.stem}.ipynb"
@@ -182,9 +180,9 @@ def execute(
         if saved_backend is not None:
             os.environ["MPLBACKEND"] = saved_backend
         if saved_static is None:
-            os.environ.pop(STATIC_ENV, None)
+            os.environ.pop(paths.STATIC_VIEWS_ENV, None)
         else:
-            os.environ[STATIC_ENV] = saved_static
+            os.environ[paths.STATIC_VIEWS_ENV] = saved_static
     return out
 
 
