@@ -42,9 +42,13 @@ def latest_runs(store: pd.DataFrame, stage: str = "predict", split: str = "test"
     if "completion" in rows:
         other = (rows["scenario"] == "completed") & rows["completion"].notna() & (rows["completion"] != "spackle")
         rows.loc[other, "scenario"] = "completed:" + rows.loc[other, "completion"].astype(str)
-    rows["timestamp"] = pd.to_datetime(rows["timestamp"], utc=True, errors="coerce", format="mixed")
-    rows = rows.sort_values("timestamp")
-    return rows.drop_duplicates(["dataset", "model", "scenario", "seed"], keep="last").reset_index(drop=True)
+    return _newest(rows, ["dataset", "model", "scenario", "seed"])
+
+
+def _newest(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The newest row (by ``timestamp``) of each combination of ``keys``."""
+    rows = rows.assign(timestamp=pd.to_datetime(rows["timestamp"], utc=True, errors="coerce", format="mixed"))
+    return rows.sort_values("timestamp").drop_duplicates(list(keys), keep="last").reset_index(drop=True)
 
 
 def scenario_differences(store: pd.DataFrame, metric: str = "mse", split: str = "test",
@@ -298,8 +302,7 @@ def predictor_table(store: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     base = store[(store["stage"] == "predict_baseline") & (store["split"] == split)].copy()
     if len(base):
         base["eval_spots"] = base.get("eval_spots", pd.Series(np.nan, index=base.index)).fillna(-1)
-        base["timestamp"] = pd.to_datetime(base["timestamp"], utc=True, errors="coerce", format="mixed")
-        base = base.sort_values("timestamp").drop_duplicates(["dataset", "seed", "eval_spots"], keep="last")
+        base = _newest(base, ["dataset", "seed", "eval_spots"])
         per = base.groupby(["dataset", "eval_spots"])["mse"].mean().rename("baseline_mse")
         table = table.join(per, on=["dataset", "eval_spots"])
     else:
