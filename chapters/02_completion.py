@@ -459,12 +459,16 @@ pd.DataFrame(
 # %% [markdown]
 # ## Explore the completed dataset
 #
-# Pick a slide and a gene: its measured values, where they are missing, and the two
-# completions side by side (`su.pl.explore_slide`). In a live kernel (JupyterLab, Colab) the
-# dropdowns redraw the figure; the HTML shows the first view, the gene with the most missing
-# values.
+# Pick a slide and a gene: its measured values, where they are missing, and the completions
+# side by side (`su.pl.explore_slide`): the median, SpaCKLE, and the best completion — the
+# method with the lowest MSE over the masking levels above, which fills the missing values in a
+# layer of its own (`c_best_log1p`, not written to disk; the predictors read SpaCKLE's). In a
+# live kernel (JupyterLab, Colab) the dropdowns redraw the figure; the HTML shows the first
+# view, the gene with the most missing values.
 
 # %%
+best = su.tl.add_best_completion(adata, {m: methods[m] for m in shown}, summary)
+print(f"best completion on {dataset}: {best}")
 su.pl.explore_slide({dataset: adata})
 
 # %%

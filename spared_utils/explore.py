@@ -34,6 +34,7 @@ SLIDE_PANELS: tuple[tuple[str, str, str], ...] = (
     ("missing values", "mask", "mask"),
     ("median completion", "c_d_log1p", "values"),
     ("SpaCKLE completion", "c_t_log1p", "values"),
+    ("best completion", "c_best_log1p", "values"),
 )
 
 
@@ -155,7 +156,8 @@ def explore_slide(
         dataset id → dataset to choose among.
     panels
         ``(title, layer, kind)`` per panel (:data:`SLIDE_PANELS`); panels whose layer the
-        dataset lacks are left out (``c_t_log1p`` exists once SpaCKLE ran, chapter 02).
+        dataset lacks are left out (``c_t_log1p`` exists once SpaCKLE ran, ``c_best_log1p`` once
+        :func:`~spared_utils.completion.add_best_completion` chose the best method, chapter 02).
     slide, gene
         The first view (default: the first slide, the gene with the most missing values).
     mask_layer
@@ -203,6 +205,9 @@ def explore_slide(
                 ax.scatter(xy[~keep, 0], xy[~keep, 1], s=size, marker="h", color="0.85", linewidths=0)
                 sc = ax.scatter(xy[keep, 0], xy[keep, 1], c=_column(data, layer, rows, j)[keep], s=size,
                                 marker="h", cmap=cmap, vmin=lo, vmax=hi, linewidths=0)
+            best = data.uns.get("best_completion", {})
+            if kind != "mask" and layer == best.get("layer"):  # name the method that won
+                title = f"{title}: {best['method']}"
             ax.set_title(title, fontsize=10)
         if values:
             fig.colorbar(sc, ax=list(axes), shrink=0.7, label=f"{data.var_names[j]}: log2(TPM + 1)")

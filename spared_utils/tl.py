@@ -10,6 +10,7 @@ paper's masking protocol (:func:`evaluate_masking`). Prediction (:mod:`spared_ut
 from .analysis import scenario_differences
 from .completion import (
     ablation_table,
+    add_best_completion,
     before_dropout_layer,
     complete,
     evaluate_masking,
@@ -25,6 +26,6 @@ from .completion import results_rows as completion_rows
 from .predict import build_for_data, evaluate_predictions, predict, prediction_data, run_chapter, search_learning_rate, train_predictor, trivial_baseline
 
 __all__ = [
-    "ablation_table", "before_dropout_layer", "build_for_data", "complete", "completion_rows", "evaluate_masking", "evaluate_missing", "evaluate_predictions", "hex_geometry_of", "masking_methods", "predict", "prediction_data", "relative_reduction",
+    "ablation_table", "add_best_completion", "before_dropout_layer", "build_for_data", "complete", "completion_rows", "evaluate_masking", "evaluate_missing", "evaluate_predictions", "hex_geometry_of", "masking_methods", "predict", "prediction_data", "relative_reduction",
     "run_chapter", "scenario_differences", "score_missing", "search_learning_rate", "train_plus", "train_predictor", "train_spackle", "trivial_baseline",
 ]

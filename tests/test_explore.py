@@ -58,6 +58,32 @@ def test_slide_explorer_shows_the_measured_values_only_where_the_mask_is_true(cu
     assert png[:8] == b"\x89PNG\r\n\x1a\n", "the static view (no kernel) is a PNG of the figure"
 
 
+def test_best_completion_panel_names_the_winning_method_and_keeps_real_values(curated_like):
+    import pandas as pd
+
+    from spared_utils import completion
+
+    adata = curated_like.copy()
+    real = adata.layers["mask"]
+    summary = pd.DataFrame({"method": ["median", "median", "mean", "mean"], "masking": [0.1, 0.5] * 2,
+                            "split": "test", "mse": [2.0, 4.0, 3.0, 2.5]})
+    fills = {"median": lambda a, v, r, h, rows: np.full((len(rows), v.shape[1]), 7.0, np.float32),
+             "mean": lambda a, v, r, h, rows: np.full((len(rows), v.shape[1]), -1.0, np.float32)}
+    assert completion.add_best_completion(adata, fills, summary) == "mean"  # 2.75 < 3.0
+    best = adata.layers[completion.BEST_LAYER]
+    np.testing.assert_array_equal(best[real], adata.layers["c_d_log1p"][real])
+    assert np.all(best[~real] == -1.0), "missing entries come from the winning method"
+    ex = pl.explore_slide(adata)
+    titles = [ax.get_title() for ax in ex.figure.axes[:5]]
+    assert titles[4] == "best completion: mean"
+    slide = ex.controls["slide"].value
+    rows = np.flatnonzero(adata.obs["slide_id"].astype(str).to_numpy() == slide)
+    j = adata.var_names.get_loc(ex.controls["gene"].value)
+    np.testing.assert_allclose(np.sort(_shown(ex, 4)), np.sort(best[rows, j]))
+    with pytest.raises(ValueError, match="no method"):
+        completion.best_method(summary, ["spackle"])
+
+
 def test_slide_explorer_refuses_a_dataset_without_a_mask(tiny_adata):
     with pytest.raises(ValueError, match="mask"):
         pl.explore_slide(tiny_adata)

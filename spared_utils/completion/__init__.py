@@ -31,7 +31,10 @@ from anndata import AnnData
 from ..preprocess import deltas, write_processed
 from . import evaluate, sme, spackle
 from .evaluate import (
+    BEST_LAYER,
     MASKING_LEVELS,
+    add_best_completion,
+    best_method,
     METHODS,
     SCHEMES,
     ablation_table,
@@ -279,7 +282,7 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
 
 __all__ = [
     "COMPLETED_LAYER", "CPU_BUDGET", "METHODS", "MASKING_LEVELS", "PLUS_ABLATION", "PLUS_OPTIONS", "RECORDED_ABLATION",
-    "ablation_table", "comparison_table", "recorded_ablation", "score_missing", "SCHEMES", "SmeConfig", "SpackleConfig",
+    "BEST_LAYER", "ablation_table", "add_best_completion", "best_method", "comparison_table", "recorded_ablation", "score_missing", "SCHEMES", "SmeConfig", "SpackleConfig",
     "SpackleResult", "before_dropout_layer", "complete", "delta_key", "evaluate", "evaluate_masking", "evaluate_missing",
     "hex_geometry_of", "load_checkpoint", "masking_methods", "plus_config", "relative_reduction", "results_rows",
     "save_checkpoint", "save_completed", "sme", "spackle", "train_plus", "train_spackle",

@@ -466,6 +466,41 @@ def comparison_table(summary: pd.DataFrame, methods: Sequence[str] | None = None
     return table
 
 
+#: The layer :func:`add_best_completion` writes (the slide explorer's "best completion" panel).
+BEST_LAYER = "c_best_log1p"
+
+
+def best_method(summary: pd.DataFrame, methods: Sequence[str] | None = None) -> str:
+    """The method of :func:`evaluate_masking`'s ``summary`` with the lowest MSE averaged over its
+    masking levels and splits (among ``methods`` if given)."""
+    mse = summary.groupby("method")["mse"].mean()
+    if methods is not None:
+        mse = mse[mse.index.isin(list(methods))]
+    if mse.empty:
+        raise ValueError(f"no method to choose from: the summary has {sorted(set(summary['method']))}, "
+                         f"asked for {list(methods or [])}")
+    return str(mse.idxmin())
+
+
+def add_best_completion(adata: AnnData, methods: Mapping[str, Completer], summary: pd.DataFrame,
+                        layer: str = "c_d_log1p", mask_layer: str = "mask", key_added: str = BEST_LAYER) -> str:
+    """Complete every missing entry with the method that scored best under the masking protocol.
+
+    The method is :func:`best_method` of ``summary`` among ``methods`` (the completers of
+    :func:`masking_methods` that produced it); real values are kept. Writes
+    ``layers[key_added]`` and ``uns["best_completion"]`` (method, layer, mean MSE) and returns
+    the method's name.
+    """
+    name = best_method(summary, list(methods))
+    values = np.asarray(dense(adata.layers[layer]), dtype=np.float32)
+    real = np.asarray(dense(adata.layers[mask_layer]), dtype=bool)
+    filled = methods[name](adata, values, real, np.zeros_like(real), np.arange(adata.n_obs))
+    adata.layers[key_added] = np.where(real, values, np.asarray(filled, dtype=np.float32))
+    adata.uns["best_completion"] = {"method": name, "layer": key_added,
+                                    "mean_mse": float(summary.loc[summary["method"] == name, "mse"].mean())}
+    return name
+
+
 def _level_seed(seed: int, level: float, split: str) -> int:
     return int(seed) * 1_000_003 + int(round(level * 1000)) * 101 + sum(map(ord, split))
 
@@ -480,6 +515,6 @@ def relative_reduction(summary: pd.DataFrame, method: str = "spackle", baseline:
     return out.reset_index()
 
 
-__all__ = ["ablation_table", "comparison_table", "score_missing", "MASKING_LEVELS", "METHODS", "SCHEMES", "TRUTH_LAYER", "TRUTH_SOURCES", "MaskingRun", "before_dropout_layer", "evaluate_masking",
+__all__ = ["BEST_LAYER", "ablation_table", "add_best_completion", "best_method", "comparison_table", "score_missing", "MASKING_LEVELS", "METHODS", "SCHEMES", "TRUTH_LAYER", "TRUTH_SOURCES", "MaskingRun", "before_dropout_layer", "evaluate_masking",
            "evaluate_missing", "evaluation_spots", "lost_genes", "masking_methods", "mean_fill", "median_fill",
            "relative_reduction", "train_rows_of", "training_mean"]
