@@ -306,6 +306,42 @@ def test_run_chapter_on_given_data(toy):
     assert out.completed_minus_raw()["mse"] == pytest.approx(0.0)
 
 
+def test_completed_minus_uses_raw_if_it_ran_else_masked(toy):
+    from dataclasses import replace
+
+    adata, store = toy
+    out = predict.run_chapter("toy", "shufflenet", scenario=["raw", "masked", "completed"], learning_rate=1e-3,
+                              adata=adata, store=store, iterations=2, batch_size=4, eval_every=1, eval_spots=8,
+                              progress=False, device="cpu")
+    split = out.eval_split
+    table = {s: r.metrics.set_index("split").loc[split] for s, r in out.runs.items()}
+
+    def minus(ref):
+        return {k: float(table["completed"][k] - table[ref][k]) for k in ("mse", "pcc_gene")}
+
+    # raw ran: the paper's pair, and completed_minus_raw is the same numbers without the name
+    diff = out.completed_minus()
+    assert diff["reference"] == "raw"
+    assert {k: diff[k] for k in ("mse", "pcc_gene")} == pytest.approx(minus("raw"), nan_ok=True)
+    assert out.completed_minus_raw() == pytest.approx(minus("raw"), nan_ok=True)
+    assert "Training on completed instead of raw data changed" in out.what_we_saw()
+    # an explicit reference
+    assert out.completed_minus("masked")["reference"] == "masked"
+    # the chapters' default pair: no raw, so masked is the reference
+    paired = replace(out, runs={s: out.runs[s] for s in ("masked", "completed")})
+    diff = paired.completed_minus(split=split)
+    assert diff["reference"] == "masked"
+    assert {k: diff[k] for k in ("mse", "pcc_gene")} == pytest.approx(minus("masked"), nan_ok=True)
+    assert paired.completed_minus_raw() == {}
+    saw = paired.what_we_saw()
+    assert "Training on completed instead of with the loss on real values only (masked) changed" in saw
+    assert "instead of raw" not in saw
+    # nothing to compare: completed alone, or no completed run
+    assert replace(out, runs={"completed": out.runs["completed"]}).completed_minus() == {}
+    assert replace(out, runs={s: out.runs[s] for s in ("raw", "masked")}).completed_minus() == {}
+    assert out.completed_minus("median") == {}
+
+
 def test_a_predictor_learns_what_the_image_shows(toy):
     """ShuffleNet trained briefly beats the training mean on validation (brightness → gene 0, 1)."""
     adata, store = toy
