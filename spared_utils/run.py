@@ -106,7 +106,8 @@ def _type_problem(default: Any, value: Any) -> str:
 
     Numbers, booleans and lists must stay numbers, booleans and lists (an int for a float is
     fine); a parameter whose default is ``None`` or a string takes anything (``"search"`` or a
-    number, ``"all"`` or a count).
+    number, ``"all"`` or a count), one whose default is a list of strings also takes a string
+    (``scenario``: ``"raw"``, ``"both"``, ``"all"``).
     """
     if default is None or isinstance(default, str) or value is None:
         return ""
@@ -119,6 +120,8 @@ def _type_problem(default: Any, value: Any) -> str:
             return "give a whole number"
         return ""
     if isinstance(default, list) and not isinstance(value, list):
+        if isinstance(value, str) and default and all(isinstance(v, str) for v in default):
+            return ""  # a list of names also takes one name or a keyword (scenario "raw", "both")
         return "give a list (-p NAME '[0.1, 0.5]')"
     return ""
 

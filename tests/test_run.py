@@ -34,6 +34,14 @@ def test_unknown_parameter_names_the_declared_ones():
         run.execute("00_tour", "synthetic", {"iteratoins": 3})
 
 
+def test_a_list_of_names_also_takes_one_name_or_a_keyword():
+    # scenario = ["masked", "completed"]: the batch driver and `-p scenario both` pass a string
+    for value in ("raw", "both", "all", ["raw", "completed"]):
+        assert run._type_problem(["masked", "completed"], value) == ""
+    assert "give a list" in run._type_problem([0.0001, 0.001], "fast")  # numbers still want a list
+    assert "give a list" in run._type_problem([], "raw")
+
+
 def test_cli_exit_code_and_message_for_bad_dataset():
     proc = subprocess.run([sys.executable, "-m", "spared_utils.run", "00_tour", "--dataset", "nope"],
                           capture_output=True, text=True)
