@@ -17,8 +17,8 @@
 # # ViT-B: a vision transformer fine-tuned on spot patches
 #
 # **What it shows:** how well ViT-B/16 predicts gene expression from one spot's H&E patch, trained
-# on raw data (missing values as zeros, the paper's) and on SpaCKLE-completed data, scored on
-# real values.
+# with the loss on real values only (`masked`) and on SpaCKLE-completed data, both scored on real
+# values.
 # **What it needs:** a curated dataset with patches and the `c_t_log1p` layer (made here if
 # missing); on a CPU the defaults take a few minutes (ViT-B trains at about one patch per
 # second there), the paper's budget wants a GPU.
@@ -31,7 +31,8 @@
 # {cite:p}`mejia2024spackle` it is one of three baselines: torchvision's `vit_b_16` with
 # ImageNet weights and one linear layer predicting every gene, fine-tuned end to end with the
 # protocol shared by all predictors (chapter 10 describes it: learning rate chosen on raw data,
-# one run on zero-filled raw and one on completed data, metrics on real values only).
+# one run on zero-filled raw and one on completed data, metrics on real values only); like every
+# predictor chapter, this one trains `masked` in place of the zero-filled `raw` by default.
 #
 # Because ViT-B is about 20 times slower than ShuffleNet per patch, the CPU defaults below train
 # for only a few batches and score a subsample of the held-out spots (`eval_spots`);
@@ -69,8 +70,8 @@ dataset = "synthetic"
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
 seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
-# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-scenario = "both"
+# default: masked and completed; "both": the paper's raw and completed; "all"; or names
+scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": 1,000 steps × batch 256
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)

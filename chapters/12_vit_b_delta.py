@@ -17,7 +17,8 @@
 # # ViT-B+Δ: predicting the deviation from the mean
 #
 # **What it shows:** ViT-B trained to predict each gene's deviation (Δ) from its training mean,
-# on raw and on SpaCKLE-completed data, scored on real values.
+# with the loss on real values only (`masked`) and on SpaCKLE-completed data, both scored on real
+# values.
 # **What it needs:** a curated dataset with patches and the `c_t_log1p` layer (made here if
 # missing); on a CPU the defaults take a few minutes, the paper's budget wants a GPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
@@ -59,8 +60,8 @@ dataset = "synthetic"
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
 seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
-# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-scenario = "both"
+# default: masked and completed; "both": the paper's raw and completed; "all"; or names
+scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": 1,000 steps × batch 256
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)

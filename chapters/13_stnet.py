@@ -17,8 +17,8 @@
 # # STNet: DenseNet-121 with eight-fold test-time averaging
 #
 # **What it shows:** how well ST-Net's recipe — a fine-tuned DenseNet-121 whose prediction is
-# averaged over the eight symmetries of the patch — predicts gene expression, trained on raw and
-# on SpaCKLE-completed data, scored on real values.
+# averaged over the eight symmetries of the patch — predicts gene expression, trained with the
+# loss on real values only (`masked`) and on SpaCKLE-completed data, both scored on real values.
 # **What it needs:** a curated dataset with patches and the `c_t_log1p` layer (made here if
 # missing); a CPU runs the defaults in a few minutes, the paper's budget wants a GPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
@@ -59,8 +59,8 @@ dataset = "synthetic"
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
 seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
-# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-scenario = "both"
+# default: masked and completed; "both": the paper's raw and completed; "all"; or names
+scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": 1,000 steps × batch 256
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)

@@ -16,8 +16,8 @@
 # %% [markdown]
 # # EGGN: a graph of spots and their exemplars
 #
-# **What it shows:** EGGN's heterogeneous graph of spots and exemplars on raw and SpaCKLE-completed
-# data, scored on real values.
+# **What it shows:** EGGN's heterogeneous graph of spots and exemplars, trained with the loss on
+# real values only (`masked`) and on SpaCKLE-completed data, both scored on real values.
 # **What it needs:** a curated dataset with patches, array coordinates and `c_t_log1p` (made here
 # if missing); a frozen ResNet-18 encodes every spot once; a few minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
@@ -54,8 +54,8 @@ dataset = "synthetic"
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
 seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
-# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-scenario = "both"
+# default: masked and completed; "both": the paper's raw and completed; "all"; or names
+scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)

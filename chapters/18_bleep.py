@@ -17,7 +17,8 @@
 # # BLEEP: contrastive embeddings and retrieval
 #
 # **What it shows:** prediction by retrieval: the mean expression of the training spots whose
-# expression embedding is closest to a spot's image embedding, on raw and completed data.
+# expression embedding is closest to a spot's image embedding, trained with the loss on real
+# values only (`masked`) and on SpaCKLE-completed data, both scored on real values.
 # **What it needs:** a curated dataset with patches and `c_t_log1p` (made here if missing); a few
 # minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
@@ -54,8 +55,8 @@ dataset = "synthetic"
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
 seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
-# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-scenario = "both"
+# default: masked and completed; "both": the paper's raw and completed; "all"; or names
+scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)

@@ -17,7 +17,8 @@
 # # SEPAL: a graph network refines ViT-B+Δ
 #
 # **What it shows:** whether a graph network over each spot's neighbourhood of frozen ViT-B+Δ
-# embeddings improves on ViT-B+Δ itself, on raw and SpaCKLE-completed data.
+# embeddings improves on ViT-B+Δ itself, trained with the loss on real values only (`masked`) and
+# on SpaCKLE-completed data, both scored on real values.
 # **What it needs:** a curated dataset with patches, array coordinates and `c_t_log1p` (made here
 # if missing) and ViT-B+Δ's run of chapter 12 (trained here with the same budget if missing);
 # a few minutes on a CPU once stage 1 exists.
@@ -55,8 +56,8 @@ dataset = "synthetic"
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
 seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
-# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-scenario = "both"
+# default: masked and completed; "both": the paper's raw and completed; "all"; or names
+scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)

@@ -17,7 +17,8 @@
 # # Linear probe: a frozen encoder and a ridge regression
 #
 # **What it shows:** HEST-Benchmark's protocol as an eleventh, cheap baseline: frozen encoder
-# features → standardisation → PCA to 256 → ridge, on raw and SpaCKLE-completed data.
+# features → standardisation → PCA to 256 → ridge, fitted on real values only (`masked`) and on
+# SpaCKLE-completed data, both scored on real values.
 # **What it needs:** a curated dataset with patches and `c_t_log1p` (made here if missing); with
 # `pretrained = True`, the encoder's weights (internet or a cache); a couple of minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`).
@@ -53,8 +54,8 @@ dataset = "synthetic"
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
 seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
-# "both": raw and completed (the paper's pair); "all"; or raw, masked, median, completed
-scenario = "both"
+# default: masked and completed; "both": the paper's raw and completed; "all"; or names
+scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
