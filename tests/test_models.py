@@ -122,6 +122,56 @@ def test_mean_initialised_delta_head_starts_at_the_mean_not_twice_the_mean():
     assert not models.build("vit_b_delta", 3, mean_init_head=False).mean_init_head  # the authors' random head
 
 
+def test_input_size_resizes_patches_before_the_backbone():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return x.mean(dim=(2, 3))
+
+    m = encoders.PatchRegressor(Probe(), 3, 2, input_size=32)
+    m(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+    assert seen == [(32, 32)], "a 64 px patch must reach the backbone at 32 px"
+    encoders.PatchRegressor(Probe(), 3, 2)(torch.rand(1, 3, 48, 48))
+    assert seen[-1] == (48, 48), "without input_size the patch is read as stored"
+    with pytest.raises(ValueError, match="input_size"):
+        encoders.PatchRegressor(Probe(), 3, 2, input_size=4)
+
+
+def test_vit_at_112_px_reads_a_4x_shorter_sequence_with_interpolated_positions():
+    torch.manual_seed(0)
+    full, n_features = encoders._vit_b_16(False)
+    torch.manual_seed(0)
+    small, _ = encoders._vit_b_16(False, input_size=112)
+    assert small.image_size == 112 and full.encoder.pos_embedding.shape[1] == 197
+    assert small.encoder.pos_embedding.shape[1] == 50, "(112 / 16)² tiles + the class token"
+    # the class token's position and every other weight carry over; the grid is interpolated
+    assert torch.equal(small.encoder.pos_embedding[:, 0], full.encoder.pos_embedding[:, 0])
+    assert torch.equal(small.conv_proj.weight, full.conv_proj.weight)
+    grid = full.encoder.pos_embedding[:, 1:].reshape(1, 14, 14, -1)
+    assert torch.allclose(small.encoder.pos_embedding[:, 1:].mean(), grid.mean(), atol=0.05)
+    m = models.build("vit_b", 3, input_size=112)
+    with torch.no_grad():
+        assert m(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)).shape == (2, 3)
+    head_32, head_3 = 768 * 32 + 32, 768 * 3 + 3
+    fewer_positions = (197 - 50) * 768
+    assert models.count_parameters(m) == models.record("vit_b").n_params_32 - head_32 + head_3 - fewer_positions
+    with pytest.raises(ValueError, match="multiple of 16"):
+        encoders._vit_b_16(False, input_size=100)
+
+
+def test_shufflenet_can_start_at_the_training_mean():
+    m = models.build("shufflenet", 3, mean_init_head=True, input_size=64)
+    mean = np.array([8.0, 0.5, 3.0], dtype=np.float32)
+    m.set_target_mean(mean)
+    m.eval()
+    with torch.no_grad():
+        out = m(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8))
+    assert np.allclose(out.numpy(), np.broadcast_to(mean, (2, 3)), atol=1e-5)
+    assert not models.build("shufflenet", 3).mean_init_head, "the paper's head starts at PyTorch's init"
+
+
 def test_dihedral_views_are_the_eight_symmetries():
     x = torch.arange(16.0).view(1, 1, 4, 4)
     views = encoders.dihedral_views(x)

@@ -431,11 +431,13 @@ class BLEEP(nn.Module):
         Retrieval defaults of :meth:`predict` (50 and ``"average"`` in BLEEP).
     chunk_size
         Queries per block of the exact search (``None``: ~256 MiB blocks).
+    input_size
+        If set, patches are resized to this many pixels (bilinear, antialiased) before the encoder.
     """
 
     def __init__(self, image_encoder: nn.Module, n_features: int, n_genes: int, *, projection_dim: int = 256,
                  dropout: float = 0.1, temperature: float = 1.0, top_k: int = 50, method: str = "average",
-                 chunk_size: int | None = None, name: str = "bleep"):
+                 chunk_size: int | None = None, name: str = "bleep", input_size: int | None = None):
         super().__init__()
         if n_genes < 1:
             raise ValueError(f"n_genes must be at least 1, got {n_genes}")
@@ -451,6 +453,7 @@ class BLEEP(nn.Module):
         self.top_k = int(top_k)
         self.method = method
         self.chunk_size = chunk_size
+        self.input_size = None if input_size is None else int(input_size)
         self.normalize = ImageNormalize()
         self.image_encoder = image_encoder
         self.image_projection = ProjectionHead(n_features, projection_dim, dropout)
@@ -463,7 +466,11 @@ class BLEEP(nn.Module):
 
     def embed_images(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) ``uint8`` 0–255 or float 0–1 patches → (B, projection_dim) raw embeddings."""
-        return self.image_projection(self.image_encoder(self.normalize(patches)))
+        x = self.normalize(patches)
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            x = torch.nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                                                align_corners=False, antialias=True)
+        return self.image_projection(self.image_encoder(x))
 
     def embed_expression(self, expression: torch.Tensor) -> torch.Tensor:
         """(B, n_genes) expression → (B, projection_dim) raw embeddings."""
@@ -626,7 +633,7 @@ def build_bank(model: BLEEP, train_expression, train_images=None, train_ids: Seq
 
 def bleep(n_genes: int, pretrained: bool = False, backbone: str = "resnet50", projection_dim: int = 256,
           dropout: float = 0.1, temperature: float = 1.0, top_k: int = 50, method: str = "average",
-          chunk_size: int | None = None) -> BLEEP:
+          chunk_size: int | None = None, input_size: int | None = None) -> BLEEP:
     """BLEEP: timm ``backbone`` (ResNet-50) + projection heads; predicts by top-k retrieval.
 
     Parameters
@@ -639,6 +646,9 @@ def bleep(n_genes: int, pretrained: bool = False, backbone: str = "resnet50", pr
         Any timm model name (``"resnet50"`` in BLEEP; ``"resnet18"`` for tiny tests).
     projection_dim, dropout, temperature, top_k, method, chunk_size
         See :class:`BLEEP` (defaults: the official 256, 0.1, 1.0, 50, ``"average"``).
+    input_size
+        Resize patches to this many pixels before the encoder (``None``: as stored, the paper;
+        the CPU demo reads 112 px).
     """
     import timm
 
@@ -654,4 +664,5 @@ def bleep(n_genes: int, pretrained: bool = False, backbone: str = "resnet50", pr
             f"Without internet pass pretrained=False (random initialisation), or place the weights in the "
             f"Hugging Face cache (HF_HOME) on a machine with internet first.") from err
     return BLEEP(encoder, encoder.num_features, n_genes, projection_dim=projection_dim, dropout=dropout,
-                 temperature=temperature, top_k=top_k, method=method, chunk_size=chunk_size)
+                 temperature=temperature, top_k=top_k, method=method, chunk_size=chunk_size,
+                 input_size=input_size)
