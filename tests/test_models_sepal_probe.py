@@ -9,7 +9,7 @@ import torch
 from anndata import AnnData
 from torch import nn
 
-from spared_utils import graphs
+from spared_utils import graphs, models
 from spared_utils.models import encoders, probe, sepal
 from spared_utils.training import count_parameters
 
@@ -321,3 +321,12 @@ def test_probe_pretrained_offline_fails_fast_with_advice(monkeypatch, tmp_path):
         probe.linear_probe(3, pretrained=True)
     with pytest.raises(encoders.PretrainedWeightsUnavailable, match="MahmoodLab/uni"):
         probe.linear_probe(3, pretrained=True, encoder="hf-hub:MahmoodLab/uni")
+
+
+def test_a_112_px_stage1_checkpoint_loads_without_a_model_at_its_own_size(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("vit_b_delta", 3, input_size=112)
+    path = sepal.save_stage1_checkpoint(model, tmp_path / "stage1.pt", "synthetic", "masked", 0)
+    loaded = sepal.load_stage1(path, "synthetic", "masked", 0)
+    assert loaded.backbone.image_size == 112, "the input size is read back from the position embeddings"
+    assert torch.equal(loaded.backbone.encoder.pos_embedding, model.backbone.encoder.pos_embedding)

@@ -503,8 +503,10 @@ def load_stage1(
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     check_stage1(read_stage1_meta(ckpt), dataset, scenario, seed)
     state = ckpt["model"]
-    if model is None:
-        model = vit_b_delta(int(state["head.weight"].shape[0]), pretrained=False)
+    if model is None:  # the input size follows from the number of position embeddings (16-px tiles)
+        side = 16 * math.isqrt(int(state["backbone.encoder.pos_embedding"].shape[1]) - 1)
+        model = vit_b_delta(int(state["head.weight"].shape[0]), pretrained=False,
+                            input_size=None if side == 224 else side)
     model.load_state_dict(state)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -220,7 +220,8 @@ def stage1_for_sepal(data: PredictionData, config: PredictorConfig, dataset: str
     scenario, seed = config.scenario, config.train.seed
     if config.stage1_checkpoint:
         return sepal.load_stage1(config.stage1_checkpoint, dataset, scenario, seed)
-    options = {**asdict(models.record("vit_b_delta").cpu), **config.stage1}
+    record = models.record("vit_b_delta")
+    options = {**asdict(record.cpu), "model_options": dict(record.cpu_options), **config.stage1}
     stage1 = PredictorConfig.make(model="vit_b_delta", scenario=scenario, seed=seed, device=config.train.device,
                                   amp=config.train.amp, progress=config.train.progress, pretrained=config.pretrained,
                                   num_workers=config.num_workers, **options)
