@@ -55,6 +55,15 @@ class Budget:
 PAPER_BUDGET = Budget(iterations=1000, batch_size=256, learning_rate=1e-3, eval_every=10)
 
 
+#: Patch side (px) the CPU defaults read: the stored 224 px patches resized to 112 cost the
+#: patch encoders 3–4× fewer operations (the paper reads 224; ``budget="paper"`` keeps it).
+CPU_INPUT_SIZE = 112
+#: The CPU options of the patch encoders trained from random weights: 112 px, and a head that
+#: starts at each gene's training mean (zero weights), so the few CPU steps are not spent on
+#: learning the ≈ 8 log-unit offset of the targets (the paper's head starts at PyTorch's init).
+CPU_PATCH_OPTIONS: tuple[tuple[str, Any], ...] = (("input_size", CPU_INPUT_SIZE), ("mean_init_head", True))
+
+
 @dataclass(frozen=True)
 class PredictorRecord:
     """Everything the book knows about one predictor."""
@@ -88,14 +97,17 @@ RECORDS: dict[str, PredictorRecord] = {
     r.name: r
     for r in (
         PredictorRecord("shufflenet", "ShuffleNet", encoders.shufflenet, "patch", 374_592, 472_992,
-                        cpu=Budget(200, 32, 1e-3, eval_every=25, val_spots=200), options=("width",)),
+                        cpu=Budget(200, 32, 1e-3, eval_every=25, val_spots=200), options=("width",),
+                        cpu_options=CPU_PATCH_OPTIONS),
         PredictorRecord("vit_b", "ViT-B", encoders.vit_b, "patch", 85_823_264, 85_897_088,
-                        cpu=Budget(16, 8, 1e-3, eval_every=4, val_spots=16, eval_spots=60)),
+                        cpu=Budget(24, 8, 1e-4, eval_every=8, val_spots=32, eval_spots=60),
+                        cpu_options=CPU_PATCH_OPTIONS),
         PredictorRecord("vit_b_delta", "ViT-B+Δ", encoders.vit_b_delta, "patch", 85_823_264, 85_897_088,
-                        cpu=Budget(24, 8, 1e-4, eval_every=6, val_spots=24, eval_spots=60)),
+                        cpu=Budget(24, 8, 1e-4, eval_every=8, val_spots=32, eval_spots=60),
+                        cpu_options=(("input_size", CPU_INPUT_SIZE),)),
         PredictorRecord("stnet", "STNet", encoders.stnet, "patch", 6_986_656, 7_085_056,
                         cpu=Budget(60, 16, 1e-3, eval_every=20, val_spots=24, eval_spots=80),
-                        options=("dihedral_average",)),
+                        options=("dihedral_average",), cpu_options=(("input_size", CPU_INPUT_SIZE),)),
         # Slide models: batch_size = neighbouring spots of ONE slide per step; every spot scored.
         PredictorRecord("histogene", "HisToGene", slide.histogene, "slide", 105_956_384, 106_054_784,
                         cpu=Budget(40, 128, 1e-4, eval_every=10),
