@@ -259,3 +259,18 @@ def test_hist2st_loss_mse_mask_and_distillation():
     loss = slide.hist2st_loss(m, x, rows, cols, target)
     loss.backward()
     assert torch.isfinite(loss) and m.coef[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("builder", [_tiny_histogene, _tiny_hist2st])
+def test_a_mean_initialised_slide_head_predicts_exactly_the_mean(builder):
+    mean = torch.tensor([8.0, 0.5, -1.0, 3.0, 2.0])
+    rows, cols = _hex_grid(3, 6)
+    plain, zeroed = builder(), builder(mean_init_head=True)
+    for m in (plain, zeroed):
+        m.set_target_mean(mean.numpy())
+        m.eval()
+    with torch.no_grad():
+        out_zero = zeroed(_slide(len(rows)), rows, cols)
+        out_plain = plain(_slide(len(rows)), rows, cols)
+    assert torch.allclose(out_zero, mean.expand_as(out_zero), atol=1e-6)
+    assert not torch.allclose(out_plain, mean.expand_as(out_plain), atol=1e-3), "the official head adds noise"

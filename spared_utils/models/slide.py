@@ -145,13 +145,16 @@ def _slide_inputs(patches: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
     return patches, rows, cols
 
 
-def _start_at_mean(head: nn.Linear, mean) -> None:
-    """Set a head's bias to the training mean of each gene (its weights stay random)."""
+def _start_at_mean(head: nn.Linear, mean, zero_weights: bool = False) -> None:
+    """Set a head's bias to the training mean of each gene; its weights stay random unless
+    ``zero_weights`` (then the untrained model predicts exactly the mean)."""
     mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
     if mean.shape != head.bias.shape:
         raise ValueError(f"the training mean has {mean.numel()} genes, the head {head.out_features}")
     with torch.no_grad():
         head.bias.copy_(mean.to(head.bias.device))
+        if zero_weights:
+            head.weight.zero_()
 
 
 class SlidePatches(nn.Module):
@@ -279,6 +282,9 @@ class HisToGene(nn.Module):
     See the module docstring for the architecture and :func:`histogene` for the options.
     """
 
+    #: zero the head's weights when :meth:`set_target_mean` starts it at the mean
+    mean_init_head: bool = False
+
     def __init__(self, n_genes: int, patch_size: int = 112, dim: int = 1024, depth: int = 8, heads: int = 16,
                  dim_head: int = 64, mlp_dim: int = 2048, dropout: float = 0.1,
                  max_rows: int = VISIUM_ROWS, max_cols: int = VISIUM_COLS):
@@ -299,7 +305,7 @@ class HisToGene(nn.Module):
     def set_target_mean(self, mean) -> None:
         """Start the head's bias at the training mean of each gene (the harness calls it; see the
         module docstring: the official head starts at 0)."""
-        _start_at_mean(self.head[-1], mean)
+        _start_at_mean(self.head[-1], mean, zero_weights=self.mean_init_head)
 
     def forward(self, patches: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Predict every spot of one slide.
@@ -327,7 +333,7 @@ class HisToGene(nn.Module):
 
 def histogene(n_genes: int, pretrained: bool = False, patch_size: int = 112, dim: int = 1024, depth: int = 8,
               heads: int = 16, mlp_dim: int = 2048, dropout: float = 0.1, max_rows: int = VISIUM_ROWS,
-              max_cols: int = VISIUM_COLS, dim_head: int = 64) -> HisToGene:
+              max_cols: int = VISIUM_COLS, dim_head: int = 64, mean_init_head: bool = False) -> HisToGene:
     """HisToGene (Pang et al. 2021) with the official sizes; one forward pass = one slide.
 
     Parameters
@@ -347,6 +353,9 @@ def histogene(n_genes: int, pretrained: bool = False, patch_size: int = 112, dim
     max_rows, max_cols
         Sizes of the row and column embedding tables (Visium: 78 × 128; the official 64 is too
         small). A coordinate outside raises a ValueError naming the option.
+    mean_init_head
+        Also zero the head's weights when the harness starts its bias at the training mean, so
+        the untrained model predicts exactly the mean (the CPU default; official: PyTorch's init).
 
     Returns
     -------
@@ -354,8 +363,10 @@ def histogene(n_genes: int, pretrained: bool = False, patch_size: int = 112, dim
         ``model(patches, rows, cols)`` → (N, n_genes).
     """
     _no_pretrained("histogene", pretrained)
-    return HisToGene(n_genes, patch_size=patch_size, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
-                     mlp_dim=mlp_dim, dropout=dropout, max_rows=max_rows, max_cols=max_cols)
+    model = HisToGene(n_genes, patch_size=patch_size, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
+                      mlp_dim=mlp_dim, dropout=dropout, max_rows=max_rows, max_cols=max_cols)
+    model.mean_init_head = bool(mean_init_head)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +497,9 @@ class Hist2ST(nn.Module):
     See the module docstring for the architecture and :func:`hist2st` for the options.
     """
 
+    #: zero the head's weights when :meth:`set_target_mean` starts it at the mean
+    mean_init_head: bool = False
+
     def __init__(self, n_genes: int, patch_size: int = 112, conv_patch: int = 7, kernel_size: int = 5,
                  channels: int = 32, mixer_depth: int = 2, depth: int = 8, gnn_depth: int = 4, heads: int = 16,
                  dim_head: int = 64, mlp_dim: int | None = None, dropout: float = 0.2,
@@ -535,7 +549,7 @@ class Hist2ST(nn.Module):
     def set_target_mean(self, mean) -> None:
         """Start the head's bias at the training mean of each gene (the harness calls it; see the
         module docstring: the official head starts at 0)."""
-        _start_at_mean(self.head[-1], mean)
+        _start_at_mean(self.head[-1], mean, zero_weights=self.mean_init_head)
 
     def graph(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """The slide's spot graph with this model's options (:func:`spot_graph`)."""
@@ -647,7 +661,7 @@ def hist2st(n_genes: int, pretrained: bool = False, patch_size: int = 112, conv_
             heads: int = 16, dim_head: int = 64, mlp_dim: int | None = None, dropout: float = 0.2,
             max_rows: int = VISIUM_ROWS, max_cols: int = VISIUM_COLS, n_neighbours: int = 4,
             max_distance: float = 2.0, row_scale: float = 1.0, jk: str = "lstm_mean",
-            distill_views: int = 0) -> Hist2ST:
+            distill_views: int = 0, mean_init_head: bool = False) -> Hist2ST:
     """Hist2ST (Zeng et al. 2022) with the official sizes; one forward pass = one slide.
 
     Parameters
@@ -681,6 +695,8 @@ def hist2st(n_genes: int, pretrained: bool = False, patch_size: int = 112, conv_
     distill_views
         Augmented views of the self-distillation term (0 = off, official training 5); > 0 adds
         the view-weighting head used by :func:`hist2st_loss`.
+    mean_init_head
+        As in :func:`histogene`: zero the head's weights when its bias starts at the mean.
 
     Returns
     -------
@@ -688,8 +704,10 @@ def hist2st(n_genes: int, pretrained: bool = False, patch_size: int = 112, conv_
         ``model(patches, rows, cols, edge_index=None)`` → (N, n_genes).
     """
     _no_pretrained("hist2st", pretrained)
-    return Hist2ST(n_genes, patch_size=patch_size, conv_patch=conv_patch, kernel_size=kernel_size, channels=channels,
-                   mixer_depth=mixer_depth, depth=depth, gnn_depth=gnn_depth, heads=heads, dim_head=dim_head,
-                   mlp_dim=mlp_dim, dropout=dropout, max_rows=max_rows, max_cols=max_cols,
-                   n_neighbours=n_neighbours, max_distance=max_distance, row_scale=row_scale, jk=jk,
-                   distill_views=distill_views)
+    model = Hist2ST(n_genes, patch_size=patch_size, conv_patch=conv_patch, kernel_size=kernel_size,
+                    channels=channels, mixer_depth=mixer_depth, depth=depth, gnn_depth=gnn_depth, heads=heads,
+                    dim_head=dim_head, mlp_dim=mlp_dim, dropout=dropout, max_rows=max_rows, max_cols=max_cols,
+                    n_neighbours=n_neighbours, max_distance=max_distance, row_scale=row_scale, jk=jk,
+                    distill_views=distill_views)
+    model.mean_init_head = bool(mean_init_head)
+    return model
