@@ -5,6 +5,12 @@
     1,000 genes, 20% zeros): both times, the ratio, and whether the values are identical. If the
     authors' ``spared`` package is installed in ``benchmarks/.env-spared`` (see
     :func:`spared_env_python`), their ``median_cleaner`` is timed too.
+(c) The authors' graph (``median_complete(..., graph="authors")``) against the authors'
+    ``median_cleaner`` run in ``benchmarks/.env-spared``, on small Visium-like and legacy-ST inputs
+    (synthetic blocks, plus the real sample slides of ``../shared/data/real`` when present: the
+    stLearn Visium subset and her2st patient C's three ST sections): the fraction of completed
+    entries with identical values, for our default lattice graph and for ``graph="authors"``, and
+    whether the latter is identical on every entry.
 (b) The whole pipeline (steps 1–7) on a synthetic collection the size of SpaRED's largest dataset
     (vicari_mouse_brain: 43,804 spots on 14 slides; ~20,000 genes): wall time per step and peak
     resident memory (goal: ≤ 5 min, ≤ 8 GiB), then patch extraction in patches per second.
@@ -20,6 +26,7 @@ Usage::
     python benchmarks/bench_curation.py            # full size (minutes, several GiB)
     python benchmarks/bench_curation.py --quick    # small sizes, < 60 s
     python benchmarks/bench_curation.py --setup-spared-env --skip-pipeline   # also time the authors' package
+    python benchmarks/bench_curation.py --skip-median --skip-pipeline          # (c) only (needs the side env)
 """
 
 from __future__ import annotations
@@ -98,34 +105,51 @@ def setup_spared_env() -> Path:
     return py
 
 
-def time_authors_package(adata: AnnData, ours: np.ndarray) -> dict | None:
-    """Run the authors' median_cleaner in the spared venv on the same slide (None if unavailable)."""
+def run_authors_median_cleaner(inputs: dict[str, tuple[AnnData, bool]]) -> dict[str, dict] | None:
+    """Run the authors' ``median_cleaner`` (n_hops=4) in the spared venv on each input.
+
+    ``inputs`` maps a name to ``(adata with layers["log1p"] and obs["slide_id"], hex_geometry)``.
+    Returns, per name, ``{"seconds", "values"}`` with the completed layer in ``adata``'s spot
+    order (their function concatenates the slides in sorted order), or ``None`` if unavailable.
+    """
     py = spared_env_python()
     if py is None:
         print(f"  authors' package: skipped (no venv at {SPARED_ENV.relative_to(ROOT)}; "
               "create it with --setup-spared-env, which needs PyPI)")
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "slide.h5ad"
-        out = Path(tmp) / "out.npy"
-        adata.write_h5ad(src)
+        jobs = []
+        for k, (name, (adata, hex_geometry)) in enumerate(inputs.items()):
+            src, out = Path(tmp) / f"in{k}.h5ad", Path(tmp) / f"out{k}.npy"
+            adata.write_h5ad(src)
+            jobs.append((name, str(src), str(out), bool(hex_geometry)))
         code = (
-            "import sys, time, numpy as np, anndata as ad\n"
+            "import sys, time, warnings, numpy as np, anndata as ad\n"
+            "warnings.filterwarnings('ignore')\n"
             "from spared.denoising import denoising\n"
-            f"a = ad.read_h5ad({str(src)!r})\n"
-            "t = time.perf_counter()\n"
-            "b = denoising.median_cleaner(a, 'log1p', 'd_log1p', n_hops=4, hex_geometry=True)\n"
-            "print('SECONDS', time.perf_counter() - t)\n"
-            f"np.save({str(out)!r}, np.asarray(b[a.obs_names].layers['d_log1p']))\n"
+            f"for name, src, out, hexg in {jobs!r}:\n"
+            "    a = ad.read_h5ad(src)\n"
+            "    t = time.perf_counter()\n"
+            "    b = denoising.median_cleaner(a, 'log1p', 'd_log1p', n_hops=4, hex_geometry=hexg)\n"
+            "    print('SECONDS', name, time.perf_counter() - t)\n"
+            "    np.save(out, np.asarray(b[a.obs_names].layers['d_log1p']))\n"
         )
         res = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
         if res.returncode != 0:
             print(f"  authors' package: failed to run ({res.stderr.strip().splitlines()[-1] if res.stderr else '?'})")
             return None
-        seconds = float(next(line.split()[1] for line in res.stdout.splitlines() if line.startswith("SECONDS")))
-        theirs = np.load(out)
-    same = theirs == ours
-    return {"seconds": seconds, "identical_fraction": float(same.mean())}
+        seconds = {line.split()[1]: float(line.split()[2]) for line in res.stdout.splitlines()
+                   if line.startswith("SECONDS")}
+        return {name: {"seconds": seconds[name], "values": np.load(out)} for name, _, out, _ in jobs}
+
+
+def time_authors_package(adata: AnnData, ours: np.ndarray) -> dict | None:
+    """Run the authors' median_cleaner in the spared venv on the same slide (None if unavailable)."""
+    theirs = run_authors_median_cleaner({"slide": (adata, True)})
+    if theirs is None:
+        return None
+    same = theirs["slide"]["values"] == ours
+    return {"seconds": theirs["slide"]["seconds"], "identical_fraction": float(same.mean())}
 
 
 def bench_median(n_rows: int, n_cols: int, n_genes: int, zero_fraction: float = 0.2, repeats: int = 3) -> dict:
@@ -159,6 +183,145 @@ def bench_median(n_rows: int, n_cols: int, n_genes: int, zero_fraction: float = 
               "differs from the hexagonal lattice at the tissue edge)")
         result["authors_package"] = theirs
     return result
+
+
+# ------------------------------------------------------------------------------------------- (c)
+
+
+def st_section(n_rows: int, n_cols: int, n_genes: int, zero_fraction: float, seed: int = 0,
+               slide: str = "ST1") -> AnnData:
+    """A legacy-ST-like section: a blob of the square array (with holes), ST pixel positions.
+
+    As in real ST spot tables (e.g. her2st): ``array_col`` = x, ``array_row`` = y, and pixel
+    positions ~256 px per array step from the spots' *adjusted* array positions, which deviate
+    from the integer ones by up to ~0.25 step.
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    rows, cols = rows.ravel(), cols.ravel()
+    cy, cx = (n_rows - 1) / 2, (n_cols - 1) / 2
+    inside = ((rows - cy) / (n_rows / 2)) ** 2 + ((cols - cx) / (n_cols / 2)) ** 2 <= 1.0
+    inside &= rng.random(len(rows)) > 0.05  # a few spots missing inside the tissue
+    rows, cols = rows[inside], cols[inside]
+    values = rng.lognormal(1.0, 1.0, (len(rows), n_genes)).astype(np.float32)
+    values[rng.random(values.shape) < zero_fraction] = 0.0
+    adj_x = cols + 1 + rng.normal(0, 0.08, len(cols))
+    adj_y = rows + 1 + rng.normal(0, 0.08, len(rows))
+    obs = pd.DataFrame({"array_row": rows + 1, "array_col": cols + 1, "slide_id": slide},
+                       index=[f"{slide}_{c + 1}x{r + 1}" for r, c in zip(rows, cols)])
+    adata = AnnData(X=values, obs=obs)
+    adata.var_names = [f"g{j}" for j in range(n_genes)]
+    adata.layers["log1p"] = values
+    adata.obsm["spatial"] = np.column_stack([adj_x * 256.0 + 700.0, adj_y * 258.0 + 300.0])
+    return adata
+
+
+def _informative_genes(counts: pd.DataFrame, n_genes: int) -> list[str]:
+    """The ``n_genes`` most expressed genes among those detected in 30–90% of the spots."""
+    detected = (counts > 0).mean(axis=0)
+    pool = counts.loc[:, (detected >= 0.3) & (detected <= 0.9)]
+    return pool.sum(axis=0).sort_values(ascending=False, kind="stable").index[:n_genes].tolist()
+
+
+def her2st_sections(n_genes: int) -> AnnData | None:
+    """her2st patient C (sections C2, C3, C4; real ST) as one collection, log2(counts + 1)."""
+    from spared_utils.sources import real_data_dir
+
+    folder = real_data_dir() / "her2st_patient_c"
+    if not folder.is_dir():
+        return None
+    tables, positions = [], []
+    for section in ("C2", "C3", "C4"):
+        counts = pd.read_csv(folder / section / "counts.tsv.gz", sep="\t", index_col=0)
+        spots = pd.read_csv(folder / section / "spots.tsv", sep="\t")
+        spots.index = spots["x"].astype(int).astype(str) + "x" + spots["y"].astype(int).astype(str)
+        spots = spots.loc[counts.index]
+        counts.index = [f"{section}_{i}" for i in counts.index]
+        spots.index = counts.index
+        spots["slide_id"] = section
+        tables.append(counts)
+        positions.append(spots)
+    counts = pd.concat(tables).fillna(0)
+    spots = pd.concat(positions)
+    counts = counts[_informative_genes(counts, n_genes)]
+    values = np.log2(counts.to_numpy(dtype=np.float32) + 1)
+    obs = pd.DataFrame({"array_row": spots["y"].astype(int), "array_col": spots["x"].astype(int),
+                        "slide_id": spots["slide_id"]}, index=counts.index)
+    adata = AnnData(X=values, obs=obs)
+    adata.var_names = counts.columns.astype(str)
+    adata.layers["log1p"] = values
+    adata.obsm["spatial"] = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    return adata
+
+
+def stlearn_visium(n_genes: int) -> AnnData | None:
+    """stLearn's 316-spot Visium subset (real tissue outline); values shifted so unexpressed = 0."""
+    from spared_utils.sources import real_data_dir
+
+    path = real_data_dir() / "stlearn_breast_subset" / "test_data.h5"
+    if not path.is_file():
+        return None
+    import anndata as ad
+
+    src = ad.read_h5ad(path)
+    x = np.asarray(src.X, dtype=np.float32)[:, :n_genes]
+    values = x - x.min(axis=0)  # the stored matrix is scaled; its column minimum is "not detected"
+    obs = src.obs[["array_row", "array_col"]].copy()
+    obs["slide_id"] = "V1_Breast_Cancer_Block_A_Section_1"
+    adata = AnnData(X=values, obs=obs)
+    adata.var_names = src.var_names[:n_genes].astype(str)
+    adata.layers["log1p"] = values
+    adata.obsm["spatial"] = np.asarray(src.obsm["spatial"], dtype=np.float64)
+    return adata
+
+
+def authors_graph_inputs(n_genes: int = 50, real: bool = True) -> dict[str, tuple[AnnData, bool]]:
+    """Small inputs for (c): name -> (collection, hex_geometry); ``real``: add the real slides found."""
+    inputs: dict[str, tuple[AnnData, bool]] = {
+        "visium_block_400": (hex_slide(20, 40, n_genes, 0.3, seed=1), True),
+        "st_section_synthetic": (st_section(20, 18, n_genes, 0.4, seed=2), False),
+    }
+    if not real:
+        return inputs
+    real_visium = stlearn_visium(n_genes)
+    if real_visium is not None:
+        inputs["visium_stlearn_316"] = (real_visium, True)
+    real_st = her2st_sections(n_genes)
+    if real_st is not None:
+        inputs["st_her2st_C2_C3_C4"] = (real_st, False)
+    return inputs
+
+
+def bench_authors_graph(n_genes: int = 50) -> dict | None:
+    """Our median with graph="authors" (and the lattice) against the authors' median_cleaner."""
+    inputs = authors_graph_inputs(n_genes)
+    print(f"(c) graph='authors' against the authors' median_cleaner ({n_genes} genes, 1-4 rings): "
+          + ", ".join(f"{k} ({a.n_obs} spots, {a.obs['slide_id'].nunique()} slide(s))" for k, (a, _) in inputs.items()))
+    theirs = run_authors_median_cleaner(inputs)
+    if theirs is None:
+        return None
+    results = {}
+    for name, (adata, hex_geometry) in inputs.items():
+        values = np.asarray(adata.layers["log1p"])
+        missing = values == 0
+        ref = theirs[name]["values"]
+        row = {"spots": adata.n_obs, "genes": adata.n_vars, "hex_geometry": hex_geometry,
+               "missing_entries": int(missing.sum()), "authors_seconds": theirs[name]["seconds"]}
+        for graph in ("lattice", "authors"):
+            med.median_complete(adata, "log1p", f"d_{graph}", hex_geometry=hex_geometry, graph=graph,
+                                progress=False)
+            ours = adata.layers[f"d_{graph}"]
+            same = ours == ref
+            row[graph] = {"identical_completed_fraction": float(same[missing].mean()),
+                          "identical_on_every_entry": bool(same.all()),
+                          "dtype_matches": bool(ours.dtype == ref.dtype)}
+        print(f"  {name:<22s} {'hex' if hex_geometry else 'grid':<4s} {adata.n_obs:>4d} spots, "
+              f"{row['missing_entries']:>5d} completed entries: lattice identical on "
+              f"{row['lattice']['identical_completed_fraction']:6.1%}; graph='authors' identical on "
+              f"{row['authors']['identical_completed_fraction']:6.1%}, "
+              f"identical_on_every_entry: {row['authors']['identical_on_every_entry']}")
+        results[name] = row
+    return results
 
 
 # ------------------------------------------------------------------------------------------- (b)
@@ -289,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (< 60 s)")
     parser.add_argument("--skip-median", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--skip-authors-graph", action="store_true",
+                        help="skip (c), graph='authors' against the authors' package (needs the side env)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     parser.add_argument("--setup-spared-env", action="store_true",
                         help="first install the authors' spared==2.2.1 into benchmarks/.env-spared (PyPI)")
@@ -299,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_median:
         size = (20, 40, 200) if args.quick else (60, 120, 1000)  # 400 / 3,600 spots
         results["median"] = bench_median(*size)
+    if not args.skip_authors_graph:
+        results["authors_graph"] = bench_authors_graph()
     if not args.skip_pipeline:
         if args.quick:
             size = dict(n_slides=4, n_rows=24, n_cols=48, n_base_genes=300, n_genes=3000, n_keep=32, n_patches=500)

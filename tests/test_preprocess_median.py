@@ -139,3 +139,133 @@ def test_missing_layer_is_named():
     adata = spots(HEXAGON, np.ones((7, 1)))
     with pytest.raises(KeyError, match="log1p"):
         median_complete(adata, progress=False)
+
+
+# --- graph="authors": the neighbour graph of the authors' median_cleaner (squidpy on pixels) ---
+
+def hex_pixels(obs: pd.DataFrame) -> np.ndarray:
+    """Visium pixel positions: 100 µm between neighbours (2 array columns, or 1 row and 1 column)."""
+    return np.column_stack([obs["array_col"] * 50.0, obs["array_row"] * 50.0 * np.sqrt(3)])
+
+
+def square_grid(n: int, slide: str = "s1") -> pd.DataFrame:
+    return pd.DataFrame({"array_row": np.repeat(np.arange(n), n), "array_col": np.tile(np.arange(n), n),
+                         "slide_id": slide})
+
+
+def table_sets(table: np.ndarray) -> list[set[int]]:
+    return [set(row[row >= 0].tolist()) for row in table]
+
+
+def directed_knn_windows(coords: np.ndarray, k: int, n_rings: int) -> list[set[int]]:
+    """The authors' windows restated: each spot's k nearest others (sklearn), walked n_rings times."""
+    from sklearn.neighbors import NearestNeighbors
+
+    _, nn = NearestNeighbors(n_neighbors=k).fit(coords).kneighbors()
+    out = []
+    for i in range(len(coords)):
+        reach, frontier = {i}, {i}
+        for _ in range(n_rings):
+            frontier = {int(j) for f in frontier for j in nn[f]} - reach
+            reach |= frontier
+        out.append(reach)
+    return out
+
+
+def test_authors_graph_is_the_lattice_away_from_the_tissue_edge():
+    # On a regular hexagonal grid a spot with its full hexagon has exactly its 6 lattice
+    # neighbours as 6 nearest spots; so windows of up to 4 rings agree wherever every spot
+    # within 3 rings has a full hexagon, i.e. at least 4 rings from the edge.
+    obs = hex_grid(20, 40)
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(0, 1, (len(obs), 8))
+    values[rng.random(values.shape) < 0.5] = 0
+    adata = spots(obs, values)
+    adata.obsm["spatial"] = hex_pixels(adata.obs)
+    lattice = window_tables(adata, n_rings=4)
+    authors = window_tables(adata, n_rings=4, graph="authors")
+    r, c = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
+    rings_to_edge = np.minimum.reduce([r, 19 - r, np.minimum(c, 39 - c) // 2])
+    inner = rings_to_edge >= 4
+    assert inner.sum() > 50
+    for lt, at in zip(lattice, authors):
+        assert table_sets(lt[inner]) == table_sets(at[inner])
+        assert table_sets(lt[~inner]) != table_sets(at[~inner])  # the edge is where they differ
+    adata.layers["log1p"] = adata.X.copy()
+    median_complete(adata, key_added="lat", progress=False)
+    median_complete(adata, key_added="auth", progress=False, graph="authors")
+    np.testing.assert_array_equal(adata.layers["lat"][inner], adata.layers["auth"][inner])
+    assert not np.array_equal(adata.layers["lat"][~inner], adata.layers["auth"][~inner])
+
+
+def test_authors_graph_is_directed_6nn_in_pixel_space_at_the_edge_and_around_holes():
+    obs = hex_grid(12, 24)
+    obs = obs[~((obs["array_row"].between(5, 6)) & (obs["array_col"].between(9, 13)))]  # a hole
+    adata = spots(obs, np.zeros((len(obs), 1)))
+    adata.obsm["spatial"] = hex_pixels(adata.obs)
+    tables = window_tables(adata, n_rings=3, graph="authors")
+    for k, table in enumerate(tables, start=1):
+        assert table_sets(table) == directed_knn_windows(adata.obsm["spatial"], 6, k)
+    corner = int(np.flatnonzero((adata.obs["array_row"] == 0) & (adata.obs["array_col"] == 0))[0])
+    assert (tables[0][corner] >= 0).sum() == 7  # itself + 6 nearest, though it has 2 lattice neighbours
+    assert (window_tables(adata, n_rings=1)[0][corner] >= 0).sum() == 3
+
+
+def test_authors_graph_on_a_legacy_st_grid_is_squidpys_8_neighbour_grid():
+    obs = square_grid(12)
+    rng = np.random.default_rng(4)
+    values = rng.lognormal(0, 1, (len(obs), 10))
+    values[rng.random(values.shape) < 0.5] = 0
+    adata = spots(obs, values)
+    # ST pixel positions: ~200 px per array step, jittered, as in real ST spot tables
+    adata.obsm["spatial"] = np.column_stack([obs["array_col"] * 200.0, obs["array_row"] * 200.0]) \
+        + rng.normal(0, 8, (len(obs), 2))
+    authors = window_tables(adata, n_rings=4, hex_geometry=False, graph="authors")
+    lattice = window_tables(adata, n_rings=4, hex_geometry=False)
+    centre = int(np.flatnonzero((adata.obs["array_row"] == 6) & (adata.obs["array_col"] == 6))[0])
+    ring1 = set(authors[0][centre][1:][authors[0][centre][1:] >= 0].tolist())
+    expected = {int(np.flatnonzero((adata.obs["array_row"] == 6 + dr) & (adata.obs["array_col"] == 6 + dc))[0])
+                for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)}
+    assert ring1 == expected  # the diagonals too: 8 neighbours, not the lattice's 4
+    assert (lattice[0][centre] >= 0).sum() == 5
+    adata.layers["log1p"] = adata.X.copy()
+    median_complete(adata, key_added="auth", hex_geometry=False, graph="authors", progress=False)
+    median_complete(adata, key_added="lat", hex_geometry=False, progress=False)
+    np.testing.assert_array_equal(adata.layers["auth"], median_complete_loop(values, authors))
+    assert (adata.layers["auth"] != adata.layers["lat"]).sum() > 0.05 * (values == 0).sum()
+
+
+def test_authors_graph_needs_pixel_coordinates_and_unknown_graph_is_refused():
+    adata = spots(hex_grid(6, 12), np.ones((36, 1)))
+    adata.layers["log1p"] = adata.X.copy()
+    with pytest.raises(KeyError, match="spatial"):
+        median_complete(adata, graph="authors", progress=False)
+    with pytest.raises(ValueError, match="'lattice', 'authors'"):
+        median_complete(adata, graph="knn", progress=False)
+    with pytest.raises(ValueError, match="'lattice', 'authors'"):
+        window_tables(adata, graph="knn")
+
+
+def test_authors_graph_reproduces_the_authors_package_entry_for_entry():
+    """Their ``median_cleaner`` (benchmarks/.env-spared, ``bench_curation.py --setup-spared-env``)
+    and ``graph="authors"`` on a Visium block and a legacy-ST section: every value identical."""
+    import importlib.util
+    import warnings
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_curation.py"
+    spec = importlib.util.spec_from_file_location("bench_curation_for_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():  # the benchmark silences warnings when imported
+        spec.loader.exec_module(bench)
+    if bench.spared_env_python() is None:
+        pytest.skip(f"no side environment with the authors' package at {bench.SPARED_ENV}")
+    inputs = bench.authors_graph_inputs(n_genes=30, real=False)
+    assert {hexg for _, hexg in inputs.values()} == {True, False}
+    theirs = bench.run_authors_median_cleaner(inputs)
+    assert theirs is not None, "the authors' median_cleaner failed in the side environment"
+    for name, (adata, hex_geometry) in inputs.items():
+        median_complete(adata, hex_geometry=hex_geometry, graph="authors", progress=False)
+        np.testing.assert_array_equal(adata.layers["d_log1p"], theirs[name]["values"], err_msg=name)
+        median_complete(adata, key_added="lattice", hex_geometry=hex_geometry, progress=False)
+        assert not np.array_equal(adata.layers["lattice"], theirs[name]["values"])  # the graph matters

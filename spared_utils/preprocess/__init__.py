@@ -21,6 +21,7 @@ from .diagnostics import embed, missing_by_slide, slide_silhouette, table_totals
 from .filters import expression_fractions, filter_dataset, filter_spots, real_data_genes
 from .layers import add_mask, combat, deltas
 from .median import (
+    authors_adjacency,
     median_complete,
     median_complete_array,
     median_complete_loop,
@@ -40,6 +41,7 @@ __all__ = [
     "PanelMismatchError",
     "PipelineParams",
     "add_mask",
+    "authors_adjacency",
     "check_counts",
     "check_panel",
     "collect",
