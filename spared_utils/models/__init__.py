@@ -127,7 +127,8 @@ RECORDS: dict[str, PredictorRecord] = {
                         inputs="frozen ResNet-18 features (N, 512) and array rows, cols of one slide's spots, "
                                "their k exemplars' features and expression"),
         PredictorRecord("bleep", "BLEEP", contrastive.bleep, "retrieval", 24_173_632, 24_198_208,
-                        cpu=Budget(20, 16, 1e-3, eval_every=5, val_spots=48, eval_spots=96),
+                        cpu=Budget(60, 32, 1e-3, eval_every=15, val_spots=48, eval_spots=96),
+                        cpu_options=(("backbone", "resnet18"), ("input_size", CPU_INPUT_SIZE), ("top_k", 200)),
                         inputs="patches (B, 3, H, W) (+ expression (B, n_genes) in training); predicts from a "
                                "bank of training spots"),
         PredictorRecord("sepal", "SEPAL", sepal.sepal, "graph", 955_554, 967_938,
