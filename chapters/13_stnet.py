@@ -32,7 +32,8 @@
 # deviation of training patches (not ImageNet's); trains with random flips and 90° rotations; and
 # predicts the mean over the eight rotations and reflections of a patch. The paper
 # {cite:p}`mejia2024spackle` retrains it with the shared protocol (chapter 10), where it is,
-# with ViT-B+Δ, most often the best model.
+# with ViT-B+Δ, most often the best model. The CPU default reads the patches at 112 px instead
+# of 224 (chapter 10 says why); the eight-view average is kept.
 
 # %% tags=["setup", "hide-cell"]
 # Colab, Binder or a fresh kernel: install the project when it is missing.
