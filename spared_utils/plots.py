@@ -28,6 +28,7 @@ METHOD_COLOURS = {
     "masked": PALETTE[9],
     "mean": PALETTE[7],
     "spackle_plus": PALETTE[5],
+    "spackle_authors": PALETTE[6],
 }
 SPLIT_COLOURS = {"train": PALETTE[0], "val": PALETTE[1], "test": PALETTE[2]}
 
@@ -526,7 +527,7 @@ def predicted_vs_true_maps(adata: AnnData, slide: str, rows: np.ndarray, pred: n
 # --------------------------------------------------------------------------------------------
 
 COMPLETION_LABELS = {"median": "median", "spackle": "SpaCKLE", "stlearn": "stLearn (SME)", "mean": "training mean",
-                     "spackle_plus": "ours (SpaCKLE+)"}
+                     "spackle_plus": "ours (SpaCKLE+)", "spackle_authors": "SpaCKLE (authors' code)"}
 
 
 def completion_mse_violin(table, by: str = "gene", ax: plt.Axes | None = None,

@@ -4,6 +4,7 @@ predictor harness's choice of completion."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, replace
 
 import anndata as ad
@@ -198,3 +199,17 @@ def test_harness_completed_scenario_takes_the_completion_method(tmp_path):
     assert spackle.hash("toy", 3) == spackle.train.hash("toy", 3, sorted(ident.items()))
     rows = results.read()
     assert set(rows.loc[rows["stage"] == "predict", "completion"]) == {"mean"}
+
+
+def test_spackle_authors_runs_the_authors_configuration(data):
+    fast = {k: v for k, v in FAST.items() if k != "d_model"}  # the authors' width is the panel's
+    a = completion.complete(data.copy(), method="spackle_authors", **fast, seed=1)
+    used = json.loads(a.uns["completion"]["config"])
+    for key, value in completion.AUTHORS_OPTIONS.items():
+        assert used[key] == value, key
+    model = S.Spackle(data.n_vars, 19, completion.authors_config(**fast)[0])
+    assert model.adapter_in.out_features == data.n_vars, "adapters as wide as the gene panel"
+    plain = completion.complete(data.copy(), method="spackle", **fast, seed=1)
+    missing = ~data.layers["mask"]
+    assert not np.allclose(a.layers["c_t_log1p"][missing], plain.layers["c_t_log1p"][missing])
+    assert "spackle_authors" in completion.METHODS

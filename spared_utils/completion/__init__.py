@@ -72,6 +72,14 @@ CPU_BUDGET: dict[str, Any] = {"iterations": 200, "learning_rate": 3e-3, "dim_fee
 PLUS_OPTIONS: dict[str, Any] = {"mask_prob_range": (0.05, 0.95), "mask_range_share": 0.5, "masking": "per_gene",
                                 "mask_prob": 0.3, "mask_indicator": True}
 
+#: ``method="spackle_authors"``: SpaCKLE as the authors' ``spared`` 2.2.1 code runs it, where it
+#: differs from the paper's text (:class:`SpackleConfig` documents each field): adapters as wide
+#: as the gene panel, the 18 nearest spots as the neighbourhood, the per-gene masking rule,
+#: attention across the batch's spots (their ``batch_first=False`` encoder fed batch-first
+#: tensors) and PyTorch's output bias. The budget stays the caller's.
+AUTHORS_OPTIONS: dict[str, Any] = {"d_model": None, "neighbourhood": "knn", "masking": "per_gene",
+                                   "attention": "batch", "init_output_bias": "default"}
+
 #: The candidates of SpaCKLE+'s ablation (chapter 02): options on top of the chapter's budget,
 #: each adding to the previous one.
 PLUS_ABLATION: dict[str, dict[str, Any]] = {
@@ -136,6 +144,11 @@ def plus_config(**config: Any) -> tuple[SpackleConfig, dict]:
     return SpackleConfig.from_kwargs(**{**PLUS_OPTIONS, **config})
 
 
+def authors_config(**config: Any) -> tuple[SpackleConfig, dict]:
+    """:data:`AUTHORS_OPTIONS` under the caller's options (``SpackleConfig.from_kwargs``)."""
+    return SpackleConfig.from_kwargs(**{**AUTHORS_OPTIONS, **config})
+
+
 def train_plus(adata: AnnData, layer: str = "c_d_log1p", hex_geometry: bool | None = None, **config: Any) -> SpackleResult:
     """Train our completion model (``method="spackle_plus"``): :func:`train_spackle` with :data:`PLUS_OPTIONS`."""
     cfg, rest = plus_config(**config)
@@ -167,7 +180,8 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         (True = real measurement), ``obs["slide_id"]``, ``obs["split"]``, ``obs["array_row"]``,
         ``obs["array_col"]`` (``obsm["spatial"]`` and the images for ``"stlearn"``).
     method
-        One of :data:`METHODS`: ``"spackle"``, ``"spackle_plus"`` (ours), ``"median"``,
+        One of :data:`METHODS`: ``"spackle"``, ``"spackle_plus"`` (ours), ``"spackle_authors"``
+        (SpaCKLE with :data:`AUTHORS_OPTIONS`, as the authors' code runs it), ``"median"``,
         ``"mean"`` (each gene's mean over its real training values) or ``"stlearn"``.
     layer, key_added
         Input layer and the completed layer to add; its Δ (minus the training mean of each gene)
@@ -202,10 +216,12 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
     values, real = check_input(adata, layer)
     t0 = time.perf_counter()
     info: dict[str, Any] = {"method": method, "layer": layer, "key_added": key_added}
-    if method in ("spackle", "spackle_plus"):
+    if method in ("spackle", "spackle_plus", "spackle_authors"):
         model = config.pop("model", None)
         ckpt = config.pop("checkpoint", None)
-        cfg, rest = SpackleConfig.from_kwargs(**config) if method == "spackle" else plus_config(**config)
+        make = {"spackle": SpackleConfig.from_kwargs, "spackle_plus": plus_config,
+                "spackle_authors": authors_config}[method]
+        cfg, rest = make(**config)
         _no_extra(rest, method, SpackleConfig)
         if model is None and ckpt is not None:
             model = load_checkpoint(ckpt, device=cfg.train.device)
@@ -282,7 +298,7 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
 
 __all__ = [
     "COMPLETED_LAYER", "CPU_BUDGET", "METHODS", "MASKING_LEVELS", "PLUS_ABLATION", "PLUS_OPTIONS", "RECORDED_ABLATION",
-    "BEST_LAYER", "ablation_table", "add_best_completion", "best_method", "comparison_table", "recorded_ablation", "score_missing", "SCHEMES", "SmeConfig", "SpackleConfig",
+    "AUTHORS_OPTIONS", "BEST_LAYER", "ablation_table", "authors_config", "add_best_completion", "best_method", "comparison_table", "recorded_ablation", "score_missing", "SCHEMES", "SmeConfig", "SpackleConfig",
     "SpackleResult", "before_dropout_layer", "complete", "delta_key", "evaluate", "evaluate_masking", "evaluate_missing",
     "hex_geometry_of", "load_checkpoint", "masking_methods", "plus_config", "relative_reduction", "results_rows",
     "save_checkpoint", "save_completed", "sme", "spackle", "train_plus", "train_spackle",

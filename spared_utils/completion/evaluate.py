@@ -53,7 +53,7 @@ from . import spackle as S
 #: The masking levels of Fig. 3 (fraction of a gene's entries hidden).
 MASKING_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 #: Every completion method of :func:`spared_utils.completion.complete`.
-METHODS: tuple[str, ...] = ("median", "mean", "spackle", "stlearn", "spackle_plus")
+METHODS: tuple[str, ...] = ("median", "mean", "spackle", "stlearn", "spackle_plus", "spackle_authors")
 #: Masking schemes of :func:`evaluate_masking` (see the module's docstring).
 SCHEMES: tuple[str, ...] = ("per_gene", "uniform", "lgdist")
 
@@ -456,6 +456,7 @@ def comparison_table(summary: pd.DataFrame, methods: Sequence[str] | None = None
     if methods is not None:
         table = table[[m for m in methods if m in table]]
     pairs = [("SpaCKLE vs median", "spackle", "median"), ("SpaCKLE vs mean", "spackle", "mean"),
+             ("ours vs authors' SpaCKLE", "spackle_plus", "spackle_authors"),
              ("ours vs SpaCKLE", "spackle_plus", "spackle"), ("ours vs mean", "spackle_plus", "mean"),
              ("ours vs median", "spackle_plus", "median")]
     for label, a, b in pairs:
