@@ -508,7 +508,10 @@ pd.DataFrame(
 # view, the gene with the most missing values.
 
 # %%
-best = su.tl.add_best_completion(adata, {m: methods[m] for m in shown}, summary)
+scored = set(summary["method"])
+best = su.tl.add_best_completion(
+    adata, {m: fill for m, fill in methods.items() if m in scored}, summary
+)
 print(f"best completion on {dataset}: {best}")
 su.pl.explore_slide({dataset: adata})
 
