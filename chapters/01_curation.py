@@ -23,7 +23,8 @@
 # downloads its raw data first (the largest, 43,804 spots, curates in minutes).
 # **What it writes:** `processed/<dataset>/adata.h5ad` and the patch store `processed/<dataset>/patches/`
 # (both atomically), and `results/<dataset>/curation_steps.csv` (spots and genes after each step).
-# **Measured runtime:** 35 s on a 2-core CPU (embedded dataset); GPU not needed.
+# **Measured runtime:** 47 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02);
+# GPU not needed.
 #
 # SpaRED {cite:p}`mejia2024spackle` curates 26 public datasets with one pipeline, inherited from
 # SEPAL {cite:p}`mejia2023sepal`. We run the same steps, in the authors' order, with `su.pp` (`spared_utils.preprocess`); each is a

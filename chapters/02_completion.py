@@ -26,7 +26,8 @@
 # **What it writes:** the completed layers `c_t_log1p` and `c_t_deltas` into
 # `processed/<dataset>/adata.h5ad` (atomically), SpaCKLE's checkpoint under
 # `results/<dataset>/completion/`, and one row per method and masking level in the results store.
-# **Measured runtime:** 55 s on a 2-core CPU at the default budget; GPU not measured yet.
+# **Measured runtime:** 117 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02);
+# GPU not measured (no GPU was lent).
 #
 # Spatial transcriptomics misses many values: a gene that is expressed may still read zero at a spot.
 # Curation fills those gaps with the median of neighbouring spots {cite:p}`mejia2023sepal`.

@@ -23,7 +23,8 @@
 # frozen ResNet-50 encodes the exemplar bank once, then the ViT trains; a few minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/egn/`.
-# **Measured runtime:** 167 s on a 2-core CPU (both scenarios); GPU not measured yet.
+# **Measured runtime:** 33 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
+# both scenarios); GPU not measured (no GPU was lent).
 #
 # EGN {cite:p}`yang2023egn` finds, for every spot, the k = 6 training spots of *other* slides
 # nearest to it in the feature space of a frozen ImageNet ResNet-50, and lets a ViT trained from

@@ -24,7 +24,9 @@
 # a few minutes on a CPU once stage 1 exists.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/sepal/`. Stage 1 is saved as `stage1.pt` beside ViT-B+Δ's checkpoint.
-# **Measured runtime:** 113 s on a 2-core CPU with chapter 12's stage 1 reused (587 s alone); GPU not measured yet.
+# **Measured runtime:** 30 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
+# chapter 12's stage 1 reused, trained here when it is missing); GPU not measured (no GPU was
+# lent).
 #
 # SEPAL {cite:p}`mejia2023sepal` trains in two stages: stage 1 is ViT-B+Δ (chapter 12); stage 2
 # builds, for every spot, the graph of the spots within `n_hops` rings, whose nodes carry frozen

@@ -22,7 +22,8 @@
 # **What it needs:** a curated dataset with patches and `c_t_log1p` (made here if missing); with
 # `pretrained = True`, the encoder's weights (internet or a cache); a couple of minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`).
-# **Measured runtime:** 84 s on a 2-core CPU (both scenarios); GPU not measured yet.
+# **Measured runtime:** 36 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
+# both scenarios); GPU not measured (no GPU was lent).
 #
 # Beyond the paper. The HEST-Benchmark {cite:p}`jaume2024hest` compares pathology foundation
 # models by fitting a ridge regression on their frozen features; it reports mean PCC 0.326 for an

@@ -24,8 +24,9 @@
 # chapters 02 and 10 saved (trained here, briefly, when they are missing); a CPU is enough.
 # **What it writes:** `results/<dataset>/your_slide/<slide>.h5ad` with the layers `measured`,
 # `completed`, `predicted` and `mask`, which scanpy and squidpy read as they are.
-# **Measured runtime:** about 30 seconds when chapters 02 and 10 saved their checkpoints, about
-# 16 minutes on a 2-core CPU when it must train them.
+# **Measured runtime:** 20 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
+# chapters 02 and 10's checkpoints reused — about 16 minutes when it must train them); GPU not
+# measured (no GPU was lent).
 #
 # The same runs as a command, for a slide of your own:
 #
