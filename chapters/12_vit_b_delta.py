@@ -35,7 +35,7 @@
 # mean plus that head's noise; `models.build("vit_b_delta", n, mean_init_head=False)`
 # gives it). In the paper {cite:p}`mejia2024spackle` ViT-B+Δ has the best mean normalised MSE
 # of all ten predictors. The CPU defaults read the patches at 112 px instead of 224 (about 3×
-# faster; `budget = "paper"` keeps 224) and train 24 steps of 8 patches; chapter 11's ViT-B
+# faster; `budget = "paper"` keeps 224) and train 30 steps of 8 patches; chapter 11's ViT-B
 # starts its head at the mean on a CPU too, and so gives the same numbers as this chapter.
 
 # %% tags=["setup", "hide-cell"]
