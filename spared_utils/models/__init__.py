@@ -123,7 +123,7 @@ RECORDS: dict[str, PredictorRecord] = {
                         inputs="patches (B, 3, H, W), their frozen ResNet-50 features (B, 2048), their k exemplars' "
                                "features (B, k, 2048) and expression (B, k, n_genes) from a bank of training spots"),
         PredictorRecord("eggn", "EGGN", exemplar.eggn, "graph", 10_941_985, 11_089_537,
-                        cpu=Budget(60, 128, 1e-3, eval_every=15),
+                        cpu=Budget(120, 128, 1e-3, eval_every=20),
                         paper=replace(PAPER_BUDGET, batch_size=10_000),
                         inputs="frozen ResNet-18 features (N, 512) and array rows, cols of one slide's spots, "
                                "their k exemplars' features and expression"),
