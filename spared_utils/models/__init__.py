@@ -110,7 +110,7 @@ RECORDS: dict[str, PredictorRecord] = {
                         options=("dihedral_average",), cpu_options=(("input_size", CPU_INPUT_SIZE),)),
         # Slide models: batch_size = neighbouring spots of ONE slide per step; every spot scored.
         PredictorRecord("histogene", "HisToGene", slide.histogene, "slide", 105_956_384, 106_054_784,
-                        cpu=Budget(40, 128, 1e-4, eval_every=10),
+                        cpu=Budget(80, 128, 1e-4, eval_every=20),
                         paper=replace(PAPER_BUDGET, batch_size=10_000),
                         inputs="patches (N, 3, H, W) and array rows, cols (N,) of the N spots of one slide"),
         PredictorRecord("hist2st", "Hist2ST", slide.hist2st, "slide", 71_633_380, 71_731_780,
