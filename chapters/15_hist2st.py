@@ -134,6 +134,8 @@ ax = su.pl.learning_curves(
 # | 56 px, 150 steps, lr 1e-4 (the default) | 3.105 / 3.114 | 3.236 / 3.262 |
 # | 56 px, 150 steps, lr 1e-3, no dropout | 3.161 / 3.190 | 3.307 / 3.348 |
 # | 56 px, 150 steps, head started exactly at the mean | 3.122 / 3.127 | 3.226 / 3.304 |
+# | 56 px, 300 steps, lr 1e-4 | 3.131 / 3.077 | 3.271 / 3.311 |
+# | 56 px, 100 steps of 256-spot windows | 3.127 / 3.130 | 3.284 / 3.313 |
 #
 # With the loss on real values only, Hist2ST gets below the mean; on completed data it does not
 # at this budget. The completed run starts from the completed targets' mean, which sits below
