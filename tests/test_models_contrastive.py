@@ -286,3 +286,17 @@ def test_builder_errors(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(PretrainedWeightsUnavailable, match="pretrained=False"):
         bleep(4, pretrained=True, backbone="resnet18")
+
+
+def test_bleep_input_size_resizes_patches_before_the_encoder():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return x.mean(dim=(2, 3))
+
+    model = contrastive.BLEEP(Probe(), 3, 4, projection_dim=8, input_size=32)
+    model.embed_images(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+    contrastive.BLEEP(Probe(), 3, 4, projection_dim=8).embed_images(torch.rand(1, 3, 48, 48))
+    assert seen == [(32, 32), (48, 48)], "resized to input_size when set, read as stored otherwise"

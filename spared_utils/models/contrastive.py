@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import ImageNormalize, PretrainedWeightsUnavailable
+from .encoders import ImageNormalize, PretrainedWeightsUnavailable, resize_square
 
 __all__ = [
     "BLEEP", "ProjectionHead", "RetrievalBank", "bank_memory_bytes", "bleep", "bleep_loss", "build_bank",
@@ -466,10 +466,7 @@ class BLEEP(nn.Module):
 
     def embed_images(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) ``uint8`` 0–255 or float 0–1 patches → (B, projection_dim) raw embeddings."""
-        x = self.normalize(patches)
-        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = torch.nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                                                align_corners=False, antialias=True)
+        x = resize_square(self.normalize(patches), self.input_size)
         return self.image_projection(self.image_encoder(x))
 
     def embed_expression(self, expression: torch.Tensor) -> torch.Tensor:

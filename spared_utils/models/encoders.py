@@ -88,6 +88,15 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     return views
 
 
+def resize_square(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(B, C, H, W) images resized to ``size`` × ``size`` (bilinear, antialiased); unchanged when
+    ``size`` is None or already theirs."""
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True)
+
+
 class PatchRegressor(nn.Module):
     """Backbone features → linear head → one value per gene (see the module docstring).
 
@@ -176,11 +185,7 @@ class PatchRegressor(nn.Module):
         the backbone's fixed input size when it has one (torchvision's ViT: ``image_size``); the
         CNNs read any size.
         """
-        x = self.normalize(x)
-        size = getattr(self.backbone, "image_size", None) or self.input_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                                                antialias=True)
+        x = resize_square(self.normalize(x), getattr(self.backbone, "image_size", None) or self.input_size)
         return self.backbone(x)
 
     def forward_single(self, x: torch.Tensor) -> torch.Tensor:
