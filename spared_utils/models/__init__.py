@@ -110,11 +110,13 @@ RECORDS: dict[str, PredictorRecord] = {
                         options=("dihedral_average",), cpu_options=(("input_size", CPU_INPUT_SIZE),)),
         # Slide models: batch_size = neighbouring spots of ONE slide per step; every spot scored.
         PredictorRecord("histogene", "HisToGene", slide.histogene, "slide", 105_956_384, 106_054_784,
-                        cpu=Budget(80, 128, 1e-4, eval_every=20),
+                        cpu=Budget(300, 128, 3e-4, eval_every=25),
+                        cpu_options=(("patch_size", 32), ("dim", 512), ("depth", 4), ("heads", 8), ("mlp_dim", 1024)),
                         paper=replace(PAPER_BUDGET, batch_size=10_000),
                         inputs="patches (N, 3, H, W) and array rows, cols (N,) of the N spots of one slide"),
         PredictorRecord("hist2st", "Hist2ST", slide.hist2st, "slide", 71_633_380, 71_731_780,
-                        cpu=Budget(150, 128, 1e-4, eval_every=25), cpu_options=(("patch_size", 56),),
+                        cpu=Budget(300, 128, 3e-4, eval_every=25),
+                        cpu_options=(("patch_size", 56), ("depth", 4), ("heads", 4)),
                         paper=replace(PAPER_BUDGET, batch_size=10_000),
                         inputs="patches (N, 3, H, W), array rows, cols (N,) of one slide (+ its spot graph)"),
         PredictorRecord("egn", "EGN", exemplar.egn, "retrieval", 130_096_160, 130_489_472,
@@ -133,7 +135,7 @@ RECORDS: dict[str, PredictorRecord] = {
                         inputs="patches (B, 3, H, W) (+ expression (B, n_genes) in training); predicts from a "
                                "bank of training spots"),
         PredictorRecord("sepal", "SEPAL", sepal.sepal, "graph", 955_554, 967_938,
-                        cpu=Budget(60, 24, 1e-4, eval_every=15, val_spots=12, eval_spots=16, train_spots=24),
+                        cpu=Budget(100, 24, 1e-4, eval_every=20, val_spots=48, eval_spots=100, train_spots=300),
                         cpu_options=(("n_hops", 1),),
                         inputs="per centre spot: its stage-1 ViT-B+Δ prediction, the frozen stage-1 embeddings "
                                "and array offsets of its n-hop neighbourhood"),
