@@ -23,7 +23,7 @@
 # missing); on a CPU the defaults take a few minutes, the paper's budget wants a GPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/vit_b_delta/`.
-# **Measured runtime:** 284 s on a 2-core CPU (both scenarios); GPU not measured yet.
+# **Measured runtime:** 125 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02); GPU not measured (no GPU was lent).
 #
 # SEPAL {cite:p}`mejia2023sepal` observed that expression values of a gene vary far less across
 # spots than across genes, so a network does better predicting Δ = expression − training mean

@@ -23,7 +23,7 @@
 # missing); a CPU runs the defaults in a few minutes, the paper's budget wants a GPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/stnet/`.
-# **Measured runtime:** 101 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
+# **Measured runtime:** 96 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
 # both scenarios); GPU not measured (no GPU was lent).
 #
 # ST-Net (He et al., 2020, *Nature Biomedical Engineering*) was the first deep model to predict

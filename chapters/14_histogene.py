@@ -23,7 +23,7 @@
 # if missing); the CPU default takes a few minutes, the paper's budget wants a GPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/histogene/`.
-# **Measured runtime:** 82 s on a 2-core CPU (both scenarios); GPU not measured yet.
+# **Measured runtime:** 87 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02); GPU not measured (no GPU was lent).
 #
 # HisToGene {cite:p}`pang2021histogene` flattens each spot's 112 px patch, adds learned
 # embeddings of its array row and column, and runs a ViT-style transformer (8 blocks, width 1024,

@@ -22,7 +22,7 @@
 # if missing); the CPU default takes a few minutes.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/hist2st/`.
-# **Measured runtime:** 78 s on a 2-core CPU (both scenarios); GPU not measured yet.
+# **Measured runtime:** 74 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02); GPU not measured (no GPU was lent).
 #
 # Hist2ST {cite:p}`zeng2022hist2st` embeds each 112 px patch with ConvMixer blocks, adds row and
 # column embeddings, runs 8 transformer blocks (4 in the CPU default, below) over the slide's spots and then 4 GraphSAGE layers

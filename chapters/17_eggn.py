@@ -22,7 +22,7 @@
 # if missing); a frozen ResNet-18 encodes every spot once; a few minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/eggn/`.
-# **Measured runtime:** 117 s on a 2-core CPU (both scenarios); GPU not measured yet.
+# **Measured runtime:** 124 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02); GPU not measured (no GPU was lent).
 #
 # EGGN {cite:p}`yang2024eggn` builds on EGN: frozen ResNet-18 features of the spots of one slide
 # form a graph (spot–spot edges within a radius), each spot is linked to its 6 exemplars (the

@@ -23,7 +23,7 @@
 # minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/bleep/`.
-# **Measured runtime:** 58 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
+# **Measured runtime:** 60 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
 # both scenarios); GPU not measured (no GPU was lent).
 #
 # BLEEP {cite:p}`xie2023bleep` trains an image encoder (ResNet-50) and an expression projection

@@ -24,7 +24,7 @@
 # a few minutes on a CPU once stage 1 exists.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/sepal/`. Stage 1 is saved as `stage1.pt` beside ViT-B+Δ's checkpoint.
-# **Measured runtime:** 54 s on a 2-core CPU (2026-12-02;
+# **Measured runtime:** 103 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
 # chapter 12's stage 1 reused, trained here when it is missing); GPU not measured (no GPU was
 # lent).
 #
