@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from spared_utils import completion, synthetic
 from spared_utils.completion import evaluate as E
@@ -153,8 +154,10 @@ def test_spackle_plus_trains_over_masking_range_reproducibly(data):
     # the indicator doubles the input adapter's width; the range draws one ρ per neighbourhood
     model = S.Spackle(data.n_vars, 19, cfg)
     assert model.adapter_in.in_features == 2 * data.n_vars
-    nb = S.Neighbourhoods.build(np.ones((5, 4), np.float32), np.ones((5, 4), bool), np.full((5, 2), -1), cfg, "cpu")
-    p = nb.step_hide_prob(2000, cfg)
+    ranged = S.SpackleConfig.make(mask_prob_range=cfg.mask_prob_range, masking="per_gene")
+    nb = S.Neighbourhoods.build(np.ones((5, 4), np.float32), np.ones((5, 4), bool), np.full((5, 2), -1), ranged,
+                                "cpu")
+    p = nb.step_hide_prob(2000, ranged)
     assert p.shape == (2000, 1, 4)
     lo, hi = cfg.mask_prob_range
     assert float(p.min()) >= lo and float(p.max()) <= hi and float(p.std()) > 0.2
@@ -167,6 +170,30 @@ def test_spackle_plus_trains_over_masking_range_reproducibly(data):
     assert any(opts == completion.PLUS_OPTIONS for opts in completion.PLUS_ABLATION.values())
     with pytest.raises(ValueError, match="mask_prob_range"):
         S.SpackleConfig.make(mask_prob_range=(0.5, 0.2))
+
+
+class _Zero(torch.nn.Module):
+    def forward(self, x, padding=None):
+        return torch.zeros_like(x)
+
+
+def test_loss_on_real_ignores_the_median_guesses_and_padding():
+    # 3 spots in a row, each the others' neighbour; gene 1 of spot 2 is a median guess (100)
+    values = np.ones((3, 2), np.float32)
+    values[2, 1] = 100.0
+    real = np.ones((3, 2), bool)
+    real[2, 1] = False
+    index = np.array([[1, 2, -1], [0, 2, -1], [0, 1, -1]])
+    centres = torch.arange(3)
+    losses = {}
+    for loss_on in ("all", "real"):
+        cfg = S.SpackleConfig.make(loss_on=loss_on, mask_prob=0.3)
+        nb = S.Neighbourhoods.build(values, real, index, cfg, "cpu")
+        losses[loss_on] = float(nb.training_loss(_Zero(), centres, cfg))
+    # a zero model's squared error: 1 on every real entry; 100² on the guess, which "all" counts
+    assert losses["real"] == pytest.approx(1.0)
+    # 3 neighbourhoods × 3 tokens × 2 genes = 18 entries, 3 of them the guess (spot 2 in each)
+    assert losses["all"] == pytest.approx((15 * 1.0 + 3 * 100.0**2) / 18)
 
 
 def test_harness_completed_scenario_takes_the_completion_method(tmp_path):

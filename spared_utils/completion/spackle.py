@@ -65,7 +65,7 @@ _CHOICES = {
     "neighbourhood": ("hex", "knn"),
     "masking": ("uniform", "per_gene"),
     "attention": ("neighbourhood", "batch"),
-    "loss_on": ("all", "hidden"),
+    "loss_on": ("all", "hidden", "real"),
     "missing_in_training": ("median", "zero"),
     "init_output_bias": ("mean", "default"),
 }
@@ -105,7 +105,9 @@ class SpackleConfig:
     #: ours: the input adapter also reads which entries are given (1) or unseen (0); unseen
     #: entries are exactly 0 in the input, so the indicator is ``x ≠ 0``
     mask_indicator: bool = False
-    loss_on: str = "all"  #: whole matrix (paper); ``"hidden"``: hidden entries only
+    #: whole matrix (paper); ``"hidden"``: hidden entries only; ``"real"``: every real entry
+    #: (the median guesses stay in the input but are not targets)
+    loss_on: str = "all"
     missing_in_training: str = "median"  #: median-completed entries stay in the input
     # --- training ----------------------------------------------------------------------------
     #: budget, learning rate, evaluation period, seed, device, precision (the paper: 10,000
@@ -407,7 +409,7 @@ class Neighbourhoods:
         out = model(x * keep, padding)
         if config.loss_on == "hidden":
             sel = hide
-        elif config.missing_in_training == "zero":
+        elif config.loss_on == "real" or config.missing_in_training == "zero":
             sel = real  # median guesses are not targets when the model never sees them
         else:
             sel = ~padding[..., None].expand_as(x)
