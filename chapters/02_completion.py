@@ -247,7 +247,10 @@ if authors:
 # authors' rule: probability = fraction / share of real values of the gene, capped at 1), complete
 # with each method from what is left, and compute MSE and PCC on the hidden values only. All
 # methods see the same masks. stLearn's morphology term uses `stlearn_backbone` features of 40-pixel
-# tiles of the hires image (random weights unless `pretrained`). The **training mean** predicts, at
+# tiles of the hires image (random weights unless `pretrained`). SME averages its neighbours'
+# values with the unobserved ones at 0, as stLearn's own input holds zeros there, so its fills sit
+# far below the measured values and its MSE is tens of times the others': that is stLearn's
+# behaviour (the paper reports the same), not a defect of the port. The **training mean** predicts, at
 # every hidden entry, the gene's mean over its real values on the training slides: it reads nothing
 # of the slide it completes, so a method that does not beat it has learnt nothing from the
 # neighbourhood.
