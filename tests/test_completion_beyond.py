@@ -240,3 +240,23 @@ def test_spackle_authors_runs_the_authors_configuration(data):
     missing = ~data.layers["mask"]
     assert not np.allclose(a.layers["c_t_log1p"][missing], plain.layers["c_t_log1p"][missing])
     assert "spackle_authors" in completion.METHODS
+
+
+def test_fixed_share_can_follow_its_own_masking_rule():
+    # gene 0 is real everywhere, gene 1 on half the spots: the per-gene rule doubles its rate
+    real = np.ones((8, 2), bool)
+    real[::2, 1] = False
+    cfg = S.SpackleConfig.make(mask_prob_range=(0.05, 0.2), mask_range_share=0.5, masking="per_gene",
+                               fixed_masking="uniform", mask_prob=0.3)
+    nb = S.Neighbourhoods.build(np.ones((8, 2), np.float32), real, np.full((8, 2), -1), cfg, "cpu")
+    p = nb.step_hide_prob(4000, cfg).reshape(4000, 2)
+    fixed = (p == 0.3).all(dim=1)  # the uniform rule: 0.3 for both genes
+    assert float(fixed.float().mean()) == pytest.approx(0.5, abs=0.03)
+    ranged = p[~fixed]
+    np.testing.assert_allclose(ranged[:, 1], 2 * ranged[:, 0], rtol=1e-5)  # per gene: ρ / real fraction
+    assert float(ranged[:, 0].max()) <= 0.2
+    same = S.SpackleConfig.make(mask_prob_range=(0.05, 0.2), mask_range_share=0.5, masking="per_gene", mask_prob=0.3)
+    q = nb.step_hide_prob(4000, same).reshape(4000, 2)
+    assert float(((q[:, 0] == 0.3) & (q[:, 1] == 0.6)).float().mean()) == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError, match="fixed_masking"):
+        S.SpackleConfig.make(fixed_masking="sideways")

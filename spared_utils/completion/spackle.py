@@ -102,6 +102,8 @@ class SpackleConfig:
     #: ours: share of training neighbourhoods whose ρ is drawn from ``mask_prob_range``; the others
     #: are masked at ``mask_prob`` (so the paper's training distribution stays part of the mix)
     mask_range_share: float = 1.0
+    #: ours: the masking rule of the other neighbourhoods (at ``mask_prob``); ``None`` = ``masking``
+    fixed_masking: str | None = None
     #: ours: the input adapter also reads which entries are given (1) or unseen (0); unseen
     #: entries are exactly 0 in the input, so the indicator is ``x ≠ 0``
     mask_indicator: bool = False
@@ -133,6 +135,9 @@ class SpackleConfig:
             self.mask_prob_range = (lo, hi)
         if not 0 <= self.mask_range_share <= 1:
             raise ValueError(f"mask_range_share must be in [0, 1], got {self.mask_range_share}")
+        if self.fixed_masking is not None and self.fixed_masking not in _CHOICES["masking"]:
+            raise ValueError(f"SpackleConfig.fixed_masking must be None or one of {_CHOICES['masking']}, "
+                             f"got {self.fixed_masking!r}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SpackleConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -390,10 +395,19 @@ class Neighbourhoods:
             return self.hide_prob
         lo, hi = config.mask_prob_range
         rho = torch.rand((batch, 1, 1), device=self.values.device) * (hi - lo) + lo
-        if config.mask_range_share < 1:
-            fixed = torch.rand((batch, 1, 1), device=self.values.device) >= config.mask_range_share
-            rho = torch.where(fixed, torch.full_like(rho, config.mask_prob), rho)
-        if config.masking == "uniform":
+        if config.mask_range_share >= 1:
+            return self._rule(rho, config.masking)
+        fixed = torch.rand((batch, 1, 1), device=self.values.device) >= config.mask_range_share
+        fixed_rule = config.fixed_masking or config.masking
+        if fixed_rule == config.masking:
+            return self._rule(torch.where(fixed, torch.full_like(rho, config.mask_prob), rho), config.masking)
+        return torch.where(fixed, self._rule(torch.full_like(rho, config.mask_prob), fixed_rule),
+                           self._rule(rho, config.masking))
+
+    def _rule(self, rho: torch.Tensor, masking: str) -> torch.Tensor:
+        """Hiding probabilities for rates ``rho`` (batch, 1, 1): ``rho`` itself (uniform) or, per
+        gene, ``rho`` / the gene's real fraction capped at 1 (the authors' rule)."""
+        if masking == "uniform":
             return rho
         frac = self.real_frac[None, None, :]
         return torch.where(frac > 0, (rho / frac.clamp_min(1e-6)).clamp(max=1.0), torch.zeros_like(frac))
