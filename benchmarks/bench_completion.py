@@ -23,11 +23,12 @@ Usage::
     python benchmarks/bench_completion.py                  # everything
     python benchmarks/bench_completion.py --only a,c --iterations 1000
 
-    python benchmarks/bench_completion.py --only a --cpu-budget --iterations 100 --no-stlearn --jobs 5 --threads 1
+    python benchmarks/bench_completion.py --only a,d --cpu-budget --no-stlearn --jobs 2 --threads 1
 
-(the last, on a 2-core machine shared with other jobs: 18 minutes; ``ours_vs_spackle_mse_reduction:
-20.3 min -13.7`` — ours is below SpaCKLE on average and below the training mean at every level on 8
-of 9 datasets, but up to 13.7% above SpaCKLE at 10% masking on three of them).
+(the last, on a 2-core machine, 2026-12-02: 12.5 minutes; ``ours_vs_spackle_mse_reduction: 30.8 min
+-28.6`` — ours is below SpaCKLE on average on every dataset (16.8–41.5%) and below the training
+mean at every level on all 9 datasets, but above SpaCKLE at 10–20% masking on six of them; at
+43,804 spots ours took 1.09× SpaCKLE's time and 1.03× its peak memory).
 
 Both modes print ``spackle_vs_median_mse_reduction: <percent>`` (SpaCKLE's MSE reduction over the
 median on the embedded dataset's test slides, averaged over the masking levels) and end with
