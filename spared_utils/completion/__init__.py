@@ -64,19 +64,19 @@ COMPLETED_LAYER = "c_t_log1p"
 #: ``datasets.load(id, stage="completed")`` trains when a dataset has no completed layer yet
 #: (the paper: 10,000 iterations, lr searched, feed-forward width 2048).
 CPU_BUDGET: dict[str, Any] = {"iterations": 200, "learning_rate": 3e-3, "dim_feedforward": 512}
+#: The previous SpaCKLE+ (candidate G of the ablation, 2026-12-01): half of the neighbourhoods over
+#: 5–95% under the authors' per-gene rule, the input indicator, loss on the whole matrix.
+_PLUS_G: dict[str, Any] = {"mask_prob_range": (0.05, 0.95), "mask_range_share": 0.5, "masking": "per_gene",
+                           "mask_prob": 0.3, "mask_indicator": True}
 #: ``method="spackle_plus"``: the :class:`SpackleConfig` options that make our completion (on top
 #: of the caller's budget), kept by the ablation of chapter 02 (:data:`RECORDED_ABLATION`): half
 #: of the training neighbourhoods draw their masking rate ρ from 5–95% (the authors' per-gene rule,
 #: so high masking and genes losing every real value are in the training distribution), the other
 #: half keep ρ = 0.3 (the paper's rate; also the validation mask); the input adapter also reads
 #: which entries it is given, so a hidden value is not mistaken for a measured one; and the loss
-#: is taken on real values only (the median guesses stay in the input but are not targets).
-PLUS_OPTIONS: dict[str, Any] = {"mask_prob_range": (0.05, 0.95), "mask_range_share": 0.5, "masking": "per_gene",
-                                "mask_prob": 0.3, "mask_indicator": True, "loss_on": "real"}
-#: The previous SpaCKLE+ (candidate G of the ablation, 2026-12-01): half of the neighbourhoods over
-#: 5–95% under the authors' per-gene rule, loss on the whole matrix.
-_PLUS_G: dict[str, Any] = {"mask_prob_range": (0.05, 0.95), "mask_range_share": 0.5, "masking": "per_gene",
-                           "mask_prob": 0.3, "mask_indicator": True}
+#: is taken on real values only (the median guesses stay in the input but are not targets): the
+#: previous SpaCKLE+ (:data:`_PLUS_G`) with ``loss_on="real"``.
+PLUS_OPTIONS: dict[str, Any] = {**_PLUS_G, "loss_on": "real"}
 
 #: ``method="spackle_authors"``: SpaCKLE as the authors' ``spared`` 2.2.1 code runs it, where it
 #: differs from the paper's text (:class:`SpackleConfig` documents each field): adapters as wide

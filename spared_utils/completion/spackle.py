@@ -64,6 +64,7 @@ MASK_LAYER = "mask"
 _CHOICES = {
     "neighbourhood": ("hex", "knn"),
     "masking": ("uniform", "per_gene"),
+    "fixed_masking": (None, "uniform", "per_gene"),
     "attention": ("neighbourhood", "batch"),
     "loss_on": ("all", "hidden", "real"),
     "missing_in_training": ("median", "zero"),
@@ -135,9 +136,6 @@ class SpackleConfig:
             self.mask_prob_range = (lo, hi)
         if not 0 <= self.mask_range_share <= 1:
             raise ValueError(f"mask_range_share must be in [0, 1], got {self.mask_range_share}")
-        if self.fixed_masking is not None and self.fixed_masking not in _CHOICES["masking"]:
-            raise ValueError(f"SpackleConfig.fixed_masking must be None or one of {_CHOICES['masking']}, "
-                             f"got {self.fixed_masking!r}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SpackleConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -398,11 +396,8 @@ class Neighbourhoods:
         if config.mask_range_share >= 1:
             return self._rule(rho, config.masking)
         fixed = torch.rand((batch, 1, 1), device=self.values.device) >= config.mask_range_share
-        fixed_rule = config.fixed_masking or config.masking
-        if fixed_rule == config.masking:
-            return self._rule(torch.where(fixed, torch.full_like(rho, config.mask_prob), rho), config.masking)
-        return torch.where(fixed, self._rule(torch.full_like(rho, config.mask_prob), fixed_rule),
-                           self._rule(rho, config.masking))
+        at_fixed = self._rule(torch.full_like(rho, config.mask_prob), config.fixed_masking or config.masking)
+        return torch.where(fixed, at_fixed, self._rule(rho, config.masking))
 
     def _rule(self, rho: torch.Tensor, masking: str) -> torch.Tensor:
         """Hiding probabilities for rates ``rho`` (batch, 1, 1): ``rho`` itself (uniform) or, per
