@@ -52,6 +52,11 @@ class TrainConfig:
     #: this much training, and a large model is not written to disk at every evaluation (a ViT-B
     #: checkpoint with Adam's moments is ~1.5 GB). 0 writes at every evaluation.
     checkpoint_every_s: float = 120.0
+    #: the learning rate grows linearly from ``learning_rate / warmup_iterations`` to
+    #: ``learning_rate`` over the first this many steps (0: constant from the first step). A
+    #: post-LN transformer started at a high rate can stall at a constant output for the whole
+    #: budget (chapter 02 measures it on the 128-gene suite dataset).
+    warmup_iterations: int = 0
 
     def __post_init__(self):
         if self.iterations <= 0:
@@ -62,13 +67,32 @@ class TrainConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.warmup_iterations <= self.iterations:
+            raise ValueError(f"warmup_iterations must be in [0, iterations={self.iterations}], got {self.warmup_iterations}")
+
+    def learning_rate_at(self, iteration: int) -> float:
+        """The learning rate of optimiser step ``iteration`` (1-based), warm-up included."""
+        if self.warmup_iterations and iteration < self.warmup_iterations:
+            return self.learning_rate * iteration / self.warmup_iterations
+        return self.learning_rate
+
+    def identity(self) -> dict[str, Any]:
+        """The values that make a run what it is: no progress or checkpoint settings, and fields
+        added since results were first stored left out at their defaults (so that old hashes and
+        checkpoint tags stay valid)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in _NOT_IDENTITY and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
     def hash(self, *extra: Any) -> str:
         """Short hash of the config (and any extra identifying values) for the results store."""
-        keep = {k: v for k, v in asdict(self).items() if k not in {"progress", "checkpoint_dir", "resume", "checkpoint_every_s"}}
-        blob = json.dumps([keep, [str(e) for e in extra]], sort_keys=True, default=str)
+        blob = json.dumps([self.identity(), [str(e) for e in extra]], sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
+
+#: Fields that do not change what a run computes (left out of :meth:`TrainConfig.hash`).
+_NOT_IDENTITY = frozenset({"progress", "checkpoint_dir", "resume", "checkpoint_every_s"})
+#: Fields added after results were first stored, with the default that leaves them out of the hash.
+LATER_DEFAULTS: dict[str, Any] = {"warmup_iterations": 0}
 
 #: Field names of :class:`TrainConfig` (the keyword arguments a composed config hands to it).
 TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
@@ -225,6 +249,9 @@ def fit(
             )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        if config.warmup_iterations:
+            for group in optimiser.param_groups:
+                group["lr"] = config.learning_rate_at(it)
         optimiser.step()
         running += float(loss.detach())
         n_running += 1

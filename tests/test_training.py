@@ -149,3 +149,36 @@ def test_checkpoints_are_written_at_most_every_checkpoint_every_s(tmp_path):
     training.fit(nn.Linear(4, 1), loader, watched, validate, cfg)
     assert all(files == [] for files in seen), "nothing is written before the last evaluation"
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+
+
+def test_warmup_raises_the_rate_linearly_then_holds_it():
+    loader, loss_fn, validate = _problem()
+    seen = []
+
+    class Spy(nn.Linear):
+        pass
+
+    model = Spy(4, 1)
+    cfg = training.TrainConfig(iterations=8, eval_every=4, learning_rate=0.04, warmup_iterations=4, progress=False)
+    original = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    torch.optim.Adam.step = step
+    try:
+        training.fit(model, loader, loss_fn, validate, cfg)
+    finally:
+        torch.optim.Adam.step = original
+    assert seen == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.04, 0.04, 0.04, 0.04])
+    assert [cfg.learning_rate_at(i) for i in (1, 4, 8)] == pytest.approx([0.01, 0.04, 0.04])
+
+
+def test_warmup_changes_the_run_hash_only_when_set():
+    plain = training.TrainConfig(iterations=10)
+    assert "warmup_iterations" not in plain.identity(), "runs stored before warm-up existed keep their hash"
+    assert plain.hash("x") == training.TrainConfig(iterations=10, warmup_iterations=0).hash("x")
+    assert plain.hash("x") != training.TrainConfig(iterations=10, warmup_iterations=5).hash("x")
+    with pytest.raises(ValueError, match="warmup_iterations"):
+        training.TrainConfig(iterations=10, warmup_iterations=11)

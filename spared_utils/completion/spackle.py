@@ -618,7 +618,8 @@ def config_tag(config: SpackleConfig, values: np.ndarray, real: np.ndarray, inde
     import hashlib
 
     train = {k: v for k, v in asdict(config.train).items()
-             if k not in ("progress", "checkpoint_dir", "device", "learning_rate", "resume")}
+             if k not in ("progress", "checkpoint_dir", "device", "learning_rate", "resume")
+             and not (k in training.LATER_DEFAULTS and v == training.LATER_DEFAULTS[k])}
     keep = {k: v for k, v in asdict(config).items()
             if k not in ("train", "checkpoint_dir", "lr_grid", "predict_batch")} | train
     h = hashlib.sha1(repr(sorted(keep.items())).encode())
