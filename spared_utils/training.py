@@ -57,6 +57,11 @@ class TrainConfig:
     #: post-LN transformer started at a high rate can stall at a constant output for the whole
     #: budget (chapter 02 measures it on the 128-gene suite dataset).
     warmup_iterations: int = 0
+    #: > 0: validation, the best checkpoint and the returned weights are an exponential moving
+    #: average of the weights over the steps (``torch.optim.swa_utils.AveragedModel``; each step
+    #: moves the average ``1 − ema_decay`` of the way to the current weights). 0: the weights
+    #: themselves.
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         if self.iterations <= 0:
@@ -69,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0 <= self.warmup_iterations <= self.iterations:
             raise ValueError(f"warmup_iterations must be in [0, iterations={self.iterations}], got {self.warmup_iterations}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no averaging), got {self.ema_decay}")
 
     def learning_rate_at(self, iteration: int) -> float:
         """The learning rate of optimiser step ``iteration`` (1-based), warm-up included."""
@@ -92,7 +99,7 @@ class TrainConfig:
 #: Fields that do not change what a run computes (left out of :meth:`TrainConfig.hash`).
 _NOT_IDENTITY = frozenset({"progress", "checkpoint_dir", "resume", "checkpoint_every_s"})
 #: Fields added after results were first stored, with the default that leaves them out of the hash.
-LATER_DEFAULTS: dict[str, Any] = {"warmup_iterations": 0}
+LATER_DEFAULTS: dict[str, Any] = {"warmup_iterations": 0, "ema_decay": 0.0}
 
 #: Field names of :class:`TrainConfig` (the keyword arguments a composed config hands to it).
 TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
@@ -205,6 +212,12 @@ def fit(
     if not params:
         raise ValueError("the model has no trainable parameter")
     optimiser = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    average = None
+    if config.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    scored = average.module if average is not None else model  # what validation and checkpoints see
 
     ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     start, history, best_val, best_it, best_state = 0, [], float("inf"), -1, None
@@ -217,6 +230,8 @@ def fit(
             if "model" in state:  # an interrupted run: weights and Adam moments to go on from
                 model.load_state_dict(state["model"])
                 optimiser.load_state_dict(state["optimiser"])
+                if average is not None:
+                    average.load_state_dict(state["average"])
             start, history, best_val, best_it = state["iteration"], state["history"], state["best_val"], state["best_iteration"]
             if (ckpt_dir / "best.pt").is_file():
                 best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
@@ -253,13 +268,15 @@ def fit(
             for group in optimiser.param_groups:
                 group["lr"] = config.learning_rate_at(it)
         optimiser.step()
+        if average is not None:
+            average.update_parameters(model)
         running += float(loss.detach())
         n_running += 1
         bar.update(1)
         if it % config.eval_every == 0 or it == config.iterations:
-            model.eval()
+            scored.eval()
             with torch.no_grad(), autocast(device, config.amp):
-                val = float(validate(model))
+                val = float(validate(scored))
             model.train()
             row = {
                 "iteration": it,
@@ -271,7 +288,7 @@ def fit(
             running, n_running = 0.0, 0
             if val < best_val:
                 best_val, best_it, best_unsaved = val, it, True
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
             going_on = it < config.iterations
             if ckpt_dir and (not going_on or time.perf_counter() - last_write >= config.checkpoint_every_s):
                 if best_unsaved:  # best.pt first: last.pt's best_val always describes the file on disk
@@ -283,7 +300,8 @@ def fit(
                 _atomic_save(
                     {
                         "tag": tag,
-                        **({"model": model.state_dict(), "optimiser": optimiser.state_dict()} if going_on else {}),
+                        **({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                            **({"average": average.state_dict()} if average is not None else {})} if going_on else {}),
                         "iteration": it,
                         "history": history,
                         "best_val": best_val,

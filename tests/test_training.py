@@ -182,3 +182,31 @@ def test_warmup_changes_the_run_hash_only_when_set():
     assert plain.hash("x") != training.TrainConfig(iterations=10, warmup_iterations=5).hash("x")
     with pytest.raises(ValueError, match="warmup_iterations"):
         training.TrainConfig(iterations=10, warmup_iterations=11)
+
+
+def test_ema_scores_the_average_and_resumes_to_the_same_numbers(tmp_path):
+    def run(ckpt, interrupt_at=None, ema=0.9):
+        loader, loss_fn, validate = _problem()
+        calls = {"n": 0}
+
+        def loss(model, batch):
+            calls["n"] += 1
+            if calls["n"] == interrupt_at:
+                raise KeyboardInterrupt
+            return loss_fn(model, batch)
+
+        cfg = training.TrainConfig(iterations=40, eval_every=10, learning_rate=0.05, progress=False, ema_decay=ema,
+                                   checkpoint_dir=str(ckpt) if ckpt else None, checkpoint_every_s=0)
+        torch.manual_seed(0)
+        model = nn.Linear(4, 1)
+        res = training.fit(model, loader, loss, validate, cfg)
+        return model, res, validate
+
+    model, plain, validate = run(None)
+    assert validate(model) == pytest.approx(plain.best_val, rel=1e-5), "the returned weights are the best average"
+    _, raw, _ = run(None, ema=0.0)
+    assert not np.allclose(plain.history["val_loss"], raw.history["val_loss"]), "the average is what is scored"
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, interrupt_at=25)
+    _, resumed, _ = run(tmp_path)
+    np.testing.assert_allclose(resumed.history["val_loss"], plain.history["val_loss"], rtol=1e-6)
