@@ -25,10 +25,10 @@ Usage::
 
     python benchmarks/bench_completion.py --only a,d --cpu-budget --no-stlearn --jobs 2 --threads 1
 
-(the last, on a 2-core machine, 2026-12-02: 12.5 minutes; ``ours_vs_spackle_mse_reduction: 30.8 min
--28.6`` — ours is below SpaCKLE on average on every dataset (16.8–41.5%) and below the training
-mean at every level on all 9 datasets, but above SpaCKLE at 10–20% masking on six of them; at
-43,804 spots ours took 1.09× SpaCKLE's time and 1.03× its peak memory).
+(the last, on a 2-core machine, 2026-12-02: 11.7 minutes; ``ours_vs_spackle_mse_reduction: 45.7 min
+8.4`` — ours is below SpaCKLE by 34.7–61.7% on average per dataset and at every level on all 9
+datasets, and below the training mean at every level on all 9; at 43,804 spots ours took 1.01×
+SpaCKLE's time and 0.87× its peak memory).
 
 Both modes print ``spackle_vs_median_mse_reduction: <percent>`` (SpaCKLE's MSE reduction over the
 median on the embedded dataset's test slides, averaged over the masking levels) and end with
@@ -110,7 +110,7 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
     result = completion.train_spackle(adata, config=config, hex_geometry=hexg)
     models = {}
     if ours:
-        plus_cfg = replace(config, **completion.PLUS_OPTIONS)
+        plus_cfg = config.updated(**completion.PLUS_OPTIONS)
         models["spackle_plus"] = completion.train_spackle(adata, config=plus_cfg, hex_geometry=hexg)
     sme = SmeConfig(backbone="resnet18", pretrained=False, tile_size=64) if with_stlearn else None
     methods = completion.masking_methods(result, sme, hex_geometry=hexg, models=models)

@@ -172,6 +172,15 @@ def test_spackle_plus_trains_over_masking_range_reproducibly(data):
         S.SpackleConfig.make(mask_prob_range=(0.5, 0.2))
 
 
+def test_updated_routes_training_options_to_the_loop():
+    base = S.SpackleConfig.make(iterations=50, learning_rate=3e-3)
+    new = base.updated(masking="per_gene", warmup_iterations=10, iterations=80)
+    assert (new.masking, new.train.warmup_iterations, new.train.iterations) == ("per_gene", 10, 80)
+    assert new.train.learning_rate == 3e-3 and base.train.warmup_iterations == 0, "the base is unchanged"
+    with pytest.raises(TypeError, match="warmup_iteration"):
+        base.updated(warmup_iteration=10)
+
+
 class _Zero(torch.nn.Module):
     def forward(self, x, padding=None):
         return torch.zeros_like(x)
@@ -260,3 +269,39 @@ def test_fixed_share_can_follow_its_own_masking_rule():
     assert float(((q[:, 0] == 0.3) & (q[:, 1] == 0.6)).float().mean()) == pytest.approx(0.5, abs=0.03)
     with pytest.raises(ValueError, match="fixed_masking"):
         S.SpackleConfig.make(fixed_masking="sideways")
+
+
+def test_centred_input_reads_deviations_and_survives_a_checkpoint(data, tmp_path):
+    centre = torch.tensor([10.0, 12.0, 8.0])
+    plain_cfg = S.SpackleConfig.make(d_model=8, dim_feedforward=16, n_layers=1, mask_indicator=True, dropout=0.0)
+    centred_cfg = replace(plain_cfg, centre_input=True)
+    torch.manual_seed(0)
+    plain = S.Spackle(3, 4, plain_cfg).eval()
+    centred = S.Spackle(3, 4, centred_cfg, gene_centre=centre).eval()
+    centred.load_state_dict({**plain.state_dict(), "gene_centre": centre})
+    x = torch.tensor([[[11.0, 0.0, 9.5], [9.0, 13.0, 0.0], [0.0, 0.0, 0.0], [10.5, 11.0, 7.0]]])
+    pad = torch.tensor([[False, False, True, False]])
+    given = (x != 0).float()
+    # the centred model is the plain one reading (x - mean) at given entries, unseen entries still 0
+    torch.testing.assert_close(centred(x, pad), plain((x - centre) * given, pad))
+    assert not torch.allclose(centred(x, pad), plain(x, pad))
+    # trained with it, saved and read back: the same completion
+    a = data.copy()
+    completion.complete(a, method="spackle_plus", **FAST, seed=1, checkpoint_dir=str(tmp_path))
+    ckpt = next(tmp_path.glob("spackle_*.pt"))
+    loaded = S.load_checkpoint(ckpt, device="cpu")
+    assert loaded.config.centre_input and "gene_centre" in loaded.model.state_dict()
+    means = data.layers["c_d_log1p"][data.obs["split"].to_numpy() == "train"].mean(axis=0)
+    np.testing.assert_allclose(loaded.model.gene_centre.numpy(), means, rtol=1e-5)
+    b = data.copy()
+    completion.complete(b, method="spackle", model=loaded)
+    np.testing.assert_allclose(b.layers["c_t_log1p"], a.layers["c_t_log1p"], rtol=1e-5, atol=1e-5)
+
+
+def test_new_options_leave_earlier_checkpoint_tags_unchanged():
+    v = np.ones((3, 2), np.float32)
+    args = (v, v > 0, np.zeros((3, 2)))
+    # the tag of the default configuration before warm-up, EMA and centred input existed
+    assert S.config_tag(S.SpackleConfig(), *args) == "468c96423f"
+    assert S.config_tag(S.SpackleConfig(centre_input=True), *args) != "468c96423f"
+    assert S.config_tag(S.SpackleConfig.make(warmup_iterations=5), *args) != "468c96423f"

@@ -181,7 +181,9 @@ def test_warmup_changes_the_run_hash_only_when_set():
     assert plain.hash("x") == training.TrainConfig(iterations=10, warmup_iterations=0).hash("x")
     assert plain.hash("x") != training.TrainConfig(iterations=10, warmup_iterations=5).hash("x")
     with pytest.raises(ValueError, match="warmup_iterations"):
-        training.TrainConfig(iterations=10, warmup_iterations=11)
+        training.TrainConfig(iterations=10, warmup_iterations=-1)
+    short = training.TrainConfig(iterations=4, learning_rate=1.0, warmup_iterations=20)
+    assert [short.learning_rate_at(i) for i in (1, 2, 4)] == pytest.approx([0.25, 0.5, 1.0]), "reaches the rate"
 
 
 def test_ema_scores_the_average_and_resumes_to_the_same_numbers(tmp_path):

@@ -429,11 +429,9 @@ def ablation_table(adata: AnnData, base: S.SpackleConfig, candidates: Mapping[st
     Returns one row per candidate: ``mean_mse`` (over ``levels``), the MSE at the lowest and the
     highest level, ``best_val`` and ``train_s``; the masks are those of :func:`evaluate_masking`.
     """
-    from dataclasses import replace
-
     rows = []
     for name, options in candidates.items():
-        result = S.train_spackle(adata, config=replace(base, **dict(options), checkpoint_dir=None),
+        result = S.train_spackle(adata, config=base.updated(**dict(options), checkpoint_dir=None),
                                  hex_geometry=hex_geometry)
         fn = masking_methods(None, None, hex_geometry, mean=False, models={name: result})
         fn.pop("median")

@@ -27,8 +27,11 @@ number of genes), ``neighbourhood="knn"`` (18 nearest spots by Euclidean distanc
 the gene``, capped at 1), ``attention="batch"`` (the authors' ``batch_first=False`` encoder fed
 ``(batch, tokens, genes)``, which attends across the batch's spots), plus ablations of ours:
 ``positional_encoding`` (a learned embedding per neighbourhood slot), ``loss_on="hidden"``,
-``missing_in_training="zero"`` (median-completed entries hidden from the input and the loss) and
-``gene_scaling`` (per-gene input/output scales around the adapters, the same function class).
+``missing_in_training="zero"`` (median-completed entries hidden from the input and the loss),
+``gene_scaling`` (per-gene input/output scales around the adapters, the same function class), and
+the options of our ``spackle_plus``: ``mask_prob_range`` / ``mask_range_share`` (training over a
+range of masking rates), ``mask_indicator``, ``loss_on="real"`` and ``centre_input`` (given
+entries read as deviations from their gene's training mean).
 
 One choice of ours is on by default: ``init_output_bias="mean"`` starts the output adapter's bias
 at each gene's training mean (PyTorch initialises it near 0). Values of log2(TPM + 1) are about
@@ -45,6 +48,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -70,6 +74,11 @@ _CHOICES = {
     "missing_in_training": ("median", "zero"),
     "init_output_bias": ("mean", "default"),
 }
+
+
+#: Fields added after checkpoints were first written, left out of :func:`config_tag` at these
+#: defaults (so that earlier runs keep their tags and are reused).
+LATER_DEFAULTS: dict[str, Any] = {"centre_input": False}
 
 
 @dataclass
@@ -108,6 +117,11 @@ class SpackleConfig:
     #: ours: the input adapter also reads which entries are given (1) or unseen (0); unseen
     #: entries are exactly 0 in the input, so the indicator is ``x ≠ 0``
     mask_indicator: bool = False
+    #: ours: given entries enter the input adapter as deviations from their gene's training mean
+    #: (unseen entries stay 0; with ``mask_indicator`` the model still tells them apart). Raw
+    #: log2(TPM + 1) values are 10–20 with spot-to-spot deviations of about 1, so the deviations
+    #: are a small part of each token's embedding.
+    centre_input: bool = False
     #: whole matrix (paper); ``"hidden"``: hidden entries only; ``"real"``: every real entry
     #: (the median guesses stay in the input but are not targets)
     loss_on: str = "all"
@@ -164,6 +178,16 @@ class SpackleConfig:
         """Every value, the training loop's included, in one flat mapping (for the chapter's table)."""
         return {**{k: v for k, v in asdict(self).items() if k != "train"}, **asdict(self.train)}
 
+    def updated(self, **options) -> SpackleConfig:
+        """A copy with some options changed, :class:`TrainConfig` fields (``warmup_iterations``,
+        ``iterations``, ...) included: ``base.updated(**PLUS_OPTIONS)``."""
+        names = {f.name for f in fields(self)} - {"train"}
+        unknown = set(options) - names - set(training.TRAIN_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown SpaCKLE option(s) {sorted(unknown)}")
+        train = replace(self.train, **{k: v for k, v in options.items() if k not in names})
+        return replace(self, train=train, **{k: v for k, v in options.items() if k in names})
+
     @classmethod
     def make(cls, **kwargs) -> SpackleConfig:
         """:meth:`from_kwargs` that refuses unknown names (``SpackleConfig.make(iterations=200, d_model=64)``)."""
@@ -188,7 +212,8 @@ class Spackle(nn.Module):
     """
 
     def __init__(self, n_genes: int, n_tokens: int, config: SpackleConfig | None = None,
-                 gene_scale: torch.Tensor | None = None, out_scale: torch.Tensor | None = None):
+                 gene_scale: torch.Tensor | None = None, out_scale: torch.Tensor | None = None,
+                 gene_centre: torch.Tensor | None = None):
         super().__init__()
         cfg = config or SpackleConfig()
         d = cfg.d_model or n_genes
@@ -211,11 +236,18 @@ class Spackle(nn.Module):
         ones = torch.ones(n_genes)
         self.register_buffer("gene_scale", ones.clone() if gene_scale is None else torch.as_tensor(gene_scale).float().clone())
         self.register_buffer("out_scale", ones.clone() if out_scale is None else torch.as_tensor(out_scale).float().clone())
+        if cfg.centre_input:  # only then, so that checkpoints without it still load
+            centre = torch.zeros(n_genes) if gene_centre is None else torch.as_tensor(gene_centre).float().clone()
+            self.register_buffer("gene_centre", centre)
+        else:
+            self.gene_centre = None
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
-        xin = x / self.gene_scale
+        given = x != 0
+        xin = x if self.gene_centre is None else (x - self.gene_centre) * given
+        xin = xin / self.gene_scale
         if self.indicator:
-            xin = torch.cat([xin, (x != 0).to(xin.dtype)], dim=-1)
+            xin = torch.cat([xin, given.to(xin.dtype)], dim=-1)
         h = self.adapter_in(xin)
         if self.position is not None:
             h = h + self.position[: h.shape[1]]
@@ -576,7 +608,8 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
 
     def run(lr: float) -> training.TrainResult:
         training.seed_everything(cfg.train.seed)
-        model = Spackle(len(genes), n_tokens, cfg, gene_scale=scales[0], out_scale=scales[1])
+        model = Spackle(len(genes), n_tokens, cfg, gene_scale=scales[0], out_scale=scales[1],
+                        gene_centre=gene_means if cfg.centre_input else None)
         if cfg.init_output_bias == "mean":
             # Starts the output at each gene's mean, so training learns deviations from it
             # instead of first climbing from 0 to the scale of log2(TPM + 1) (~10-20).
@@ -621,7 +654,8 @@ def config_tag(config: SpackleConfig, values: np.ndarray, real: np.ndarray, inde
              if k not in ("progress", "checkpoint_dir", "device", "learning_rate", "resume")
              and not (k in training.LATER_DEFAULTS and v == training.LATER_DEFAULTS[k])}
     keep = {k: v for k, v in asdict(config).items()
-            if k not in ("train", "checkpoint_dir", "lr_grid", "predict_batch")} | train
+            if k not in ("train", "checkpoint_dir", "lr_grid", "predict_batch")
+            and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])} | train
     h = hashlib.sha1(repr(sorted(keep.items())).encode())
     for arr in (values, real, index):
         h.update(np.ascontiguousarray(arr).tobytes())
