@@ -215,7 +215,8 @@ if ours:
         hex_geometry=hex_geometry,
     )
     print(
-        f"SpaCKLE+: best validation MSE {plus.best_val:.4f} (at ρ = {plus.config.mask_prob}) "
+        f"SpaCKLE+: best validation MSE {plus.best_val:.4f} "
+        f"(at ρ = {plus.config.mask_prob}) "
         f"at iteration {plus.best_iteration}, "
         f"{plus.n_params:,} parameters, {plus.wall_time_s:.0f} s on {plus.device}"
     )
