@@ -430,8 +430,9 @@ else:
 #    fixed ρ brought the low levels back (N), but on the 128-gene dataset such models learnt
 #    nothing: their MSE was the training mean's at every level. The cause was the first steps at
 #    the full learning rate, after which the model stays at the genes' means (SpaCKLE itself does
-#    so with the loss on real values). Warming the rate up over 20 steps (Q) removed the stall
-#    there, though not for every configuration (half at ρ = 0.2 still stalled on it, before Z).
+#    so with the loss on real values). Warming the rate up over 20 steps removed the stall there
+#    for N with a decaying rate and for R, though not for every configuration (half of the
+#    neighbourhoods at ρ = 0.2, Y, still stalled).
 # 3. **Centred input (Z).** Reading given values as deviations from the gene means lowered the
 #    average error on every dataset tried, by a third on the 128-gene one (R: 1.68, R with it:
 #    1.15), and none of the three configurations tried there with it stalled. The model now fits

@@ -178,7 +178,7 @@ RECORDED_ABLATION: list[dict[str, Any]] = [
     {"candidate": "P: L with the ρ = 0.3 half under the uniform rule", "mean_mse": 1.825, "mse_10": 1.766,
      "mse_70": 1.888, "decision": "dropped: better at 10%, worse on average and on synsuite_128genes"},
     {"candidate": "Q: N + learning rate warmed up over 20 steps", "mean_mse": 1.768, "mse_10": 1.588, "mse_70": 2.084,
-     "decision": "kept: no longer stalls on synsuite_128genes"},
+     "decision": "kept: with the warm-up, N (decaying rate) and R learn on synsuite_128genes"},
     {"candidate": "R: Q with the fixed share at ρ = 0.2", "mean_mse": 1.805, "mse_10": 1.563, "mse_70": 2.065,
      "decision": "kept: lower at 10% here and on synsuite_base"},
     {"candidate": "S: R with the fixed share at ρ = 0.1", "mean_mse": 1.901, "mse_10": 1.699, "mse_70": 2.089,
