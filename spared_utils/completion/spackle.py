@@ -181,11 +181,10 @@ class SpackleConfig:
     def updated(self, **options) -> SpackleConfig:
         """A copy with some options changed, :class:`TrainConfig` fields (``warmup_iterations``,
         ``iterations``, ...) included: ``base.updated(**PLUS_OPTIONS)``."""
-        names = {f.name for f in fields(self)} - {"train"}
-        unknown = set(options) - names - set(training.TRAIN_FIELDS)
+        names = {f.name for f in fields(self)} - {"train"}  # checkpoint_dir is SpaCKLE's, as in from_kwargs
+        train, unknown = training.split_train_options({k: v for k, v in options.items() if k not in names}, self.train)
         if unknown:
             raise TypeError(f"unknown SpaCKLE option(s) {sorted(unknown)}")
-        train = replace(self.train, **{k: v for k, v in options.items() if k not in names})
         return replace(self, train=train, **{k: v for k, v in options.items() if k in names})
 
     @classmethod
