@@ -33,7 +33,7 @@ from . import datasets, metrics, paths, synthetic
 from .completion import CPU_BUDGET, SpackleConfig, spackle, train_spackle
 from .patches import PatchStore, extract_patches
 from .predict.bundle import BUNDLE_NAME, PredictorBundle, load_predictor, predict_patches
-from .predict.harness import run_chapter
+from .predict.harness import RunSpec, run_chapter
 from .preprocess.genes import ANNOTATION_FILES, harmonise_gene_ids, load_gene_lengths, strip_version
 from .preprocess.median import median_complete
 from .preprocess.normalise import log1p, tpm
@@ -404,8 +404,9 @@ def checkpoints_for(dataset: str, predictor: str = "shufflenet", out_dir: str | 
         found["completion"] = Path(train_spackle(adata, config=config).checkpoint)
         trained.append("completion")
     if found["predictor"] is None:
-        run_chapter(dataset, predictor, scenario="completed", out_dir=out_dir, iterations=iterations, seed=seed,
-                    device=device, progress=progress, completion_iterations=iterations)
+        run_chapter(RunSpec(predictor, dataset, scenario="completed", out_dir=out_dir, seed=seed, device=device,
+                            costs={"iterations": iterations}, completion_iterations=iterations,
+                            options={"progress": progress}))
         found["predictor"] = find_checkpoints(dataset, predictor, out_dir)["predictor"]
         trained.append("predictor")
     return {**found, "trained": trained}

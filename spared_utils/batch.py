@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 
 from . import paths
-from .predict.data import SCENARIOS
+from .models.data import SCENARIOS
 from .run import (
     ChapterError,
     chapter_parameters,

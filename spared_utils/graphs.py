@@ -19,9 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
+import torch
 from anndata import AnnData
+from torch import Tensor
 
 HEX_OFFSETS: tuple[tuple[int, int], ...] = ((0, -2), (0, 2), (-1, -1), (-1, 1), (1, -1), (1, 1))
 GRID_OFFSETS: tuple[tuple[int, int], ...] = ((0, -1), (0, 1), (-1, 0), (1, 0))
@@ -194,3 +198,121 @@ __all__: Sequence[str] = (
     "slide_groups",
     "slides_containing",
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Edges between tensors of positions or features (EGGN's graphs, exemplar retrieval)
+# ---------------------------------------------------------------------------------------------
+
+
+def chunked_knn(
+    queries: Tensor,
+    reference: Tensor,
+    k: int,
+    p: float = 2.0,
+    chunk_size: int = 1024,
+    forbidden=None,
+) -> tuple[Tensor, Tensor]:
+    """Exact ``k`` nearest ``reference`` rows of every query row, ``chunk_size`` queries at a time.
+
+    Parameters
+    ----------
+    queries, reference
+        (Q, F) and (R, F) float tensors on the same device.
+    k
+        Neighbours per query.
+    p
+        Minkowski exponent of ``torch.cdist`` (2: Euclidean, 1: L1).
+    chunk_size
+        Queries per ``cdist`` call: memory is ``chunk_size × R`` distances, so e.g. 43,804 training
+        spots query a 43,804-spot bank in ~180 MB chunks instead of a 7.7 GB matrix.
+    forbidden
+        Optional ``forbidden(start, stop) -> (stop − start, R) bool`` mask of pairs that must not
+        be returned (e.g. a spot and itself).
+
+    Returns
+    -------
+    distances, indices
+        (Q, k) each, nearest first. Raises ``ValueError`` if a query has fewer than ``k`` allowed
+        reference rows.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    n_ref = reference.shape[0]
+    if k > n_ref:
+        raise ValueError(f"asked for k={k} neighbours but the reference has only {n_ref} rows")
+    dists, idxs = [], []
+    for start in range(0, queries.shape[0], chunk_size):
+        stop = min(start + chunk_size, queries.shape[0])
+        d = torch.cdist(queries[start:stop], reference, p=p)
+        if forbidden is not None:
+            d = d.masked_fill(forbidden(start, stop), float("inf"))
+        val, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
+        if torch.isinf(val).any():
+            row = start + int(torch.isinf(val).any(dim=1).nonzero()[0])
+            raise ValueError(
+                f"query {row} has fewer than k={k} allowed neighbours (after exclusions): "
+                "lower k or give the bank more slides"
+            )
+        dists.append(val)
+        idxs.append(idx)
+    if not dists:
+        return queries.new_zeros((0, k)), torch.zeros((0, k), dtype=torch.long, device=queries.device)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+def grid_positions(rows: Tensor, cols: Tensor, hex_geometry: bool = True) -> Tensor:
+    """Array coordinates → (N, 2) positions in units of the centre-to-centre spot distance.
+
+    Visium (``hex_geometry=True``, ``row + col`` even): ``x = col / 2``, ``y = row · √3 / 2``, so
+    all six first-ring neighbours are at distance 1 and the second ring at √3 and 2. Square ST grid:
+    ``(col, row)``.
+    """
+    rows, cols = torch.as_tensor(rows).double(), torch.as_tensor(cols).double()
+    if hex_geometry:
+        return torch.stack((cols / 2.0, rows * math.sqrt(3.0) / 2.0), 1)
+    return torch.stack((cols, rows), 1)
+
+
+def radius_edges(pos: Tensor, radius: float, batch: Tensor | None = None, chunk_size: int = 4096) -> Tensor:
+    """(2, E) edges between distinct nodes of the same ``batch`` within ``radius`` (both directions).
+
+    Distances ≤ ``radius`` (1e-6 tolerance) count; computed slide by slide with chunked ``cdist``.
+    """
+    n = len(pos)
+    batch = torch.zeros(n, dtype=torch.long, device=pos.device) if batch is None else batch
+    edges = []
+    for b in torch.unique(batch):
+        members = torch.nonzero(batch == b).flatten()
+        p = pos[members]
+        for start in range(0, len(p), chunk_size):
+            d = torch.cdist(p[start:start + chunk_size], p)
+            near = d <= radius + 1e-6
+            rows = torch.arange(len(d), device=pos.device)
+            near[rows, rows + start] = False
+            dst, src = torch.nonzero(near, as_tuple=True)
+            edges.append(torch.stack((members[src], members[dst + start])))
+    return torch.cat(edges, 1) if edges else torch.zeros((2, 0), dtype=torch.long, device=pos.device)
+
+
+def knn_edges(x: Tensor, k: int, batch: Tensor | None = None, chunk_size: int = 1024) -> Tensor:
+    """(2, E) edges ``neighbour → node`` from each node's ``k`` nearest (L2) of the same batch.
+
+    No self loops; a batch with ``m ≤ k`` nodes links each node to the other ``m − 1``.
+    """
+    n = len(x)
+    batch = torch.zeros(n, dtype=torch.long, device=x.device) if batch is None else batch
+    edges = []
+    for b in torch.unique(batch):
+        members = torch.nonzero(batch == b).flatten()
+        kk = min(k, len(members) - 1)
+        if kk < 1:
+            continue
+        local = torch.arange(len(members), device=x.device)
+        _, idx = chunked_knn(x[members], x[members], kk, p=2.0, chunk_size=chunk_size,
+                             forbidden=lambda s, e: local[s:e, None] == local[None, :])
+        centre = members.repeat_interleave(kk)
+        edges.append(torch.stack((members[idx.flatten()], centre)))
+    return torch.cat(edges, 1) if edges else torch.zeros((2, 0), dtype=torch.long, device=x.device)

@@ -211,11 +211,11 @@ def test_harness_completed_scenario_takes_the_completion_method(tmp_path):
 
     adata = _toy_adata()
     store = patches.PatchStore(patches.extract_patches(adata.copy(), tmp_path / "patches", patch_size=64, progress=False))
-    kw = dict(scenario="completed", learning_rate=1e-3, adata=adata, store=store, iterations=2, batch_size=4,
-              eval_every=1, eval_spots=8, progress=False, device="cpu")
+    kw = dict(dataset="toy", scenario="completed", learning_rate=1e-3, iterations=2, batch_size=4, eval_every=1,
+              eval_spots=8, progress=False, device="cpu")
     with pytest.raises(ValueError, match="unknown completion method"):
-        predict.run_chapter("toy", "shufflenet", completion="knn", **kw)
-    mean = predict.run_chapter("toy", "shufflenet", completion="mean", **kw)
+        predict.run_chapter(predict.RunSpec.make("shufflenet", completion="knn", **kw), adata=adata, store=store)
+    mean = predict.run_chapter(predict.RunSpec.make("shufflenet", completion="mean", **kw), adata=adata, store=store)
     # "mean" completes a copy: real values kept, each missing value the gene's mean over its real
     # training values, the caller's data (and its stored SpaCKLE layer) untouched
     target, real = mean.data["completed"].target, adata.layers["mask"]

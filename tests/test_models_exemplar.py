@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from spared_utils import graphs
+from spared_utils.models import egn as egn_mod
+from spared_utils.models import eggn as eggn_mod
 from spared_utils.models import exemplar as ex
 from spared_utils.training import count_parameters
 
@@ -16,14 +18,14 @@ TINY_EGGN = dict(hidden=24, n_layers=2, feature_dim=16, score_dim=8)
 G = 5  # genes
 
 
-def _tiny_egn(seed: int = 0) -> ex.EGN:
+def _tiny_egn(seed: int = 0) -> egn_mod.EGN:
     torch.manual_seed(seed)
-    return ex.egn(G, **TINY_EGN)
+    return egn_mod.egn(G, **TINY_EGN)
 
 
-def _tiny_eggn(seed: int = 0) -> ex.EGGN:
+def _tiny_eggn(seed: int = 0) -> eggn_mod.EGGN:
     torch.manual_seed(seed)
-    return ex.eggn(G, **TINY_EGGN)
+    return eggn_mod.eggn(G, **TINY_EGGN)
 
 
 def _hex_slide(n_rows: int = 4, n_cols: int = 8):
@@ -120,11 +122,11 @@ def test_bank_refuses_validation_and_test_spots(bad):
 def test_chunked_knn_equals_unchunked_and_brute_force(p):
     g = torch.Generator().manual_seed(0)
     q, r = torch.randn(53, 12, generator=g), torch.randn(71, 12, generator=g)
-    whole_d, whole_i = ex.chunked_knn(q, r, 6, p=p, chunk_size=len(q))
+    whole_d, whole_i = graphs.chunked_knn(q, r, 6, p=p, chunk_size=len(q))
     ref = torch.cdist(q.double(), r.double(), p=p).topk(6, largest=False)
     assert torch.equal(whole_i, ref.indices)
     for chunk in (1, 7, 50):
-        d, i = ex.chunked_knn(q, r, 6, p=p, chunk_size=chunk)
+        d, i = graphs.chunked_knn(q, r, 6, p=p, chunk_size=chunk)
         assert torch.equal(i, whole_i)
         torch.testing.assert_close(d, whole_d, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(whole_d.double(), ref.values, rtol=1e-4, atol=1e-4)
@@ -220,7 +222,7 @@ def test_eggn_spot_graph_is_the_hexagonal_first_ring():
     want = {(pos[(r + dr, c + dc)], i) for (r, c), i in pos.items()
             for dr, dc in graphs.HEX_OFFSETS if (r + dr, c + dc) in pos}
     assert got == want and len(want) > 0
-    square = ex.eggn(G, hex_geometry=False, **TINY_EGGN)
+    square = eggn_mod.eggn(G, hex_geometry=False, **TINY_EGGN)
     r, c = torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij")
     g2 = square.build_graph(r.flatten(), c.flatten(), torch.zeros(9, 1, 16), torch.zeros(9, 1, G),
                             torch.zeros(9, 1, dtype=torch.long))

@@ -270,8 +270,9 @@ def test_lr_search_picks_the_best_grid_value(toy):
 
 def test_run_chapter_on_given_data(toy):
     adata, store = toy
-    out = predict.run_chapter("toy", "shufflenet", scenario="both", learning_rate=1e-3, adata=adata, store=store,
-                              iterations=2, batch_size=4, eval_every=1, eval_spots=8, progress=False, device="cpu")
+    spec = predict.RunSpec.make("shufflenet", dataset="toy", scenario="both", learning_rate=1e-3, iterations=2,
+                                batch_size=4, eval_every=1, eval_spots=8, progress=False, device="cpu")
+    out = predict.run_chapter(spec, adata=adata, store=store)
     table = out.metrics()
     assert set(table["scenario"]) == {"raw", "completed", "any"}  # the trivial predictor serves every scenario
     assert (table["model"] == "training mean").sum() == 2
@@ -310,9 +311,9 @@ def test_completed_minus_uses_raw_if_it_ran_else_masked(toy):
     from dataclasses import replace
 
     adata, store = toy
-    out = predict.run_chapter("toy", "shufflenet", scenario=["raw", "masked", "completed"], learning_rate=1e-3,
-                              adata=adata, store=store, iterations=2, batch_size=4, eval_every=1, eval_spots=8,
-                              progress=False, device="cpu")
+    spec = predict.RunSpec.make("shufflenet", dataset="toy", scenario=["raw", "masked", "completed"], learning_rate=1e-3,
+                                iterations=2, batch_size=4, eval_every=1, eval_spots=8, progress=False, device="cpu")
+    out = predict.run_chapter(spec, adata=adata, store=store)
     split = out.eval_split
     table = {s: r.metrics.set_index("split").loc[split] for s, r in out.runs.items()}
 
@@ -396,13 +397,14 @@ def test_lr_search_runs_once_per_dataset_and_predictor(toy, monkeypatch, tmp_pat
         return real_fit(model, batches, counted, validate, config, parameters=parameters)
 
     monkeypatch.setattr(engine, "fit", counting_fit)
-    kw = dict(learning_rate="search", lr_grid=[1e-4, 1e-2], adata=adata, store=store, iterations=2, batch_size=4,
-              eval_every=1, eval_spots=8, progress=False, device="cpu", out_dir=tmp_path)
-    first = predict.run_chapter("toy", "shufflenet", scenario="raw", seed=0, **kw)
+    kw = dict(dataset="toy", learning_rate="search", lr_grid=[1e-4, 1e-2], iterations=2, batch_size=4,
+              eval_every=1, eval_spots=8, progress=False, device="cpu", out_dir=str(tmp_path))
+    first = predict.run_chapter(predict.RunSpec.make("shufflenet", scenario="raw", seed=0, **kw), adata=adata, store=store)
     # two search runs of 2 steps; the raw run at seed 0 IS the search's run at the chosen rate (resumed)
     assert steps["n"] == 2 * 2
     steps["n"] = 0
-    second = predict.run_chapter("toy", "shufflenet", scenario="masked", seed=1, **kw)
+    second = predict.run_chapter(predict.RunSpec.make("shufflenet", scenario="masked", seed=1, **kw), adata=adata,
+                                 store=store)
     assert steps["n"] == 2, "only the masked run trains: the search's runs are finished"
     assert second.learning_rate == first.learning_rate
     assert list(second.lr_table["learning_rate"]) == list(first.lr_table["learning_rate"])

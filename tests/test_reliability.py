@@ -41,7 +41,7 @@ import yaml
 import spared_utils
 from spared_utils import apply as apply_module
 from spared_utils import batch, completion, datasets, download, patches, preprocess, readers, results, run
-from spared_utils.predict import PredictorConfig, load_predictor, prediction_data, run_chapter, train_predictor
+from spared_utils.predict import PredictorConfig, RunSpec, load_predictor, prediction_data, run_chapter, train_predictor
 from tests.fixtures_apply import trained  # noqa: F401  (pytest fixture)
 from tests.fixtures_http import http_server  # noqa: F401  (pytest fixture)
 
@@ -345,7 +345,7 @@ def test_completion_and_the_prediction_harness_refuse_what_they_cannot_use(train
     refused("values", "completion.complete", "a slide with one spot", lambda: completion.complete(lonely, method="median"),
             ["'LONELY'", "single spot"], exc=ValueError)
     refused("names", "predict.run_chapter (harness)", "unknown scenario",
-            lambda: run_chapter("synthetic_tiny", "shufflenet", scenario="bogus", adata=trained.adata,
+            lambda: run_chapter(RunSpec("shufflenet", "synthetic_tiny", scenario="bogus"), adata=trained.adata,
                                 store=trained.run.task.data.store), ["'bogus'", "raw"], exc=ValueError)
     refused("names", "predict.train_predictor (harness)", "unknown predictor",
             lambda: PredictorConfig.make(model="resnet_9000"), ["'resnet_9000'", "shufflenet"], exc=ValueError)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spared_utils import models, patches, predict, results
-from spared_utils.predict import tasks
+from spared_utils.models import features
 
 from .test_predict import _toy_adata
 
@@ -43,7 +43,7 @@ def _config(name, **kw):
     base = dict(model=name, iterations=2, batch_size=6, eval_every=1, eval_batch_size=8, progress=False, device="cpu",
                 model_options=SMALL[name], val_spots=4, eval_spots=5)
     if name == "sepal":
-        base.update(stage1=STAGE1, train_spots=4)
+        base.update(setup={"stage1": STAGE1}, train_spots=4)
     return predict.PredictorConfig.make(**{**base, **kw})
 
 
@@ -53,7 +53,7 @@ def test_every_new_predictor_trains_and_predicts_through_the_engine(name, toy2, 
     data = predict.prediction_data(adata, store, "raw")
     run = predict.train_predictor(data, _config(name), dataset="toy", out_dir=tmp_path)
     assert models.record(name).kind in models.KINDS
-    assert isinstance(run.task, tasks.task_class(name)) and tasks.task_class(name) is not tasks.PatchTask
+    assert type(run.task) is models.record(name).task and models.record(name).task is not models.PatchTask
     assert set(run.metrics["split"]) == {"val", "test"}
     for split, pred in run.predictions.items():
         assert pred.shape == (len(run.rows[split]), data.n_genes) and np.isfinite(pred).all()
@@ -160,7 +160,7 @@ def test_sepal_stage2_starts_from_its_own_stage1_and_refuses_another(toy2, tmp_p
     adata, store = toy2
     data = predict.prediction_data(adata, store, "raw")
     run = predict.train_predictor(data, _config("sepal"), dataset="toy", out_dir=tmp_path)
-    assert isinstance(run.task, tasks.SepalTask) and set(run.metrics["split"]) == {"val", "test"}
+    assert isinstance(run.task, models.sepal.SepalTask) and set(run.metrics["split"]) == {"val", "test"}
     assert run.predictions["test"].shape == (5, data.n_genes) and np.isfinite(run.predictions["test"]).all()
     stage1 = list((tmp_path / "checkpoints" / "toy" / "vit_b_delta" / "raw").glob("*/stage1.pt"))
     assert len(stage1) == 1
@@ -171,12 +171,12 @@ def test_sepal_stage2_starts_from_its_own_stage1_and_refuses_another(toy2, tmp_p
     assert all(torch.equal(saved[k], used[k].cpu()) for k in saved)
     assert not any(p.requires_grad for p in run.task.stage1.parameters())
     for wrong in ({"seed": 1}, {"scenario": "completed"}):
-        cfg = _config("sepal", stage1_checkpoint=str(stage1[0]), **wrong)
+        cfg = _config("sepal", setup={"stage1_checkpoint": str(stage1[0])}, **wrong)
         d = predict.prediction_data(adata, store, cfg.scenario)
         with pytest.raises(ValueError, match="same dataset, scenario and seed"):
             predict.train_predictor(d, cfg, dataset="toy", out_dir=tmp_path, eval_splits=())
     with pytest.raises(ValueError, match="same dataset, scenario and seed"):
-        predict.train_predictor(data, _config("sepal", stage1_checkpoint=str(stage1[0])), dataset="other",
+        predict.train_predictor(data, _config("sepal", setup={"stage1_checkpoint": str(stage1[0])}), dataset="other",
                                 out_dir=tmp_path, eval_splits=())
 
 
@@ -206,8 +206,8 @@ def test_frozen_cache_encodes_each_spot_once_and_bf16_stays_close_to_fp32(toy2):
     def encode(x):
         return net(x.float() / 255.0)
 
-    exact = tasks.FrozenCache(data, encode, torch.device("cpu"), batch_size=5, bf16=False)
-    fast = tasks.FrozenCache(data, encode, torch.device("cpu"), batch_size=5, bf16=True)
+    exact = features.FrozenCache(data, encode, torch.device("cpu"), batch_size=5, bf16=False)
+    fast = features.FrozenCache(data, encode, torch.device("cpu"), batch_size=5, bf16=True)
     rows = np.arange(12)
     (a,), (b,) = exact.get(rows), fast.get(rows)
     assert exact.n_encoded == 12 and a.dtype == b.dtype == torch.float32
@@ -215,7 +215,7 @@ def test_frozen_cache_encodes_each_spot_once_and_bf16_stays_close_to_fp32(toy2):
     assert exact.n_encoded == 13, "spots already encoded are not encoded again"
     assert not torch.equal(a, b), "bf16 really ran"
     assert (a - b).abs().max() <= 0.05 * a.abs().max() + 1e-3
-    assert tasks.FrozenCache(data, encode, torch.device("cpu")).bf16 == tasks.native_bf16(torch.device("cpu"))
+    assert features.FrozenCache(data, encode, torch.device("cpu")).bf16 == features.native_bf16(torch.device("cpu"))
 
 
 def test_frozen_features_are_kept_on_disk_for_the_next_process_keyed_by_the_weights(toy2, monkeypatch):
@@ -225,7 +225,7 @@ def test_frozen_features_are_kept_on_disk_for_the_next_process_keyed_by_the_weig
     net = models.build("shufflenet", 4, pretrained=False).eval()
 
     def cache(module):
-        return tasks.FrozenCache(data, lambda x: module(x.float() / 255.0), torch.device("cpu"), batch_size=5,
+        return features.FrozenCache(data, lambda x: module(x.float() / 255.0), torch.device("cpu"), batch_size=5,
                                  bf16=False, module=module)
 
     first = cache(net)
@@ -248,5 +248,5 @@ def test_frozen_features_are_kept_on_disk_for_the_next_process_keyed_by_the_weig
     with pytest.warns(UserWarning, match="unreadable feature cache"):
         damaged = cache(net)
     assert damaged.n_loaded == 0 and torch.allclose(damaged.get(np.arange(12))[0], a)
-    monkeypatch.setenv(tasks.FEATURE_CACHE_ENV, "0")
+    monkeypatch.setenv(features.FEATURE_CACHE_ENV, "0")
     assert cache(net).file is None

@@ -81,9 +81,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoders import ImageNormalize, PretrainedWeightsUnavailable, resize_square
+from .task import Task, load_patches
 
 __all__ = [
-    "BLEEP", "ProjectionHead", "RetrievalBank", "bank_memory_bytes", "bleep", "bleep_loss", "build_bank",
+    "BLEEP", "ContrastiveTask", "ProjectionHead", "RetrievalBank", "bank_memory_bytes", "bleep", "bleep_loss", "build_bank",
     "search_memory_bytes", "topk_search",
 ]
 
@@ -663,3 +664,42 @@ def bleep(n_genes: int, pretrained: bool = False, backbone: str = "resnet50", pr
     return BLEEP(encoder, encoder.num_features, n_genes, projection_dim=projection_dim, dropout=dropout,
                  temperature=temperature, top_k=top_k, method=method, chunk_size=chunk_size,
                  input_size=input_size)
+
+
+class ContrastiveTask(Task):
+    """BLEEP: trained with its contrastive loss; predicts from a bank of the run's training spots.
+
+    The bank (expression embeddings of the training spots, their targets) is rebuilt from the
+    current weights at every validation and at the end; a training spot that queries it skips
+    its own entry.
+    """
+
+    def batches(self):
+        return self._patch_loader(self.train_rows, True, True)
+
+    def loss(self, net, batch):
+        images, target, _mask = batch
+        return net.contrastive_loss(images, target)
+
+    def build_bank(self, net) -> RetrievalBank:
+        rows = self.train_rows
+        mask = None if self._loss_mask_is_full(rows) else self.data.loss_mask[rows]
+        return build_bank(net, self.data.target[rows], train_ids=self.ids[rows],
+                                      splits=np.asarray(["train"] * len(rows)), mask=mask)
+
+    def _predict(self, net, rows, progress):
+        self.build_bank(net)  # from the current weights (net is in eval mode here)
+        return self._in_batches(rows, lambda sl: net.predict(load_patches(self.data, rows[sl]).to(self.device),
+                                                             exclude_ids=self.ids[rows[sl]]), progress)
+
+    @torch.no_grad()
+    def retrieved(self, net, rows: np.ndarray, k: int | None = None) -> np.ndarray:
+        """(len(rows), k) AnnData rows of the training spots each of ``rows`` retrieves (bank
+        rebuilt from ``net``'s current weights): what a chapter counts to see whether retrieval
+        spreads over the bank or keeps returning the same few spots."""
+        net.eval()
+        self.build_bank(net)
+        idx = self._in_batches(rows, lambda sl: net.predict(load_patches(self.data, rows[sl]).to(self.device), k=k,
+                                                            exclude_ids=self.ids[rows[sl]], return_indices=True)[1],
+                               progress=False)
+        return self.train_rows[idx]

@@ -35,13 +35,15 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from torch import nn
+
+from .task import Task, masked_mse_loss, predict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -323,3 +325,18 @@ def stnet(n_genes: int, pretrained: bool = False, dihedral_average: bool = True,
         net, n_features, n_genes, name="stnet", mean_init_head=True,
         dihedral_average=dihedral_average, input_stats="training", input_size=input_size,
     )
+
+
+class PatchTask(Task):
+    """One patch → one spot (ShuffleNet, ViT-B, ViT-B+Δ, STNet): masked MSE on each batch."""
+
+    def batches(self) -> Iterable:
+        return self._patch_loader(self.train_rows, True, True)
+
+    def loss(self, net, batch):
+        images, target, mask = batch
+        return masked_mse_loss(net(images), target, mask)
+
+    def _predict(self, net, rows, progress):
+        return predict(net, self.data, rows, device=self.device, amp=self.amp, progress=progress,
+                       loader=self._patch_loader(rows, False, False))

@@ -98,16 +98,18 @@ slide per step; both minimise ``MSE + 0.5 · (1 − PCC)`` (:func:`egn_loss`; th
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..graphs import chunked_knn
 from .encoders import ImageNormalize, load_torchvision
+from .features import FrozenCache, shared_cache
+from .task import Task
 
 #: Frozen retrieval backbones (torchvision name → feature width).
 BANK_BACKBONES = {"resnet50": 2048, "resnet18": 512}
@@ -120,68 +122,6 @@ BANK_STD = (0.5, 0.5, 0.5)
 EGN_PATCH_MEAN = (0.5476, 0.5218, 0.6881)
 EGN_PATCH_STD = (0.2461, 0.2101, 0.1649)
 
-
-# ---------------------------------------------------------------------------------------------
-# Exact nearest neighbours, chunked over queries
-# ---------------------------------------------------------------------------------------------
-
-
-def chunked_knn(
-    queries: Tensor,
-    reference: Tensor,
-    k: int,
-    p: float = 2.0,
-    chunk_size: int = 1024,
-    forbidden=None,
-) -> tuple[Tensor, Tensor]:
-    """Exact ``k`` nearest ``reference`` rows of every query row, ``chunk_size`` queries at a time.
-
-    Parameters
-    ----------
-    queries, reference
-        (Q, F) and (R, F) float tensors on the same device.
-    k
-        Neighbours per query.
-    p
-        Minkowski exponent of ``torch.cdist`` (2: Euclidean, 1: L1).
-    chunk_size
-        Queries per ``cdist`` call: memory is ``chunk_size × R`` distances, so e.g. 43,804 training
-        spots query a 43,804-spot bank in ~180 MB chunks instead of a 7.7 GB matrix.
-    forbidden
-        Optional ``forbidden(start, stop) -> (stop − start, R) bool`` mask of pairs that must not
-        be returned (e.g. a spot and itself).
-
-    Returns
-    -------
-    distances, indices
-        (Q, k) each, nearest first. Raises ``ValueError`` if a query has fewer than ``k`` allowed
-        reference rows.
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    n_ref = reference.shape[0]
-    if k > n_ref:
-        raise ValueError(f"asked for k={k} neighbours but the reference has only {n_ref} rows")
-    dists, idxs = [], []
-    for start in range(0, queries.shape[0], chunk_size):
-        stop = min(start + chunk_size, queries.shape[0])
-        d = torch.cdist(queries[start:stop], reference, p=p)
-        if forbidden is not None:
-            d = d.masked_fill(forbidden(start, stop), float("inf"))
-        val, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
-        if torch.isinf(val).any():
-            row = start + int(torch.isinf(val).any(dim=1).nonzero()[0])
-            raise ValueError(
-                f"query {row} has fewer than k={k} allowed neighbours (after exclusions): "
-                "lower k or give the bank more slides"
-            )
-        dists.append(val)
-        idxs.append(idx)
-    if not dists:
-        return queries.new_zeros((0, k)), torch.zeros((0, k), dtype=torch.long, device=queries.device)
-    return torch.cat(dists), torch.cat(idxs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,7 +408,7 @@ def egn_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, pcc_weigh
 # ---------------------------------------------------------------------------------------------
 
 
-class _ExpressionRange(nn.Module):
+class ExpressionRange(nn.Module):
     """Per-gene min–max normalisation of exemplar expression and its inverse on the output."""
 
     def __init__(self, n_genes: int):
@@ -505,548 +445,40 @@ class _ExpressionRange(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# EGN
+# What EGN's and EGGN's tasks share: the frozen features of the run's spots, the bank, the query
 # ---------------------------------------------------------------------------------------------
 
 
-class _FeedForward(nn.Module):
-    """Pre-norm MLP ``Linear → GELU → Linear`` (residual added by the caller)."""
+def frozen_features(task: Task) -> FrozenCache:
+    """The frozen ResNet features of the model's exemplar bank (shared by the runs of a process)."""
+    backbone, pretrained = task.model.exemplar_backbone, bool(task.model.exemplar_pretrained)
 
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+    def make() -> FrozenCache:
+        frozen = FrozenEncoder(backbone, pretrained).to(task.device)
+        return FrozenCache(task.data, frozen, task.device, name=f"frozen {backbone} features", progress=task.progress,
+                           module=frozen)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.norm(x))
-
-
-class _SelfAttention(nn.Module):
-    """Pre-norm multi-head self-attention (no bias on q, k, v; residual added by the caller)."""
-
-    def __init__(self, dim: int, heads: int, dim_head: int):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads = heads
-        self.norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim) if not (heads == 1 and dim_head == dim) else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.to_qkv(self.norm(x)).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dim_head)) v
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+    return shared_cache(task.data, (backbone, pretrained, str(task.device)), make)
 
 
-class _ExemplarProjector(nn.Module):
-    """Spot feature and exemplar [feature, expression] → ``dim`` tokens, mixed by residual MLPs."""
-
-    def __init__(self, feature_dim: int, n_genes: int, dim: int, n_layers: int, linear_projection: bool):
-        super().__init__()
-        self.spot = nn.Linear(feature_dim, dim)
-        self.exemplar = nn.Linear(feature_dim + n_genes, dim)
-        self.layers = nn.ModuleList([_FeedForward(dim, dim) for _ in range(n_layers)])
-        self.expression = (nn.Linear(n_genes, dim) if linear_projection
-                           else nn.Sequential(nn.Linear(n_genes, dim), nn.GELU(), nn.Linear(dim, dim)))
-
-    def forward(self, spot: Tensor, ex_feat: Tensor, ex_expr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        tokens = torch.cat((self.spot(spot), self.exemplar(torch.cat((ex_feat, ex_expr), -1))), 1)
-        for ff in self.layers:
-            tokens = ff(tokens) + tokens
-        spot_tok, ex_tok = tokens.split([spot.shape[1], ex_feat.shape[1]], 1)
-        return spot_tok, ex_tok, self.expression(ex_expr)
+def training_bank(task: Task, features: FrozenCache, metric: str) -> ExemplarBank:
+    """The bank of the run's training spots (their frozen features and scenario targets)."""
+    rows = task.train_rows
+    (feats,) = features.get(rows)
+    bank = ExemplarBank(feats, task.data.target[rows], task.data.slides[rows], task.ids[rows],
+                                 np.asarray(["train"] * len(rows)), metric=metric)
+    return bank.to(task.device)
 
 
-class _ExemplarUpdate(nn.Module):
-    """Gate the exemplars' expression tokens by (spot − exemplar, exemplar); update both tokens."""
+def query_exemplars(task: Task, bank: ExemplarBank, features: torch.Tensor, rows: np.ndarray, k: int) -> Exemplars:
+    """Exemplars of ``rows``: never the spot itself, nor a spot of its own slide (the official rule).
 
-    def __init__(self, dim: int, hidden: int, update_exemplars: bool = True):
-        super().__init__()
-        self.update_exemplars = update_exemplars
-        self.gates = nn.Sequential(nn.Linear(2 * dim, hidden), nn.SiLU(),
-                                   nn.Linear(hidden, 2 * dim if update_exemplars else dim))
-        self.value = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim) if update_exemplars else None
-
-    def forward(self, spot: Tensor, ex: Tensor, ex_expr: Tensor) -> tuple[Tensor, Tensor | None]:
-        value = self.value(ex_expr)                                        # (B, k, dim)
-        gates = self.gates(torch.cat((spot - ex, ex), -1))                 # spot broadcasts over k
-        if self.update_exemplars:
-            g_spot, g_ex = gates.chunk(2, -1)
-            new_ex = self.norm(g_ex.sigmoid() * value + ex)
-        else:
-            g_spot, new_ex = gates, None
-        new_spot = (g_spot.sigmoid() * value).mean(1, keepdim=True) + spot  # (B, 1, dim)
-        return new_spot, new_ex
-
-
-class ExemplarBridge(nn.Module):
-    """EGN's Exemplar-Bridging block: the exemplar-updated spot token gates the patch tokens.
-
-    The updated spot token gives one sigmoid gate per (head, patch position); the gated head
-    features revise the patch tokens (residual) and, averaged over positions, the spot token.
+    With a single training slide the slide rule would leave a training spot no exemplar at all;
+    then only the spot itself is excluded (with a warning).
     """
-
-    def __init__(self, dim: int, n_patches: int, heads: int, dim_head: int, update_hidden: int,
-                 update_exemplars: bool = True):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads, self.n_patches = heads, n_patches
-        self.update = _ExemplarUpdate(dim, update_hidden, update_exemplars)
-        self.to_x = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner))
-        self.to_gate = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_patches * heads))
-        self.to_tokens = nn.Linear(inner, dim, bias=False)
-        self.to_spot = nn.Linear(inner, dim, bias=False)
-
-    def forward(self, x: Tensor, spot: Tensor, ex: Tensor, ex_expr: Tensor):
-        b, p, _ = x.shape
-        new_spot, new_ex = self.update(spot, ex, ex_expr)
-        gate = self.to_gate(new_spot).view(b, self.heads, p).transpose(1, 2).unsqueeze(-1)  # (B, P, h, 1)
-        value = self.to_x(x).view(b, p, self.heads, -1) * gate.sigmoid()                   # (B, P, h, c)
-        value = value.reshape(b, p, -1)
-        x = self.to_tokens(value) + x
-        spot = self.to_spot(value.mean(1, keepdim=True)) + spot  # the block's input spot token
-        return x, spot, new_ex
-
-
-class _CSRAPool(nn.Module):
-    """Class-specific residual attention pooling over tokens: mean + λ·softmax(T·s)-weighted sum."""
-
-    def __init__(self, dim: int, temperature: float = 0.1, lam: float = 0.5):
-        super().__init__()
-        self.temperature, self.lam = temperature, lam
-        self.head = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        score = self.head(x)
-        attention = torch.softmax(score * self.temperature, dim=1)
-        return score.mean(1) + self.lam * (score * attention).sum(1)
-
-
-class EGN(nn.Module):
-    """Exemplar Guided Network (see the module docstring; build it with :func:`egn`).
-
-    ``forward(patches, exemplar_features, exemplar_expression, query_features)`` → (B, n_genes):
-
-    * ``patches``: (B, 3, H, W) ``uint8`` 0–255 or float 0–1 (resized to ``image_size`` if needed);
-    * ``exemplar_features``: (B, k, feature_dim) frozen features of the spot's k exemplars
-      (``ExemplarBank.query(...).features``);
-    * ``exemplar_expression``: (B, k, n_genes) their expression (``.expression``);
-    * ``query_features``: (B, feature_dim) the spot's own frozen feature (``ExemplarBank.encode``).
-    """
-
-    exemplar_backbone = "resnet50"
-    exemplar_metric = "l2"
-
-    def __init__(self, n_genes: int, image_size: int = 256, patch_size: int = 32, dim: int = 1024,
-                 depth: int = 8, heads: int = 16, dim_head: int = 64, mlp_dim: int = 4096,
-                 bridge_every: int = 2, bridge_heads: int = 8, bridge_dim_head: int = 64,
-                 projector_layers: int = 2, linear_projection: bool = True, feature_dim: int = 2048,
-                 k: int = 6, exemplar_pretrained: bool = False):
-        super().__init__()
-        if n_genes < 1:
-            raise ValueError(f"n_genes must be at least 1, got {n_genes}")
-        if image_size % patch_size:
-            raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
-        if bridge_every < 1 or depth < 1:
-            raise ValueError("depth and bridge_every must be at least 1")
-        self.name = "egn"
-        self.n_genes, self.image_size, self.patch_size = n_genes, image_size, patch_size
-        self.feature_dim, self.k = feature_dim, k
-        self.exemplar_pretrained = exemplar_pretrained
-        self.input_stats = "training"
-        n_patches = (image_size // patch_size) ** 2
-        self.normalize = ImageNormalize(EGN_PATCH_MEAN, EGN_PATCH_STD)
-        self.expression_range = _ExpressionRange(n_genes)
-        self.patch_embedding = nn.Linear(3 * patch_size * patch_size, dim)
-        self.pos_embedding = nn.Parameter(torch.randn(1, n_patches, dim))
-        self.projector = _ExemplarProjector(feature_dim, n_genes, dim, projector_layers, linear_projection)
-        bridged = [(layer + 1) % bridge_every == 0 for layer in range(depth)]
-        last_bridge = max((i for i, b in enumerate(bridged) if b), default=-1)
-        self.attention = nn.ModuleList([_SelfAttention(dim, heads, dim_head) for _ in range(depth)])
-        self.bridges = nn.ModuleDict({
-            str(i): ExemplarBridge(dim, n_patches, bridge_heads, bridge_dim_head, 4 * bridge_dim_head,
-                                   update_exemplars=i != last_bridge)
-            for i in range(depth) if bridged[i]
-        })
-        self.feed_forward = nn.ModuleList([_FeedForward(dim, mlp_dim) for _ in range(depth)])
-        self.pool = _CSRAPool(dim)
-        self.head = nn.Sequential(nn.LayerNorm(2 * dim), nn.Linear(2 * dim, n_genes))
-
-    def set_input_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Normalise patches with this channel mean/std (0–1 scale), e.g. of the training patches."""
-        self.normalize.set_stats(mean, std)
-
-    def set_expression_range(self, minimum, maximum) -> None:
-        """Per-gene training min/max: exemplar expression is min–max normalised, the output mapped back."""
-        self.expression_range.set(minimum, maximum)
-
-    def set_target_mean(self, mean) -> None:
-        """Start the head's bias at the (normalised) training mean; call after :meth:`set_expression_range`."""
-        self.expression_range.start_at(self.head[-1], mean)
-
-    def _patch_tokens(self, patches: Tensor) -> Tensor:
-        x = self.normalize(patches)
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        b, c, h, w = x.shape
-        p = self.patch_size
-        x = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
-        return self.patch_embedding(x)
-
-    def forward(self, patches: Tensor, exemplar_features: Tensor, exemplar_expression: Tensor,
-                query_features: Tensor) -> Tensor:
-        b = patches.shape[0]
-        if exemplar_features.ndim != 3 or exemplar_features.shape[0] != b or exemplar_features.shape[2] != self.feature_dim:
-            raise ValueError(f"exemplar_features must be (B={b}, k, {self.feature_dim}), got {tuple(exemplar_features.shape)}")
-        if exemplar_expression.shape != (*exemplar_features.shape[:2], self.n_genes):
-            raise ValueError(f"exemplar_expression must be {(*exemplar_features.shape[:2], self.n_genes)}, "
-                             f"got {tuple(exemplar_expression.shape)}")
-        if query_features.shape != (b, self.feature_dim):
-            raise ValueError(f"query_features must be (B={b}, {self.feature_dim}), got {tuple(query_features.shape)}")
-        x = self._patch_tokens(patches)
-        pos = self.pos_embedding
-        x = x + pos
-        ex_expr = self.expression_range.normalize(exemplar_expression.float())
-        spot, ex, ex_value = self.projector(query_features.float().unsqueeze(1), exemplar_features.float(), ex_expr)
-        for i, (attn, ff) in enumerate(zip(self.attention, self.feed_forward)):
-            x = attn(x + pos) + x
-            if str(i) in self.bridges:
-                x, spot, ex = self.bridges[str(i)](x, spot, ex, ex_value)
-            x = ff(x) + x
-        out = self.head(torch.cat((self.pool(x), spot.squeeze(1)), 1))
-        return self.expression_range.denormalize(out)
-
-
-def egn(n_genes: int, pretrained: bool = False, image_size: int = 256, dim: int = 1024, depth: int = 8,
-        mlp_dim: int = 4096, k: int = 6, heads: int = 16, dim_head: int = 64, patch_size: int = 32,
-        bridge_every: int = 2, bridge_heads: int = 8, bridge_dim_head: int = 64, projector_layers: int = 2,
-        linear_projection: bool = True, feature_dim: int = 2048) -> EGN:
-    """EGN with the official run's sizes (``v1/README``: 256 px, dim 1024, depth 8, 16 heads × 64,
-    MLP 4096, EB every 2nd layer with 8 heads × 64, 2 projector layers, linear projection, 2,048-d
-    ResNet-50 features, k = 6); ``n_genes`` outputs (the official code fixes 250).
-
-    ``pretrained`` does not touch the model (its ViT is trained from scratch, as in the paper): it
-    is recorded as ``exemplar_pretrained``, the flag :func:`bank_for` builds the frozen ResNet-50
-    of the exemplar bank with. ``k`` is the number of exemplars to retrieve (the architecture
-    accepts any k).
-    """
-    return EGN(n_genes, image_size=image_size, patch_size=patch_size, dim=dim, depth=depth, heads=heads,
-               dim_head=dim_head, mlp_dim=mlp_dim, bridge_every=bridge_every, bridge_heads=bridge_heads,
-               bridge_dim_head=bridge_dim_head, projector_layers=projector_layers,
-               linear_projection=linear_projection, feature_dim=feature_dim, k=k, exemplar_pretrained=pretrained)
-
-
-# ---------------------------------------------------------------------------------------------
-# EGGN: graph
-# ---------------------------------------------------------------------------------------------
-
-
-def grid_positions(rows: Tensor, cols: Tensor, hex_geometry: bool = True) -> Tensor:
-    """Array coordinates → (N, 2) positions in units of the centre-to-centre spot distance.
-
-    Visium (``hex_geometry=True``, ``row + col`` even): ``x = col / 2``, ``y = row · √3 / 2``, so
-    all six first-ring neighbours are at distance 1 and the second ring at √3 and 2. Square ST grid:
-    ``(col, row)``.
-    """
-    rows, cols = torch.as_tensor(rows).double(), torch.as_tensor(cols).double()
-    if hex_geometry:
-        return torch.stack((cols / 2.0, rows * math.sqrt(3.0) / 2.0), 1)
-    return torch.stack((cols, rows), 1)
-
-
-def radius_edges(pos: Tensor, radius: float, batch: Tensor | None = None, chunk_size: int = 4096) -> Tensor:
-    """(2, E) edges between distinct nodes of the same ``batch`` within ``radius`` (both directions).
-
-    Distances ≤ ``radius`` (1e-6 tolerance) count; computed slide by slide with chunked ``cdist``.
-    """
-    n = len(pos)
-    batch = torch.zeros(n, dtype=torch.long, device=pos.device) if batch is None else batch
-    edges = []
-    for b in torch.unique(batch):
-        members = torch.nonzero(batch == b).flatten()
-        p = pos[members]
-        for start in range(0, len(p), chunk_size):
-            d = torch.cdist(p[start:start + chunk_size], p)
-            near = d <= radius + 1e-6
-            rows = torch.arange(len(d), device=pos.device)
-            near[rows, rows + start] = False
-            dst, src = torch.nonzero(near, as_tuple=True)
-            edges.append(torch.stack((members[src], members[dst + start])))
-    return torch.cat(edges, 1) if edges else torch.zeros((2, 0), dtype=torch.long, device=pos.device)
-
-
-def knn_edges(x: Tensor, k: int, batch: Tensor | None = None, chunk_size: int = 1024) -> Tensor:
-    """(2, E) edges ``neighbour → node`` from each node's ``k`` nearest (L2) of the same batch.
-
-    No self loops; a batch with ``m ≤ k`` nodes links each node to the other ``m − 1``.
-    """
-    n = len(x)
-    batch = torch.zeros(n, dtype=torch.long, device=x.device) if batch is None else batch
-    edges = []
-    for b in torch.unique(batch):
-        members = torch.nonzero(batch == b).flatten()
-        kk = min(k, len(members) - 1)
-        if kk < 1:
-            continue
-        local = torch.arange(len(members), device=x.device)
-        _, idx = chunked_knn(x[members], x[members], kk, p=2.0, chunk_size=chunk_size,
-                             forbidden=lambda s, e: local[s:e, None] == local[None, :])
-        centre = members.repeat_interleave(kk)
-        edges.append(torch.stack((members[idx.flatten()], centre)))
-    return torch.cat(edges, 1) if edges else torch.zeros((2, 0), dtype=torch.long, device=x.device)
-
-
-class EGGNGraph(NamedTuple):
-    """One (or several disjoint) slide graphs of EGGN.
-
-    Node types: spots (N) and exemplars (E, the unique exemplars retrieved by a slide's spots).
-    Edges are (2, ·) ``source → target`` index tensors.
-    """
-
-    #: (E, feature_dim + n_genes) exemplar nodes: [frozen feature, normalised expression]
-    exemplar_x: Tensor
-    #: (E, n_genes) their normalised expression
-    exemplar_expression: Tensor
-    #: spot → spot, within the radius on the array grid
-    spot_spot: Tensor
-    #: exemplar → spot, each spot from the exemplars it retrieved
-    exemplar_spot: Tensor
-    #: exemplar → exemplar, kNN over ``exemplar_x``
-    exemplar_exemplar: Tensor
-    #: (N,) slide index of each spot and (E,) of each exemplar node
-    spot_batch: Tensor
-    exemplar_batch: Tensor
-
-
-# ---------------------------------------------------------------------------------------------
-# EGGN: layers
-# ---------------------------------------------------------------------------------------------
-
-try:  # torch_geometric is imported lazily by the rest of the package; needed here for EGGN
-    from torch_geometric.nn import MessagePassing, SAGEConv
-    from torch_geometric.utils import softmax as segment_softmax
-except ImportError:  # pragma: no cover - torch_geometric is a dependency of the package
-    MessagePassing = nn.Module  # type: ignore[misc,assignment]
-    SAGEConv = segment_softmax = None  # type: ignore[assignment]
-
-
-def _trunc_normal_(weight: Tensor) -> None:
-    nn.init.trunc_normal_(weight, std=0.02, a=-2.0, b=2.0)
-
-
-class ExemplarBridgeConv(MessagePassing):
-    """EGGN's exemplar-bridging step on exemplar → spot edges; updates both node types.
-
-    Each edge (exemplar j → spot i) gets two sigmoid gate vectors from the difference of the
-    (shared) attention projections of j and i. The spot receives the mean over its exemplars of the
-    gated [exemplar feature, exemplar expression, spot feature] (averaged over the three parts); the
-    exemplar receives the same with the other gate, over the spots that retrieved it.
-    """
-
-    def __init__(self, channels: int, score_dim: int = 128):
-        super().__init__(aggr="mean", node_dim=0)
-        if (3 * channels) % score_dim:
-            raise ValueError(f"3 × channels ({3 * channels}) must be a multiple of score_dim ({score_dim})")
-        self.channels, self.score_dim = channels, score_dim
-        self.repeat = 3 * channels // score_dim
-        self.lin_exemplar = nn.Linear(channels, channels, bias=False)
-        self.lin_spot = nn.Linear(channels, channels, bias=False)
-        self.lin_expression = nn.Linear(channels, channels, bias=False)
-        self.att = nn.Linear(channels, score_dim, bias=False)
-        self.score = nn.Linear(score_dim, 2 * score_dim)
-        self.bias_exemplar = nn.Parameter(torch.zeros(channels))
-        self.bias_spot = nn.Parameter(torch.zeros(channels))
-        self.out_exemplar = nn.Linear(channels, channels)
-        self.out_spot = nn.Linear(channels, channels)
-        for lin in (self.lin_exemplar, self.lin_spot, self.lin_expression, self.att, self.score,
-                    self.out_exemplar, self.out_spot):
-            _trunc_normal_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
-
-    def forward(self, h_exemplar: Tensor, h_spot: Tensor, h_expression: Tensor,
-                edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        ex = F.leaky_relu(self.lin_exemplar(h_exemplar), 0.2)
-        sp = F.leaky_relu(self.lin_spot(h_spot), 0.2)
-        ex_full = torch.cat((ex, self.lin_expression(h_expression)), -1)
-        a_ex, a_sp = self.att(ex), self.att(sp)  # the official in-place LeakyReLU already applied
-        src, dst = edge_index
-        gates = torch.sigmoid(self.score(F.leaky_relu(a_ex[src] - a_sp[dst], 0.2)))
-        g_spot, g_exemplar = gates.split(self.score_dim, -1)
-        sizes = (len(ex), len(sp))
-        to_spot = self.propagate(edge_index, x=(ex_full, sp), gate=g_spot, size=sizes)
-        to_exemplar = self.propagate(edge_index.flip(0), x=(sp, ex_full), gate=g_exemplar, size=sizes[::-1])
-        return (self.out_exemplar(to_exemplar + self.bias_exemplar),
-                self.out_spot(to_spot + self.bias_spot))
-
-    def message(self, x_j: Tensor, x_i: Tensor, gate: Tensor) -> Tensor:
-        joined = torch.cat((x_j, x_i), -1) * gate.repeat_interleave(self.repeat, -1)
-        return joined.view(-1, 3, self.channels).mean(1)
-
-
-class EGGNLayer(nn.Module):
-    """One EGGN layer: SAGEConv (spot–spot), SAGEConv (exemplar–exemplar), exemplar bridging
-    (exemplar → spot, both ways); a node type's outputs averaged, then LeakyReLU(0.2)."""
-
-    def __init__(self, channels: int, score_dim: int = 128):
-        super().__init__()
-        self.spot_conv = SAGEConv(channels, channels)
-        self.exemplar_conv = SAGEConv(channels, channels)
-        self.bridge = ExemplarBridgeConv(channels, score_dim)
-
-    def forward(self, h_spot, h_exemplar, h_expression, graph: EGGNGraph):
-        ex_b, sp_b = self.bridge(h_exemplar, h_spot, h_expression, graph.exemplar_spot)
-        sp = (self.spot_conv(h_spot, graph.spot_spot) + sp_b) / 2
-        ex = (self.exemplar_conv(h_exemplar, graph.exemplar_exemplar) + ex_b) / 2
-        return F.leaky_relu(sp, 0.2), F.leaky_relu(ex, 0.2), F.leaky_relu(h_expression, 0.2)
-
-
-class _GraphCSRAPool(MessagePassing):
-    """EGGN's read-out: each spot adds λ × a per-channel softmax-weighted sum of its exemplars."""
-
-    def __init__(self, channels: int, temperature: float = 0.1):
-        super().__init__(aggr="sum", node_dim=0)
-        self.temperature = temperature
-        self.lam = nn.Parameter(torch.full((1,), 0.1))
-        self.head = nn.Linear(channels, channels)
-
-    def forward(self, h_spot: Tensor, h_exemplar: Tensor, edge_index: Tensor) -> Tensor:
-        query = self.head(h_spot)
-        out = self.propagate(edge_index, x=(h_exemplar, query), size=(len(h_exemplar), len(query)))
-        return query + self.lam * out
-
-    def message(self, x_j: Tensor, x_i: Tensor, index: Tensor, ptr, size_i) -> Tensor:
-        alpha = segment_softmax((x_j - x_i) * self.temperature, index, ptr, size_i)
-        return x_j * alpha
-
-
-class EGGN(nn.Module):
-    """Exemplar Guided Graph Neural Network (see the module docstring; build it with :func:`eggn`).
-
-    ``forward(spot_features, rows, cols, exemplar_features, exemplar_expression,
-    exemplar_indices=None, batch=None)`` → (N, n_genes) for the N spots of one slide:
-
-    * ``spot_features``: (N, feature_dim) frozen ResNet-18 features of the spots
-      (``ExemplarBank.encode``);
-    * ``rows``, ``cols``: (N,) array coordinates (``obs["array_row"]``, ``obs["array_col"]``);
-    * ``exemplar_features``: (N, k, feature_dim) and ``exemplar_expression``: (N, k, n_genes): each
-      spot's k exemplars (``ExemplarBank.query``);
-    * ``exemplar_indices``: optional (N, k) bank positions (``.indices``): exemplars shared by
-      several spots become one node; without them, nodes with identical values are merged;
-    * ``batch``: optional (N,) slide index, to run several slides at once as *disjoint* graphs
-      (no spot–spot, exemplar–spot or exemplar–exemplar edge, nor shared exemplar node, ever joins
-      two slides); ``None``: all N spots are one slide.
-    """
-
-    exemplar_backbone = "resnet18"
-    exemplar_metric = "l1"
-
-    def __init__(self, n_genes: int, hidden: int = 512, n_layers: int = 4, k: int = 6,
-                 radius: float = math.sqrt(2.0), feature_dim: int = 512, exemplar_neighbours: int = 3,
-                 score_dim: int = 128, hex_geometry: bool = True, exemplar_pretrained: bool = False):
-        super().__init__()
-        if n_genes < 1:
-            raise ValueError(f"n_genes must be at least 1, got {n_genes}")
-        if SAGEConv is None:  # pragma: no cover
-            raise ImportError("EGGN needs torch_geometric")
-        self.name = "eggn"
-        self.n_genes, self.feature_dim, self.k = n_genes, feature_dim, k
-        self.radius, self.exemplar_neighbours, self.hex_geometry = radius, exemplar_neighbours, hex_geometry
-        self.exemplar_pretrained = exemplar_pretrained
-        self.expression_range = _ExpressionRange(n_genes)
-        self.spot_in = nn.Linear(feature_dim, hidden, bias=False)
-        self.exemplar_in = nn.Linear(feature_dim + n_genes, hidden, bias=False)
-        self.post_in = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(hidden, hidden, bias=False), nn.LeakyReLU(0.2))
-        self.expression_in = nn.Linear(n_genes, hidden, bias=False)
-        self.layers = nn.ModuleList([EGGNLayer(hidden, score_dim) for _ in range(n_layers)])
-        self.pool = _GraphCSRAPool(hidden)
-        self.head = nn.Linear(hidden, n_genes)
-
-    def set_expression_range(self, minimum, maximum) -> None:
-        """Per-gene training min/max: exemplar expression is min–max normalised, the output mapped back."""
-        self.expression_range.set(minimum, maximum)
-
-    def set_target_mean(self, mean) -> None:
-        """Start the head's bias at the (normalised) training mean; call after :meth:`set_expression_range`."""
-        self.expression_range.start_at(self.head, mean)
-
-    def build_graph(self, rows, cols, exemplar_features: Tensor, exemplar_expression: Tensor,
-                    exemplar_indices: Tensor | None = None, batch: Tensor | None = None) -> EGGNGraph:
-        """The heterogeneous graph of the official ``generate_graph.py`` (see the module docstring)."""
-        n, k = exemplar_features.shape[:2]
-        if exemplar_features.shape != (n, k, self.feature_dim):
-            raise ValueError(f"exemplar_features must be (N, k, {self.feature_dim}), got {tuple(exemplar_features.shape)}")
-        if exemplar_expression.shape != (n, k, self.n_genes):
-            raise ValueError(f"exemplar_expression must be (N={n}, k={k}, {self.n_genes}), got {tuple(exemplar_expression.shape)}")
-        device = exemplar_features.device
-        rows, cols = torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
-        if rows.shape != (n,) or cols.shape != (n,):
-            raise ValueError(f"rows and cols must be ({n},), got {tuple(rows.shape)} and {tuple(cols.shape)}")
-        spot_batch = (torch.zeros(n, dtype=torch.long, device=device) if batch is None
-                      else torch.as_tensor(batch, device=device).long())
-        pos = grid_positions(rows, cols, self.hex_geometry).to(device)
-        spot_spot = radius_edges(pos, self.radius, spot_batch)
-
-        ex_expr = self.expression_range.normalize(exemplar_expression.float())
-        ex_x = torch.cat((exemplar_features.float(), ex_expr), -1).reshape(n * k, -1)
-        owner_batch = spot_batch.repeat_interleave(k)
-        if exemplar_indices is not None:
-            idx = torch.as_tensor(exemplar_indices, device=device).long()
-            if idx.shape != (n, k):
-                raise ValueError(f"exemplar_indices must be (N={n}, k={k}), got {tuple(idx.shape)}")
-            keys = torch.stack((owner_batch, idx.reshape(-1)), 1)
-        else:
-            keys = torch.cat((owner_batch[:, None].to(ex_x.dtype), ex_x.detach()), 1)
-        _, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        n_nodes = int(inverse.max()) + 1 if len(inverse) else 0
-        first = torch.full((n_nodes,), n * k, dtype=torch.long, device=device)
-        first = first.scatter_reduce(0, inverse, torch.arange(n * k, device=device), reduce="amin")
-        exemplar_x, exemplar_batch = ex_x[first], owner_batch[first]
-        owner = torch.arange(n, device=device).repeat_interleave(k)
-        exemplar_spot = torch.unique(torch.stack((inverse, owner)), dim=1)
-        exemplar_exemplar = knn_edges(exemplar_x.detach(), self.exemplar_neighbours, exemplar_batch)
-        return EGGNGraph(exemplar_x, exemplar_x[:, self.feature_dim:], spot_spot, exemplar_spot,
-                         exemplar_exemplar, spot_batch, exemplar_batch)
-
-    def forward_graph(self, spot_features: Tensor, graph: EGGNGraph) -> Tensor:
-        """Prediction from spot features and a graph from :meth:`build_graph`."""
-        if spot_features.ndim != 2 or spot_features.shape[1] != self.feature_dim:
-            raise ValueError(f"spot_features must be (N, {self.feature_dim}), got {tuple(spot_features.shape)}")
-        h_spot = self.post_in(self.spot_in(spot_features.float()))
-        h_ex = self.post_in(self.exemplar_in(graph.exemplar_x))
-        h_expr = self.expression_in(graph.exemplar_expression)
-        for layer in self.layers:
-            h_spot, h_ex, h_expr = layer(h_spot, h_ex, h_expr, graph)
-        return self.expression_range.denormalize(self.head(self.pool(h_spot, h_ex, graph.exemplar_spot)))
-
-    def forward(self, spot_features: Tensor, rows, cols, exemplar_features: Tensor, exemplar_expression: Tensor,
-                exemplar_indices: Tensor | None = None, batch: Tensor | None = None) -> Tensor:
-        if len(spot_features) != len(exemplar_features):
-            raise ValueError(f"{len(spot_features)} spots but exemplars for {len(exemplar_features)}")
-        graph = self.build_graph(rows, cols, exemplar_features, exemplar_expression, exemplar_indices, batch)
-        return self.forward_graph(spot_features, graph)
-
-
-def eggn(n_genes: int, pretrained: bool = False, hidden: int = 512, n_layers: int = 4, k: int = 6,
-         radius: float = math.sqrt(2.0), feature_dim: int = 512, exemplar_neighbours: int = 3,
-         score_dim: int = 128, hex_geometry: bool = True) -> EGGN:
-    """EGGN with the official run's sizes (``v2/README``, ``model.py``: 512 hidden channels, 4
-    layers, 512-d ResNet-18 features, k = 6 exemplars per spot, 3 exemplar–exemplar neighbours,
-    gate width 128, spot radius √2); ``n_genes`` outputs (the official code fixes 250).
-
-    ``pretrained`` does not touch the model (trained from scratch): it is recorded as
-    ``exemplar_pretrained``, the flag :func:`bank_for` builds the bank's frozen ResNet-18 with.
-    ``hex_geometry=False`` reads ``rows``/``cols`` as a square (legacy ST) grid.
-    """
-    return EGGN(n_genes, hidden=hidden, n_layers=n_layers, k=k, radius=radius, feature_dim=feature_dim,
-                exemplar_neighbours=exemplar_neighbours, score_dim=score_dim, hex_geometry=hex_geometry,
-                exemplar_pretrained=pretrained)
-
-
-__all__ = [
-    "BANK_BACKBONES", "EGN", "EGGN", "EGGNGraph", "EGGNLayer", "ExemplarBank", "ExemplarBridge",
-    "ExemplarBridgeConv", "Exemplars", "FrozenEncoder", "bank_for", "chunked_knn", "eggn", "egn",
-    "egn_loss", "grid_positions", "knn_edges", "radius_edges",
-]
+    slides = task.data.slides[rows]
+    if len(np.unique(bank.slides)) < 2:
+        warnings.warn("the exemplar bank holds one slide only: training spots retrieve exemplars from their own "
+                      "slide (never themselves); the official rule needs two or more training slides", stacklevel=2)
+        slides = None
+    return bank.query(features.to(bank.device), k, exclude_slides=slides, exclude_ids=task.ids[rows])

@@ -44,14 +44,19 @@ Deviations from HEST, and why:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from .encoders import ImageNormalize, PretrainedWeightsUnavailable, _reachable
+from ..training import TrainResult
+from .features import FrozenCache, shared_cache
+from .task import Task
 
 #: HEST's ResNet-50 baseline: timm weights name and the stage its features are taken after.
 HEST_RESNET50 = ("resnet50.tv_in1k", 3)
@@ -473,4 +478,37 @@ def linear_probe(
                        random_state=random_state, batch_size=batch_size)
 
 
-__all__ = ["CV_ALPHAS", "HEST_RESNET50", "LinearProbe", "TimmFeatures", "hest_alpha", "linear_probe", "timm_features"]
+__all__ = ["CV_ALPHAS", "HEST_RESNET50", "LinearProbe", "ProbeTask", "TimmFeatures", "hest_alpha", "linear_probe", "timm_features"]
+
+
+class ProbeTask(Task):
+    """Linear probe: frozen features of the training spots → scaler → PCA → ridge, in closed form."""
+
+    closed_form = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        encoder = self.model.encoder
+        if encoder is None:
+            raise ValueError("the linear probe needs an encoder to read patches (linear_probe(..., encoder='resnet50'))")
+        encoder.to(self.device)
+        # the encoder's weights are fixed by its name, pretrained flag and the seed it was built with
+        key = ("probe", type(getattr(encoder, "model", encoder)).__name__, repr(encoder)[:2000], self.seed,
+               str(self.device), hash(tuple(float(p.double().sum()) for p in list(encoder.parameters())[:4])))
+        self.features = shared_cache(self.data, key, lambda: FrozenCache(
+            self.data, encoder, self.device, name="frozen encoder features", progress=self.progress, module=encoder))
+
+    def fit(self, net, validate):
+        t0 = time.perf_counter()
+        rows = self.train_rows
+        (feats,) = self.features.get(rows)
+        mask = None if self._loss_mask_is_full(rows) else self.data.loss_mask[rows]
+        net.fit(feats.numpy(), self.data.target[rows], mask=mask)
+        val = float(validate(net))
+        wall = time.perf_counter() - t0
+        history = pd.DataFrame([{"iteration": 1, "train_loss": float("nan"), "val_loss": val, "elapsed_s": wall}])
+        return TrainResult(val, 1, history, wall, str(self.device))
+
+    def _predict(self, net, rows, progress):
+        (feats,) = self.features.get(rows)
+        return net.predict(feats.numpy())

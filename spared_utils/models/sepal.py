@@ -108,6 +108,10 @@ from torch import nn
 
 from .. import graphs
 from .encoders import vit_b_delta
+from .features import FrozenCache
+from torch.utils.data import DataLoader, TensorDataset
+
+from .task import SetupContext, Task, masked_mse_loss
 
 #: Pooling operators of :class:`SEPAL`.
 POOLINGS = ("sag", "mean", "max", "add")
@@ -516,5 +520,90 @@ def load_stage1(
 __all__ = [
     "POOLINGS", "POSITIONAL", "SEPAL", "STAGE1_KEYS", "check_stage1", "gather_neighbourhoods", "grid_distance",
     "load_stage1", "read_stage1_meta", "save_stage1_checkpoint", "sepal", "sincos_encoding_2d", "stage1_meta",
-    "stage1_outputs",
+    "stage1_outputs", "SepalTask", "setup_stage1", "stage1_options",
 ]
+
+
+#: The predictor SEPAL's stage 1 is (its record's name).
+STAGE1_MODEL = "vit_b_delta"
+
+
+def stage1_options(costs) -> dict:
+    """SEPAL's setup options for a chapter run: stage 1 at the budget and overrides of the run itself.
+
+    ``costs(name)`` gives predictor ``name``'s flat cost options at the chapter's budget and cost
+    overrides; stage 1 is then the run chapter 12 makes with the same parameters, so its
+    checkpoint is reused when that chapter ran first.
+    """
+    return {"stage1": costs(STAGE1_MODEL)}
+
+
+def setup_stage1(ctx: SetupContext) -> dict:
+    """SEPAL's setup hook: its frozen stage 1, the ViT-B+Δ of the same dataset, scenario and seed.
+
+    From the setup option ``stage1_checkpoint`` when given (refused unless its metadata match),
+    else trained with the setup option ``stage1`` (flat options; default: the ViT-B+Δ record's
+    CPU budget) and saved as ``stage1.pt`` beside that run's checkpoints, then loaded back
+    through the same check. Returns the task's keyword ``stage1``.
+    """
+    checkpoint = ctx.options.get("stage1_checkpoint")
+    if not checkpoint:
+        run = ctx.train(STAGE1_MODEL, **ctx.options.get("stage1", {}))
+        checkpoint = save_stage1_checkpoint(run.model, run.checkpoint_dir / "stage1.pt", ctx.dataset, ctx.scenario,
+                                            ctx.seed)
+    return {"stage1": load_stage1(checkpoint, ctx.dataset, ctx.scenario, ctx.seed)}
+
+
+class SepalTask(Task):
+    """SEPAL stage 2 over frozen stage-1 (ViT-B+Δ) embeddings of each spot's neighbourhood.
+
+    ``stage1``: the frozen ViT-B+Δ of the same dataset, scenario and seed (the engine loads it
+    with :func:`spared_utils.models.sepal.load_stage1`, which refuses another one).
+    """
+
+    def __init__(self, *args, stage1: nn.Module | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if stage1 is None:
+            raise ValueError("SEPAL's stage 2 needs its stage-1 ViT-B+Δ model (stage1=...)")
+        if self.data.adata is None:
+            raise ValueError("SEPAL needs the AnnData (spot neighbourhoods); build the data with prediction_data")
+        self.stage1 = stage1.to(self.device).eval()
+
+        def encode(x):
+            e = self.stage1.embed(x)
+            return e, self.stage1.head(e) + self.stage1.offset
+
+        self.cache = FrozenCache(self.data, encode, self.device, name="stage-1 ViT embeddings", progress=self.progress,
+                                 module=self.stage1)
+        self.index = graphs.neighbour_index(self.data.adata, self.model.n_hops, self.model.hex_geometry)
+        self.nodes(self.train_rows)  # encode every node the training graphs read, once
+
+    def nodes(self, rows: np.ndarray) -> np.ndarray:
+        """The spots of ``rows``' neighbourhoods (encoded in the cache when missing)."""
+        nodes = np.concatenate([rows, self.index[rows].ravel()])
+        nodes = np.unique(nodes[nodes >= 0])
+        self.cache.get(nodes)
+        return nodes
+
+    def _inputs(self, rows: np.ndarray):
+        self.nodes(rows)
+        emb, pred = self.cache.all()
+        node_emb, offsets, node_mask = gather_neighbourhoods(self.index, rows, emb, self.model.n_hops,
+                                                             self.model.hex_geometry)
+        return (pred[torch.from_numpy(rows)].to(self.device), node_emb.to(self.device), offsets.to(self.device),
+                node_mask.to(self.device))
+
+    def batches(self):
+        rows = self.train_rows
+        ds = TensorDataset(torch.from_numpy(rows), torch.from_numpy(self.data.target[rows]),
+                                            torch.from_numpy(self.data.loss_mask[rows]))
+        size = max(1, min(self.batch_size, len(ds)))
+        return DataLoader(ds, batch_size=size, shuffle=True, drop_last=True,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def loss(self, net, batch):
+        rows, target, mask = batch
+        return masked_mse_loss(net(*self._inputs(rows.cpu().numpy())), target, mask)
+
+    def _predict(self, net, rows, progress):
+        return self._in_batches(rows, lambda sl: net(*self._inputs(rows[sl])), progress)

@@ -99,11 +99,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .encoders import ImageNormalize, PretrainedWeightsUnavailable
+from .data import random_symmetry
+from ..training import autocast
+from .task import SlideContext, load_patches, masked_mse_loss
 
 #: Visium capture area: array rows 0–77, columns 0–127.
 VISIUM_ROWS = 78
@@ -711,3 +716,45 @@ def hist2st(n_genes: int, pretrained: bool = False, patch_size: int = 112, conv_
                     distill_views=distill_views)
     model.mean_init_head = bool(mean_init_head)
     return model
+
+
+class SlideTask(SlideContext):
+    """HisToGene and Hist2ST: a transformer (and Hist2ST's GNN) over the spots of one slide.
+
+    A training step reads a window of ``batch_size`` neighbouring spots of one training slide
+    (the official code reads the whole slide: set ``batch_size`` at least the largest slide's
+    spot count, as the paper budget does). Prediction runs each slide whole.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.size = int(self.model.patches.patch_size)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def _patches(self, rows: np.ndarray) -> torch.Tensor:
+        return load_patches(self.data, rows, self.size)
+
+    def batches(self):
+        for rows in self.windows():
+            patches = self._patches(rows)
+            if self.augment:
+                patches = torch.stack([random_symmetry(p) for p in patches])
+            r, c = self.data.coords[rows, 0], self.data.coords[rows, 1]
+            yield (patches, torch.as_tensor(r), torch.as_tensor(c), torch.from_numpy(self.data.target[rows]),
+                   torch.from_numpy(self.data.loss_mask[rows]))
+
+    def loss(self, net, batch):
+        patches, r, c, target, mask = batch
+        if isinstance(net, Hist2ST):
+            return hist2st_loss(net, patches, r, c, target, mask)
+        return masked_mse_loss(net(patches, r, c), target, mask)
+
+    def _predict(self, net, rows, progress):
+        def run(full):
+            key = str(self.data.slides[full[0]])
+            if key not in self.cache:
+                self.cache[key] = self._patches(full)
+            r, c = self._coords(full)
+            with autocast(self.device, self.amp):
+                return net(self.cache[key].to(self.device), r, c)
+        return self._per_slide(rows, run, progress)

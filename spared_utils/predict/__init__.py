@@ -1,61 +1,69 @@
-"""The prediction stage: train a patch → expression predictor, evaluate it, store the results.
+"""The prediction stage: train any predictor, evaluate it, store the results.
 
-Four modules, in the order data flows:
+Three modules, in the order data flows:
 
-* :mod:`~spared_utils.predict.data` – targets, masks and splits of one scenario
-  (:func:`prediction_data`) and the streaming patch dataset;
-* :mod:`~spared_utils.predict.tasks` – what one training step of each kind of predictor reads
-  and how it predicts (patches, slide windows, exemplar banks, retrieval, SEPAL's neighbourhood
-  graphs, the closed-form probe), the masked loss, loaders and :func:`predict`;
-* :mod:`~spared_utils.predict.engine` – one run of any predictor (:func:`train_predictor`)
+* :mod:`~spared_utils.predict.engine` – one run of any predictor (:func:`train_predictor`: the
+  record's setup hook, its task in the shared training loop, the metrics, the results rows)
   and the learning-rate search;
-* :mod:`~spared_utils.predict.harness` – a whole chapter (:func:`run_chapter`).
+* :mod:`~spared_utils.predict.bundle` – a trained patch predictor as a folder that new slides
+  can use (:func:`save_predictor`, :func:`load_predictor`);
+* :mod:`~spared_utils.predict.harness` – a whole chapter (:func:`run_chapter` on a
+  :class:`RunSpec`);
 
-**Scenarios.** ``raw``: the target is ``c_d_log1p`` and the loss is MSE on real values only
-(``mask`` True); ``completed``: the target is SpaCKLE's ``c_t_log1p`` and the loss is MSE on
-every value. **Evaluation is always on real values only** (``c_d_log1p`` where ``mask`` is
-True), so both scenarios are scored against the same measurements.
+What a run reads (:func:`prediction_data`) and how each predictor trains (its
+:class:`~spared_utils.models.task.Task`) live with the predictors in :mod:`spared_utils.models`;
+this stage names no predictor.
+
+**Scenarios** (:data:`SCENARIOS`; the target layer of each is :data:`TARGET_LAYERS`):
+
+* ``raw`` – the paper's: the curated ``c_d_log1p`` with every value that was missing set back
+  to 0, the loss on *every* entry (the authors' code);
+* ``masked`` – the same layer, the loss on real values only (``mask`` True), nothing filled in;
+* ``median`` – the median-completed ``c_d_log1p``, the loss on every entry;
+* ``completed`` – a completion method's ``c_t_log1p`` (SpaCKLE's by default), the loss on every entry.
+
+**Evaluation is always on real values only** (``c_d_log1p`` where ``mask`` is True), so every
+scenario is scored against the same measurements.
 """
 
-from .data import (
+from ..models.data import (
     MASK_LAYER,
     SCENARIOS,
     TARGET_LAYERS,
     TRUTH_LAYER,
     PatchDataset,
     PredictionData,
+    Scenario,
     open_store,
     patch_channel_stats,
     prediction_data,
     random_symmetry,
     store_positions,
 )
+from ..models.task import Task, default_num_workers, make_loader, masked_mse_loss, predict
 from .engine import (
     DEFAULT_LR_GRID,
     PredictorConfig,
     PredictorRun,
     build_for_data,
     checkpoint_dir,
-    default_num_workers,
     evaluate_predictions,
-    make_loader,
     make_task,
-    masked_mse_loss,
-    predict,
     result_rows,
+    run_setup,
     search_learning_rate,
-    stage1_for_sepal,
     train_predictor,
     trivial_baseline,
 )
 from .bundle import PredictorBundle, check_patch_size, load_predictor, predict_patches, save_predictor
-from .tasks import TASKS, Task, task_class
-from .harness import ChapterRun, parse_scenarios, run_chapter
+from .harness import COST_FIELDS, ChapterRun, RunSpec, parse_scenarios, run_chapter
 
 __all__ = [
-    "DEFAULT_LR_GRID", "MASK_LAYER", "SCENARIOS", "TARGET_LAYERS", "TRUTH_LAYER", "ChapterRun", "PatchDataset",
-    "PredictionData", "PredictorBundle", "PredictorConfig", "PredictorRun", "build_for_data", "check_patch_size", "checkpoint_dir", "default_num_workers",
-    "TASKS", "Task", "evaluate_predictions", "make_loader", "load_predictor", "make_task", "masked_mse_loss", "open_store", "patch_channel_stats", "parse_scenarios",
-    "predict", "predict_patches", "prediction_data", "random_symmetry", "result_rows", "run_chapter", "save_predictor", "search_learning_rate",
-    "stage1_for_sepal", "store_positions", "task_class", "train_predictor", "trivial_baseline",
+    "COST_FIELDS", "DEFAULT_LR_GRID", "MASK_LAYER", "SCENARIOS", "TARGET_LAYERS", "TRUTH_LAYER", "ChapterRun",
+    "PatchDataset", "PredictionData", "PredictorBundle", "PredictorConfig", "PredictorRun", "RunSpec", "Scenario", "Task",
+    "build_for_data", "check_patch_size", "checkpoint_dir", "default_num_workers", "evaluate_predictions",
+    "load_predictor", "make_loader", "make_task", "masked_mse_loss", "open_store", "parse_scenarios",
+    "patch_channel_stats", "predict", "predict_patches", "prediction_data", "random_symmetry", "result_rows",
+    "run_chapter", "run_setup", "save_predictor", "search_learning_rate", "store_positions", "train_predictor",
+    "trivial_baseline",
 ]

@@ -32,7 +32,7 @@ from .. import models
 from ..preprocess.panel import PanelMismatchError, package_versions, panel_info
 from ..training import autocast, resolve_device
 from ..utils import atomic_path
-from .data import TARGET_LAYERS
+from ..models.data import TARGET_LAYERS
 
 __all__ = ["BUNDLE_NAME", "WEIGHTS_NAME", "PredictorBundle", "check_patch_size", "load_predictor", "predict_patches",
            "save_predictor"]

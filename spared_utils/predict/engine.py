@@ -25,7 +25,8 @@ import pandas as pd
 from torch import nn
 
 from .. import metrics, models, paths, results
-from ..models import sepal
+from ..models.data import SCENARIOS, TARGET_LAYERS, PredictionData, Scenario, patch_channel_stats
+from ..models.task import SetupContext, SetupRun, Task, default_num_workers, make_loader, masked_mse_loss, predict, validation_mse
 from ..training import (
     TRAIN_FIELDS,
     TrainConfig,
@@ -37,14 +38,12 @@ from ..training import (
     split_train_options,
 )
 from .bundle import save_predictor
-from .data import SCENARIOS, TARGET_LAYERS, PredictionData, patch_channel_stats
-from .tasks import Task, default_num_workers, make_loader, masked_mse_loss, predict, task_class, validation_mse
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LR_GRID", "PredictorConfig", "PredictorRun", "build_for_data", "checkpoint_dir",
            "default_num_workers", "evaluate_predictions", "make_loader", "make_task", "masked_mse_loss", "predict",
-           "result_rows", "search_learning_rate", "stage1_for_sepal", "train_predictor", "trivial_baseline"]
+           "result_rows", "run_setup", "search_learning_rate", "train_predictor", "trivial_baseline"]
 
 #: Learning rates tried by :func:`search_learning_rate` unless told otherwise.
 DEFAULT_LR_GRID = (1e-5, 1e-4, 1e-3)
@@ -88,7 +87,7 @@ class PredictorConfig:
     """
 
     model: str = "shufflenet"
-    scenario: str = "raw"
+    scenario: Scenario = "raw"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(channels_last=True))
     val_spots: int | None = None
     eval_spots: int | None = None
@@ -98,11 +97,9 @@ class PredictorConfig:
     num_workers: int | None = None
     augment: bool = True
     model_options: dict = field(default_factory=dict)
-    #: SEPAL only: a stage-1 (ViT-B+Δ) checkpoint to start from (refused unless it is of the same
-    #: dataset, scenario and seed); ``None`` trains stage 1 with :attr:`stage1` first
-    stage1_checkpoint: str | None = None
-    #: SEPAL only: flat options of the stage-1 ViT-B+Δ run (its record's CPU budget if empty)
-    stage1: dict = field(default_factory=dict)
+    #: options of the record's setup hook (:attr:`~spared_utils.models.PredictorRecord.setup`;
+    #: see the record's ``setup`` for the names it reads)
+    setup: dict = field(default_factory=dict)
     #: the completion method behind the ``completed`` scenario's targets (a name of
     #: :data:`spared_utils.completion.METHODS`; the paper's: SpaCKLE)
     completion: str = "spackle"
@@ -137,6 +134,8 @@ class PredictorConfig:
         ident = {k: v for k, v in asdict(self).items() if k not in {"train", "num_workers", "eval_batch_size"}}
         if self.completion == "spackle":  # the default leaves the hashes of earlier runs unchanged
             ident.pop("completion")
+        if not self.setup:  # predictors without a setup hook
+            ident.pop("setup")
         return self.train.hash(dataset, n_genes, sorted(ident.items()))
 
 
@@ -156,7 +155,7 @@ class PredictorRun:
     config_hash: str
     baseline_val_loss: float
     rows_written: list[dict] = field(default_factory=list)
-    #: how it was trained and predicts (:meth:`~spared_utils.predict.tasks.Task.predict` gives more predictions)
+    #: how it was trained and predicts (:meth:`~spared_utils.models.task.Task.predict` gives more predictions)
     task: Task | None = None
 
     @property
@@ -197,40 +196,43 @@ def training_range(data: PredictionData) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_task(config: PredictorConfig, data: PredictionData, model: nn.Module, **extra) -> Task:
-    """The :class:`~spared_utils.predict.tasks.Task` that trains and predicts ``model`` on ``data``."""
+    """The :class:`~spared_utils.models.task.Task` of ``config.model``'s record, on ``data`` (``extra``:
+    what the record's setup hook returned)."""
     train = config.train
     device = resolve_device(train.device)
     workers = default_num_workers(device) if config.num_workers is None else int(config.num_workers)
     rows = data.subsample("train", config.train_spots, seed=train.seed)
-    return task_class(config.model)(
+    return models.record(config.model).task(
         model, data, rows, device=device, workers=workers, batch_size=train.batch_size,
         eval_batch_size=config.eval_batch_size, augment=config.augment, amp=train.amp, seed=train.seed,
         progress=train.progress, **extra)
 
 
-def stage1_for_sepal(data: PredictionData, config: PredictorConfig, dataset: str,
-                     out_dir: str | os.PathLike | None) -> nn.Module:
-    """SEPAL's frozen stage 1: the ViT-B+Δ of the same dataset, scenario and seed.
+def run_setup(data: PredictionData, config: PredictorConfig, dataset: str,
+              out_dir: str | os.PathLike | None) -> dict:
+    """What the record's setup hook returns for this run (``{}`` for a predictor without one).
 
-    From ``config.stage1_checkpoint`` when given (refused unless its metadata match), else
-    trained here with ``config.stage1`` (default: the ViT-B+Δ record's CPU budget) — the same
-    run as chapter 12's when the options agree, so its checkpoint is reused — and saved as
-    ``stage1.pt`` beside it, then loaded back through the same check.
+    The hook gets a :class:`~spared_utils.models.task.SetupContext` whose ``train(name, **options)``
+    trains predictor ``name`` on the same data, scenario, seed and device — its record's CPU
+    budget and CPU options, changed by ``options`` — with checkpoints (so the same run made by
+    that predictor's own chapter is reused) and without results rows.
     """
+    setup = models.record(config.model).setup
+    if setup is None:
+        return {}
     scenario, seed = config.scenario, config.train.seed
-    if config.stage1_checkpoint:
-        return sepal.load_stage1(config.stage1_checkpoint, dataset, scenario, seed)
-    record = models.record("vit_b_delta")
-    options = {**asdict(record.cpu), "model_options": dict(record.cpu_options), **config.stage1}
-    stage1 = PredictorConfig.make(model="vit_b_delta", scenario=scenario, seed=seed, device=config.train.device,
-                                  amp=config.train.amp, progress=config.train.progress, pretrained=config.pretrained,
-                                  num_workers=config.num_workers, **options)
-    run = train_predictor(data, stage1, dataset=dataset, out_dir=out_dir, eval_splits=(),
-                          stage="predict_sepal_stage1", write_results=False)
-    root = paths.output_dir(out_dir)
-    path = checkpoint_dir(root, dataset, stage1, run.config_hash) / "stage1.pt"
-    sepal.save_stage1_checkpoint(run.model, path, dataset, scenario, seed)
-    return sepal.load_stage1(path, dataset, scenario, seed)
+
+    def train(name: str, **options) -> SetupRun:
+        record = models.record(name)
+        flat = {**asdict(record.cpu), "model_options": dict(record.cpu_options), **options}
+        other = PredictorConfig.make(model=name, scenario=scenario, seed=seed, device=config.train.device,
+                                     amp=config.train.amp, progress=config.train.progress,
+                                     pretrained=config.pretrained, num_workers=config.num_workers, **flat)
+        run = train_predictor(data, other, dataset=dataset, out_dir=out_dir, eval_splits=(),
+                              stage=f"predict_setup_{name}", write_results=False)
+        return SetupRun(run.model, checkpoint_dir(paths.output_dir(out_dir), dataset, other, run.config_hash))
+
+    return setup(SetupContext(data, dataset, scenario, seed, dict(config.setup), train))
 
 
 def train_predictor(
@@ -245,8 +247,8 @@ def train_predictor(
 ) -> PredictorRun:
     """Train one predictor on one scenario, evaluate it on ``eval_splits``, append results rows.
 
-    Every predictor goes through here: its :class:`~spared_utils.predict.tasks.Task` (by model
-    name) says what a training step reads and how a spot is predicted; the loop, the checkpoint
+    Every predictor goes through here: its :class:`~spared_utils.models.task.Task` (its record's
+    ``task``; the record's ``setup`` hook first, where it has one) says what a training step reads and how a spot is predicted; the loop, the checkpoint
     selection on validation MSE and the metrics are the same for all.
 
     Parameters
@@ -256,7 +258,7 @@ def train_predictor(
     config
         Model, learning rate and every cost.
     dataset
-        Dataset id (results rows, checkpoint folder; SEPAL's stage-1 check).
+        Dataset id (results rows, checkpoint folder; what a setup hook checks).
     out_dir
         See :func:`spared_utils.paths.output_dir`; the store is ``<out_dir>/results.csv``.
     eval_splits
@@ -280,7 +282,7 @@ def train_predictor(
     chash = config.hash(dataset, data.n_genes)
     ckpt = checkpoint_dir(root, dataset, config, chash) if checkpoints else None
 
-    extra = {"stage1": stage1_for_sepal(data, config, dataset, out_dir)} if config.model == "sepal" else {}
+    extra = run_setup(data, config, dataset, out_dir)
     model = build_for_data(config, data)
     n_params = models.count_parameters(model)
     task = make_task(config, data, model, **extra)

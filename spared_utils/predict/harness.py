@@ -7,10 +7,11 @@ completed − raw or − masked); the chapter writes the sentences around them.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,10 +19,11 @@ from anndata import AnnData
 
 from .. import completion as completion_stage
 from .. import datasets, models, paths, results
-from .data import PAPER_PAIR, SCENARIOS, ZERO_FILLED, PredictionData, prediction_data
+from ..models import BudgetName
+from ..models.data import PAPER_PAIR, SCENARIOS, ZERO_FILLED, PredictionData, prediction_data
 from .engine import DEFAULT_LR_GRID, PredictorConfig, PredictorRun, search_learning_rate, train_predictor, trivial_baseline
 
-__all__ = ["ChapterRun", "budget_costs", "complete_for", "parse_scenarios", "run_chapter"]
+__all__ = ["COST_FIELDS", "ChapterRun", "RunSpec", "budget_costs", "complete_for", "parse_scenarios", "run_chapter"]
 
 
 #: The seed of the learning-rate search (one search per dataset and predictor, for every seed).
@@ -210,76 +212,144 @@ def learning_trend(history: pd.DataFrame, baseline: float) -> str:
             "rate; try a lower `learning_rate` (or `learning_rate='search'`).")
 
 
-def run_chapter(
-    dataset: str = "synthetic",
-    model: str = "shufflenet",
-    scenario: str | Sequence[str] = "both",
-    budget: str = "cpu",
-    learning_rate: float | str | None = None,
-    lr_grid: Sequence[float] = DEFAULT_LR_GRID,
-    out_dir: str | os.PathLike | None = "results",
-    adata: AnnData | None = None,
-    store=None,
-    completion_iterations: int | None = None,
-    completion: str = "spackle",
-    iterations: int | None = None,
-    batch_size: int | None = None,
-    eval_every: int | None = None,
-    val_spots: int | str | None = None,
-    eval_spots: int | str | None = None,
-    train_spots: int | str | None = None,
-    **options,
-) -> ChapterRun:
-    """Everything a predictor chapter computes, in one call.
+#: A cost override of :class:`RunSpec`: a number, ``"all"`` (every spot) or ``None`` (the budget's).
+CostOverride = int | float | str | None
+#: The scenario choices a chapter takes: a name, a list of names, ``"both"`` (the paper's pair) or ``"all"``.
+ScenarioChoice = str | Sequence[str]
+#: The cost fields of a budget that a run may override (:class:`spared_utils.models.Budget`).
+COST_FIELDS = ("iterations", "batch_size", "eval_every", "val_spots", "eval_spots", "train_spots")
 
-    Loads the dataset's completed stage and its patches (``datasets.load(id, stage=...)`` and
-    :func:`spared_utils.datasets.patch_store`, unless ``adata`` and ``store`` are given),
-    searches the learning rate on the raw scenario over ``lr_grid`` when ``learning_rate`` is
-    ``"search"`` (then fixes it for every scenario, as the paper does; the search runs at seed
-    :data:`LR_SEARCH_SEED` whatever ``seed`` is, so it is done once per dataset and predictor and
-    its finished checkpoints serve every other scenario and seed), trains and evaluates
-    one run per scenario and writes the results rows (plus the trivial predictor's, stage
-    ``predict_baseline``).
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One predictor chapter's run, as one value: the record's budget with some fields changed.
 
     Parameters
     ----------
+    model
+        A name of :data:`spared_utils.models.NAMES`.
+    dataset
+        A dataset id of ``data/datasets.yml``.
+    scenario
+        One name of :data:`~spared_utils.models.data.SCENARIOS`, a list of them, ``"both"``
+        (``raw`` and ``completed``, the paper's pair) or ``"all"``; kept as the tuple of names.
     budget
         ``"cpu"`` or ``"paper"``: the predictor record's budget
         (:meth:`spared_utils.models.PredictorRecord.budget`; the CPU budget also applies the
-        record's ``cpu_options``). ``iterations``, ``batch_size``, ``eval_every``,
-        ``val_spots``, ``eval_spots``, ``train_spots`` and ``learning_rate`` override it when
-        not ``None``; ``"all"`` for the ``*_spots`` reads every spot.
-    completion_iterations
-        SpaCKLE's budget if the dataset has no ``c_t_log1p`` yet (default: the book's CPU
-        budget, :data:`spared_utils.completion.CPU_BUDGET`), and the budget of another
-        ``completion`` method that trains.
+        record's ``cpu_options``).
+    learning_rate
+        ``None`` (the budget's), a number, or ``"search"``: the paper's protocol, ``lr_grid``
+        searched on the raw scenario at seed :data:`LR_SEARCH_SEED`, then fixed for every scenario.
+    costs
+        Overrides of the budget's fields (:data:`COST_FIELDS`), e.g. ``{"iterations": 500}``;
+        ``"all"`` for a ``*_spots`` field reads every spot. ``None`` values are ignored.
     completion
-        The completion method behind the ``completed`` scenario's targets (one of
-        :data:`spared_utils.completion.METHODS`). ``"spackle"`` (the paper's) uses the dataset's
-        stored ``c_t_log1p``; any other method completes a copy of the curated data in memory
-        (nothing is written back) and its runs are kept apart (their own configuration hash and
-        checkpoints; results rows carry a ``completion`` column).
-    **options
-        Other fields of :class:`PredictorConfig` and :class:`~spared_utils.training.TrainConfig`
-        (``seed``, ``device``, ``pretrained``, ``model_options``, ``progress``, ...).
+        The completion method behind the ``completed`` scenario's targets (a name of
+        :data:`spared_utils.completion.METHODS`; the paper's: ``"spackle"``).
+    completion_iterations
+        The budget of a completion method that trains (``None``: the book's CPU budget).
+    seed, device, pretrained, out_dir
+        As :class:`PredictorConfig` and :func:`spared_utils.paths.output_dir`.
+    model_options
+        Options of the record's builder (its ``options``, e.g. ``width`` for ShuffleNet).
+    options
+        Any other field of :class:`PredictorConfig` or :class:`~spared_utils.training.TrainConfig`
+        (``progress``, ``amp``, ``num_workers``, ``setup``, ...).
+    """
+
+    model: str
+    dataset: str = "synthetic"
+    scenario: tuple[str, ...] = PAPER_PAIR
+    budget: BudgetName = "cpu"
+    learning_rate: float | str | None = None
+    lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
+    costs: Mapping[str, CostOverride] = field(default_factory=dict)
+    completion: str = "spackle"
+    completion_iterations: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    pretrained: bool = False
+    out_dir: str | None = "results"
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        record = models.record(self.model)  # an unknown name raises with the known ones
+        object.__setattr__(self, "scenario", tuple(parse_scenarios(self.scenario)))
+        object.__setattr__(self, "lr_grid", tuple(float(v) for v in self.lr_grid))
+        if self.budget not in models.BUDGETS:
+            raise ValueError(f"budget must be one of {models.BUDGETS}, got {self.budget!r}")
+        unknown = set(self.costs) - set(COST_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown cost override(s) {sorted(unknown)} for {record.name}; valid: {COST_FIELDS}")
+        if self.completion not in completion_stage.METHODS:
+            raise ValueError(f"unknown completion method {self.completion!r}; choose one of {completion_stage.METHODS}")
+        if isinstance(self.learning_rate, str) and self.learning_rate != "search":
+            raise ValueError(f"learning_rate must be a number, None or 'search', got {self.learning_rate!r}")
+
+    @classmethod
+    def make(cls, model: str, **flat: Any) -> RunSpec:
+        """A spec from flat keywords: this class's fields, the cost fields (:data:`COST_FIELDS`)
+        and the record's builder options (``record.options``; ``None``: the budget's) go where they
+        belong, any other name to :attr:`options` (checked when :meth:`config` builds the run's configuration)."""
+        record = models.record(model)
+        flat = dict(flat)
+        costs = {**flat.pop("costs", {}), **{k: flat.pop(k) for k in COST_FIELDS if k in flat}}
+        builder = {k: flat.pop(k) for k in record.options if k in flat}
+        builder = {**{k: v for k, v in builder.items() if v is not None}, **flat.pop("model_options", {})}
+        options = dict(flat.pop("options", {}))
+        names = {f.name for f in fields(cls)}
+        options.update({k: flat.pop(k) for k in list(flat) if k not in names})
+        return cls(model=model, costs={k: v for k, v in costs.items() if v is not None}, model_options=builder,
+                   options=options, **flat)
+
+    @classmethod
+    def from_parameters(cls, model: str, parameters: Mapping[str, Any]) -> RunSpec:
+        """The spec of a chapter's run from its (papermill) parameters, e.g. the chapter's ``globals()``:
+        the names :meth:`make` knows are read from it when present, every other name is ignored."""
+        record = models.record(model)
+        known = ({f.name for f in fields(cls)} - {"model", "costs", "model_options", "options"}) \
+            | set(COST_FIELDS) | set(record.options)
+        return cls.make(model, **{k: parameters[k] for k in known if k in parameters})
+
+    def config(self) -> PredictorConfig:
+        """The run's :class:`PredictorConfig` (scenario ``raw``; the learning rate is the budget's
+        when it is searched): the record's budget with :attr:`costs`, its CPU options under the CPU
+        budget, and its setup options."""
+        record = models.record(self.model)
+        options = dict(self.options)
+        model_options = {**(dict(record.cpu_options) if self.budget == "cpu" else {}),
+                         **options.pop("model_options", {}), **self.model_options}
+        if record.setup_options is not None and "setup" not in options:
+            # e.g. a model trained first, at this run's budget and overrides: the run its own chapter
+            # makes with the same parameters (so its checkpoint is reused)
+            shared = {k: v for k, v in self.costs.items() if k not in ("train_spots",)}
+            options["setup"] = record.setup_options(lambda name: budget_costs(name, self.budget, **shared))
+        search = self.learning_rate == "search"
+        costs = budget_costs(self.model, self.budget, learning_rate=None if search else self.learning_rate,
+                             **self.costs)
+        return PredictorConfig.make(model=self.model, scenario="raw", completion=self.completion, seed=self.seed,
+                                    device=self.device, pretrained=self.pretrained, model_options=model_options,
+                                    **costs, **options)
+
+
+def run_chapter(spec: RunSpec, adata: AnnData | None = None, store=None) -> ChapterRun:
+    """Everything a predictor chapter computes, in one call.
+
+    Loads the dataset's curated stage and its patches (:func:`spared_utils.datasets.load` and
+    :func:`spared_utils.datasets.patch_store`, unless ``adata`` and ``store`` are given) and the
+    completion the spec names when a ``completed`` scenario runs, searches the learning rate
+    when ``spec.learning_rate`` is ``"search"`` (on the raw scenario at seed
+    :data:`LR_SEARCH_SEED` whatever the spec's seed, so it is done once per dataset and predictor
+    and its finished checkpoints serve every other scenario and seed; the rate is then fixed for
+    every scenario, as the paper does), trains and evaluates one run per scenario and writes the
+    results rows (plus the trivial predictor's, stage ``predict_baseline``).
     """
     t0 = time.perf_counter()
-    scenarios = parse_scenarios(scenario)
-    search = learning_rate == "search"
-    spots = {"val_spots": val_spots, "eval_spots": eval_spots, "train_spots": train_spots}
-    costs = budget_costs(model, budget, iterations=iterations, batch_size=batch_size, eval_every=eval_every,
-                         learning_rate=None if search else learning_rate, **spots)
-    record = models.record(model)
-    if budget == "cpu" and record.cpu_options:
-        options["model_options"] = {**dict(record.cpu_options), **options.get("model_options", {})}
-    if model == "sepal" and "stage1" not in options:
-        # stage 1 = ViT-B+Δ at the same budget and cost overrides as chapter 12 would get, so that
-        # its run (and checkpoint) is reused when chapter 12 ran with the same parameters
-        options["stage1"] = budget_costs("vit_b_delta", budget, iterations=iterations, batch_size=batch_size,
-                                         eval_every=eval_every, val_spots=val_spots, eval_spots=eval_spots)
-    if completion not in completion_stage.METHODS:
-        raise ValueError(f"unknown completion method {completion!r}; choose one of {completion_stage.METHODS}")
-    base = PredictorConfig.make(model=model, scenario="raw", completion=completion, **costs, **options)
+    scenarios, dataset, model, out_dir = list(spec.scenario), spec.dataset, spec.model, spec.out_dir
+    completion = spec.completion
+    base = spec.config()
+    completion_iterations, search = spec.completion_iterations, spec.learning_rate == "search"
     if adata is None or store is None:
         stage = "completed" if "completed" in scenarios and completion == "spackle" else "curated"
         extra = {} if stage == "curated" else {
@@ -298,7 +368,7 @@ def run_chapter(
         raw = data.get("raw") or prediction_data(adata, store, "raw")
         # once per dataset and predictor: the same raw-scenario runs at seed LR_SEARCH_SEED for
         # every scenario and seed, so a second notebook (or a resumed one) finds them finished
-        lr, lr_table = search_learning_rate(raw, base.with_train(seed=LR_SEARCH_SEED), lr_grid, dataset=dataset,
+        lr, lr_table = search_learning_rate(raw, base.with_train(seed=LR_SEARCH_SEED), spec.lr_grid, dataset=dataset,
                                             out_dir=out_dir)
     config = base.with_train(learning_rate=float(lr))
     runs = {s: train_predictor(data[s], replace(config, scenario=s), dataset=dataset, out_dir=out_dir)

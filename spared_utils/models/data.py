@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from ..completion import hex_geometry_of
 from ..patches import PatchStore
 from ..utils import dense
 
-__all__ = ["MASKED_LOSS", "MASK_LAYER", "PAPER_PAIR", "SCENARIOS", "TARGET_LAYERS", "TRUTH_LAYER", "ZERO_FILLED",
+__all__ = ["MASKED_LOSS", "MASK_LAYER", "PAPER_PAIR", "SCENARIOS", "Scenario", "TARGET_LAYERS", "TRUTH_LAYER", "ZERO_FILLED",
            "PatchDataset", "PredictionData", "open_store", "patch_channel_stats", "prediction_data", "random_symmetry", "store_positions"]
 
 #: The training scenarios (Mejia et al., MICCAI 2024, and the authors' code, BCV-Uniandes/SpaRED;
@@ -40,7 +40,8 @@ __all__ = ["MASKED_LOSS", "MASK_LAYER", "PAPER_PAIR", "SCENARIOS", "TARGET_LAYER
 #: ``median``     the median-completed ``c_d_log1p`` (the curation's adaptive median), loss on
 #:                every entry.
 #: ``completed``  SpaCKLE's ``c_t_log1p``, loss on every entry.
-SCENARIOS = ("raw", "masked", "median", "completed")
+Scenario = Literal["raw", "masked", "median", "completed"]
+SCENARIOS: tuple[str, ...] = get_args(Scenario)
 #: Layer each scenario's targets are read from.
 TARGET_LAYERS = {"raw": "c_d_log1p", "masked": "c_d_log1p", "median": "c_d_log1p", "completed": "c_t_log1p"}
 #: Scenarios whose targets are 0 where the value was missing (the paper's raw scenario).
