@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATASET ?= synthetic
 
-.PHONY: book lab test test-fast env sync clean help
+.PHONY: book lab test test-fast env sync chapters clean help
 
 help:
 	@echo "make book   # create .venv, install, run every chapter with papermill, render _build/html"
@@ -39,6 +39,11 @@ test-fast: $(STAMP)
 # Re-pair every chapter's .ipynb with its .py source (the .py is the one to edit).
 sync: $(STAMP)
 	$(BIN)/jupytext --sync chapters/[0-9][0-9]_*.py
+
+# Write the predictor chapters (10-20) from chapters/templates/predictor.py, the records and
+# chapters/predictors/<name>.md (edit those, not the generated chapters).
+chapters: $(STAMP)
+	$(BIN)/python -m spared_utils.template
 
 clean:
 	rm -rf _build results processed

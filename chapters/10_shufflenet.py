@@ -19,42 +19,45 @@
 # **What it shows:** how well a small CNN predicts gene expression from one spot's H&E patch, when
 # trained with the loss on real values only (`masked`) and on SpaCKLE-completed data, both scored
 # on real values.
-# **What it needs:** a curated dataset with patches and the `c_t_log1p` layer (made here if
-# missing); a CPU runs the defaults in a few minutes, the paper's budget wants a GPU.
+# **What it needs:** a curated dataset with patches, and the completion the `completed` scenario
+# reads (made here and stored if missing); a CPU runs the defaults in a few minutes, the paper's
+# budget wants a GPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/shufflenet/`.
-# **Measured runtime:** 54 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
-# both scenarios); GPU not measured (no GPU was lent).
-#
-# Every predictor chapter (10–20) follows the protocol of the paper {cite:p}`mejia2024spackle`:
-# the learning rate is chosen on raw data, then the same model is trained twice — once on the
-# raw `c_d_log1p` layer with every value that was missing set to 0 and a loss on every value
-# (`raw`, the authors' code), once on the completed `c_t_log1p` layer (`completed`) — and both
-# runs are scored on the real values of unseen slides. The baseline is the trivial predictor that
-# outputs each gene's mean over its real training values.
-#
-# The chapters show `masked` and `completed` by default. `masked` trains on the curated layer with
-# the loss on real values only, nothing filled in: the stronger baseline the paper lacks. The
-# zero-filled `raw` model is pulled toward 0 wherever a training value was missing, 27% of them on
-# the embedded dataset, so there its test MSE is far above the trivial predictor's (about 14.8
-# against 3.1, ShuffleNet over three seeds in chapter 90) for a reason that has nothing to do with
-# the model. `scenario = "both"` runs the paper's pair (raw and completed), `scenario = "all"` the
-# four scenarios (adding `median`, the curation's median completion), which chapter 90 compares.
-#
+# **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
+# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+
+# %% [markdown]
 # ShuffleNetV2 is a convolutional network designed for mobile devices; the authors' SpaRED code
 # uses its narrowest version (`shufflenet_v2_x0_5`, ImageNet weights) with one linear layer on
 # top, and it has the fewest trainable parameters of the benchmark.
 #
-# **CPU defaults, and how they differ from the paper's.** The patch encoders trained from
-# random weights (this chapter, 11, 12 and 13) read the stored 224 px patches resized to 112 px
-# (3–4× fewer operations), and ShuffleNet and ViT-B start their linear head at each gene's
-# training mean (zero weights) instead of PyTorch's random initialisation, so the few hundred
-# CPU steps go into the image, not into learning the ≈ 8 log-unit offset of the targets (STNet's
-# official head already starts there). On the embedded dataset (200 × 32 steps, 2026-12-02, 2
-# cores) this took the validation / test MSE from 2.626 / 2.844 (masked) and 2.621 / 2.888
-# (completed) at 224 px with the random head to 2.516 / 2.719 and 2.633 / 2.813, in 67 s instead
-# of 180 s; at 112 px with the random head the completed model stayed above the mean (3.179 /
-# 3.249 against 3.131 / 3.136). `budget = "paper"` keeps 224 px and the paper's head.
+# **CPU defaults, and how they differ from the paper's.** The patch encoders trained from random
+# weights (this chapter, 11, 12 and 13) read the stored 224 px patches resized to 112 px (3–4×
+# fewer operations), and ShuffleNet and ViT-B start their linear head at each gene's training
+# mean (zero weights) instead of PyTorch's random initialisation, so the few hundred CPU steps go
+# into the image, not into learning the ≈ 8 log-unit offset of the targets (STNet's official head
+# already starts there). The settings tried before these defaults were chosen, with their errors,
+# are in the Measurements appendix. `budget = "paper"` keeps 224 px and the paper's head.
+
+# %% [markdown]
+# Every predictor chapter follows the protocol of the paper {cite:p}`mejia2024spackle`: the
+# learning rate is chosen on raw data (`learning_rate = "search"`), then the same model is
+# trained once per scenario and every run is scored on the real values of unseen slides. The
+# baseline is the trivial predictor that outputs each gene's mean over its real training
+# values.
+#
+# The chapters show `masked` and `completed` by default. `masked` trains on the curated layer
+# with the loss on real values only, nothing filled in: the stronger baseline the paper lacks.
+# The paper's `raw` scenario (`scenario = "both"` runs it beside `completed`) sets every value
+# that was missing to 0 and takes the loss on every value, so its model is pulled toward 0
+# wherever a training value was missing, for a reason that has nothing to do with the model;
+# chapter 90 measures how much. `scenario = "all"` runs the four scenarios (adding `median`,
+# the curation's median completion).
+#
+# The defaults train from random weights (`pretrained = False`: this machine has no internet)
+# with the CPU budget of this predictor's record (`su.models.record("shufflenet").cpu`);
+# `budget = "paper"` with `pretrained = True` is the paper's setting.
 
 # %% tags=["setup", "hide-cell"]
 # Colab, Binder or a fresh kernel: install the project when it is missing.
@@ -83,43 +86,42 @@ seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
 # default: masked and completed; "both": the paper's raw and completed; "all"; or names
 scenario = ["masked", "completed"]
-# "cpu": this predictor's CPU default (its record); "paper": 1,000 steps × batch 256
+# "cpu": this predictor's CPU default (its record); "paper": the paper's protocol
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 learning_rate = None
 lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
-iterations = None  # None: the budget's (su.models.record("shufflenet").cpu)
-batch_size = None  # None: the budget's; patches (or windows) per training step
-eval_every = None  # None: the budget's; validate every this many iterations
-val_spots = None  # None: the budget's; "all": every validation spot
-eval_spots = None  # None: the budget's; "all": every held-out spot (the paper)
+iterations = None  # None: the budget's (CPU 200, paper 1,000); training steps
+batch_size = None  # None: the budget's (CPU 32, paper 256); patches per training step
+# None: the budget's (CPU 25, paper 10); validate every this many iterations
+eval_every = None
+# None: the budget's (CPU 200, paper all); validation spots scored at each validation;
+# "all": every one
+val_spots = None
+# None: the budget's (CPU all, paper all); held-out spots scored per split at the end;
+# "all": every one
+eval_spots = None
+# None: the budget's (CPU all, paper all); training spots read; "all": every one
+train_spots = None
 pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
-# SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+# the completion behind the completed scenario (su.completion.METHODS)
+completion = "spackle"
+# that completion's budget if it trains (None: the book's CPU budget)
 completion_iterations = None
-width = 0.5  # ShuffleNetV2 channel multiplier (SpaRED: 0.5)
+# None: the budget's (0.5 on a CPU); ShuffleNetV2 channel multiplier (SpaRED: 0.5)
+width = None
 
 # %%
 from IPython.display import Markdown, display
 
 import spared_utils as su
 
-chapter = su.tl.run_chapter(
-    dataset, "shufflenet", scenario=scenario, budget=budget,
-    learning_rate=learning_rate, lr_grid=lr_grid, iterations=iterations,
-    batch_size=batch_size, eval_every=eval_every, val_spots=val_spots,
-    eval_spots=eval_spots, out_dir=out_dir, seed=seed, device=device,
-    pretrained=pretrained, completion_iterations=completion_iterations,
-    model_options={"width": width},
-)
+spec = su.tl.RunSpec.from_parameters("shufflenet", globals())
+chapter = su.tl.run_chapter(spec)
+notes = []  # lines this chapter's own sections add to "What we saw"
 print(chapter.config)
 
 # %% [markdown]
-# `learning_rate = "search"` searches `lr_grid` on raw data first (the paper's protocol). The
-# defaults train from random weights (`pretrained = False`, this machine has no internet) with a
-# budget that runs on a CPU (this predictor's record, `su.models.record(...).cpu`);
-# `budget = "paper"` (1,000 iterations × batch 256, every held-out spot scored) with
-# `pretrained = True` is the paper's setting.
-#
 # ## Metrics on real values
 #
 # MSE and PCC-Gene (Pearson correlation of each gene across spots, averaged over genes: what the
@@ -181,17 +183,7 @@ su.pl.explore_prediction(chapter.adata, runs)
 
 # %%
 # one row per scenario and split: MSE, the training mean's MSE, PCC-Gene
-saw = chapter.summary()
-saw.round(3)
+chapter.summary().round(3)
 
 # %%
-behind = [s for s, ok in chapter.beats_training_mean().items() if not ok]
-weights = "" if chapter.config.pretrained else " or set `pretrained = True`"
-advice = (
-    f"- At this budget the {' and '.join(behind)} model(s) learned no more than the "
-    f"mean: raise `iterations` (the learning curve shows whether it still falls)"
-    f"{weights}.\n"
-    if behind
-    else ""
-)
-display(Markdown(chapter.what_we_saw() + advice))
+display(Markdown(chapter.what_we_saw(notes)))

@@ -9,9 +9,12 @@ and its paired ``.ipynb`` for every record of :data:`spared_utils.models.RECORDS
   comments quote them, so no budget is typed twice), its builder options (parameters of their
   own) and whether it trains (the learning curves);
 * ``chapters/predictors/<name>.md`` (the record's ``prose``) – a MyST Markdown notebook whose
-  first cell is the chapter's opening (title, what it shows, needs and writes, the model) and
-  whose other cells, Markdown or ``{code-cell}``, are the predictor's own sections: placed after
-  the training cell when their metadata say ``place: after_run``, else before "What we saw".
+  first cell is the chapter's opening (its ``# `` title, **What it shows** and **What it needs**;
+  the template adds what it writes and where its runtime is) and whose other cells, Markdown or
+  ``{code-cell}``, are the predictor's own sections, placed by their metadata ``place``:
+  ``intro`` (after the opening: the model, its CPU defaults), ``after_run`` (after the training
+  cell) or ``end`` (the default: before "What we saw"; a code cell there may append lines to
+  ``notes``, which "What we saw" prints).
 
 The generated chapters are committed (readers open them in JupyterLab or Colab, papermill runs
 them by name); ``python -m spared_utils.template --check`` fails when one differs from what the
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import re
+import textwrap
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -38,8 +43,10 @@ __all__ = ["TEMPLATE", "chapter_text", "main", "parameters_cell", "prose_cells",
 
 #: The template, relative to the project root.
 TEMPLATE = Path("chapters") / "templates" / "predictor.py"
+#: The page width of a chapter's code (characters; tests/test_chapters.py holds chapters to it).
+WIDTH = 88
 #: Where a prose cell goes (its metadata ``place``; default ``end``).
-PLACES = ("after_run", "end")
+PLACES = ("intro", "after_run", "end")
 
 #: The parameters every predictor chapter takes: (name, default, comment) — the comment above
 #: the line when it starts with "^", else on the line.
@@ -70,10 +77,24 @@ TAIL = (
 )
 
 
+def _literal(value) -> str:
+    """A plain literal as the chapters write it (double-quoted strings)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return repr(value)
+
+
 def _line(name: str, value, comment: str) -> str:
-    if comment.startswith("^"):
-        return f"# {comment[1:]}\n{name} = {value!r}"
-    return f"{name} = {value!r}  # {comment}"
+    """``name = value`` with its comment on the line, or above it (wrapped) when it starts with
+    "^" or the line would be wider than the page."""
+    assignment = f"{name} = {_literal(value)}"
+    inline = f"{assignment}  # {comment}"
+    if not comment.startswith("^") and len(inline) <= WIDTH:
+        return inline
+    above = textwrap.wrap(comment.lstrip("^"), WIDTH - 2)
+    return "\n".join([*(f"# {line}" for line in above), assignment])
 
 
 def _budget_value(value) -> str:
@@ -93,7 +114,7 @@ def parameters_cell(record: models.PredictorRecord) -> str:
     defaults = inspect.signature(record.builder).parameters
     for name, meaning in record.options.items():
         cpu_value = dict(record.cpu_options).get(name, defaults[name].default)
-        lines.append(_line(name, None, f"^{meaning} (None: the budget's, {cpu_value!r} on a CPU)"))
+        lines.append(_line(name, None, f"^None: the budget's ({_literal(cpu_value)} on a CPU); {meaning}"))
     return "\n".join(lines)
 
 
@@ -141,7 +162,8 @@ def chapter_text(record: models.PredictorRecord, root: Path | None = None) -> st
     opening, placed = prose_cells(record, root)
     return Template(body).substitute(
         opening=_comment(opening), setup=setup_cell(root), parameters=parameters_cell(record), name=record.name,
-        display=record.display_name, after_run=_percent(placed["after_run"]), end=_percent(placed["end"]))
+        display=record.display_name, intro=_percent(placed["intro"]), after_run=_percent(placed["after_run"]),
+        end=_percent(placed["end"]))
 
 
 def _notebook(record: models.PredictorRecord, root: Path):

@@ -112,10 +112,11 @@ class ChapterRun:
                              "pcc_gene": rec["pcc_gene"], "best_iteration": run.train.best_iteration})
         return pd.DataFrame(rows)
 
-    def what_we_saw(self) -> str:
+    def what_we_saw(self, notes: Sequence[str] = ()) -> str:
         """The chapter's closing bullet points (Markdown) from this run's numbers: size, budget and
-        time, whether each scenario beats the training mean, completed − raw (else − masked), best and
-        worst gene."""
+        time, whether each scenario beats the training mean (and what to try where one does not),
+        completed − raw (else − masked), best and worst gene, then ``notes`` (one Markdown line
+        each, e.g. ``"- ..."``: what the chapter's own sections measured)."""
         split, cfg, run = self.eval_split, self.config.train, next(iter(self.runs.values()))
         verdict = self.beats_training_mean()
         behind = [s for s, ok in verdict.items() if not ok]
@@ -149,7 +150,11 @@ class ChapterRun:
                          f"and PCC-Gene by {diff['pcc_gene']:+.3f} (both scored on real values only).")
         lines.append(f"- Per gene ({shown}, {split}): best {best} (PCC {genes[best]:.2f}), worst {worst} "
                      f"(PCC {genes[worst]:.2f}).")
-        return "## What we saw\n\n" + "\n".join(lines) + "\n"
+        if behind:
+            weights = "" if self.config.pretrained else " or set `pretrained = True`"
+            lines.append(f"- At this budget the {' and '.join(behind)} model(s) learned no more than the mean: raise "
+                         f"`iterations` (the learning curve shows whether it still falls){weights}.")
+        return "## What we saw\n\n" + "\n".join([*lines, *notes]) + "\n"
 
     def metrics(self) -> pd.DataFrame:
         """Tidy table: one row per (scenario or ``training mean``, split) with the metrics."""
