@@ -80,24 +80,6 @@ def test_plots_take_ax_and_return_axes_or_draw_several_panels_into_a_figure():
             assert returns in ("plt.Figure", plt.Figure), f"{name} draws several panels: it must return the Figure"
 
 
-@pytest.mark.parametrize("name", models.NAMES)
-def test_predictor_record_parameter_counts_match_the_built_model(name):
-    record = models.record(name)
-    assert record.kind in models.KINDS and record.display_name
-    for n_genes, expected in ((32, record.n_params_32), (128, record.n_params_128)):
-        built = models.build(name, n_genes)
-        assert models.count_parameters(built) == expected, (name, n_genes)
-    cpu, paper = record.budget("cpu"), record.budget("paper")
-    if record.kind == "probe":  # closed form: one fit, no optimiser steps
-        assert cpu.iterations == paper.iterations == 1 and paper.train_spots is None
-    elif record.kind == "slide" or name == "eggn":  # one whole slide per step (SpaRED's largest: ~5,000 spots)
-        assert cpu.iterations < paper.iterations == 1000 and paper.batch_size >= 5000
-    else:
-        assert cpu.iterations < paper.iterations == 1000 and paper.batch_size == 256
-    assert paper.val_spots is paper.eval_spots is paper.train_spots is None  # the paper scores every spot
-    assert record.budget("cpu", iterations=7, batch_size=None).iterations == 7  # None keeps the record's
-
-
 def test_predictor_chapters_write_no_budget_of_their_own():
     """Budgets live in the record: a chapter's parameters cell leaves them None (the record's)."""
     from spared_utils import run

@@ -86,7 +86,7 @@ class PredictorConfig:
     flat keywords.
     """
 
-    model: str = "shufflenet"
+    model: str
     scenario: Scenario = "raw"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(channels_last=True))
     val_spots: int | None = None
