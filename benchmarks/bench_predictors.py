@@ -171,8 +171,9 @@ def quality_table(names, adata, store, dataset: str, out_dir: str, budget: str, 
     rows = []
     for name in names:
         t0 = time.perf_counter()
-        chapter = predict.run_chapter(dataset, name, scenario=scenarios, budget=budget, out_dir=out_dir, adata=adata,
-                                      store=store, seed=seed, device=device, progress=False, **overrides)
+        spec = predict.RunSpec.make(name, dataset=dataset, scenario=scenarios, budget=budget, out_dir=out_dir,
+                                    seed=seed, device=device, progress=False, **overrides)
+        chapter = predict.run_chapter(spec, adata=adata, store=store)
         cost = chapter.config.train
         base = chapter.baseline.set_index("split")
         for scenario, run in chapter.runs.items():
