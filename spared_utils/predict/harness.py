@@ -1,8 +1,10 @@
-"""A predictor chapter in one call: load, (search the learning rate), train both scenarios, evaluate.
+"""A predictor chapter in one call: load, (search the learning rate), train each scenario, evaluate.
 
-:func:`run_chapter` returns a :class:`ChapterRun` holding every run and the numbers a chapter
-shows (metrics, learning curves, per-gene tables, whether each scenario beats the training mean,
-completed − raw or − masked); the chapter writes the sentences around them.
+A run is described by one value, a :class:`RunSpec` (the predictor record's budget with some
+fields changed); :func:`run_chapter` returns a :class:`ChapterRun` holding every run and the
+numbers a chapter shows (metrics, learning curves, per-gene tables, whether each scenario beats
+the training mean, completed − raw or − masked), and writes the chapter's closing bullet points
+from them (:meth:`ChapterRun.what_we_saw`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from anndata import AnnData
 from .. import completion as completion_stage
 from .. import datasets, models, paths, results
 from ..models import BudgetName
-from ..models.data import PAPER_PAIR, SCENARIOS, ZERO_FILLED, PredictionData, prediction_data
+from ..models.data import PAPER_PAIR, SCENARIOS, ZERO_FILLED, PredictionData, Scenario, prediction_data
 from .engine import DEFAULT_LR_GRID, PredictorConfig, PredictorRun, search_learning_rate, train_predictor, trivial_baseline
 
 __all__ = ["COST_FIELDS", "ChapterRun", "RunSpec", "budget_costs", "complete_for", "parse_scenarios", "run_chapter"]
@@ -264,7 +266,7 @@ class RunSpec:
 
     model: str
     dataset: str = "synthetic"
-    scenario: tuple[str, ...] = PAPER_PAIR
+    scenario: tuple[Scenario, ...] = PAPER_PAIR
     budget: BudgetName = "cpu"
     learning_rate: float | str | None = None
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
