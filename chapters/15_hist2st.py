@@ -18,16 +18,50 @@
 #
 # **What it shows:** Hist2ST's patch, slide and spot-graph features, trained with the loss on real
 # values only (`masked`) and on SpaCKLE-completed data, both scored on real values.
-# **What it needs:** a curated dataset with patches, array coordinates and `c_t_log1p` (made here
-# if missing); the CPU default takes a few minutes.
+# **What it needs:** a curated dataset with patches and array coordinates, and the completion the
+# `completed` scenario reads (made here and stored if missing); the CPU default takes a few
+# minutes, the paper's budget wants a GPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/hist2st/`.
-# **Measured runtime:** 74 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02); GPU not measured (no GPU was lent).
-#
+# **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
+# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+
+# %% [markdown]
 # Hist2ST {cite:p}`zeng2022hist2st` embeds each 112 px patch with ConvMixer blocks, adds row and
-# column embeddings, runs 8 transformer blocks (4 in the CPU default, below) over the slide's spots and then 4 GraphSAGE layers
+# column embeddings, runs 8 transformer blocks over the slide's spots and then 4 GraphSAGE layers
 # over the spot graph, combined by LSTM jumping knowledge. In the paper {cite:p}`mejia2024spackle`
 # it is the predictor with the most trainable parameters.
+#
+# **CPU defaults, and how they differ from the paper's.** Trained from scratch, Hist2ST learns
+# slowly on a CPU. The CPU default reads the patches at 56 px instead of its own 112 (a 256-wide
+# patch feature instead of 1,024), runs 4 transformer blocks of 4 heads instead of 8 of 16, and
+# trains 300 steps at lr 3e-4. Of the settings tried (more steps, larger windows, a higher
+# learning rate without dropout, a head started exactly at the mean, the full transformer), only
+# the smaller transformer got below the training mean on completed data. The completed run
+# starts from the completed targets' mean, which sits below the real values' mean (the fills are
+# lower than the measured values), so the model has to learn more than that shift from the image
+# first; the full width learns too slowly in 300 CPU steps to do it. The settings tried, with
+# their errors, are in the Measurements appendix. The paper's budget (`budget = "paper"`: 112 px,
+# the full model, 1,000 whole-slide steps) wants a GPU.
+
+# %% [markdown]
+# Every predictor chapter follows the protocol of the paper {cite:p}`mejia2024spackle`: the
+# learning rate is chosen on raw data (`learning_rate = "search"`), then the same model is
+# trained once per scenario and every run is scored on the real values of unseen slides. The
+# baseline is the trivial predictor that outputs each gene's mean over its real training
+# values.
+#
+# The chapters show `masked` and `completed` by default. `masked` trains on the curated layer
+# with the loss on real values only, nothing filled in: the stronger baseline the paper lacks.
+# The paper's `raw` scenario (`scenario = "both"` runs it beside `completed`) sets every value
+# that was missing to 0 and takes the loss on every value, so its model is pulled toward 0
+# wherever a training value was missing, for a reason that has nothing to do with the model;
+# chapter 90 measures how much. `scenario = "all"` runs the four scenarios (adding `median`,
+# the curation's median completion).
+#
+# The defaults train from random weights (`pretrained = False`: this machine has no internet)
+# with the CPU budget of this predictor's record (`su.models.record("hist2st").cpu`);
+# `budget = "paper"` with `pretrained = True` is the paper's setting.
 
 # %% tags=["setup", "hide-cell"]
 # Colab, Binder or a fresh kernel: install the project when it is missing.
@@ -56,19 +90,29 @@ seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
 # default: masked and completed; "both": the paper's raw and completed; "all"; or names
 scenario = ["masked", "completed"]
-# "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
+# "cpu": this predictor's CPU default (its record); "paper": the paper's protocol
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 learning_rate = None
 lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
-iterations = None  # None: the budget's (su.models.record(...).cpu)
-batch_size = None  # None: the budget's; patches (or windows) per training step
-eval_every = None  # None: the budget's; validate every this many iterations
-val_spots = None  # None: the budget's; "all": every validation spot
-eval_spots = None  # None: the budget's; "all": every held-out spot (the paper)
-train_spots = None  # None: the budget's; "all": every training spot (the paper)
+iterations = None  # None: the budget's (CPU 300, paper 1,000); training steps
+# None: the budget's (CPU 128, paper 10,000); neighbouring spots of one slide per
+# training step
+batch_size = None
+# None: the budget's (CPU 25, paper 10); validate every this many iterations
+eval_every = None
+# None: the budget's (CPU all, paper all); validation spots scored at each validation;
+# "all": every one
+val_spots = None
+# None: the budget's (CPU all, paper all); held-out spots scored per split at the end;
+# "all": every one
+eval_spots = None
+# None: the budget's (CPU all, paper all); training spots read; "all": every one
+train_spots = None
 pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
-# SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+# the completion behind the completed scenario (su.completion.METHODS)
+completion = "spackle"
+# that completion's budget if it trains (None: the book's CPU budget)
 completion_iterations = None
 
 # %%
@@ -76,13 +120,9 @@ from IPython.display import Markdown, display
 
 import spared_utils as su
 
-chapter = su.tl.run_chapter(
-    dataset, "hist2st", scenario=scenario, budget=budget, learning_rate=learning_rate,
-    lr_grid=lr_grid, iterations=iterations, batch_size=batch_size,
-    eval_every=eval_every, val_spots=val_spots, eval_spots=eval_spots,
-    train_spots=train_spots, out_dir=out_dir, seed=seed, device=device,
-    pretrained=pretrained, completion_iterations=completion_iterations,
-)
+spec = su.tl.RunSpec.from_parameters("hist2st", globals())
+chapter = su.tl.run_chapter(spec)
+notes = []  # lines this chapter's own sections add to "What we saw"
 print(chapter.config)
 
 # %% [markdown]
@@ -97,14 +137,14 @@ print(chapter.config)
 # - **Position tables** 78 × 128 (Visium) instead of 64, windows of a slide per training step
 #   and a head bias at the training mean, as HisToGene (chapter 14).
 # - **The spot graph** is the official one (4 nearest within distance 2 in array units), whose
-#   quirk on Visium the next section measures.
+#   quirk on Visium the last section measures.
 
 # %% [markdown]
 # ## Metrics on real values
 #
-# MSE, PCC-Gene (each gene's Pearson correlation across spots, averaged over genes: what the
+# MSE and PCC-Gene (Pearson correlation of each gene across spots, averaged over genes: what the
 # book's figures use) and the pooled PCC, computed only where the ground truth is a real
-# measurement, beside the trivial predictor (the training mean of each gene).
+# measurement. The trivial predictor has no per-gene correlation (a constant).
 
 # %%
 chapter.metrics().round(4)
@@ -112,40 +152,14 @@ chapter.metrics().round(4)
 # %% [markdown]
 # ## Learning curves
 #
-# Validation MSE every `eval_every` iterations on `val_spots` validation spots; the weights with
-# the lowest value are the ones evaluated above.
+# Validation MSE is computed every `eval_every` iterations on `val_spots` validation spots; the
+# weights with the lowest value are the ones evaluated above.
 
 # %% mystnb={"figure": {"caption": "Hist2ST: training loss and validation MSE per scenario; the dashed line is the training mean's validation MSE.", "name": "fig-hist2st-curves"}}
 ax = su.pl.learning_curves(
     chapter.histories, baseline=chapter.baseline_val_loss,
     title="Hist2ST: MSE during training",
 )
-
-# %% [markdown]
-# Trained from scratch, Hist2ST learns slowly on a CPU. The CPU default reads the patches at
-# 56 px instead of its own 112 (a 256-wide patch feature instead of 1,024), runs 4 transformer
-# blocks of 4 heads instead of 8 of 16, and trains 300 steps at lr 3e-4. Measured on the
-# embedded dataset (2026-12-02, 2 cores, seed 0; the training mean scores 3.131 on validation
-# and 3.136 on test):
-#
-# | setting | masked val / test | completed val / test |
-# |---|---|---|
-# | 112 px, 40 steps, lr 1e-4 (the first default) | 3.161 / 3.180 | 3.169 / 3.192 |
-# | 56 px, 40 steps, lr 1e-4 | 3.167 / 3.175 | 3.313 / 3.337 |
-# | 56 px, 150 steps, lr 1e-4 | 3.105 / 3.114 | 3.236 / 3.262 |
-# | 56 px, 150 steps, lr 1e-3, no dropout | 3.161 / 3.190 | 3.307 / 3.348 |
-# | 56 px, 150 steps, head started exactly at the mean | 3.122 / 3.127 | 3.226 / 3.304 |
-# | 56 px, 300 steps, lr 1e-4 | 3.131 / 3.077 | 3.271 / 3.311 |
-# | 56 px, 100 steps of 256-spot windows | 3.127 / 3.130 | 3.284 / 3.313 |
-# | 56 px, 300 steps, lr 3e-4, 8 blocks of 16 heads | 3.154 / 3.149 | 3.279 / 3.320 |
-# | 56 px, 300 steps, lr 3e-4, 4 blocks of 4 heads (the default, 78 s) | 3.067 / 3.047 | 3.081 / 3.003 |
-#
-# Only the smaller transformer gets below the mean on completed data. The completed run starts
-# from the completed targets' mean, which sits below the real values' mean (the fills are lower
-# than the measured values: scored on real test values, that mean costs 3.300 against the real
-# mean's 3.136), so the model has to learn more than that shift from the image first; the full
-# width learns too slowly in 300 CPU steps to do it. The paper's budget (`budget = "paper"`:
-# 112 px, the full model, 1,000 whole-slide steps) wants a GPU.
 
 # %% [markdown]
 # ## Which genes can be predicted?
@@ -170,6 +184,19 @@ fig = su.pl.predicted_vs_true_maps(
 )
 
 # %% [markdown]
+# ## Explore the predictions
+#
+# Pick a scenario and a gene: measured and predicted maps of a held-out slide and every gene's
+# correlation (`su.pl.explore_prediction`). In a live kernel (JupyterLab, Colab) the dropdowns
+# redraw the figure; the HTML shows the first view, the best predicted gene.
+
+# %%
+split = chapter.eval_split
+runs = {f"Hist2ST, {s}": (r.rows[split], r.predictions[split])
+        for s, r in chapter.runs.items()}
+su.pl.explore_prediction(chapter.adata, runs)
+
+# %% [markdown]
 # ## The official spot graph on a Visium grid
 #
 # The official graph links each spot to its 4 nearest spots by array distance. On Visium array
@@ -180,30 +207,27 @@ fig = su.pl.predicted_vs_true_maps(
 # %%
 import torch
 
-rows, cols = (
-    torch.as_tensor(chapter.adata.obs[k].to_numpy()) for k in ("array_row", "array_col")
-)
-one = torch.as_tensor(
-    (chapter.adata.obs["slide_id"] == chapter.adata.obs["slide_id"].iloc[0]).to_numpy()
-)
+obs = chapter.adata.obs
+rows, cols = (torch.as_tensor(obs[k].to_numpy()) for k in ("array_row", "array_col"))
+one = torch.as_tensor((obs["slide_id"] == obs["slide_id"].iloc[0]).to_numpy())
 official = su.models.slide.spot_graph(rows[one], cols[one])
 ring = su.models.slide.spot_graph(rows[one], cols[one], k=6, row_scale=3**0.5)
 same_row = lambda e: float((rows[one][e[0]] == rows[one][e[1]]).float().mean())
 print(
     f"official graph: {official.shape[1]} edges, {same_row(official):.0%} within a "
-    f"row; hexagonal ring: "
-    f"{ring.shape[1]} edges, {same_row(ring):.0%} within a row"
+    f"row; hexagonal ring: {ring.shape[1]} edges, {same_row(ring):.0%} within a row"
+)
+notes.append(
+    f"- The official 4-nearest graph on this Visium slide: {same_row(official):.0%} of "
+    f"edges within a row, against {same_row(ring):.0%} for the hexagonal ring."
 )
 
 # %% [markdown]
 # ## What we saw
 
 # %%
-display(
-    Markdown(
-        chapter.what_we_saw()
-        + f"- The official 4-nearest graph on this Visium slide: "
-          f"{same_row(official):.0%} of "
-        f"edges within a row, against {same_row(ring):.0%} for the hexagonal ring."
-    )
-)
+# one row per scenario and split: MSE, the training mean's MSE, PCC-Gene
+chapter.summary().round(3)
+
+# %%
+display(Markdown(chapter.what_we_saw(notes)))
