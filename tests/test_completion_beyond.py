@@ -226,12 +226,13 @@ def test_harness_completed_scenario_takes_the_completion_method(tmp_path):
         np.testing.assert_allclose(target[~real[:, g], g], want, rtol=1e-6)
     assert mean.adata is not adata and not np.array_equal(adata.layers["c_t_log1p"], target)
     # runs are kept apart: their own hash (checkpoint folder), the method in the results rows;
-    # the default (SpaCKLE) hashes exactly as before the option existed
+    # the default (SpaCKLE) hashes as if the option did not exist (as a predictor without setup options)
     cfg = mean.runs["completed"].config
     assert cfg.completion == "mean" and mean.runs["completed"].config_hash == cfg.hash("toy", 3)
     spackle = replace(cfg, completion="spackle")
     assert spackle.hash("toy", 3) != cfg.hash("toy", 3)
-    ident = {k: v for k, v in asdict(spackle).items() if k not in {"train", "num_workers", "eval_batch_size", "completion"}}
+    ident = {k: v for k, v in asdict(spackle).items()
+             if k not in {"train", "num_workers", "eval_batch_size", "completion", "setup"}}
     assert spackle.hash("toy", 3) == spackle.train.hash("toy", 3, sorted(ident.items()))
     rows = results.read()
     assert set(rows.loc[rows["stage"] == "predict", "completion"]) == {"mean"}

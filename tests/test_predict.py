@@ -248,9 +248,11 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown predictor"):
         predict.PredictorConfig.make(model="nope")
     with pytest.raises(ValueError, match="scenario"):
-        predict.PredictorConfig.make(scenario="both")
+        predict.PredictorConfig.make(model="shufflenet", scenario="both")
     with pytest.raises(ValueError, match="eval_spots"):
-        predict.PredictorConfig.make(eval_spots=0)
+        predict.PredictorConfig.make(model="shufflenet", eval_spots=0)
+    with pytest.raises(TypeError, match="model"):
+        predict.PredictorConfig.make(scenario="raw")  # a run names its predictor
     assert predict.parse_scenarios("both") == ["raw", "completed"]
     assert predict.parse_scenarios("all") == ["raw", "masked", "median", "completed"]
     with pytest.raises(ValueError):
