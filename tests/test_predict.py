@@ -277,7 +277,8 @@ def test_lr_search_picks_the_best_grid_value(toy):
     assert best == min(alone, key=alone.get)
     assert table.set_index("learning_rate")["best_val"].to_dict() == pytest.approx(alone, rel=1e-5)
     search = rows[rows["stage"] == "predict_lr_search"].set_index("learning_rate")
-    assert search.loc[best, "selected"] and search.loc[best, "mse_val_subsample"] == pytest.approx(alone[best], rel=1e-5)
+    assert search.loc[best, "selected"]
+    assert search.loc[best, "mse_val_subsample"] == pytest.approx(alone[best], rel=1e-5)
 
 
 def test_run_chapter_on_given_data(toy):
