@@ -111,3 +111,16 @@ def tiny_book(tmp_path_factory) -> TinyBook:
         after = _snapshot(ROOT / name)
         written[name] = sorted(set(after) - set(before)) + sorted(k for k in before if after.get(k) != before[k])
     return TinyBook(build_dir, proc.returncode, proc.stdout[-3000:] + proc.stderr[-5000:], written)
+
+
+def in_ci() -> bool:
+    """True under CI (``CI`` set to anything but empty, ``0`` or ``false``, as CI services do)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail_in_ci(reason: str) -> None:
+    """Skip a test whose tool is missing, outside CI; under CI fail instead, saying why, so a
+    missing tool cannot hide a failure there."""
+    if in_ci():
+        pytest.fail(f"{reason} [CI is set, so this fails instead of skipping]", pytrace=False)
+    pytest.skip(reason)

@@ -155,12 +155,15 @@ def test_dry_run_estimates_the_remaining_time_from_finished_notebooks(tmp_path, 
     write(raw0.output, dict(raw0.parameters), 100.0)
     write(res / "other" / "10_shufflenet-masked-5.ipynb", {}, 40.0)  # another dataset's masked run
     write(res / "other" / "10_shufflenet-masked-6.ipynb", {}, 60.0)
+    write(res / "other" / "10_shufflenet-masked-8.ipynb", {}, 3000.0)  # a straggler: median 60 s, mean 1033 s
     write(res / "other" / "10_shufflenet-raw-7.ipynb", {}, 9999.0, exception=True)  # failed: not a timing
     table = batch.estimate(list(jobs.values()), res).set_index("chapter")
     shuffle, tour_row = table.loc["10_shufflenet"], table.loc["00_tour"]
-    assert shuffle["to_run"] == 3 and shuffle["timed"] == 3
-    # raw-1 from the raw run (100 s), masked-0/1 from the masked median (50 s)
-    assert shuffle["hours"] == pytest.approx((100 + 50 + 50) / 3600, abs=0.01)
+    assert shuffle["to_run"] == 3 and shuffle["timed"] == 4
+    # raw-1 from the raw run (100 s), masked-0/1 from the masked median (60 s), not the mean (1033 s)
+    assert shuffle["hours"] == pytest.approx((100 + 60 + 60) / 3600, abs=0.005)
+    assert shuffle["hours"] != pytest.approx((100 + 2 * (40 + 60 + 3000) / 3) / 3600, abs=0.005)
+    assert shuffle["s_per_run"] == 60.0, "the median over the runs to do: 100, 60, 60"
     assert tour_row["to_run"] == 1 and tour_row["s_per_run"] == 10.0
     assert batch.main([str(_plan(tmp_path, PLAN)), "--dry-run", "--results-dir", str(res)]) == 0
     out = capsys.readouterr()

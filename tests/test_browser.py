@@ -12,11 +12,20 @@ import pytest
 
 from spared_utils import browser
 
+from .conftest import skip_or_fail_in_ci
 from .test_chapters import WIDTH_PENDING
 
 CHROMIUM = browser.find_chromium()
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (apt-get install chromium; .ci/run does it as root)")
+needs_chromium = pytest.mark.usefixtures("chromium")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The Chromium executable; without one the test is skipped, or fails under CI."""
+    if CHROMIUM is None:
+        skip_or_fail_in_ci("chromium not installed: apt-get install chromium (Debian; .ci/run does it as root), "
+                           "or set $CHROMIUM to a Chromium/Chrome executable")
+    return CHROMIUM
 
 
 def test_static_check_finds_broken_links_missing_images_and_tracebacks(tmp_path):

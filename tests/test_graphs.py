@@ -57,6 +57,14 @@ def test_slides_are_never_connected():
     s = a.obs["slide_id"].to_numpy()
     i, j = adj.nonzero()
     assert (s[i] == s[j]).all()
+    # ...and within a slide the spots are connected: every spot has a neighbour, and each slide
+    # has the 12x24 hex grid's 12*11 horizontal + 11*23 diagonal = 385 edges (both directions stored)
+    assert (np.asarray(adj.sum(1)).ravel() >= 2).all()
+    assert adj.nnz == 2 * 2 * (12 * 11 + 11 * 23)
+    r, c = a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy()
+    dr, dc = np.abs(r[:, None] - r[None]), np.abs(c[:, None] - c[None])
+    brute = (s[:, None] == s[None]) & (((dr == 0) & (dc == 2)) | ((dr == 1) & (dc == 1)))
+    assert np.array_equal(adj.toarray().astype(bool), brute)
 
 
 def test_matches_squidpy_grid_graph(tiny_adata):

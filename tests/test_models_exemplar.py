@@ -301,3 +301,67 @@ def test_egn_loss_is_mse_plus_half_one_minus_pcc_on_masked_entries():
     noisy = target.clone()
     noisy[~mask] = 1e3  # masked-out targets must not matter
     assert float(ex.egn_loss(pred, noisy, mask)) == pytest.approx(want, rel=1e-5)
+
+
+# Parameter counts from the layer arithmetic of each architecture (module docstring, official
+# code), written out here independently of the modules: the records' n_params_32/128 must match.
+
+
+def _linear(i: int, o: int, bias: bool = True) -> int:
+    return i * o + (o if bias else 0)
+
+
+def _layer_norm(d: int) -> int:
+    return 2 * d
+
+
+def _egn_params(n_genes, image_size=256, patch_size=32, dim=1024, depth=8, heads=16, dim_head=64, mlp_dim=4096,
+                bridge_every=2, bridge_heads=8, bridge_dim_head=64, projector_layers=2, feature_dim=2048):
+    n_patches = (image_size // patch_size) ** 2
+    residual_mlp = lambda hidden: _layer_norm(dim) + _linear(dim, hidden) + _linear(hidden, dim)  # noqa: E731
+    projector = (_linear(feature_dim, dim) + _linear(feature_dim + n_genes, dim)  # spot, exemplar tokens
+                 + projector_layers * residual_mlp(dim) + _linear(n_genes, dim))  # linear expression projection
+    attention = _layer_norm(dim) + _linear(dim, 3 * heads * dim_head, bias=False) + _linear(heads * dim_head, dim)
+    bridge_inner, update_hidden = bridge_heads * bridge_dim_head, 4 * bridge_dim_head
+
+    def bridge(updates_exemplars: bool) -> int:
+        gates = _linear(2 * dim, update_hidden) + _linear(update_hidden, (2 if updates_exemplars else 1) * dim)
+        update = gates + _linear(dim, dim) + (_layer_norm(dim) if updates_exemplars else 0)
+        return (update + _layer_norm(dim) + _linear(dim, bridge_inner)          # to_x
+                + _layer_norm(dim) + _linear(dim, n_patches * bridge_heads)     # one gate per (head, position)
+                + 2 * _linear(bridge_inner, dim, bias=False))                   # to tokens, to spot
+
+    n_bridges = depth // bridge_every  # after every bridge_every-th block; the last one updates no exemplar
+    return (_linear(3 * patch_size ** 2, dim) + n_patches * dim + projector
+            + depth * (attention + residual_mlp(mlp_dim))
+            + (n_bridges - 1) * bridge(True) + bridge(False)
+            + _linear(dim, dim)                                             # CSRA pooling
+            + _layer_norm(2 * dim) + _linear(2 * dim, n_genes))             # head on [pooled, spot]
+
+
+def _eggn_params(n_genes, hidden=512, n_layers=4, feature_dim=512, score_dim=128):
+    sage = _linear(hidden, hidden) + _linear(hidden, hidden, bias=False)    # neighbour mean (bias) + root
+    bridge = (3 * _linear(hidden, hidden, bias=False)                       # exemplar, spot, expression
+              + _linear(hidden, score_dim, bias=False) + _linear(score_dim, 2 * score_dim)
+              + 2 * hidden                                                  # two biases
+              + 2 * _linear(hidden, hidden))                                # outputs
+    return (_linear(feature_dim, hidden, bias=False) + _linear(feature_dim + n_genes, hidden, bias=False)
+            + _linear(hidden, hidden, bias=False) + _linear(n_genes, hidden, bias=False)
+            + n_layers * (2 * sage + bridge)
+            + 1 + _linear(hidden, hidden)                                   # pooling: lambda and its head
+            + _linear(hidden, n_genes))
+
+
+def test_egn_and_eggn_parameter_counts_follow_from_the_layer_arithmetic():
+    from spared_utils import models
+
+    # the records (the book's tables) against the arithmetic at the official sizes
+    for name, count in (("egn", _egn_params), ("eggn", _eggn_params)):
+        record = models.record(name)
+        assert (record.n_params_32, record.n_params_128) == (count(32), count(128)), name
+    # the modules against the same arithmetic, on small sizes that change every term
+    small = dict(image_size=32, patch_size=8, dim=24, depth=6, heads=3, dim_head=5, mlp_dim=40, bridge_every=3,
+                 bridge_heads=2, bridge_dim_head=6, projector_layers=3, feature_dim=20)
+    assert count_parameters(ex.egn(5, **small)) == _egn_params(5, **small)
+    small = dict(hidden=24, n_layers=3, feature_dim=20, score_dim=8)
+    assert count_parameters(ex.eggn(5, **small)) == _eggn_params(5, **small)

@@ -274,3 +274,64 @@ def test_a_mean_initialised_slide_head_predicts_exactly_the_mean(builder):
         out_plain = plain(_slide(len(rows)), rows, cols)
     assert torch.allclose(out_zero, mean.expand_as(out_zero), atol=1e-6)
     assert not torch.allclose(out_plain, mean.expand_as(out_plain), atol=1e-3), "the official head adds noise"
+
+
+# Parameter counts from the layer arithmetic of each architecture (module docstring, official
+# code), written out here independently of the modules: the records' n_params_32/128 must match.
+
+
+def _linear(i: int, o: int, bias: bool = True) -> int:
+    return i * o + (o if bias else 0)
+
+
+def _layer_norm(d: int) -> int:
+    return 2 * d
+
+
+def _pre_norm_block(dim: int, heads: int, dim_head: int, mlp_dim: int) -> int:
+    """LN → multi-head attention (q, k, v without bias, output projection) and LN → 2-layer MLP."""
+    inner = heads * dim_head
+    attention = _linear(dim, 3 * inner, bias=False) + _linear(inner, dim)
+    return 2 * _layer_norm(dim) + attention + _linear(dim, mlp_dim) + _linear(mlp_dim, dim)
+
+
+def _histogene_params(n_genes, patch_size=112, dim=1024, depth=8, heads=16, dim_head=64, mlp_dim=2048,
+                      max_rows=78, max_cols=128):
+    return (_linear(3 * patch_size * patch_size, dim)                # flattened patch → dim
+            + (max_rows + max_cols) * dim                            # row and column embeddings
+            + depth * _pre_norm_block(dim, heads, dim_head, mlp_dim)
+            + _layer_norm(dim) + _linear(dim, n_genes))              # head
+
+
+def _hist2st_params(n_genes, patch_size=112, conv_patch=7, kernel_size=5, channels=32, mixer_depth=2, depth=8,
+                    gnn_depth=4, heads=16, dim_head=64, max_rows=78, max_cols=128):
+    dim = (patch_size // conv_patch) ** 2 * channels // 8
+    conv = 3 * channels * conv_patch ** 2 + channels                 # patch embedding conv
+    depthwise = channels * kernel_size ** 2 + channels               # one depthwise k×k conv
+    batch_norm = 2 * channels
+    mixer = 2 * (depthwise + batch_norm) + (channels * channels + channels) + batch_norm
+    down = channels * (channels // 8) + channels // 8                # 1×1 conv to channels / 8
+    lstm_layer = 4 * dim * (dim + dim) + 2 * 4 * dim                 # W_ih, W_hh, b_ih, b_hh of a width-dim LSTM
+    return (conv + mixer_depth * mixer + down
+            + (max_rows + max_cols) * dim
+            + depth * _pre_norm_block(dim, heads, dim_head, dim)     # MLP width = feature width
+            + gnn_depth * dim * dim                                  # SAGEConv: neighbour weight only, no bias
+            + 2 * lstm_layer                                         # 2-layer LSTM jumping knowledge
+            + _layer_norm(dim) + _linear(dim, n_genes))
+
+
+def test_histogene_and_hist2st_parameter_counts_follow_from_the_layer_arithmetic():
+    from spared_utils import models
+
+    # the records (the book's tables) against the arithmetic at the official sizes
+    for name, count in (("histogene", _histogene_params), ("hist2st", _hist2st_params)):
+        record = models.record(name)
+        assert (record.n_params_32, record.n_params_128) == (count(32), count(128)), name
+    # the modules against the same arithmetic, on small sizes that change every term
+    small_h = dict(patch_size=16, dim=24, depth=2, heads=3, dim_head=5, mlp_dim=40, max_rows=7, max_cols=9)
+    model = slide.histogene(5, **small_h)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == _histogene_params(5, **small_h)
+    small_2 = dict(patch_size=24, conv_patch=6, kernel_size=3, channels=16, mixer_depth=3, depth=2, gnn_depth=3,
+                   heads=2, dim_head=7, max_rows=7, max_cols=9)
+    model = slide.hist2st(5, **small_2)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == _hist2st_params(5, **small_2)

@@ -233,6 +233,10 @@ def test_same_seed_same_numbers(toy):
     a = predict.train_predictor(data, _config(scenario="completed", resume=False), write_results=False, checkpoints=False)
     b = predict.train_predictor(data, _config(scenario="completed", resume=False), write_results=False, checkpoints=False)
     assert a.history["train_loss"].tolist() == pytest.approx(b.history["train_loss"].tolist(), rel=1e-5)
+    # control: another seed gives other numbers (so the equality above is the seed's doing)
+    c = predict.train_predictor(data, _config(scenario="completed", resume=False, seed=1), write_results=False,
+                                checkpoints=False)
+    assert c.history["train_loss"].tolist() != pytest.approx(a.history["train_loss"].tolist(), rel=1e-3)
 
 
 def test_stnet_run_gets_training_statistics(toy):
@@ -268,6 +272,15 @@ def test_lr_search_picks_the_best_grid_value(toy):
     rows = results.read()
     assert (rows["stage"] == "predict_lr_search").sum() == 2
     assert rows.loc[rows["stage"] == "predict_lr_search", "selected"].sum() == 1
+    # oracle: each rate trained on its own, outside the search (no checkpoint, no results store)
+    alone = {lr: predict.train_predictor(data, _config(iterations=3, resume=False, learning_rate=lr),
+                                         write_results=False, checkpoints=False).train.best_val for lr in (1e-6, 1e-2)}
+    assert abs(alone[1e-6] - alone[1e-2]) > 1e-3, "the two rates must end apart for the choice to mean anything"
+    assert best == min(alone, key=alone.get)
+    assert table.set_index("learning_rate")["best_val"].to_dict() == pytest.approx(alone, rel=1e-5)
+    search = rows[rows["stage"] == "predict_lr_search"].set_index("learning_rate")
+    assert search.loc[best, "selected"]
+    assert search.loc[best, "mse_val_subsample"] == pytest.approx(alone[best], rel=1e-5)
 
 
 def test_run_chapter_on_given_data(toy):

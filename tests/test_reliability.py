@@ -547,7 +547,9 @@ def test_killed_training_resumes_to_identical_numbers(trained, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def _append_many(path: str, writer: int, n: int, per_append: int) -> None:
+def _append_many(path: str, writer: int, n: int, per_append: int, barrier=None) -> None:
+    if barrier is not None:
+        barrier.wait(timeout=60)  # both writers start appending at the same moment
     for start in range(0, n, per_append):
         results.append([{"stage": "stress", "model": f"writer{writer}", "seed": i, "mse": writer + i / 1000}
                         for i in range(start, min(n, start + per_append))], path=path)
@@ -557,11 +559,16 @@ def test_concurrent_appends_lose_and_tear_nothing(tmp_path):
     store = tmp_path / "results.csv"
     n, per_append = 500, 5  # 100 appends of 5 rows per process: every append reads and rewrites the store
     ctx = multiprocessing.get_context("fork")
-    workers = [ctx.Process(target=_append_many, args=(str(store), w, n, per_append)) for w in (1, 2)]
+    barrier = ctx.Barrier(2)
+    workers = [ctx.Process(target=_append_many, args=(str(store), w, n, per_append, barrier)) for w in (1, 2)]
     for w in workers:
         w.start()
     for w in workers:
         w.join(timeout=300)
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+    assert [w.exitcode for w in workers] == [0, 0], f"each writer exits cleanly: {[w.exitcode for w in workers]}"
     table = results.read(store)
     counts = table.groupby("model")["seed"].apply(lambda s: sorted(s.astype(int))).to_dict()
     lost = sum(n - len(set(v)) for v in counts.values()) + (2 - len(counts)) * n

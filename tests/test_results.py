@@ -33,19 +33,31 @@ def test_default_location_follows_env(tmp_path, monkeypatch):
     assert results.read()["dataset"].tolist() == ["x"]
 
 
-def _writer(path, k):
+def _writer(path, k, barrier=None):
+    if barrier is not None:
+        barrier.wait(timeout=60)  # every writer starts appending at the same moment
     for i in range(5):
         results.append({"dataset": f"w{k}", "i": i}, path)
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = tmp_path / "r.csv"
-    procs = [mp.get_context("fork").Process(target=_writer, args=(path, k)) for k in range(3)]
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_writer, args=(path, k, barrier)) for k in range(3)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(30)
+        p.join(60)
+    alive = [p.pid for p in procs if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not alive, f"writers still running after 60 s: {alive}"
+    assert [p.exitcode for p in procs] == [0, 0, 0], "every writer exits cleanly"
     assert len(results.read(path)) == 15
+    table = results.read(path)
+    assert sorted(zip(table["dataset"], table["i"].astype(int))) == [(f"w{k}", i) for k in range(3) for i in range(5)]
 
 
 def test_corrupt_store_names_the_file(tmp_path):

@@ -21,6 +21,8 @@ import pytest
 
 from spared_utils.book import SETUP_TAGS
 
+from .conftest import skip_or_fail_in_ci
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,7 +40,9 @@ def test_a_chapter_runs_in_an_environment_without_the_project(tmp_path):
     probe = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('spared_utils'))"],
                            cwd=work, env=clean, capture_output=True, text=True, check=True)
     if probe.stdout.strip() != "None":
-        pytest.skip(f"spared_utils is importable without its editable hook here ({probe.stdout.strip()})")
+        skip_or_fail_in_ci(f"spared_utils is importable without its editable hook here ({probe.stdout.strip()}), "
+                           "so a fresh environment cannot be without it: install the project editable "
+                           "(pip install -e '.[dev]') rather than into site-packages")
 
     repo = tmp_path / "repo"  # the project as a clone has it (only what installing and running need)
     repo.mkdir()

@@ -70,10 +70,34 @@ def test_spatial_genes_more_autocorrelated_than_noise(tiny_adata):
     assert i_spatial > i_noise + 0.2
 
 
+def _slide_r2(a) -> float:
+    """Median over the non-spatial genes of the share of log1p(count) variance that the slide explains.
+
+    Those genes have no spatial programme or domain effect, so only the slide's depth and batch
+    effect (and chance, (n_slides - 1) / (n_spots - 1) on average) make their slide means differ.
+    """
+    flat = ~a.var["spatial_gene"].to_numpy()
+    y = np.log1p(a.layers["counts"].toarray()[:, flat])
+    slide = a.obs["slide_id"].to_numpy()
+    fitted = np.zeros_like(y)
+    for s in np.unique(slide):
+        fitted[slide == s] = y[slide == s].mean(0)
+    return float(np.median(1 - ((y - fitted) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)))
+
+
 def test_slide_batch_effect_exists(tiny_adata):
     x = tiny_adata.layers["counts"].toarray()
     depth = [np.median(x[(tiny_adata.obs["slide_id"] == s).to_numpy()].sum(1)) for s in tiny_adata.obs["slide_id"].cat.categories]
     assert max(depth) / min(depth) > 1.05
+    # The total-count ratio above also differs without a slide effect (tissue composition); the
+    # non-spatial genes tell: the slide explains far more of them than chance, and, in a control
+    # without the slide effect (depth_sd=0, batch_sd=0, same seed), no more than chance.
+    chance = (tiny_adata.obs["slide_id"].nunique() - 1) / (tiny_adata.n_obs - 1)
+    assert _slide_r2(tiny_adata) > 5 * chance
+    no_effect = synthetic.make_dataset(seed=0, images=False, depth_sd=0.0, batch_sd=0.0, **TINY)
+    assert _slide_r2(no_effect) < 2 * chance
+    for only in ({"depth_sd": 0.0}, {"batch_sd": 0.0}):  # either half alone is still seen
+        assert _slide_r2(synthetic.make_dataset(seed=0, images=False, **only, **TINY)) > 5 * chance
 
 
 def test_image_texture_follows_domains(tiny_adata):
