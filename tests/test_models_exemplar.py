@@ -362,6 +362,6 @@ def test_egn_and_eggn_parameter_counts_follow_from_the_layer_arithmetic():
     # the modules against the same arithmetic, on small sizes that change every term
     small = dict(image_size=32, patch_size=8, dim=24, depth=6, heads=3, dim_head=5, mlp_dim=40, bridge_every=3,
                  bridge_heads=2, bridge_dim_head=6, projector_layers=3, feature_dim=20)
-    assert count_parameters(ex.egn(5, **small)) == _egn_params(5, **small)
+    assert count_parameters(egn_mod.egn(5, **small)) == _egn_params(5, **small)
     small = dict(hidden=24, n_layers=3, feature_dim=20, score_dim=8)
-    assert count_parameters(ex.eggn(5, **small)) == _eggn_params(5, **small)
+    assert count_parameters(eggn_mod.eggn(5, **small)) == _eggn_params(5, **small)
