@@ -280,16 +280,14 @@ def run_chapter(
     if completion not in completion_stage.METHODS:
         raise ValueError(f"unknown completion method {completion!r}; choose one of {completion_stage.METHODS}")
     base = PredictorConfig.make(model=model, scenario="raw", completion=completion, **costs, **options)
+    # data the caller gives with a completed layer is its SpaCKLE completion, as given
+    given = adata is not None and store is not None and completion_stage.COMPLETED_LAYER in adata.layers
     if adata is None or store is None:
-        stage = "completed" if "completed" in scenarios and completion == "spackle" else "curated"
-        extra = {} if stage == "curated" else {
-            "seed": base.train.seed, "device": base.train.device,
-            **({"iterations": int(completion_iterations)} if completion_iterations else {})}
-        adata = datasets.load(dataset, stage=stage, progress=base.train.progress, **extra)
+        adata = datasets.load(dataset, progress=base.train.progress)
         store = datasets.patch_store(dataset, adata, progress=base.train.progress)
-    if "completed" in scenarios and completion != "spackle":
+    if "completed" in scenarios and not (given and completion == "spackle"):
         adata = complete_for(adata, completion, seed=base.train.seed, device=base.train.device,
-                             iterations=completion_iterations, progress=base.train.progress)
+                             iterations=completion_iterations, progress=base.train.progress, dataset=dataset)
     data = {s: prediction_data(adata, store, s) for s in scenarios}
 
     lr_table = None
@@ -319,20 +317,16 @@ def run_chapter(
 
 
 def complete_for(adata: AnnData, method: str, seed: int = 0, device: str = "auto", iterations: int | None = None,
-                 progress: bool = False) -> AnnData:
+                 progress: bool = False, *, dataset: str) -> AnnData:
     """A copy of ``adata`` whose ``c_t_log1p`` (and ``c_t_deltas``) come from completion ``method``.
 
-    Trained methods run at the book's CPU budget (:data:`spared_utils.completion.CPU_BUDGET`,
-    ``iterations`` overriding its length) with the predictor's seed and device.
+    The completion is the artefact :func:`spared_utils.completion.ensure` finds or makes for
+    ``dataset``: trained methods at the book's CPU budget
+    (:func:`spared_utils.completion.budget_options`, ``iterations`` overriding its length) with
+    the predictor's seed and device.
     """
-    out = adata.copy()
-    options = {}
-    if method in ("spackle", "spackle_plus"):
-        options = {**completion_stage.CPU_BUDGET, "seed": seed, "device": device, "progress": progress,
-                   **({"iterations": int(iterations)} if iterations else {})}
-    completion_stage.complete(out, method=method, layer="c_d_log1p", key_added=completion_stage.COMPLETED_LAYER,
-                              **options)
-    return out
+    return completion_stage.ensure(adata, dataset, method, seed=seed, device=device, iterations=iterations,
+                                   progress=progress)
 
 
 def budget_costs(model: str, budget: str = "cpu", **overrides) -> dict:
