@@ -1,8 +1,10 @@
 """SpaCKLE+'s ablation (chapter 02), read from ``data/ablations/``.
 
 The candidates' options and the decision each led to live in ``data/ablations/spackle_plus.yml``
-(the chosen one marked ``chosen: true``); their measured results in
-``data/ablations/spackle_plus_results.csv``. The library keeps no measurement of its own.
+(the chosen one marked ``chosen: true``, how they were measured in its ``measured`` block); their
+measured results in ``data/ablations/spackle_plus_results.csv``; the other measurements chapter 02
+quotes (the completion benchmark across datasets, runs on other datasets) in
+``data/ablations/spackle_plus_measured.csv``. The library keeps no measurement of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..paths import data_dir
 #: The candidates' options and decisions, and their measured results (relative to ``data/``).
 CANDIDATES_FILE = Path("ablations") / "spackle_plus.yml"
 RESULTS_FILE = Path("ablations") / "spackle_plus_results.csv"
+MEASURED_FILE = Path("ablations") / "spackle_plus_measured.csv"
 
 
 def label(entry: dict[str, Any]) -> str:
@@ -27,9 +30,13 @@ def label(entry: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    return yaml.safe_load((data_dir() / CANDIDATES_FILE).read_text(encoding="utf-8"))
+
+
 def _entries() -> tuple[dict[str, Any], ...]:
     path = data_dir() / CANDIDATES_FILE
-    entries = yaml.safe_load(path.read_text(encoding="utf-8"))["candidates"]
+    entries = _document()["candidates"]
     if sum(bool(e.get("chosen")) for e in entries) != 1:
         raise ValueError(f"{path}: exactly one candidate must carry 'chosen: true' (SpaCKLE+'s options)")
     return tuple(entries)
@@ -48,6 +55,17 @@ def candidates() -> dict[str, dict[str, Any]]:
 def chosen_options() -> dict[str, Any]:
     """The options of the candidate marked ``chosen`` (SpaCKLE+)."""
     return next(_options(e) for e in _entries() if e.get("chosen"))
+
+
+def setup() -> dict[str, Any]:
+    """How the recorded ablation was measured: dataset, splits, levels, budget, seed, machine, runs."""
+    return dict(_document()["measured"])
+
+
+def measured() -> pd.DataFrame:
+    """The other measurements chapter 02 quotes, one row per ``key``: ``value``, ``unit``, ``dataset``,
+    ``measured`` (date) and ``how`` (the command or table that produced it)."""
+    return pd.read_csv(data_dir() / MEASURED_FILE).set_index("key")
 
 
 def recorded_ablation() -> pd.DataFrame:
@@ -70,4 +88,5 @@ def recorded_ablation() -> pd.DataFrame:
     return table.drop(columns="measured").join(decisions).join(table["measured"])
 
 
-__all__ = ["CANDIDATES_FILE", "RESULTS_FILE", "candidates", "chosen_options", "label", "recorded_ablation"]
+__all__ = ["CANDIDATES_FILE", "MEASURED_FILE", "RESULTS_FILE", "candidates", "chosen_options", "label", "measured",
+           "recorded_ablation", "setup"]
