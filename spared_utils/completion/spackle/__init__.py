@@ -54,18 +54,8 @@ from .config import DEFAULT_LAYER, LATER_DEFAULTS, MASK_LAYER, SpackleConfig, co
 from .inference import complete_with, predict_centres, predict_hidden
 from .masking import mask_probabilities, spackle_input, synthetic_hidden, training_mask
 from .model import Spackle, SpackleResult, gene_scales
-from .neighbourhoods import (
-    CentreSampler,
-    Neighbourhoods,
-    check_input,
-    gather,
-    hex_geometry_of,
-    knn_index,
-    neighbourhoods,
-    resolve_hex_geometry,
-    split_spots,
-    validation_spots,
-)
+from .neighbourhoods import (CentreSampler, Neighbourhoods, check_input, gather, hex_geometry_of, knn_index,
+                             neighbourhoods, resolve_hex_geometry, split_spots, validation_spots)
 from .train import train_spackle
 
 __all__ = [
