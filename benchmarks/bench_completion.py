@@ -546,10 +546,9 @@ def main() -> None:
         section("(a) median, training mean, SpaCKLE, ours (and stLearn) under synthetic masking (test slides; "
                 "val/train when absent)")
         if args.cpu_budget:
-            from spared_utils.completion import CPU_BUDGET, SpackleConfig
+            from spared_utils.completion import SpackleConfig, budget_options
 
-            config = SpackleConfig.make(**{**CPU_BUDGET, **({"iterations": args.iterations} if args.iterations else {})},
-                                        seed=args.seed, device=args.device, progress=False)
+            config = SpackleConfig.make(**budget_options("spackle", args.seed, args.device, args.iterations))
         else:
             config = spackle_config(args.quick, args.iterations, args.lr_grid, args.seed, args.device)
         levels = (0.1, 0.3, 0.5, 0.7) if args.quick else LEVELS

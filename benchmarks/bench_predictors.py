@@ -48,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spared_utils import datasets, models, predict  # noqa: E402
+from spared_utils import completion, datasets, models, predict  # noqa: E402
 from spared_utils.training import autocast, resolve_device, seed_everything, to_device  # noqa: E402
 
 #: Estimates from layer sizes (G = 128; the official configurations) and the paper's ordering (Fig 4b:
@@ -350,8 +350,8 @@ def main(argv=None) -> int:
     print(f"== dataset {args.dataset}, device {device}, {args.threads} torch threads, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     t0 = time.perf_counter()
-    adata = datasets.load(args.dataset, stage="completed", progress=False, device=str(device),
-                          **({"iterations": 20} if args.quick else {}))
+    adata = completion.ensure(datasets.load(args.dataset, progress=False), args.dataset, "spackle",
+                              device=str(device), iterations=20 if args.quick else None)
     store = datasets.patch_store(args.dataset, adata, progress=False)
     raw = predict.prediction_data(adata, store, "raw")
     print(f"   {adata.n_obs} spots × {adata.n_vars} genes, splits "

@@ -23,11 +23,13 @@
 # too, and, on the synthetic data, on the entries that were really missing.
 # **What it needs:** the curated dataset (chapter 01; the embedded synthetic one is curated on the
 # fly); a CPU runs the default budget in a few minutes, the paper's 10,000 iterations want a GPU.
-# **What it writes:** the completed layers `c_t_log1p` and `c_t_deltas` into
-# `processed/<dataset>/adata.h5ad` (atomically), SpaCKLE's checkpoint under
-# `results/<dataset>/completion/`, and one row per method and masking level in the results store.
-# **Measured runtime:** 117 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02);
-# GPU not measured (no GPU was lent).
+# **What it writes:** SpaCKLE's completion (`c_t_log1p` and `c_t_deltas`) as an artefact with an
+# address, `processed/<dataset>/completion/spackle-<tag>.h5ad` (atomically; the tag names its
+# configuration and data, so the prediction chapters read exactly this completion when they run
+# at the same settings), SpaCKLE's checkpoint under `results/<dataset>/completion/`, and one row
+# per method and masking level in the results store.
+# **Measured runtime:** {glue:text}`chapter_seconds:.0f` seconds in the run shown here (its device
+# is in "What we saw"; a CPU runs the default budget).
 #
 # Spatial transcriptomics misses many values: a gene that is expressed may still read zero at a spot.
 # Curation fills those gaps with the median of neighbouring spots {cite:p}`mejia2023sepal`.
@@ -78,16 +80,17 @@ authors = True  # also train SpaCKLE as the authors' code runs it, same budget
 # retrain every candidate of SpaCKLE+'s ablation here (slow);
 # otherwise the recorded table
 run_ablation = False
-write_processed = True  # write the completed layers back to processed/<dataset>/
+# store SpaCKLE's completion under processed/<dataset>/completion/ (else in memory)
+write_processed = True
 
 # %%
 import time
-from dataclasses import replace
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 import spared_utils as su
 from spared_utils.completion import (
@@ -115,6 +118,7 @@ config = SpackleConfig.make(
 
 # %%
 missing = 1 - adata.layers["mask"].mean()
+glue("missing_pct", float(100 * missing), display=False)
 print(
     f"{adata.n_obs:,} spots × {adata.n_vars} genes, "
     f"{100 * missing:.1f}% of the values missing (median-completed)"
@@ -196,7 +200,7 @@ ax = su.pl.learning_curves(
 # - **Loss.** Taken on the hidden entries only. The paper's loss covers the whole matrix: it also
 #   asks the model to copy the values it is given (which, with centred input, it learns within a
 #   few dozen steps and then overfits) and to reproduce the adaptive median's guesses at the
-#   originally missing entries, a quarter of the embedded dataset's targets.
+#   originally missing entries, {glue:text}`missing_pct:.0f`% of this dataset's values.
 # - **Warm-up.** The learning rate grows from 0 over the first 20 steps; without it, some
 #   configurations stall at the training mean for the whole budget.
 #
@@ -238,8 +242,7 @@ authors_run = None
 if authors:
     authors_run = su.tl.train_spackle(
         adata,
-        config=replace(
-            config,
+        config=config.updated(
             **AUTHORS_OPTIONS,
             checkpoint_dir=str(out / "completion" / f"spackle_authors_seed{seed}"),
         ),
@@ -296,6 +299,9 @@ table = su.completion.comparison_table(summary, shown)
 ref = min(
     masking_levels, key=lambda v: abs(v - 0.3)
 )  # the level the single-number figures use
+beats_mean = int((table["spackle"] < table["mean"]).sum())
+glue("spackle_beats_mean", beats_mean, display=False)
+glue("n_levels", len(table), display=False)
 table.round(3)
 
 # %% [markdown]
@@ -334,9 +340,10 @@ fig.tight_layout()
 # The adaptive median relies on measured neighbours; as they disappear its windows fill with
 # zeros and it falls back to the slide median. SpaCKLE has learnt the joint structure of genes
 # across the neighbourhood and degrades more slowly than the median — but not more slowly than the
-# training mean, which does not degrade at all: it never looks at the hidden slide. On the
-# embedded dataset at the CPU budget SpaCKLE beats the mean only up to about 40% masking. The
-# paper's headline, 82.5% lower MSE than the median averaged over SpaRED, is therefore mostly a
+# training mean, which does not degrade at all: it never looks at the hidden slide. In this run
+# SpaCKLE beats the mean at {glue:text}`spackle_beats_mean` of {glue:text}`n_levels` masking
+# levels. The paper's headline, 82.5%
+# lower MSE than the median averaged over SpaRED {cite:p}`mejia2024spackle`, is therefore mostly a
 # statement about the median, whose error explodes with masking (below); against the trivial mean
 # the gain is much smaller and turns into a loss at high masking.
 #
@@ -417,9 +424,9 @@ else:
 #
 # ### How SpaCKLE+ was chosen
 #
-# Each candidate change was trained on the embedded dataset at this chapter's budget (200
-# iterations, learning rate 3e-3, feed-forward width 512, seed 0) and scored with this protocol on
-# the test slide: MSE averaged over the seven levels, and at 10% and 70%. From M on, candidates
+# Each candidate change was trained on the embedded dataset at this chapter's default budget (the
+# setup below, from `data/ablations/spackle_plus.yml`) and scored with this protocol on the test
+# slide: MSE averaged over the seven levels, and at 10% and 70%. From M on, candidates
 # also ran on the suite's 128-gene dataset, `synsuite_base`, `synsuite_intra` or
 # `her2st_patient_c` (five levels each), because a choice made on one 32-gene dataset has to hold
 # on SpaRED's 128-gene panels. The path, in four steps:
@@ -434,32 +441,50 @@ else:
 #    for N with a decaying rate and for R, though not for every configuration (half of the
 #    neighbourhoods at ρ = 0.2, Y, still stalled).
 # 3. **Centred input (Z).** Reading given values as deviations from the gene means lowered the
-#    average error on every dataset tried, by a third on the 128-gene one (R: 1.68, R with it:
-#    1.15), and none of the three configurations tried there with it stalled. The model now fits
-#    its training slides within 40 steps, and the validation error then rises again: a loss on
-#    every real value rewards copying the given ones.
+#    average error on every dataset tried, by a third on the 128-gene one (R:
+#    {glue:text}`r_mean_mse_128genes`, R with it: {glue:text}`r_centred_mean_mse_128genes`), and
+#    none of the three configurations tried there with it stalled. The model now fits its training
+#    slides within {glue:text}`z_best_validation_step` steps, and the validation error then rises
+#    again: a loss on every real value rewards copying the given ones.
 # 4. **Loss on hidden entries only (ZH, SpaCKLE+).** Without the copying task the validation
-#    error goes on falling for 110–130 steps, and the 10% level drops a further 10–14%.
+#    error goes on falling for {glue:text}`zh_best_validation_first_step`–{glue:text}`zh_best_validation_last_step`
+#    steps, and the 10% level drops a further
+#    {glue:text}`zh_vs_z_10pct_lowest_pct`–{glue:text}`zh_vs_z_10pct_highest_pct`%.
 #
 # `run_ablation = True` retrains every candidate here.
 #
 # `benchmarks/bench_completion.py --only a --cpu-budget --no-stlearn` repeats the comparison at
-# this chapter's budget (200 iterations) on every dataset available offline: `synthetic`, the six
+# this chapter's default budget on every dataset available offline: `synthetic`, the six
 # `synsuite_*` datasets, `her2st_patient_c` (legacy ST) and `coexpress_mouse_visium` (one slide,
-# scored in-sample). Measured there (2026-12-02, 2-core machine), SpaCKLE+ was:
+# scored in-sample). Its measurements are recorded in `data/ablations/spackle_plus_measured.csv`
+# (shown below with the date and command of each). There, SpaCKLE+ was:
 #
-# - 45.7% below SpaCKLE on average over datasets and levels: per dataset from 34.7%
-#   (`her2st_patient_c`) to 61.7% (`coexpress_mouse_visium`);
-# - below SpaCKLE at every level on all nine datasets, by at least 8.4% (`synsuite_intra` at 10%);
-# - below the training mean at every level on all nine datasets, which SpaCKLE is on none;
-# - 76.6–90.5% below the median (the paper's 82.5% is SpaCKLE vs the median over SpaRED).
+# - {glue:text}`ours_vs_spackle_mean_pct`% below SpaCKLE on average over datasets and levels: per
+#   dataset from {glue:text}`ours_vs_spackle_lowest_dataset_pct`% (`her2st_patient_c`) to
+#   {glue:text}`ours_vs_spackle_highest_dataset_pct`% (`coexpress_mouse_visium`);
+# - below SpaCKLE at every level on all {glue:text}`benchmark_datasets` datasets, by at least
+#   {glue:text}`ours_vs_spackle_lowest_level_pct`% (`synsuite_intra` at 10%);
+# - below the training mean at every level on all {glue:text}`benchmark_datasets` datasets, which
+#   SpaCKLE is on none;
+# - {glue:text}`ours_vs_median_lowest_pct`–{glue:text}`ours_vs_median_highest_pct`% below the
+#   median (the paper's 82.5% is SpaCKLE vs the median over SpaRED {cite:p}`mejia2024spackle`).
 #
 # On the originally missing entries (scored against the expected expression) SpaCKLE+ was better
-# than SpaCKLE on four of the seven synthetic datasets (`synthetic`: MSE 5.13 vs 7.02) and worse on
-# three (`synsuite_small`, `synsuite_dropout`, `synsuite_six_slides`: by 11–19%). Both are biased
-# high there. A model trained to restore real values hidden at random fills weakly expressed
-# entries as if they were typical measured ones: a better score under the masking protocol is
-# not always a better completion of what was really missing.
+# than SpaCKLE on {glue:text}`missing_ours_better_datasets` of the seven synthetic datasets
+# (`synthetic`: MSE {glue:text}`missing_mse_ours_synthetic` vs
+# {glue:text}`missing_mse_spackle_synthetic`) and worse on the others (`synsuite_small`,
+# `synsuite_dropout`, `synsuite_six_slides`: by
+# {glue:text}`missing_ours_worse_lowest_pct`–{glue:text}`missing_ours_worse_highest_pct`%). Both
+# are biased high there. A model trained to restore real values hidden at random fills weakly
+# expressed entries as if they were typical measured ones: a better score under the masking
+# protocol is not always a better completion of what was really missing.
+
+# %%
+measured = su.completion.ablation.measured()
+for key, value in measured["value"].items():
+    glue(key, int(value) if float(value).is_integer() else float(value), display=False)
+display(pd.Series(su.completion.ablation.setup(), name="ablation setup").to_frame())
+measured[["value", "unit", "dataset", "measured"]]
 
 # %%
 if run_ablation:
@@ -515,13 +540,17 @@ fig = su.pl.completion_maps(adata, shown, gene, slide, methods=("median", "spack
 # Finally SpaCKLE completes the real missing values of every slide: their entries are set to zero
 # in every token, and the centre token's output replaces them. The result, `c_t_log1p` (and its Δ
 # from the training mean, `c_t_deltas`), is what the prediction chapters train on in the
-# *completed* scenario.
+# *completed* scenario. It is stored as an artefact addressed by its method and configuration
+# (`su.completion.ensure`): a prediction chapter run at the same budget and seed reads this
+# completion, and one run at other settings makes (and stores) its own.
 
 # %%
-su.tl.complete(adata, method="spackle", model=result, hex_geometry=hex_geometry)
 if write_processed:
-    path = su.io.write_processed(adata, dataset)
-    print(f"wrote {path}")
+    adata = su.completion.ensure(
+        adata, dataset, "spackle", model=result, hex_geometry=hex_geometry
+    )
+else:
+    su.tl.complete(adata, method="spackle", model=result, hex_geometry=hex_geometry)
 filled = adata.layers["c_t_log1p"][~adata.layers["mask"]]
 median_vals = adata.layers["c_d_log1p"][~adata.layers["mask"]]
 pd.DataFrame(
@@ -578,7 +607,7 @@ saw += [
     f"where stLearn leaves many zeros).",
     f"- The training mean (MSE {table['mean'].min():.3f}–{table['mean'].max():.3f} "
     f"at every level) was beaten by SpaCKLE at "
-    f"{int((table['spackle'] < table['mean']).sum())} of {len(table)} levels"
+    f"{beats_mean} of {len(table)} levels"
     f"{plus_text}.",
 ]
 
@@ -589,6 +618,7 @@ saw += [
     f"(SpaCKLE MSE {lg.loc['spackle', 'mse']:.3f}, "
     f"median {lg.loc['median', 'mse']:.3f}, mean {lg.loc['mean', 'mse']:.3f}).",
     f"- {int((~adata.layers['mask']).sum()):,} missing values completed; "
-    f"the chapter ran in {time.perf_counter() - started:.0f} s.",
+    f"the chapter ran in {time.perf_counter() - started:.0f} s on {result.device}.",
 ]
+glue("chapter_seconds", time.perf_counter() - started, display=False)
 display(Markdown("## What we saw\n\n" + "\n".join(saw) + "\n"))

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from . import datasets, metrics, paths, synthetic
-from .completion import CPU_BUDGET, SpackleConfig, spackle, train_spackle
+from .completion import SpackleConfig, budget_options, spackle, train_spackle
 from .patches import PatchStore, extract_patches
 from .predict.bundle import BUNDLE_NAME, PredictorBundle, load_predictor, predict_patches
 from .predict.harness import RunSpec, run_chapter
@@ -389,7 +389,7 @@ def checkpoints_for(dataset: str, predictor: str = "shufflenet", out_dir: str | 
     """:func:`find_checkpoints`, training what is missing (so chapter 95 builds on its own).
 
     A missing SpaCKLE checkpoint is trained on the curated dataset at the book's CPU budget
-    (:data:`spared_utils.completion.CPU_BUDGET`; ``iterations`` overrides it) into the folder
+    (:func:`spared_utils.completion.budget_options`; ``iterations`` overrides its length) into the folder
     chapter 02 uses; a missing predictor checkpoint is trained by its chapter's harness
     (:func:`spared_utils.predict.run_chapter`, scenario ``completed``, ``iterations`` overriding the
     record's CPU budget). Returns ``completion``, ``predictor`` and ``trained`` (what was trained here).
@@ -398,9 +398,9 @@ def checkpoints_for(dataset: str, predictor: str = "shufflenet", out_dir: str | 
     trained = []
     if found["completion"] is None:
         adata = datasets.load(dataset, progress=progress)
-        options = {**CPU_BUDGET, **({"iterations": int(iterations)} if iterations else {})}
         folder = paths.output_dir(out_dir, dataset) / "completion" / f"spackle_seed{seed}"
-        config = SpackleConfig.make(**options, seed=seed, device=device, progress=progress, checkpoint_dir=str(folder))
+        config = SpackleConfig.make(**budget_options("spackle", seed, device, iterations, progress),
+                                    checkpoint_dir=str(folder))
         found["completion"] = Path(train_spackle(adata, config=config).checkpoint)
         trained.append("completion")
     if found["predictor"] is None:

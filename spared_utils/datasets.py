@@ -9,8 +9,12 @@ stage          what                                                             
 =============  ===================================================================  =========================================
 ``raw``        every slide read and combined (:func:`spared_utils.sources.load_raw`)  the download cache (raw files)
 ``curated``    SpaRED's curation (:func:`spared_utils.preprocess.run_pipeline`)       ``<processed_dir>/<id>/adata.h5ad``
-``completed``  the curated data plus SpaCKLE's ``c_t_log1p`` (chapter 02 normally)    the same file, with the completed layers
+``completed``  the curated data plus a stored completion's ``c_t_log1p``             ``<processed_dir>/<id>/completion/``
 =============  ===================================================================  =========================================
+
+``load`` reads and curates; it never trains. A completion is made by its own step,
+:func:`spared_utils.completion.ensure` (chapter 02 for SpaCKLE, the prediction harness for the
+completion it is given), which stores it under an address of its method and configuration.
 
 :func:`patch_store` gives the curated dataset's patch store (cut on first use).
 :func:`summary_table` is the paper's Supp. Table 1, our numbers beside theirs.
@@ -55,7 +59,7 @@ def load(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     load_fullres: bool | str = "auto",
-    **completion_options: Any,
+    method: str | None = None,
 ) -> ad.AnnData:
     """The AnnData of one stage of a registered dataset, made (and cached) if missing.
 
@@ -67,10 +71,9 @@ def load(
         ``"raw"``: all in-tissue spots, raw counts in ``X`` and ``layers["counts"]``, genes
         shared by all slides. ``"curated"``: the curated collection, reused from
         ``<processed_dir>/<id>/adata.h5ad`` while the dataset's curation parameters are
-        unchanged. ``"completed"``: the curated collection with SpaCKLE's ``c_t_log1p`` and
-        ``c_t_deltas``; when the cached file lacks them, SpaCKLE is trained at the book's CPU
-        budget (:data:`spared_utils.completion.CPU_BUDGET`, overridable with
-        ``completion_options``) and the file is saved with them.
+        unchanged. ``"completed"``: the curated collection with the ``c_t_log1p`` and
+        ``c_t_deltas`` of a stored completion by ``method`` (see
+        :func:`spared_utils.completion.stored`); nothing is trained.
     force
         Recompute: re-read the raw files (regenerating a synthetic dataset) and curate again,
         ignoring the cached curated file. Downloads are kept (see ``redownload``).
@@ -83,9 +86,9 @@ def load(
     load_fullres
         Keep full-resolution images in memory (``True``/``False``/``"auto"``, see
         :func:`spared_utils.readers.read_spaceranger`).
-    **completion_options
-        For ``stage="completed"``: options of :func:`spared_utils.completion.complete`
-        (``iterations``, ``seed``, ``device``, ...).
+    method
+        For ``stage="completed"``: the completion method (default ``"spackle"``, one of
+        :data:`spared_utils.completion.METHODS`).
 
     Returns
     -------
@@ -99,12 +102,13 @@ def load(
     UnknownDatasetError
         ``dataset_id`` is not in the registry.
     FileNotFoundError, spared_utils.download.DownloadError, spared_utils.readers.ReaderError
-        Files missing, not downloadable, or unreadable (messages say where to put them).
+        Files missing, not downloadable, or unreadable (messages say where to put them); for
+        ``stage="completed"``, no stored completion by ``method`` (the message says how to make one).
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    if completion_options and stage != "completed":
-        raise TypeError(f"options {sorted(completion_options)} only apply to stage='completed'")
+    if method is not None and stage != "completed":
+        raise TypeError(f"method={method!r} only applies to stage='completed'")
     spec = get_spec(dataset_id)
     if stage == "raw":
         return sources.load_raw(spec, cache_dir, regenerate=force, redownload=redownload, progress=progress,
@@ -112,7 +116,7 @@ def load(
     curated = _curated(spec, cache_dir, force, redownload, progress, load_fullres)
     if stage == "curated":
         return curated
-    return _completed(spec, curated, progress, completion_options)
+    return _completed(spec, curated, method or "spackle")
 
 
 def _curated(spec: DatasetSpec, cache_dir, force: bool, redownload: bool, progress: bool,
@@ -133,13 +137,16 @@ def _curated(spec: DatasetSpec, cache_dir, force: bool, redownload: bool, progre
     return curated
 
 
-def _completed(spec: DatasetSpec, adata: ad.AnnData, progress: bool, options: dict) -> ad.AnnData:
-    if completion.COMPLETED_LAYER in adata.layers:
-        return adata
-    options = {**completion.CPU_BUDGET, "progress": progress, **options}
-    completion.complete(adata, method="spackle", layer="c_d_log1p", key_added=completion.COMPLETED_LAYER, **options)
-    write_processed(adata, spec.id)
-    return adata
+def _completed(spec: DatasetSpec, adata: ad.AnnData, method: str) -> ad.AnnData:
+    if method not in completion.METHODS:
+        raise ValueError(f"unknown completion method {method!r}; choose one of {completion.METHODS}")
+    found = completion.stored(adata, spec.id, method)
+    if found is None:
+        raise FileNotFoundError(
+            f"dataset {spec.id!r} has no stored {method!r} completion in {completion.completion_dir(spec.id)}; "
+            f"make one with su.completion.ensure(su.datasets.load({spec.id!r}), {spec.id!r}, method={method!r}) "
+            f"(or run chapters/02_completion with dataset={spec.id!r})")
+    return found
 
 
 def patch_store(dataset_id: str, adata: ad.AnnData | None = None, progress: bool = True) -> PatchStore:

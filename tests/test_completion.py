@@ -358,3 +358,37 @@ def test_unknown_method_and_option(data):
         completion.complete(data.copy(), method="knn")
     with pytest.raises(TypeError, match="unknown option"):
         completion.complete(data.copy(), method="spackle", iteration=5)
+
+
+def test_completion_address_names_method_configuration_and_data(data, tmp_path, capsys):
+    budget = completion.budget_options("spackle", seed=0, device="cpu", iterations=6)
+    assert budget == {**completion.CPU_BUDGET, "iterations": 6, "seed": 0, "device": "cpu", "progress": False}
+    assert completion.budget_options("median", seed=3) == {}
+    key = completion.address(data, "spackle", **budget)
+    cfg = completion.spackle_config("spackle", **budget)
+    index = S.neighbourhoods(data, cfg, hex_geometry=completion.hex_geometry_of(data))
+    values, real = S.check_input(data)
+    assert key == f"spackle-{S.config_tag(cfg, values, real, index)}_lr_0.003", "the checkpoints' tag"
+    # neither the device nor the progress bar changes what is computed; the seed, the method and the data do
+    assert completion.address(data, "spackle", **{**budget, "device": "cuda", "progress": True}) == key
+    assert completion.address(data, "spackle", **{**budget, "seed": 1}) != key
+    assert completion.address(data, "spackle_plus", **budget).startswith("spackle_plus-")
+    other = data.copy()
+    other.layers["c_d_log1p"] = other.layers["c_d_log1p"] + 1
+    assert completion.address(other, "spackle", **budget) != key
+    assert completion.address(data, "median") == completion.address(data, "median", n_rings=4)
+    assert completion.address(data, "median", n_rings=2) != completion.address(data, "median")
+    with pytest.raises(TypeError, match="unknown option"):
+        completion.address(data, "mean", n_rings=2)
+    # ensure: made once (stored under its address), then found; the input is not modified
+    made = completion.ensure(data, "tiny", "median", folder=tmp_path)
+    path = tmp_path / f"{completion.address(data, 'median')}.h5ad"
+    assert path.is_file() and "c_t_log1p" not in data.layers
+    expected = completion.complete(data.copy(), method="median").layers["c_t_log1p"]
+    np.testing.assert_array_equal(made.layers["c_t_log1p"], expected)
+    found = completion.ensure(data, "tiny", "median", folder=tmp_path)
+    out = capsys.readouterr().out
+    assert "completing with median" in out and "found completion median-" in out
+    np.testing.assert_array_equal(found.layers["c_t_deltas"], made.layers["c_t_deltas"])
+    assert completion.stored(data, "tiny", "median", folder=tmp_path) is not None
+    assert completion.stored(data, "tiny", "mean", folder=tmp_path) is None

@@ -149,7 +149,7 @@ def test_spackle_plus_trains_over_masking_range_reproducibly(data):
     np.testing.assert_array_equal(a.layers["c_t_log1p"], b.layers["c_t_log1p"])
     real = data.layers["mask"]
     np.testing.assert_array_equal(a.layers["c_t_log1p"][real], data.layers["c_d_log1p"][real])
-    cfg = completion.plus_config(**FAST)[0]
+    cfg = completion.plus_config(**FAST)
     assert cfg.mask_prob_range == completion.PLUS_OPTIONS["mask_prob_range"] and cfg.mask_indicator
     # the indicator doubles the input adapter's width; the range draws one ρ per neighbourhood
     model = S.Spackle(data.n_vars, 19, cfg)
@@ -244,7 +244,7 @@ def test_spackle_authors_runs_the_authors_configuration(data):
     used = json.loads(a.uns["completion"]["config"])
     for key, value in completion.AUTHORS_OPTIONS.items():
         assert used[key] == value, key
-    model = S.Spackle(data.n_vars, 19, completion.authors_config(**fast)[0])
+    model = S.Spackle(data.n_vars, 19, completion.authors_config(**fast))
     assert model.adapter_in.out_features == data.n_vars, "adapters as wide as the gene panel"
     plain = completion.complete(data.copy(), method="spackle", **fast, seed=1)
     missing = ~data.layers["mask"]

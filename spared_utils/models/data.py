@@ -170,8 +170,8 @@ def prediction_data(adata: AnnData, store, scenario: str = "raw") -> PredictionD
     layer = TARGET_LAYERS[scenario]
     for need in (TRUTH_LAYER, MASK_LAYER, layer):
         if need not in adata.layers:
-            hint = ("run SpaCKLE first: spared_utils.completion.complete(adata, method='spackle', layer='c_d_log1p'), "
-                    "or load the dataset with spared_utils.datasets.load(id, stage='completed')"
+            hint = ("complete the dataset first: adata = spared_utils.completion.ensure(adata, dataset_id, 'spackle') "
+                    "(or spared_utils.completion.complete(adata, method='spackle'))"
                     if need == "c_t_log1p" else "curate the dataset first (spared_utils.datasets.load(id))")
             raise KeyError(f"layer {need!r} is missing from the AnnData (layers: {sorted(adata.layers)}); {hint}")
     if "split" not in adata.obs:

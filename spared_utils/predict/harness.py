@@ -344,8 +344,11 @@ def run_chapter(spec: RunSpec, adata: AnnData | None = None, store=None) -> Chap
     """Everything a predictor chapter computes, in one call.
 
     Loads the dataset's curated stage and its patches (:func:`spared_utils.datasets.load` and
-    :func:`spared_utils.datasets.patch_store`, unless ``adata`` and ``store`` are given) and the
-    completion the spec names when a ``completed`` scenario runs, searches the learning rate
+    :func:`spared_utils.datasets.patch_store`, unless ``adata`` and ``store`` are given) and, when
+    a ``completed`` scenario runs, the completion the spec names
+    (:func:`spared_utils.completion.ensure`: the stored artefact of that method, budget and seed,
+    made and stored when missing; given data that carry a completed layer are used as they are
+    for ``"spackle"``), searches the learning rate
     when ``spec.learning_rate`` is ``"search"`` (on the raw scenario at seed
     :data:`LR_SEARCH_SEED` whatever the spec's seed, so it is done once per dataset and predictor
     and its finished checkpoints serve every other scenario and seed; the rate is then fixed for
@@ -357,16 +360,14 @@ def run_chapter(spec: RunSpec, adata: AnnData | None = None, store=None) -> Chap
     completion = spec.completion
     base = spec.config()
     completion_iterations, search = spec.completion_iterations, spec.learning_rate == "search"
+    # data the caller gives with a completed layer is its SpaCKLE completion, as given
+    given = adata is not None and store is not None and completion_stage.COMPLETED_LAYER in adata.layers
     if adata is None or store is None:
-        stage = "completed" if "completed" in scenarios and completion == "spackle" else "curated"
-        extra = {} if stage == "curated" else {
-            "seed": base.train.seed, "device": base.train.device,
-            **({"iterations": int(completion_iterations)} if completion_iterations else {})}
-        adata = datasets.load(dataset, stage=stage, progress=base.train.progress, **extra)
+        adata = datasets.load(dataset, progress=base.train.progress)
         store = datasets.patch_store(dataset, adata, progress=base.train.progress)
-    if "completed" in scenarios and completion != "spackle":
+    if "completed" in scenarios and not (given and completion == "spackle"):
         adata = complete_for(adata, completion, seed=base.train.seed, device=base.train.device,
-                             iterations=completion_iterations, progress=base.train.progress)
+                             iterations=completion_iterations, progress=base.train.progress, dataset=dataset)
     data = {s: prediction_data(adata, store, s) for s in scenarios}
 
     lr_table = None
@@ -396,20 +397,16 @@ def run_chapter(spec: RunSpec, adata: AnnData | None = None, store=None) -> Chap
 
 
 def complete_for(adata: AnnData, method: str, seed: int = 0, device: str = "auto", iterations: int | None = None,
-                 progress: bool = False) -> AnnData:
+                 progress: bool = False, *, dataset: str) -> AnnData:
     """A copy of ``adata`` whose ``c_t_log1p`` (and ``c_t_deltas``) come from completion ``method``.
 
-    Trained methods run at the book's CPU budget (:data:`spared_utils.completion.CPU_BUDGET`,
-    ``iterations`` overriding its length) with the predictor's seed and device.
+    The completion is the artefact :func:`spared_utils.completion.ensure` finds or makes for
+    ``dataset``: trained methods at the book's CPU budget
+    (:func:`spared_utils.completion.budget_options`, ``iterations`` overriding its length) with
+    the predictor's seed and device.
     """
-    out = adata.copy()
-    options = {}
-    if method in ("spackle", "spackle_plus"):
-        options = {**completion_stage.CPU_BUDGET, "seed": seed, "device": device, "progress": progress,
-                   **({"iterations": int(iterations)} if iterations else {})}
-    completion_stage.complete(out, method=method, layer="c_d_log1p", key_added=completion_stage.COMPLETED_LAYER,
-                              **options)
-    return out
+    return completion_stage.ensure(adata, dataset, method, seed=seed, device=device, iterations=iterations,
+                                   progress=progress)
 
 
 def budget_costs(model: str, budget: str = "cpu", **overrides) -> dict:

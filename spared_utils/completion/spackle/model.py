@@ -1,0 +1,102 @@
+"""SpaCKLE's model: the adapters and encoder (:class:`Spackle`), its output at centre spots, a trained result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ...training import count_parameters
+from .config import SpackleConfig
+
+class Spackle(nn.Module):
+    """Linear adapter → transformer encoder → linear adapter, over neighbourhood tokens.
+
+    ``forward(x, padding)`` takes ``x`` of shape ``(batch, tokens, genes)`` (centre token first)
+    and ``padding`` ``(batch, tokens)`` (True = absent neighbour) and returns ``(batch, tokens,
+    genes)``.
+    """
+
+    def __init__(self, n_genes: int, n_tokens: int, config: SpackleConfig | None = None,
+                 gene_scale: torch.Tensor | None = None, out_scale: torch.Tensor | None = None,
+                 gene_centre: torch.Tensor | None = None):
+        super().__init__()
+        cfg = config or SpackleConfig()
+        d = cfg.d_model or n_genes
+        if d % cfg.n_heads:
+            raise ValueError(f"model width {d} is not divisible by n_heads={cfg.n_heads}")
+        self.n_genes, self.n_tokens, self.d_model = n_genes, n_tokens, d
+        self.within_neighbourhood = cfg.attention == "neighbourhood"
+        self.indicator = bool(cfg.mask_indicator)
+        self.adapter_in = nn.Linear(n_genes * (2 if self.indicator else 1), d)
+        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.dim_feedforward, cfg.dropout,
+                                           batch_first=self.within_neighbourhood)
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.adapter_out = nn.Linear(d, n_genes)
+        self.position = nn.Parameter(torch.zeros(n_tokens, d)) if cfg.positional_encoding else None
+        # Per-gene scales: the input adapter reads x / gene_scale (the gene's mean, so values are
+        # near 1 instead of log2(TPM + 1) ≈ 10–20 and masked entries stay exactly 0) and the output
+        # adapter writes out_scale · y (the gene's standard deviation). Composed with the linear
+        # adapters these are again linear maps g → d → g: the model is the paper's, the scales only
+        # precondition training.
+        ones = torch.ones(n_genes)
+        self.register_buffer("gene_scale", ones.clone() if gene_scale is None else torch.as_tensor(gene_scale).float().clone())
+        self.register_buffer("out_scale", ones.clone() if out_scale is None else torch.as_tensor(out_scale).float().clone())
+        if cfg.centre_input:  # only then, so that checkpoints without it still load
+            centre = torch.zeros(n_genes) if gene_centre is None else torch.as_tensor(gene_centre).float().clone()
+            self.register_buffer("gene_centre", centre)
+        else:
+            self.gene_centre = None
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        given = x != 0
+        xin = x if self.gene_centre is None else (x - self.gene_centre) * given
+        xin = xin / self.gene_scale
+        if self.indicator:
+            xin = torch.cat([xin, given.to(xin.dtype)], dim=-1)
+        h = self.adapter_in(xin)
+        if self.position is not None:
+            h = h + self.position[: h.shape[1]]
+        if self.within_neighbourhood:
+            h = self.encoder(h, src_key_padding_mask=padding)
+        else:
+            # The authors' layout: a (batch, tokens, d) tensor read as (sequence, batch, d).
+            h = self.encoder(h)
+        return self.adapter_out(h) * self.out_scale
+
+
+@dataclass
+class SpackleResult:
+    """A trained SpaCKLE model with what produced it."""
+
+    model: Spackle
+    config: SpackleConfig
+    genes: list[str]
+    learning_rate: float
+    best_val: float
+    best_iteration: int
+    history: pd.DataFrame
+    wall_time_s: float
+    device: str
+    lr_table: pd.DataFrame | None = None
+    checkpoint: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_params(self) -> int:
+        return count_parameters(self.model)
+
+
+def gene_scales(values: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-gene input and output scales: mean absolute value and standard deviation (1 if ~0)."""
+    v = np.asarray(values, dtype=np.float64)
+    m, sd = np.abs(v).mean(axis=0), v.std(axis=0)
+    return (torch.as_tensor(np.where(m > 1e-6, m, 1.0), dtype=torch.float32),
+            torch.as_tensor(np.where(sd > 1e-6, sd, 1.0), dtype=torch.float32))
+
+
+__all__ = ["Spackle", "SpackleResult", "gene_scales"]
