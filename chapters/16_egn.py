@@ -196,8 +196,6 @@ su.pl.explore_prediction(chapter.adata, runs)
 # Its six exemplars, their slides and their distance in the frozen feature space.
 
 # %%
-import numpy as np
-
 run = chapter.runs[next(iter(chapter.runs))]
 task, spot = run.task, run.rows[chapter.eval_split][:1]
 (feats,) = task.features.get(spot)
@@ -205,7 +203,7 @@ found = task.bank.query(feats, task.model.k, exclude_slides=task.data.slides[spo
 print(
     f"spot {task.ids[spot[0]]} (slide {task.data.slides[spot[0]]}): exemplars from "
     f"slides {task.bank.slides[found.indices[0].cpu().numpy()].tolist()}, distances "
-    f"{np.round(found.distances[0].cpu().numpy(), 1).tolist()}"
+    f"{[round(float(d), 1) for d in found.distances[0]]}"
 )
 train_slides = set(task.data.slides[task.train_rows])
 notes.append(

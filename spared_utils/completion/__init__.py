@@ -41,6 +41,7 @@ from .evaluate import (
     BEST_LAYER,
     MASKING_LEVELS,
     METHODS,
+    CompletionMethod,
     SCHEMES,
     ablation_table,
     add_best_completion,
@@ -112,7 +113,8 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
 
 
 __all__ = [
-    "AUTHORS_OPTIONS", "BEST_LAYER", "COMPLETED_LAYER", "COMPLETION_DIR", "CPU_BUDGET", "MASKING_LEVELS", "METHODS",
+    "AUTHORS_OPTIONS", "BEST_LAYER", "COMPLETED_LAYER", "COMPLETION_DIR", "CPU_BUDGET", "CompletionMethod",
+    "MASKING_LEVELS", "METHODS",
     "PLUS_ABLATION", "PLUS_OPTIONS", "SCHEMES", "SmeConfig", "SpackleConfig", "SpackleResult", "TRAINED_METHODS",
     "ablation", "ablation_table", "add_best_completion", "address", "authors_config", "before_dropout_layer",
     "best_method", "budget_options", "comparison_table", "complete", "completion_dir", "delta_key", "ensure",

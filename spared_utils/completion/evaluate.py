@@ -37,6 +37,7 @@ What each method sees:
 from __future__ import annotations
 
 import time
+from typing import Literal, get_args
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -53,7 +54,8 @@ from . import spackle as S
 #: The masking levels of Fig. 3 (fraction of a gene's entries hidden).
 MASKING_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 #: Every completion method of :func:`spared_utils.completion.complete`.
-METHODS: tuple[str, ...] = ("median", "mean", "spackle", "stlearn", "spackle_plus", "spackle_authors")
+CompletionMethod = Literal["median", "mean", "spackle", "stlearn", "spackle_plus", "spackle_authors"]
+METHODS: tuple[str, ...] = get_args(CompletionMethod)
 #: Masking schemes of :func:`evaluate_masking` (see the module's docstring).
 SCHEMES: tuple[str, ...] = ("per_gene", "uniform", "lgdist")
 

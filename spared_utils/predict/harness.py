@@ -21,6 +21,7 @@ from anndata import AnnData
 
 from .. import completion as completion_stage
 from .. import datasets, models, paths, results
+from ..completion import CompletionMethod
 from ..models import BudgetName
 from ..models.data import PAPER_PAIR, SCENARIOS, ZERO_FILLED, PredictionData, Scenario, prediction_data
 from .engine import DEFAULT_LR_GRID, PredictorConfig, PredictorRun, search_learning_rate, train_predictor, trivial_baseline
@@ -271,7 +272,7 @@ class RunSpec:
     learning_rate: float | str | None = None
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
     costs: Mapping[str, CostOverride] = field(default_factory=dict)
-    completion: str = "spackle"
+    completion: CompletionMethod = "spackle"
     completion_iterations: int | None = None
     seed: int = 0
     device: str = "auto"
