@@ -73,3 +73,13 @@ def test_every_measurement_is_dated(table):
     dated_name = re.search(r"_20\d\d-\d\d-\d\d\.csv$", table)
     assert dated_name or ("date" in frame and frame["date"].str.fullmatch(r"20\d\d-\d\d-\d\d").all()), (
         f"{table}: name the date in the file name (_YYYY-MM-DD.csv) or give every row a date")
+
+
+def test_the_staged_book_carries_the_files_the_measurements_page_reads(tmp_path, monkeypatch):
+    from spared_utils import book
+
+    monkeypatch.setenv("SPARED_RESULTS_DIR", str(tmp_path / "results"))  # no batch notebooks
+    src = book.stage(ROOT, {}, tmp_path / "_build")
+    assert (src / "measurements.md").is_file()
+    missing = [table for table in measurement_tables() if not (src / table).is_file()]
+    assert missing == [], f"the staged book lacks {missing}: the page's tables would be empty"
