@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU check (< 8 minutes on one GPU): run it whenever a GPU is lent and paste its
-# final table into the README.
+# One prepared GPU check (< 8 minutes on one GPU): run it whenever a GPU is lent and record its
+# final table, dated, as a CSV under data/measurements/ (the book's Measurements page shows it).
 #   1. predictor training throughput at batch 256 (bf16 autocast, channels-last) and the loader /
 #      model-step ratio, retrieval at SpaRED scale, slide-model memory (bench_predictors.py,
 #      without its quality table);

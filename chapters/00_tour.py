@@ -21,8 +21,8 @@
 # **What it needs:** nothing but a CPU; the embedded synthetic dataset is generated in seconds
 # (a SpaRED dataset id downloads its raw data first).
 # **What it writes:** `results/<dataset>/tour_slides.csv`, one row per slide.
-# **Measured runtime:** 33 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02);
-# GPU not needed.
+# **Measured runtime:** seconds on a CPU (the whole notebook in `make book`, dated, on the
+# [Measurements](../measurements) page); GPU not needed.
 #
 # Spatial transcriptomics measures gene expression at thousands of *spots* laid out on a grid
 # over a tissue section, next to an H&E image of the same section. On 10x Visium, spots are 55 µm

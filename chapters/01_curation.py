@@ -23,8 +23,8 @@
 # downloads its raw data first (the largest, 43,804 spots, curates in minutes).
 # **What it writes:** `processed/<dataset>/adata.h5ad` and the patch store `processed/<dataset>/patches/`
 # (both atomically), and `results/<dataset>/curation_steps.csv` (spots and genes after each step).
-# **Measured runtime:** 47 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02);
-# GPU not needed.
+# **Measured runtime:** under a minute on a CPU for the embedded dataset (the whole notebook in
+# `make book`, dated, on the [Measurements](../measurements) page); GPU not needed.
 #
 # SpaRED {cite:p}`mejia2024spackle` curates 26 public datasets with one pipeline, inherited from
 # SEPAL {cite:p}`mejia2023sepal`. We run the same steps, in the authors' order, with `su.pp` (`spared_utils.preprocess`); each is a
@@ -151,8 +151,8 @@ missing.round(1)
 # ring of the hexagonal grid; if that median is zero, within two rings, and so on up to four; if
 # every window is zero, by the slide's median of the gene's non-zero values. Measured values are
 # never changed. The authors loop over every (spot, gene) pair in Python; `median_complete`
-# gathers all windows of all zero entries at once and sorts them (identical values, ≥ 20× faster:
-# `benchmarks/bench_curation.py`). {numref}`fig-curation-measured` and
+# gathers all windows of all zero entries at once and sorts them (identical values, and faster:
+# `benchmarks/bench_curation.py` times both). {numref}`fig-curation-measured` and
 # {numref}`fig-curation-median` show the genes with the highest Moran's I on the first slide:
 # measured values (grey crosses = missing), then after completion.
 

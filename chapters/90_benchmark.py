@@ -24,8 +24,8 @@
 # (`python -m spared_utils.batch`; then `python -m spared_utils.run 90_benchmark -p datasets all`).
 # It trains nothing: seconds on a CPU.
 # **What it writes:** nothing.
-# **Measured runtime:** 9 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02); GPU
-# not needed.
+# **Measured runtime:** seconds on a CPU (the whole notebook in `make book`, dated, on the
+# [Measurements](../measurements) page); GPU not needed.
 #
 # The paper {cite:p}`mejia2024spackle` trains every predictor on raw data — where a value that was
 # missing is a zero and the loss reads it — and on SpaCKLE-completed data, and reports that
@@ -159,9 +159,9 @@ ax = su.pl.scenario_differences(diffs) if len(diffs) else None
 # on every entry pulls the model towards spots it will never be scored on. Against zeros
 # (`raw`) any completion helps a lot; against a loss that reads only what is scored (`masked`)
 # completion can only help through what it adds to the real values' neighbourhood. Whether that
-# outweighs the shift depends on the budget: on the embedded dataset, ShuffleNet at its CPU
-# default (200 iterations) did better with the masked loss, at 600 iterations with the
-# completed targets (README, "Measured").
+# outweighs the shift depends on the budget: the differences above and the table below say which
+# way it goes for the runs in this store; the [Measurements](../measurements) page records
+# ShuffleNet's answer at two budgets.
 
 # %%
 decomposition = analysis.bias_decomposition(store, split)

@@ -24,8 +24,8 @@
 # dataset; several seeds (the batch driver, `python -m spared_utils.batch`) give the spread.
 # It trains nothing: seconds on a CPU.
 # **What it writes:** nothing.
-# **Measured runtime:** 8 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02); GPU
-# not needed.
+# **Measured runtime:** seconds on a CPU (the whole notebook in `make book`, dated, on the
+# [Measurements](../measurements) page); GPU not needed.
 #
 # Each predictor chapter reports its own model; this page puts them together, the view the
 # paper's Table 1 gives per dataset {cite:p}`mejia2024spackle`. The ratio to the training mean

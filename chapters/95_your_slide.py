@@ -24,9 +24,9 @@
 # chapters 02 and 10 saved (trained here, briefly, when they are missing); a CPU is enough.
 # **What it writes:** `results/<dataset>/your_slide/<slide>.h5ad` with the layers `measured`,
 # `completed`, `predicted` and `mask`, which scanpy and squidpy read as they are.
-# **Measured runtime:** 20 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
-# chapters 02 and 10's checkpoints reused — about 16 minutes when it must train them); GPU not
-# measured (no GPU was lent).
+# **Measured runtime:** under a minute on a CPU with chapters 02 and 10's checkpoints reused, much
+# longer when it must train them (the whole notebook in `make book`, dated, on the
+# [Measurements](../measurements) page); GPU not measured.
 #
 # The same runs as a command, for a slide of your own:
 #

@@ -23,8 +23,8 @@
 # **What it needs:** the repository's `tests/` folder; no data (the matrix builds its own tiny slides and
 # checkpoints); a CPU, about a minute.
 # **What it writes:** `results/reliability.json`, the outcome of each row of this run.
-# **Measured runtime:** 40 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02; the
-# reliability rows that need no trained checkpoint); GPU not needed.
+# **Measured runtime:** about a minute on a CPU for the rows that need no trained checkpoint (the
+# whole notebook in `make book`, dated, on the [Measurements](../measurements) page); GPU not needed.
 #
 # The table is not typed: this page runs `tests/test_reliability.py` when the book is built and shows
 # the rows it recorded, so it cannot drift from the code. A row passes when the call refuses the input

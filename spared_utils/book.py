@@ -255,6 +255,9 @@ def add_results_part(src: Path, runs: dict[str, list[Path]]) -> list[str]:
     return added
 
 
+#: The measured times and scores the Measurements page shows, relative to the book's root.
+MEASUREMENTS = Path("data") / "measurements"
+
 #: The intro's pipeline figure, relative to the book's root (drawn again at every build).
 OVERVIEW_FIGURE = Path("figures") / "pipeline.svg"
 
@@ -282,6 +285,8 @@ def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
         shutil.copytree(root / "_static", src / "_static")
     for f in root.glob("*.bib"):
         shutil.copy2(f, src / f.name)
+    if (root / MEASUREMENTS).is_dir():  # the tables the Measurements page reads (csv-table)
+        shutil.copytree(root / MEASUREMENTS, src / MEASUREMENTS)
     for entry in toc_files(root):
         if entry.startswith("chapters/"):
             continue

@@ -295,13 +295,21 @@ class _Checker:
         return list(value)
 
 
-#: Curation parameters a dataset entry may set (the rest of :class:`PipelineParams` is fixed).
-CURATION_KEYS = ("organism", "n_genes", "combat_key", "hex_geometry", "cell_min_counts", "cell_max_counts",
-                 "gene_min_counts", "gene_max_counts", "real_data_percentage")
-DATASET_KEYS = ("abbreviation", "in_paper", "publication", "tissue", *CURATION_KEYS, "splits", "patients", "source",
-                "paper", "notes", "generator", "patch_scale", "patch_size", "prediction_layer", "pipeline_ready")
-DEFAULT_KEYS = ("cell_min_counts", "cell_max_counts", "gene_min_counts", "gene_max_counts", "real_data_percentage",
-                "patch_scale", "patch_size", "hex_geometry", "prediction_layer", "in_paper", "pipeline_ready")
+def _field_names(cls, leave_out: Iterable[str] = ()) -> tuple[str, ...]:
+    """The field names of dataclass ``cls``, in declaration order, without ``leave_out``."""
+    return tuple(f.name for f in fields(cls) if f.name not in leave_out)
+
+
+#: Curation parameters a dataset entry may set: the fields of :class:`PipelineParams` but the
+#: ones every dataset shares (the median's rings, the slide column).
+CURATION_KEYS = _field_names(PipelineParams, leave_out=("n_rings", "slide_key"))
+#: The keys of a dataset entry: the fields of :class:`DatasetSpec` (``curation`` spelled out as
+#: its keys; ``id`` is the entry's name and ``line`` its place in the file) and CURATION_KEYS.
+DATASET_KEYS = (*_field_names(DatasetSpec, leave_out=("id", "curation", "line")), *CURATION_KEYS)
+#: The keys the file's ``defaults`` may set: CURATION_KEYS but those each dataset must name, and
+#: the per-dataset settings below.
+DEFAULT_KEYS = (*(k for k in CURATION_KEYS if k not in ("organism", "n_genes", "combat_key")),
+                "patch_scale", "patch_size", "prediction_layer", "in_paper", "pipeline_ready")
 #: SpaRED's shared parameters (the defaults of PipelineParams and DatasetSpec); the file's
 #: ``defaults`` and each entry override them.
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -309,9 +317,9 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     **{f.name: f.default for f in fields(DatasetSpec) if f.name in DEFAULT_KEYS},
     "in_paper": False,
 }
-SOURCE_KEYS = ("kind", "format", "files", "layout", "source_names", "nested", "root", "provenance", "layout_verified")
-FILE_KEYS = ("path", "urls", "sha256", "extract", "slide")
-PAPER_KEYS = tuple(f.name for f in PaperStats.__dataclass_fields__.values())
+SOURCE_KEYS = _field_names(SourceSpec)
+FILE_KEYS = _field_names(RemoteFile)
+PAPER_KEYS = _field_names(PaperStats)
 
 
 def parse_registry(text: str, path: Path | str = "datasets.yml") -> dict[str, DatasetSpec]:

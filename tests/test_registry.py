@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 import re
 import textwrap
 from pathlib import Path
@@ -210,6 +210,37 @@ def test_typos_give_an_error_naming_the_line(old, new, needle, expected):
     with pytest.raises(RegistryError, match=expected) as err:
         parse(text)
     assert f"test.yml:{line_of(text, needle)}:" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "where", "expected"),
+    [
+        ("    tissue: brain", "dataset 'toy'",
+         [f.name for f in fields(registry.DatasetSpec) if f.name not in ("id", "curation", "line")]
+         + [f.name for f in fields(registry.PipelineParams) if f.name not in ("n_rings", "slide_key")]),
+        ("  in_paper: false", "defaults", ["cell_min_counts", "patch_size", "in_paper", "pipeline_ready"]),
+        ("      kind: remote", "source", [f.name for f in fields(registry.SourceSpec)]),
+        ("          sha256: null", "file", [f.name for f in fields(registry.RemoteFile)]),
+    ],
+)
+def test_unknown_key_without_a_close_match_is_refused_naming_the_valid_keys(old, where, expected):
+    """A key close to none lists every key the place accepts: the fields of the dataclass it fills."""
+    assert old in VALID
+    indent = old[: len(old) - len(old.lstrip())]
+    text = VALID.replace(old, f"{old}\n{indent}zzzz_unrelated: 1")
+    with pytest.raises(RegistryError, match=r"unknown key 'zzzz_unrelated'; allowed: ") as err:
+        parse(text)
+    message = str(err.value)
+    assert where in message and f"test.yml:{line_of(text, 'zzzz_unrelated')}:" in message
+    allowed = message.split("allowed: ")[1].split(", ")
+    assert set(expected) <= set(allowed), f"not named: {set(expected) - set(allowed)}"
+
+
+def test_fixed_pipeline_parameters_are_not_dataset_keys():
+    """The median's rings and the slide column are shared by every dataset: an entry cannot set them."""
+    for key in ("n_rings", "slide_key"):
+        with pytest.raises(RegistryError, match=rf"unknown key '{key}'"):
+            parse(VALID.replace("    tissue: brain", f"    tissue: brain\n    {key}: 2"))
 
 
 def test_duplicate_dataset_id_is_reported_with_both_lines():
