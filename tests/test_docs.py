@@ -11,7 +11,7 @@ import pytest
 import spared_utils.completion
 import spared_utils.predict
 from spared_utils.completion import METHODS
-from spared_utils.predict.data import SCENARIOS
+from spared_utils.predict import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
