@@ -19,16 +19,40 @@
 # **What it shows:** HEST-Benchmark's protocol as an eleventh, cheap baseline: frozen encoder
 # features → standardisation → PCA to 256 → ridge, fitted on real values only (`masked`) and on
 # SpaCKLE-completed data, both scored on real values.
-# **What it needs:** a curated dataset with patches and `c_t_log1p` (made here if missing); with
-# `pretrained = True`, the encoder's weights (internet or a cache); a couple of minutes on a CPU.
-# **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`).
-# **Measured runtime:** 36 s on a 2-core CPU (the whole notebook in `make book`, 2026-12-02;
-# both scenarios); GPU not measured (no GPU was lent).
-#
+# **What it needs:** a curated dataset with patches, and the completion the `completed` scenario
+# reads (made here and stored if missing); with `pretrained = True`, the encoder's weights
+# (internet or a cache); a couple of minutes on a CPU.
+# **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
+# checkpoints under `results/checkpoints/<dataset>/linear_probe/`.
+# **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
+# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+
+# %% [markdown]
 # Beyond the paper. The HEST-Benchmark {cite:p}`jaume2024hest` compares pathology foundation
 # models by fitting a ridge regression on their frozen features; it reports mean PCC 0.326 for an
 # ImageNet ResNet-50 and 0.415 for H-optimus-0 on its own tasks. Any timm model name works as
-# `encoder` (e.g. a gated foundation model such as UNI where its weights are available).
+# `encoder` (e.g. a gated foundation model such as UNI where its weights are available). The
+# probe is fitted in closed form: it has no training steps, so its chapter has no learning
+# curves.
+
+# %% [markdown]
+# Every predictor chapter follows the protocol of the paper {cite:p}`mejia2024spackle`: the
+# learning rate is chosen on raw data (`learning_rate = "search"`), then the same model is
+# trained once per scenario and every run is scored on the real values of unseen slides. The
+# baseline is the trivial predictor that outputs each gene's mean over its real training
+# values.
+#
+# The chapters show `masked` and `completed` by default. `masked` trains on the curated layer
+# with the loss on real values only, nothing filled in: the stronger baseline the paper lacks.
+# The paper's `raw` scenario (`scenario = "both"` runs it beside `completed`) sets every value
+# that was missing to 0 and takes the loss on every value, so its model is pulled toward 0
+# wherever a training value was missing, for a reason that has nothing to do with the model;
+# chapter 90 measures how much. `scenario = "all"` runs the four scenarios (adding `median`,
+# the curation's median completion).
+#
+# The defaults train from random weights (`pretrained = False`: this machine has no internet)
+# with the CPU budget of this predictor's record (`su.models.record("linear_probe").cpu`);
+# `budget = "paper"` with `pretrained = True` is the paper's setting.
 
 # %% tags=["setup", "hide-cell"]
 # Colab, Binder or a fresh kernel: install the project when it is missing.
@@ -57,33 +81,41 @@ seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
 # default: masked and completed; "both": the paper's raw and completed; "all"; or names
 scenario = ["masked", "completed"]
-# "cpu": this predictor's CPU default (its record); "paper": the paper's 1,000 steps
+# "cpu": this predictor's CPU default (its record); "paper": the paper's protocol
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
 learning_rate = None
 lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
-iterations = None  # None: the budget's (su.models.record(...).cpu)
-batch_size = None  # None: the budget's; patches (or windows) per training step
-eval_every = None  # None: the budget's; validate every this many iterations
-val_spots = None  # None: the budget's; "all": every validation spot
-eval_spots = None  # None: the budget's; "all": every held-out spot (the paper)
-train_spots = None  # None: the budget's; "all": every training spot (the paper)
+iterations = None  # None: the budget's (CPU 1, paper 1); training steps
+batch_size = None  # None: the budget's (CPU 1, paper 1); patches per training step
+# None: the budget's (CPU 1, paper 1); validate every this many iterations
+eval_every = None
+# None: the budget's (CPU 100, paper all); validation spots scored at each validation;
+# "all": every one
+val_spots = None
+# None: the budget's (CPU 200, paper all); held-out spots scored per split at the end;
+# "all": every one
+eval_spots = None
+# None: the budget's (CPU 400, paper all); training spots read; "all": every one
+train_spots = None
 pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
-# SpaCKLE's budget if c_t_log1p is missing (None: the book's CPU budget)
+# the completion behind the completed scenario (su.completion.METHODS)
+completion = "spackle"
+# that completion's budget if it trains (None: the book's CPU budget)
 completion_iterations = None
+# None: the budget's ("resnet50" on a CPU); frozen encoder (a torchvision or timm name)
+encoder = None
+# None: the budget's ("cv" on a CPU); ridge penalty, or "cv": chosen by cross-validation
+alpha = None
 
 # %%
 from IPython.display import Markdown, display
 
 import spared_utils as su
 
-chapter = su.tl.run_chapter(
-    dataset, "linear_probe", scenario=scenario, budget=budget,
-    learning_rate=learning_rate, lr_grid=lr_grid, iterations=iterations,
-    batch_size=batch_size, eval_every=eval_every, val_spots=val_spots,
-    eval_spots=eval_spots, train_spots=train_spots, out_dir=out_dir, seed=seed,
-    device=device, pretrained=pretrained, completion_iterations=completion_iterations,
-)
+spec = su.tl.RunSpec.from_parameters("linear_probe", globals())
+chapter = su.tl.run_chapter(spec)
+notes = []  # lines this chapter's own sections add to "What we saw"
 print(chapter.config)
 
 # %% [markdown]
@@ -91,7 +123,7 @@ print(chapter.config)
 #
 # - **Penalty.** HEST fixes `alpha = 100 / (256 · n_genes)`. With an untrained encoder (this
 #   machine has no internet) that near-zero penalty overfits; the CPU default picks the penalty
-#   by leave-one-out error (`alpha = "cv"`). The next section measures both on the same features.
+#   by leave-one-out error (`alpha = "cv"`). The last section measures both on the same features.
 # - **Intercept** fitted (HEST: none; harmless for its PCC, not for this book's MSE).
 # - **Missing values.** In the `masked` scenario each gene is fitted on its real values only.
 # - **Training spots on a CPU.** The CPU default fits on a `train_spots` subset (the ResNet-50
@@ -100,9 +132,9 @@ print(chapter.config)
 # %% [markdown]
 # ## Metrics on real values
 #
-# MSE, PCC-Gene (each gene's Pearson correlation across spots, averaged over genes: what the
+# MSE and PCC-Gene (Pearson correlation of each gene across spots, averaged over genes: what the
 # book's figures use) and the pooled PCC, computed only where the ground truth is a real
-# measurement, beside the trivial predictor (the training mean of each gene).
+# measurement. The trivial predictor has no per-gene correlation (a constant).
 
 # %%
 chapter.metrics().round(4)
@@ -130,6 +162,19 @@ fig = su.pl.predicted_vs_true_maps(
 )
 
 # %% [markdown]
+# ## Explore the predictions
+#
+# Pick a scenario and a gene: measured and predicted maps of a held-out slide and every gene's
+# correlation (`su.pl.explore_prediction`). In a live kernel (JupyterLab, Colab) the dropdowns
+# redraw the figure; the HTML shows the first view, the best predicted gene.
+
+# %%
+split = chapter.eval_split
+runs = {f"Linear probe, {s}": (r.rows[split], r.predictions[split])
+        for s, r in chapter.runs.items()}
+su.pl.explore_prediction(chapter.adata, runs)
+
+# %% [markdown]
 # ## HEST's penalty and ours, and ViT-B+Δ
 #
 # The HEST penalty refitted on the same cached features, and ViT-B+Δ's PCC from chapter 12 when
@@ -143,34 +188,35 @@ rows, train = run.rows[chapter.eval_split], run.task.train_rows
 hest = su.models.probe.LinearProbe(data.n_genes, None, alpha=None).fit(
     feats.numpy(), data.target[train]
 )
-hest_m = su.tl.evaluate_predictions(
-    hest.predict(run.task.features.get(rows)[0].numpy()), data, rows
-)
+(held_out,) = run.task.features.get(rows)
+hest_m = su.tl.evaluate_predictions(hest.predict(held_out.numpy()), data, rows)
+ours = run.metrics.set_index("split").loc[chapter.eval_split]
+print(f"alpha: cv {run.model.alpha_:g}, HEST {hest.alpha_:g}; {chapter.eval_split} MSE "
+      f"cv {ours['mse']:.3f}, HEST {hest_m['mse']:.3f}")
+
+# %%
 vit = su.io.select_results(
     su.io.output_dir(out_dir) / "results.csv", dataset=dataset, model="vit_b_delta",
     stage="predict", seed=seed, scenario=name, split=chapter.eval_split,
 )
 vit_pcc = vit["pcc_gene"] if "pcc_gene" in vit else []
-cv_mse = run.metrics.set_index("split").loc[chapter.eval_split, "mse"]
-print(f"alpha: cv {run.model.alpha_:g}, HEST {hest.alpha_:g}; {chapter.eval_split} MSE "
-      f"cv {cv_mse:.3f}, HEST {hest_m['mse']:.3f}")
-
-# %% [markdown]
-# ## What we saw
-
-# %%
-ours = run.metrics.set_index("split").loc[chapter.eval_split]
 beside = (
     f"ViT-B+Δ PCC-Gene {vit_pcc.iloc[-1]:.3f}"
     if len(vit_pcc)
     else "ViT-B+Δ has not run here (chapter 12)"
 )
-display(
-    Markdown(
-        chapter.what_we_saw()
-        + f"- Penalty: leave-one-out chose {run.model.alpha_:g} (MSE "
-          f"{ours['mse']:.3f}); "
-        f"HEST's {hest.alpha_:.2g} gives MSE {hest_m['mse']:.3f}. PCC-Gene "
-        f"{ours['pcc_gene']:.3f}; {beside}."
-    )
+notes.append(
+    f"- Penalty: leave-one-out chose {run.model.alpha_:g} (MSE {ours['mse']:.3f}); "
+    f"HEST's {hest.alpha_:.2g} gives MSE {hest_m['mse']:.3f}. PCC-Gene "
+    f"{ours['pcc_gene']:.3f}; {beside}."
 )
+
+# %% [markdown]
+# ## What we saw
+
+# %%
+# one row per scenario and split: MSE, the training mean's MSE, PCC-Gene
+chapter.summary().round(3)
+
+# %%
+display(Markdown(chapter.what_we_saw(notes)))
