@@ -103,11 +103,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch_geometric.nn as gnn
 from torch import nn
 
 from .. import graphs
 from .encoders import vit_b_delta
+from .pyg import torch_geometric
 
 #: Pooling operators of :class:`SEPAL`.
 POOLINGS = ("sag", "mean", "max", "add")
@@ -235,6 +235,7 @@ class SEPAL(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if positional not in POSITIONAL:
             raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
+        gnn = torch_geometric().nn
         if not hasattr(gnn, graph_operator):
             raise ValueError(f"torch_geometric.nn has no graph operator {graph_operator!r}")
         if not hasattr(nn, act):
@@ -327,6 +328,7 @@ class SEPAL(nn.Module):
             x, _, _, pooled_batch, _, _ = self.pool(x, edge_index, batch=batch)
             pooled = x.new_zeros(b, x.shape[1]).index_copy(0, pooled_batch, x)
         else:
+            gnn = torch_geometric().nn
             pool_fn = {"mean": gnn.global_mean_pool, "max": gnn.global_max_pool, "add": gnn.global_add_pool}[self.pooling]
             pooled = pool_fn(x, batch, size=b)
         return centre_prediction + self.head(pooled).to(centre_prediction.dtype)
