@@ -1,10 +1,10 @@
-"""torch_geometric (PyG), imported on first use and without its import-time deprecation warning.
+"""torch_geometric (PyG), imported without its import-time deprecation warning.
 
-Importing ``torch_geometric`` takes longer than the rest of ``su.tl`` and, with recent torch,
-raises ``FutureWarning: `torch.jit.script` is deprecated`` from inside torch (PyG decorates a
-few helpers with ``torch.jit.script`` at import). Only the graph predictors need PyG, so they
-call :func:`torch_geometric` when they build a model; the warning is silenced for that import
-alone — the same warning raised by a reader's own ``torch.jit.script`` call still shows.
+With recent torch, importing ``torch_geometric`` raises ``FutureWarning: `torch.jit.script` is
+deprecated`` from inside torch (PyG decorates a few helpers with ``torch.jit.script`` at import);
+it says nothing to our readers and lands in every chapter's output. The graph predictors import
+PyG through :func:`torch_geometric`, which silences that warning for that import alone: the same
+warning raised by a reader's own ``torch.jit.script`` call still shows.
 """
 
 from __future__ import annotations

@@ -109,6 +109,8 @@ from .. import graphs
 from .encoders import vit_b_delta
 from .pyg import torch_geometric
 
+gnn = torch_geometric().nn
+
 #: Pooling operators of :class:`SEPAL`.
 POOLINGS = ("sag", "mean", "max", "add")
 #: How positional encodings are combined with the embeddings.
@@ -235,7 +237,6 @@ class SEPAL(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if positional not in POSITIONAL:
             raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
-        gnn = torch_geometric().nn
         if not hasattr(gnn, graph_operator):
             raise ValueError(f"torch_geometric.nn has no graph operator {graph_operator!r}")
         if not hasattr(nn, act):
@@ -328,7 +329,6 @@ class SEPAL(nn.Module):
             x, _, _, pooled_batch, _, _ = self.pool(x, edge_index, batch=batch)
             pooled = x.new_zeros(b, x.shape[1]).index_copy(0, pooled_batch, x)
         else:
-            gnn = torch_geometric().nn
             pool_fn = {"mean": gnn.global_mean_pool, "max": gnn.global_max_pool, "add": gnn.global_add_pool}[self.pooling]
             pooled = pool_fn(x, batch, size=b)
         return centre_prediction + self.head(pooled).to(centre_prediction.dtype)
