@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FACES = "import spared_utils as su; su.tl; su.pl; su.pp; su.io; su.models"
 
@@ -23,10 +25,27 @@ def test_importing_the_faces_writes_nothing_to_stderr():
     assert proc.stderr == ""
 
 
-def test_the_faces_leave_squidpy_and_scanpy_for_the_functions_that_need_them():
-    proc = _python(FACES + "; import sys; print(sorted({'squidpy', 'scanpy'} & set(sys.modules)))")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+def test_the_faces_load_a_names_module_on_first_use():
+    loaded = "import sys; print(sorted({'torch', 'matplotlib', 'torch_geometric', 'squidpy', 'scanpy'} & set(sys.modules)))"
+    faces = _python(f"import spared_utils as su; su.tl; su.pl; su.pp; su.io; {loaded}")
+    complete = _python(f"import spared_utils as su; su.tl.complete; {loaded}")
+    figure = _python(f"import spared_utils as su; su.pl.gene_maps; {loaded}")
+    assert [p.returncode for p in (faces, complete, figure)] == [0, 0, 0], faces.stderr + complete.stderr + figure.stderr
+    assert faces.stdout.strip() == "[]"
+    assert complete.stdout.strip() == "['torch']"  # completion needs neither matplotlib nor the graph predictors
+    assert figure.stdout.strip() == "['matplotlib']"
+
+
+def test_a_face_lists_and_finds_the_names_of_its_modules():
+    import spared_utils as su
+    from spared_utils import plots, preprocess
+    from spared_utils.completion import results_rows
+
+    assert set(plots.__all__) <= set(su.pl.__all__) and set(preprocess.__all__) <= set(su.pp.__all__)
+    assert su.pl.gene_maps is plots.gene_maps and su.tl.completion_rows is results_rows
+    assert "gene_maps" in dir(su.pl)
+    with pytest.raises(AttributeError, match="no attribute 'not_a_verb'"):
+        su.tl.not_a_verb
 
 
 def test_torch_geometric_is_imported_quietly_and_the_same_warning_still_shows_afterwards():
