@@ -1,10 +1,13 @@
 """What the benchmark costs: papermill's overhead per notebook, and the full benchmark projected.
 
-Prints two tables:
+Prints these tables:
 
 1. **Papermill overhead**: wall time of a papermill run of a two-cell notebook (parameters +
    ``import spared_utils``) against the same import in a fresh Python process, averaged over
    ``--repeats`` runs. This is what every notebook of a batch plan pays on top of its work.
+   Beside it, **import times**: the median wall time of a fresh Python process that imports the
+   faces (``su.tl``, ``su.pl``), then that first uses one verb of each, then every name of every
+   face (the faces load a name's module on first use).
 2. **Projection of the full benchmark** from the training rows of a results store (stage
    ``predict``: wall time, iterations, batch size, device): seconds per training sample of each
    predictor on each device (the training loop's wall time, its validations included), times
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +75,28 @@ def papermill_overhead(repeats: int) -> dict:
             py_times.append(time.perf_counter() - t0)
     pm_s, py_s = sum(pm_times) / repeats, sum(py_times) / repeats
     return {"papermill_s": round(pm_s, 2), "python_import_s": round(py_s, 2), "overhead_s": round(pm_s - py_s, 2)}
+
+
+#: What a fresh process imports, timed by :func:`import_times` (label → code after ``import spared_utils as su``).
+IMPORTS = {
+    "faces (su.tl, su.pl)": "su.tl; su.pl",
+    "su.tl.complete": "su.tl.complete",
+    "su.pl.gene_maps": "su.pl.gene_maps",
+    "every name of every face": "[getattr(f, n) for f in (su.pp, su.tl, su.pl, su.io, su.models) for n in f.__all__]",
+}
+
+
+def import_times(repeats: int) -> dict:
+    """Median seconds of a fresh Python process running each of :data:`IMPORTS` (``python -c``)."""
+    out = {}
+    for label, code in IMPORTS.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", f"import spared_utils as su; {code}"], check=True, cwd=ROOT)
+            times.append(time.perf_counter() - t0)
+        out[label] = round(statistics.median(times), 2)
+    return out
 
 
 def seconds_per_sample(store: pd.DataFrame, slide_spots: int) -> pd.DataFrame:
@@ -157,12 +183,15 @@ def main(argv=None) -> int:
     print(pd.DataFrame([over]).to_string(index=False))
     print(f"   each notebook of a plan pays ≈ {over['papermill_s']:.1f} s before its work "
           f"({over['overhead_s']:.1f} s of it papermill and the kernel; the rest importing the package)")
+    imports = import_times(args.repeats)
+    print(f"   import time, median of {args.repeats} fresh processes (s):")
+    print(pd.DataFrame([imports]).to_string(index=False))
 
     store_path = Path(args.results) if args.results else paths.results_dir() / results.STORE_NAME
     print(f"\n== 2. The full benchmark projected from {store_path} (training only)")
     store = results.read(store_path) if store_path.is_file() else pd.DataFrame()
     rates = seconds_per_sample(store, args.slide_spots) if not store.empty else pd.DataFrame()
-    report = {"overhead": over}
+    report = {"overhead": over, "import_s": imports}
     if rates.empty:
         print("   no training rows in the store yet: run the predictor chapters (or a plan) first")
     else:

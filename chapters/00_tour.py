@@ -152,7 +152,7 @@ morans = []
 for sid in norm.obs["slide_id"].cat.categories:
     sub = norm[norm.obs["slide_id"] == sid].copy()
     n_neighs = 6 if spec.curation.hex_geometry else 4
-    sq.gr.spatial_neighbors(sub, coord_type="grid", n_neighs=n_neighs)
+    sq.gr.spatial_neighbors_grid(sub, n_neighs=n_neighs)
     sq.gr.spatial_autocorr(sub, mode="moran", n_perms=None, n_jobs=1,
                            show_progress_bar=False)
     morans.append(sub.uns["moranI"]["I"].rename(sid))

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from .metrics import per_gene_pcc
 from .paths import STATIC_VIEWS_ENV
-from .plots import _touching_hex_size
+from .plots.style import _touching_hex_size
 from .utils import dense
 
 __all__ = ["Explorer", "explore_prediction", "explore_slide", "SLIDE_PANELS"]

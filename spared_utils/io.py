@@ -5,14 +5,23 @@ checkpoints, predictor checkpoint folders, and the results store (one CSV every 
 Every write is atomic (:func:`spared_utils.utils.atomic_path`).
 """
 
-from .completion import load_checkpoint as load_spackle, save_checkpoint as save_spackle
-from .patches import PatchStore
-from .paths import output_dir
-from .predict import checkpoint_dir as predictor_checkpoint_dir, load_predictor, save_predictor
-from .preprocess import processed_path, read_processed, write_processed
-from .results import append as append_results, read as read_results, select as select_results
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import _lazy_face
+
+if TYPE_CHECKING:  # the face's names, each imported from its module on first use (see _lazy_face)
+    from .completion import load_checkpoint as load_spackle, save_checkpoint as save_spackle
+    from .patches import PatchStore
+    from .paths import output_dir
+    from .predict import checkpoint_dir as predictor_checkpoint_dir, load_predictor, save_predictor
+    from .preprocess import processed_path, read_processed, write_processed
+    from .results import append as append_results, read as read_results, select as select_results
 
 __all__ = [
     "PatchStore", "append_results", "load_predictor", "load_spackle", "output_dir", "predictor_checkpoint_dir", "processed_path",
     "read_processed", "read_results", "save_predictor", "save_spackle", "select_results", "write_processed",
 ]
+
+__getattr__, __dir__ = _lazy_face(__name__)

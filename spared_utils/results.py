@@ -76,6 +76,10 @@ def append(rows: Mapping | Iterable[Mapping], path: str | os.PathLike | None = N
     with _locked(target):
         old = read(target)
         new = pd.DataFrame(rows)
+        # a column the new rows leave empty (None) where the store holds numbers takes the store's
+        # float dtype: what pandas' concat does now, written out (its future rule, object, warns)
+        empty = [c for c in new.columns if c in old.columns and new[c].isna().all() and pd.api.types.is_float_dtype(old[c])]
+        new = new.astype({c: old[c].dtype for c in empty})
         table = new if old.empty else pd.concat([old, new], ignore_index=True)
         front = [c for c in KEY_COLUMNS if c in table.columns]
         table = table[front + [c for c in table.columns if c not in front]]

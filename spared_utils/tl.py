@@ -7,25 +7,34 @@ paper's masking protocol (:func:`evaluate_masking`). Prediction (:mod:`spared_ut
 (:mod:`spared_utils.analysis`): :func:`scenario_differences` from the results store.
 """
 
-from .analysis import scenario_differences
-from .completion import (
-    ablation_table,
-    add_best_completion,
-    before_dropout_layer,
-    complete,
-    evaluate_masking,
-    evaluate_missing,
-    hex_geometry_of,
-    masking_methods,
-    relative_reduction,
-    score_missing,
-    train_plus,
-    train_spackle,
-)
-from .completion import results_rows as completion_rows
-from .predict import RunSpec, build_for_data, evaluate_predictions, predict, prediction_data, run_chapter, search_learning_rate, train_predictor, trivial_baseline
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import _lazy_face
+
+if TYPE_CHECKING:  # the face's names, each imported from its module on first use (see _lazy_face)
+    from .analysis import scenario_differences
+    from .completion import (
+        ablation_table,
+        add_best_completion,
+        before_dropout_layer,
+        complete,
+        evaluate_masking,
+        evaluate_missing,
+        hex_geometry_of,
+        masking_methods,
+        relative_reduction,
+        score_missing,
+        train_plus,
+        train_spackle,
+    )
+    from .completion import results_rows as completion_rows
+    from .predict import RunSpec, build_for_data, evaluate_predictions, predict, prediction_data, run_chapter, search_learning_rate, train_predictor, trivial_baseline
 
 __all__ = [
     "ablation_table", "add_best_completion", "before_dropout_layer", "build_for_data", "complete", "completion_rows", "evaluate_masking", "evaluate_missing", "evaluate_predictions", "hex_geometry_of", "masking_methods", "predict", "prediction_data", "relative_reduction",
     "RunSpec", "run_chapter", "scenario_differences", "score_missing", "search_learning_rate", "train_plus", "train_predictor", "train_spackle", "trivial_baseline",
 ]
+
+__getattr__, __dir__ = _lazy_face(__name__)

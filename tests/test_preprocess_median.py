@@ -312,3 +312,26 @@ def test_authors_graph_reproduces_the_authors_package_entry_for_entry():
         np.testing.assert_array_equal(adata.layers["d_log1p"], theirs[name]["values"], err_msg=name)
         median_complete(adata, key_added="lattice", hex_geometry=hex_geometry, progress=False)
         assert not np.array_equal(adata.layers["lattice"], theirs[name]["values"])  # the graph matters
+
+
+@pytest.mark.parametrize("hex_geometry", [True, False])
+def test_authors_graph_is_squidpys_spatial_neighbors_without_its_deprecation_warning(hex_geometry):
+    import warnings
+
+    import squidpy as sq
+
+    from spared_utils.preprocess.median import _squidpy_first_ring
+
+    obs = hex_grid(8, 16) if hex_geometry else square_grid(8)
+    ours, theirs = (spots(obs, np.zeros((len(obs), 2))) for _ in range(2))
+    for adata in (ours, theirs):
+        adata.obsm["spatial"] = hex_pixels(adata.obs) if hex_geometry else adata.obs[["array_col", "array_row"]].to_numpy(float)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _squidpy_first_ring(ours, hex_geometry)
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the authors' call, deprecated by squidpy
+        sq.gr.spatial_neighbors(theirs, coord_type="generic" if hex_geometry else "grid", n_neighs=6 if hex_geometry else 8)
+    for key in ("spatial_connectivities", "spatial_distances"):
+        assert ours.obsp[key].nnz > 0 and (ours.obsp[key] != theirs.obsp[key]).nnz == 0

@@ -65,3 +65,16 @@ def test_corrupt_store_names_the_file(tmp_path):
     path.write_text('a,b\n1,"unterminated\n')
     with pytest.raises(ValueError, match="r.csv"):
         results.read(path)
+
+
+def test_a_row_without_a_value_in_a_numeric_column_appends_without_a_pandas_warning(tmp_path):
+    import warnings
+
+    store = tmp_path / "r.csv"
+    results.append({"stage": "predict", "model": "m", "mse": 0.5, "learning_rate": 1e-3}, store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # pandas: concatenation with all-NA entries
+        results.append({"stage": "predict", "model": "n", "mse": None, "learning_rate": None}, store)
+    table = results.read(store)
+    assert table["mse"].dtype == float and table["mse"].tolist()[0] == 0.5 and table["mse"].isna().tolist() == [False, True]
+    assert list(table["model"]) == ["m", "n"]

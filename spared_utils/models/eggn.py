@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..graphs import grid_positions, knn_edges, radius_edges
 from ..training import autocast
 from .exemplar import ExpressionRange, egn_loss, frozen_features, query_exemplars, training_bank
+from .pyg import torch_geometric
 from .task import SlideContext
 
 __all__ = ["EGGN", "EGGNGraph", "EGGNLayer", "ExemplarBridgeConv", "ExemplarGraphTask", "eggn"]
@@ -49,12 +50,9 @@ class EGGNGraph(NamedTuple):
 # EGGN: layers
 # ---------------------------------------------------------------------------------------------
 
-try:  # torch_geometric is imported lazily by the rest of the package; needed here for EGGN
-    from torch_geometric.nn import MessagePassing, SAGEConv
-    from torch_geometric.utils import softmax as segment_softmax
-except ImportError:  # pragma: no cover - torch_geometric is a dependency of the package
-    MessagePassing = nn.Module  # type: ignore[misc,assignment]
-    SAGEConv = segment_softmax = None  # type: ignore[assignment]
+_pyg = torch_geometric()  # EGGN's layers subclass PyG's MessagePassing, so PyG is needed at import
+MessagePassing, SAGEConv = _pyg.nn.MessagePassing, _pyg.nn.SAGEConv
+segment_softmax = _pyg.utils.softmax
 
 
 def _trunc_normal_(weight: Tensor) -> None:
@@ -174,8 +172,6 @@ class EGGN(nn.Module):
         super().__init__()
         if n_genes < 1:
             raise ValueError(f"n_genes must be at least 1, got {n_genes}")
-        if SAGEConv is None:  # pragma: no cover
-            raise ImportError("EGGN needs torch_geometric")
         self.name = "eggn"
         self.n_genes, self.feature_dim, self.k = n_genes, feature_dim, k
         self.radius, self.exemplar_neighbours, self.hex_geometry = radius, exemplar_neighbours, hex_geometry

@@ -103,15 +103,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch_geometric.nn as gnn
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from .. import graphs
 from .encoders import vit_b_delta
 from .features import FrozenCache
-from torch.utils.data import DataLoader, TensorDataset
-
+from .pyg import torch_geometric
 from .task import SetupContext, Task, masked_mse_loss
+
+gnn = torch_geometric().nn
 
 #: Pooling operators of :class:`SEPAL`.
 POOLINGS = ("sag", "mean", "max", "add")

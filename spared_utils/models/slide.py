@@ -106,8 +106,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoders import ImageNormalize, PretrainedWeightsUnavailable
-from .data import random_symmetry
 from ..training import autocast
+from .data import random_symmetry
+from .pyg import torch_geometric
 from .task import SlideContext, load_patches, masked_mse_loss
 
 #: Visium capture area: array rows 0–77, columns 0–127.
@@ -445,7 +446,7 @@ def spot_graph(rows: torch.Tensor, cols: torch.Tensor, k: int = 4, max_distance:
 
 def _guard_isolated(edge_index: torch.Tensor, n: int) -> torch.Tensor:
     """Add a self loop to every spot that receives no message (it then averages itself)."""
-    from torch_geometric.utils import degree
+    degree = torch_geometric().utils.degree
 
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"edge_index must be (2, E), got {tuple(edge_index.shape)}")
@@ -524,7 +525,8 @@ class Hist2ST(nn.Module):
             raise ValueError(f"jk must be 'lstm_mean' (official) or 'pyg_lstm', got {jk!r}")
         if distill_views < 0:
             raise ValueError(f"distill_views must be non-negative, got {distill_views}")
-        from torch_geometric.nn import JumpingKnowledge, SAGEConv
+        gnn = torch_geometric().nn
+        JumpingKnowledge, SAGEConv = gnn.JumpingKnowledge, gnn.SAGEConv
 
         dim = side * side * (channels // 8)
         self.name = "hist2st"

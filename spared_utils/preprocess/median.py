@@ -134,9 +134,14 @@ def authors_adjacency(adata: AnnData, hex_geometry: bool = True, slide_key: str 
 
 
 def _squidpy_first_ring(bare: AnnData, hex_geometry: bool) -> None:
-    """``squidpy.gr.spatial_neighbors`` as the authors call it, quietly (fills ``bare.obsp``)."""
+    """The authors' ``squidpy.gr.spatial_neighbors`` graph, quietly (fills ``bare.obsp``).
+
+    The authors call ``spatial_neighbors(coord_type="generic", n_neighs=6)`` (hexagonal) or
+    ``(coord_type="grid", n_neighs=8)``; squidpy deprecates that entry point for the builders it
+    delegates to, ``spatial_neighbors_knn`` and ``spatial_neighbors_grid`` (same graph), used here
+    where squidpy has them.
+    """
     import logging
-    import warnings
 
     import squidpy as sq  # slow to import; only graph="authors" needs it
 
@@ -144,17 +149,13 @@ def _squidpy_first_ring(bare: AnnData, hex_geometry: bool) -> None:
     level = log.level
     log.setLevel(max(level, logging.WARNING))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # spatial_neighbors is deprecated in squidpy 1.8
-            if hasattr(sq.gr, "spatial_neighbors"):
-                if hex_geometry:
-                    sq.gr.spatial_neighbors(bare, coord_type="generic", n_neighs=6)
-                else:
-                    sq.gr.spatial_neighbors(bare, coord_type="grid", n_neighs=8)
-            elif hex_geometry:  # squidpy >= 1.9: the builders spatial_neighbors delegated to
-                sq.gr.spatial_neighbors_knn(bare, n_neighs=6)
-            else:
-                sq.gr.spatial_neighbors_grid(bare, n_neighs=8)
+        if not hasattr(sq.gr, "spatial_neighbors_knn"):  # older squidpy: the one entry point
+            sq.gr.spatial_neighbors(bare, coord_type="generic" if hex_geometry else "grid",
+                                    n_neighs=6 if hex_geometry else 8)
+        elif hex_geometry:
+            sq.gr.spatial_neighbors_knn(bare, n_neighs=6)
+        else:
+            sq.gr.spatial_neighbors_grid(bare, n_neighs=8)
     finally:
         log.setLevel(level)
 

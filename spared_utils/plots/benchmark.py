@@ -1,0 +1,152 @@
+"""Figures across predictors and datasets (chapters 90-91, the paper's Fig. 1b and 4):
+scenario differences, best PCC per dataset, normalised MSE, wins, bias against target shift.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from .style import METHOD_COLOURS, PALETTE
+
+__all__ = ["scenario_differences", "best_pcc_arrows", "normalised_mse_models", "mse_vs_parameters", "wins_pie", "predictor_comparison", "bias_vs_shift"]
+
+
+def scenario_differences(table, ax: plt.Axes | None = None, metric: str = "MSE") -> plt.Axes:
+    """Paired scenario differences per model with their confidence intervals (one row per
+    model and pair of :func:`spared_utils.analysis.scenario_differences`); 0 = no difference."""
+    ax = ax or plt.subplots(figsize=(7, 0.5 + 0.45 * max(1, table["model"].nunique()) * 1.6))[1]
+    pairs = list(dict.fromkeys(table["pair"]))
+    models = list(dict.fromkeys(table["model"]))
+    step = 0.8 / max(len(pairs), 1)
+    for k, pair in enumerate(pairs):
+        part = table[table["pair"] == pair].set_index("model").reindex(models)
+        y = np.arange(len(models)) + (k - (len(pairs) - 1) / 2) * step
+        x = part["mean_diff"].to_numpy(float)
+        lo, hi = part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float)
+        err = np.vstack([np.where(np.isnan(lo), 0, x - lo), np.where(np.isnan(hi), 0, hi - x)])
+        ax.errorbar(x, y, xerr=err, fmt="o", capsize=3, color=PALETTE[k % len(PALETTE)], label=pair)
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_yticks(np.arange(len(models)), models)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"difference in test {metric} (negative: the first scenario is better)")
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def best_pcc_arrows(table, ax: plt.Axes | None = None, start: str = "raw", end: str = "completed") -> plt.Axes:
+    """Fig. 1b of the paper: each dataset's best PCC-Gene, an arrow from ``start`` to ``end``
+    (:func:`spared_utils.analysis.best_pcc`)."""
+    ax = ax or plt.subplots(figsize=(6, 0.6 + 0.35 * max(len(table), 1)))[1]
+    for y, row in enumerate(table.itertuples(index=False)):
+        a, b = getattr(row, start), getattr(row, end)
+        ax.scatter([a], [y], color=METHOD_COLOURS["raw"], zorder=3, label=start if y == 0 else None)
+        ax.scatter([b], [y], color=METHOD_COLOURS["completed"], zorder=3, label=end if y == 0 else None)
+        if np.isfinite(a) and np.isfinite(b):
+            ax.annotate("", xy=(b, y), xytext=(a, y), arrowprops={"arrowstyle": "->", "color": "0.4"})
+    ax.set_yticks(np.arange(len(table)), list(table["dataset"]))
+    ax.invert_yaxis()
+    ax.set_xlabel("best PCC-Gene over the models")
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def normalised_mse_models(normalised, summary, ax: plt.Axes | None = None) -> plt.Axes:
+    """Fig. 4a of the paper: each model's MSE over the best model's, a violin over datasets with
+    one dot per dataset, and the mean ± sd across datasets (black) — models ordered best first."""
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    order = list(summary["model"])
+    several = normalised.groupby("model")["dataset"].nunique()
+    if (several > 1).any():  # a violin needs a spread; with one dataset per model the dots say it all
+        sns.violinplot(data=normalised, x="model", y="normalised_mse", order=order, color="0.9", inner=None, cut=0,
+                       linewidth=0.8, ax=ax)
+    sns.stripplot(data=normalised, x="model", y="normalised_mse", order=order, color=PALETTE[0], size=5, ax=ax)
+    ax.errorbar(np.arange(len(order)), summary["mean"], yerr=summary["sd"].fillna(0), fmt="_", color="k",
+                markersize=18, capsize=4, lw=1.2)
+    ax.axhline(1, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("")
+    ax.set_ylabel("MSE / best MSE on the dataset")
+    ax.tick_params(axis="x", rotation=45)
+    return ax
+
+
+def mse_vs_parameters(summary, ax: plt.Axes | None = None) -> plt.Axes:
+    """Fig. 4b of the paper: mean normalised MSE against trainable parameters (log scale)."""
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    shown = summary[summary["n_params"] > 0]
+    ax.scatter(shown["n_params"], shown["mean"], color=PALETTE[1], s=40, zorder=3)
+    for row in shown.itertuples():
+        ax.annotate(row.model, (row.n_params, row.mean), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("mean normalised MSE")
+    return ax
+
+
+def wins_pie(summary, ax: plt.Axes | None = None, names: dict | None = None) -> plt.Axes:
+    """Fig. 4a's pie: how many datasets each model won (lowest MSE there); models that won none
+    are left out. ``summary`` is :func:`spared_utils.analysis.model_summary`'s table."""
+    ax = ax or plt.subplots(figsize=(4, 4))[1]
+    won = summary[summary["wins"] > 0].sort_values("wins", ascending=False)
+    labels = [(names or {}).get(m, m) for m in won["model"]]
+    ax.pie(won["wins"], labels=[f"{lab} ({int(w)})" for lab, w in zip(labels, won["wins"])],
+           colors=[PALETTE[k % len(PALETTE)] for k in range(len(won))], startangle=90, counterclock=False,
+           wedgeprops={"edgecolor": "white"})
+    ax.set_title(f"Datasets won ({int(won['wins'].sum())})")
+    return ax
+
+
+def predictor_comparison(table, ax: plt.Axes | None = None, names: dict | None = None,
+                         value: str = "mse_ratio") -> plt.Axes:
+    """The predictors side by side: each model's test MSE over the training mean's (``value`` of
+    :func:`spared_utils.analysis.predictor_table`), one colour per scenario, a bar per seed
+    spread when there are several seeds; the dashed line at 1 is the training mean."""
+    models = list(dict.fromkeys(table.sort_values(value)["model"]))
+    scenarios = [s for s in ("raw", "masked", "median", "completed") if s in set(table["scenario"])]
+    ax = ax or plt.subplots(figsize=(7, 1.2 + 0.5 * max(len(models), 1)))[1]
+    step = 0.8 / max(len(scenarios), 1)
+    for k, scenario in enumerate(scenarios):
+        part = table[table["scenario"] == scenario].set_index("model").reindex(models)
+        y = np.arange(len(models)) + (k - (len(scenarios) - 1) / 2) * step
+        x = part[value].to_numpy(float)
+        err = (part["mse_sd"] / part["baseline_mse"]).fillna(0).to_numpy(float) if value == "mse_ratio" else None
+        ax.errorbar(x, y, xerr=err, fmt="o", capsize=3, color=METHOD_COLOURS.get(scenario, PALETTE[k]),
+                    label=scenario)
+    if value == "mse_ratio":
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ax.axvline(1, color="0.4", ls="--", lw=0.9)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("test MSE / training mean's MSE (log; left of the dashed line: better than the mean)")
+    else:
+        ax.set_xlabel(value)
+    ax.set_yticks(np.arange(len(models)), [(names or {}).get(m, m) for m in models])
+    ax.invert_yaxis()
+    ax.legend(frameon=False, fontsize=8, title="scenario", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax
+
+
+def bias_vs_shift(table, ax: plt.Axes | None = None) -> plt.Axes:
+    """Each (model, scenario)'s mean prediction error on real values (``bias``) against how far
+    its training targets sit from the real mean (``target_shift``), from
+    :func:`spared_utils.analysis.bias_decomposition`; the dashed line is bias = shift (a model
+    that inherits its targets' shift in full)."""
+    ax = ax or plt.subplots(figsize=(5.5, 4.5))[1]
+    shown = table.dropna(subset=["bias", "target_shift"])
+    for scenario, part in shown.groupby("scenario", sort=False):
+        ax.scatter(part["target_shift"], part["bias"], color=METHOD_COLOURS.get(scenario, PALETTE[7]), s=45,
+                   label=scenario, zorder=3)
+        for row in part.itertuples():
+            ax.annotate(row.model, (row.target_shift, row.bias), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    if len(shown):
+        lo = float(min(shown["target_shift"].min(), shown["bias"].min(), 0))
+        hi = float(max(shown["target_shift"].max(), shown["bias"].max(), 0))
+        ax.plot([lo, hi], [lo, hi], ls="--", color="0.5", lw=0.9)
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.set_xlabel("target shift: training targets' mean − real values' mean (log2 scale)")
+    ax.set_ylabel("bias: mean prediction − real value (test)")
+    ax.legend(frameon=False, fontsize=8, title="scenario")
+    return ax
