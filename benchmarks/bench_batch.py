@@ -20,7 +20,7 @@ Prints these tables:
 
 3. **Frozen features on disk**: the frozen encoder's features of a dataset's spots (the
    EGN/EGGN bank; the linear probe and SEPAL's stage 1 use the same cache), encoded against read
-   back by a later notebook (:class:`spared_utils.predict.tasks.FrozenCache`).
+   back by a later notebook (:class:`spared_utils.models.features.FrozenCache`).
 
 Usage::
 
@@ -132,14 +132,14 @@ def projection(rates: pd.DataFrame, slide_spots: int) -> pd.DataFrame:
 def feature_cache(dataset: str, n_spots: int, backbone: str = "resnet50") -> dict:
     """Frozen features of ``n_spots`` spots of ``dataset`` (the EGN/EGGN bank encoder, random
     weights): encoding them against reading them back from the disk cache that a later notebook
-    of the same dataset finds (:class:`spared_utils.predict.tasks.FrozenCache` with a module)."""
+    of the same dataset finds (:class:`spared_utils.models.features.FrozenCache` with a module)."""
     import numpy as np
     import torch
 
     from spared_utils import datasets
     from spared_utils.models import exemplar
     from spared_utils.predict import prediction_data
-    from spared_utils.predict.tasks import FrozenCache
+    from spared_utils.models.features import FrozenCache
 
     adata = datasets.load(dataset, stage="curated", progress=False)
     data = prediction_data(adata, datasets.patch_store(dataset, adata, progress=False), "masked")
