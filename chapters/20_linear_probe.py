@@ -22,8 +22,7 @@
 # **What it needs:** a curated dataset with patches, and the completion the `completed` scenario
 # reads (made here and stored if missing); with `pretrained = True`, the encoder's weights
 # (internet or a cache); a couple of minutes on a CPU.
-# **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
-# checkpoints under `results/checkpoints/<dataset>/linear_probe/`.
+# **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`).
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
 # it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
 

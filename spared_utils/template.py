@@ -162,12 +162,15 @@ def chapter_text(record: models.PredictorRecord, root: Path | None = None) -> st
     opening, placed = prose_cells(record, root)
     return Template(body).substitute(
         opening=_comment(opening), setup=setup_cell(root), parameters=parameters_cell(record), name=record.name,
+        writes="" if record.task.closed_form else f" and\n# checkpoints under `results/checkpoints/<dataset>/{record.name}/`",
         display=record.display_name, intro=_percent(placed["intro"]), after_run=_percent(placed["after_run"]),
         end=_percent(placed["end"]))
 
 
 def _notebook(record: models.PredictorRecord, root: Path):
     nb = jupytext.reads(chapter_text(record, root), fmt="py:percent")
+    for i, cell in enumerate(nb.cells):  # ids by position: the same chapter is the same file
+        cell["id"] = f"{record.name}-{i}"
     nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     return nb

@@ -106,7 +106,9 @@ def test_record_chapter_renders_from_the_template_with_the_records_parameters(na
     assert all(scope[k] is None for k in (*predict.COST_FIELDS, *record.options)), "None: the budget's"
     # the comments quote the record's budgets, so no budget is typed twice
     assert f"CPU {record.cpu.iterations:,}" in params.source
-    assert f'"{record.name}"' in nb.cells[[c.cell_type for c in nb.cells].index("code", 2)].source
+    assert sum(f'RunSpec.from_parameters("{record.name}", globals())' in c.source for c in nb.cells) == 1
+    writes = nb.cells[0].source.split("**What it writes:**")[1].split("**")[0]
+    assert ("checkpoints" in writes) != record.task.closed_form, "a closed-form fit writes no checkpoint"
     curves = any("learning_curves" in c.source for c in nb.cells)
     assert curves != record.task.closed_form, "learning curves exactly where a training loop runs"
     spec = predict.RunSpec.from_parameters(name, scope)

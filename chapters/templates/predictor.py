@@ -7,8 +7,7 @@
 
 # %% [markdown]
 ${opening}
-# **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
-# checkpoints under `results/checkpoints/<dataset>/${name}/`.
+# **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`)${writes}.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
 # it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
 ${intro}
