@@ -337,30 +337,16 @@ class SEPAL(nn.Module):
         return centre_prediction + self.head(pooled).to(centre_prediction.dtype)
 
 
-def sepal(
-    n_genes: int,
-    pretrained: bool = False,
-    embedding_dim: int = 768,
-    hidden: Sequence[int] = (512, 256, 128),
-    n_preprocess: int = 1,
-    n_hops: int = 3,
-    hex_geometry: bool = True,
-    graph_operator: str = "GCNConv",
-    pooling: str = "sag",
-    act: str = "ELU",
-    positional: str = "concat",
-    zero_init_head: bool = True,
-) -> SEPAL:
-    """SEPAL's stage 2 with the official best Visium configuration (see :class:`SEPAL`).
+def sepal(n_genes: int, pretrained: bool = False, **options) -> SEPAL:
+    """SEPAL's stage 2 with the official best Visium configuration: ``options`` are those of
+    :class:`SEPAL`, whose defaults are that configuration.
 
     ``pretrained`` is accepted for the registry's uniform signature: stage 2 has no ImageNet
     weights; its pretrained part is the stage-1 ViT-B+Δ, whose checkpoint the caller loads with
     :func:`load_stage1` (which checks dataset, scenario and seed).
     """
     del pretrained
-    return SEPAL(n_genes, embedding_dim=embedding_dim, hidden=hidden, n_preprocess=n_preprocess, n_hops=n_hops,
-                 hex_geometry=hex_geometry, graph_operator=graph_operator, pooling=pooling, act=act,
-                 positional=positional, zero_init_head=zero_init_head)
+    return SEPAL(n_genes, **options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -282,14 +282,29 @@ def _check_genes(n_genes: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class HisToGene(nn.Module):
+class _SlideRegressor(nn.Module):
+    """What both slide models share: a ``head`` (``nn.Sequential`` ending in the genes' linear
+    layer) that the harness starts at the training mean."""
+
+    #: zero the head's weights when :meth:`set_target_mean` starts it at the mean
+    mean_init_head: bool = False
+    head: nn.Sequential
+
+    @property
+    def n_genes(self) -> int:
+        return self.head[-1].out_features
+
+    def set_target_mean(self, mean) -> None:
+        """Start the head's bias at the training mean of each gene (the harness calls it; see the
+        module docstring: the official head starts at 0)."""
+        _start_at_mean(self.head[-1], mean, zero_weights=self.mean_init_head)
+
+
+class HisToGene(_SlideRegressor):
     """HisToGene: flattened patches + row/column embeddings → transformer over a slide's spots.
 
     See the module docstring for the architecture and :func:`histogene` for the options.
     """
-
-    #: zero the head's weights when :meth:`set_target_mean` starts it at the mean
-    mean_init_head: bool = False
 
     def __init__(self, n_genes: int, patch_size: int = 112, dim: int = 1024, depth: int = 8, heads: int = 16,
                  dim_head: int = 64, mlp_dim: int = 2048, dropout: float = 0.1,
@@ -303,15 +318,6 @@ class HisToGene(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.transformer = _transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_genes))
-
-    @property
-    def n_genes(self) -> int:
-        return self.head[-1].out_features
-
-    def set_target_mean(self, mean) -> None:
-        """Start the head's bias at the training mean of each gene (the harness calls it; see the
-        module docstring: the official head starts at 0)."""
-        _start_at_mean(self.head[-1], mean, zero_weights=self.mean_init_head)
 
     def forward(self, patches: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Predict every spot of one slide.
@@ -497,14 +503,11 @@ def default_distill_augment(patches: torch.Tensor) -> torch.Tensor:
     return tf(patches)
 
 
-class Hist2ST(nn.Module):
+class Hist2ST(_SlideRegressor):
     """Hist2ST: ConvMixer patch features → transformer over the slide → GraphSAGE + LSTM JK.
 
     See the module docstring for the architecture and :func:`hist2st` for the options.
     """
-
-    #: zero the head's weights when :meth:`set_target_mean` starts it at the mean
-    mean_init_head: bool = False
 
     def __init__(self, n_genes: int, patch_size: int = 112, conv_patch: int = 7, kernel_size: int = 5,
                  channels: int = 32, mixer_depth: int = 2, depth: int = 8, gnn_depth: int = 4, heads: int = 16,
@@ -548,15 +551,6 @@ class Hist2ST(nn.Module):
         self.coef = (nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
                      if distill_views > 0 else None)
         self.distill_augment: Callable[[torch.Tensor], torch.Tensor] = default_distill_augment
-
-    @property
-    def n_genes(self) -> int:
-        return self.head[-1].out_features
-
-    def set_target_mean(self, mean) -> None:
-        """Start the head's bias at the training mean of each gene (the harness calls it; see the
-        module docstring: the official head starts at 0)."""
-        _start_at_mean(self.head[-1], mean, zero_weights=self.mean_init_head)
 
     def graph(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """The slide's spot graph with this model's options (:func:`spot_graph`)."""
