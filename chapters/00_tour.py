@@ -58,6 +58,9 @@ out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a fold
 # %%
 import time
 
+import spared_utils as su  # first: it quiets squidpy's docstring helper (docrep) at import
+from spared_utils import synthetic
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -65,9 +68,6 @@ import scanpy as sc
 import seaborn as sns
 import squidpy as sq
 from IPython.display import Markdown, display
-
-import spared_utils as su
-from spared_utils import synthetic
 
 # %%
 t0 = time.perf_counter()
