@@ -58,7 +58,8 @@ out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a fold
 # %%
 import time
 
-import spared_utils as su  # first: it quiets squidpy's docstring helper (docrep) at import
+# spared_utils first: it quiets squidpy's docstring helper (docrep) at import
+import spared_utils as su
 from spared_utils import synthetic
 
 import matplotlib.pyplot as plt
