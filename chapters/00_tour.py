@@ -22,7 +22,7 @@
 # (a SpaRED dataset id downloads its raw data first).
 # **What it writes:** `results/<dataset>/tour_slides.csv`, one row per slide.
 # **Measured runtime:** seconds on a CPU (the whole notebook in `make book`, dated, on the
-# [Measurements](../measurements) page); GPU not needed.
+# {doc}`Measurements </measurements>` page); GPU not needed.
 #
 # Spatial transcriptomics measures gene expression at thousands of *spots* laid out on a grid
 # over a tissue section, next to an H&E image of the same section. On 10x Visium, spots are 55 µm

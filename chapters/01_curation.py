@@ -24,7 +24,7 @@
 # **What it writes:** `processed/<dataset>/adata.h5ad` and the patch store `processed/<dataset>/patches/`
 # (both atomically), and `results/<dataset>/curation_steps.csv` (spots and genes after each step).
 # **Measured runtime:** under a minute on a CPU for the embedded dataset (the whole notebook in
-# `make book`, dated, on the [Measurements](../measurements) page); GPU not needed.
+# `make book`, dated, on the {doc}`Measurements </measurements>` page); GPU not needed.
 #
 # SpaRED {cite:p}`mejia2024spackle` curates 26 public datasets with one pipeline, inherited from
 # SEPAL {cite:p}`mejia2023sepal`. We run the same steps, in the authors' order, with `su.pp` (`spared_utils.preprocess`); each is a

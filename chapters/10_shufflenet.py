@@ -25,7 +25,8 @@
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/shufflenet/`.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # ShuffleNetV2 is a convolutional network designed for mobile devices; the authors' SpaRED code
@@ -38,7 +39,7 @@
 # mean (zero weights) instead of PyTorch's random initialisation, so the few hundred CPU steps go
 # into the image, not into learning the ≈ 8 log-unit offset of the targets (STNet's official head
 # already starts there). The settings tried before these defaults were chosen, with their errors,
-# are in the Measurements appendix. `budget = "paper"` keeps 224 px and the paper's head.
+# are on the {doc}`Measurements </measurements>` page. `budget = "paper"` keeps 224 px and the paper's head.
 
 # %% [markdown]
 # Every predictor chapter follows the protocol of the paper {cite:p}`mejia2024spackle`: the

@@ -25,7 +25,8 @@
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/vit_b/`.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # The Vision Transformer cuts a 224 px patch into 16 × 16-pixel tiles and relates them with 12
@@ -44,7 +45,7 @@
 # mean (zero weights); (iii) use ViT-B+Δ's learning rate, 1e-4 (1e-3 left it above the mean);
 # (iv) train 30 steps of 8 patches (fewer left the completed model above the mean on test); and
 # score a subsample of the held-out spots (`eval_spots`; `"all"` scores every one). The settings
-# tried, with their errors, are in the Measurements appendix. With (ii), ViT-B and ViT-B+Δ are
+# tried, with their errors, are on the {doc}`Measurements </measurements>` page. With (ii), ViT-B and ViT-B+Δ are
 # the same function at the start, and under the same seed this chapter and chapter 12 give the
 # same numbers — chapter 12 explains why predicting Δ changes only the starting point.
 # `budget = "paper"` keeps the paper's ViT-B: 224 px, PyTorch's head, 1,000 steps × 256

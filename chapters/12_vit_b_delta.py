@@ -25,7 +25,8 @@
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/vit_b_delta/`.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # SEPAL {cite:p}`mejia2023sepal` observed that expression values of a gene vary far less across
@@ -42,7 +43,7 @@
 # **CPU defaults, and how they differ from the paper's.** The CPU defaults read the patches at
 # 112 px instead of 224 (about 3× faster; `budget = "paper"` keeps 224) and train 30 steps of 8
 # patches at a learning rate of 10⁻⁴, which beat 10⁻³ on validation at that budget; the settings
-# tried, with their errors, are in the Measurements appendix. Chapter 11's ViT-B starts its head
+# tried, with their errors, are on the {doc}`Measurements </measurements>` page. Chapter 11's ViT-B starts its head
 # at the mean on a CPU too, and so gives the same numbers as this chapter.
 
 # %% [markdown]

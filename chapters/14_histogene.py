@@ -25,7 +25,8 @@
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/histogene/`.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # HisToGene {cite:p}`pang2021histogene` flattens each spot's 112 px patch, adds learned
@@ -43,7 +44,7 @@
 # several times as many steps in less time, and then it beats the mean in both scenarios on both
 # splits. The completed run has more to learn: it starts from the completed targets' mean, which
 # on the real test values costs more than the real values' mean. The settings tried, with their
-# errors, are in the Measurements appendix.
+# errors, are on the {doc}`Measurements </measurements>` page.
 
 # %% [markdown]
 # Every predictor chapter follows the protocol of the paper {cite:p}`mejia2024spackle`: the

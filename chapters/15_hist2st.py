@@ -24,7 +24,8 @@
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/hist2st/`.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # Hist2ST {cite:p}`zeng2022hist2st` embeds each 112 px patch with ConvMixer blocks, adds row and
@@ -41,7 +42,7 @@
 # starts from the completed targets' mean, which sits below the real values' mean (the fills are
 # lower than the measured values), so the model has to learn more than that shift from the image
 # first; the full width learns too slowly in 300 CPU steps to do it. The settings tried, with
-# their errors, are in the Measurements appendix. The paper's budget (`budget = "paper"`: 112 px,
+# their errors, are on the {doc}`Measurements </measurements>` page. The paper's budget (`budget = "paper"`: 112 px,
 # the full model, 1,000 whole-slide steps) wants a GPU.
 
 # %% [markdown]

@@ -25,7 +25,8 @@
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/egn/`.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # EGN {cite:p}`yang2023egn` finds, for every spot, the k = 6 training spots of *other* slides
@@ -38,7 +39,7 @@
 # run it ended no better than the training mean on completed test data. The CPU default is a
 # narrower one — 128 px, width 256, 4 blocks of 4 heads, MLP 1,024 — trained 60 steps of 16
 # spots, which took a fraction of the time and got below the mean in both scenarios on the same
-# spots. The settings tried, with their errors, are in the Measurements appendix. The exemplars
+# spots. The settings tried, with their errors, are on the {doc}`Measurements </measurements>` page. The exemplars
 # still come from a frozen ResNet-50 over a bank of 300 training spots; `budget = "paper"`
 # builds the official sizes.
 

@@ -24,7 +24,8 @@
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/eggn/`.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # EGGN {cite:p}`yang2024eggn` builds on EGN: frozen ResNet-18 features of the spots of one slide
@@ -35,7 +36,7 @@
 # **CPU defaults, and how they differ from the paper's.** The CPU default trains 120 whole-slide
 # steps (the paper: 1,000): with half as many, the completed model was still above the training
 # mean on test; with 120 both scenarios were below it. The settings tried, with their errors, are
-# in the Measurements appendix.
+# on the {doc}`Measurements </measurements>` page.
 
 # %% [markdown]
 # Every predictor chapter follows the protocol of the paper {cite:p}`mejia2024spackle`: the

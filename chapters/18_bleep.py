@@ -24,7 +24,8 @@
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/bleep/`.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # BLEEP {cite:p}`xie2023bleep` trains an image encoder (ResNet-50) and an expression projection
@@ -37,8 +38,8 @@
 # averages the top 200 training spots instead of 50. With an embedding trained for a minute, the
 # top 50 of about 2,000 training spots are a noisy sample: with k = 50, both ResNet-50 at 224 px
 # and ResNet-18 at 112 px scored above the training mean on test, and k = 200 (10% of the bank)
-# took the same ResNet-18 below it. The settings tried, with their errors, are in the
-# Measurements appendix; the last sections show what k does. `budget = "paper"` keeps ResNet-50,
+# took the same ResNet-18 below it. The settings tried, with their errors, are on the
+# {doc}`Measurements </measurements>` page; the last sections show what k does. `budget = "paper"` keeps ResNet-50,
 # 224 px and k = 50.
 
 # %% [markdown]

@@ -25,7 +25,8 @@
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`) and
 # checkpoints under `results/checkpoints/<dataset>/sepal/`.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # SEPAL {cite:p}`mejia2023sepal` trains in two stages: stage 1 is ViT-B+Δ (chapter 12); stage 2
@@ -125,8 +126,8 @@ print(chapter.config)
 # - **How many centres.** The CPU default trains stage 2 for 100 steps on 300 training centres
 #   and scores 100 held-out spots. With a few dozen centres the completed model fit its
 #   validation spots but ended above the training mean on test: too few centres for the graph
-#   network to generalise. The settings tried, with their errors, are in the Measurements
-#   appendix.
+#   network to generalise. The settings tried, with their errors, are on the
+#   {doc}`Measurements </measurements>` page.
 # - **No activation after the head** (the official MLP applies one, which bounds the correction
 #   below by −1), and a zero-initialised head, so the untrained stage 2 returns stage 1 exactly.
 # - Neighbours come from the array grid rather than a k-nearest-neighbour graph.

@@ -24,7 +24,8 @@
 # (internet or a cache); a couple of minutes on a CPU.
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`).
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 
 # %% [markdown]
 # Beyond the paper. The HEST-Benchmark {cite:p}`jaume2024hest` compares pathology foundation

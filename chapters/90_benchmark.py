@@ -25,7 +25,7 @@
 # It trains nothing: seconds on a CPU.
 # **What it writes:** nothing.
 # **Measured runtime:** seconds on a CPU (the whole notebook in `make book`, dated, on the
-# [Measurements](../measurements) page); GPU not needed.
+# {doc}`Measurements </measurements>` page); GPU not needed.
 #
 # The paper {cite:p}`mejia2024spackle` trains every predictor on raw data — where a value that was
 # missing is a zero and the loss reads it — and on SpaCKLE-completed data, and reports that
@@ -160,7 +160,7 @@ ax = su.pl.scenario_differences(diffs) if len(diffs) else None
 # (`raw`) any completion helps a lot; against a loss that reads only what is scored (`masked`)
 # completion can only help through what it adds to the real values' neighbourhood. Whether that
 # outweighs the shift depends on the budget: the differences above and the table below say which
-# way it goes for the runs in this store; the [Measurements](../measurements) page records
+# way it goes for the runs in this store; the {doc}`Measurements </measurements>` page records
 # ShuffleNet's answer at two budgets.
 
 # %%

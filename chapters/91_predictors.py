@@ -25,7 +25,7 @@
 # It trains nothing: seconds on a CPU.
 # **What it writes:** nothing.
 # **Measured runtime:** seconds on a CPU (the whole notebook in `make book`, dated, on the
-# [Measurements](../measurements) page); GPU not needed.
+# {doc}`Measurements </measurements>` page); GPU not needed.
 #
 # Each predictor chapter reports its own model; this page puts them together, the view the
 # paper's Table 1 gives per dataset {cite:p}`mejia2024spackle`. The ratio to the training mean

@@ -26,7 +26,7 @@
 # `completed`, `predicted` and `mask`, which scanpy and squidpy read as they are.
 # **Measured runtime:** under a minute on a CPU with chapters 02 and 10's checkpoints reused, much
 # longer when it must train them (the whole notebook in `make book`, dated, on the
-# [Measurements](../measurements) page); GPU not measured.
+# {doc}`Measurements </measurements>` page); GPU not measured.
 #
 # The same runs as a command, for a slide of your own:
 #

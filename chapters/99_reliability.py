@@ -24,7 +24,7 @@
 # checkpoints); a CPU, about a minute.
 # **What it writes:** `results/reliability.json`, the outcome of each row of this run.
 # **Measured runtime:** about a minute on a CPU for the rows that need no trained checkpoint (the
-# whole notebook in `make book`, dated, on the [Measurements](../measurements) page); GPU not needed.
+# whole notebook in `make book`, dated, on the {doc}`Measurements </measurements>` page); GPU not needed.
 #
 # The table is not typed: this page runs `tests/test_reliability.py` when the book is built and shows
 # the rows it recorded, so it cannot drift from the code. A row passes when the call refuses the input

@@ -9,7 +9,8 @@
 ${opening}
 # **What it writes:** rows in `results/results.csv` (stages `predict`, `predict_baseline`)${writes}.
 # **Measured runtime:** printed at the end of the run ("What we saw", in seconds, on the device
-# it ran on); the book's own build on a 2-core CPU is in the Measurements appendix.
+# it ran on); the book's own build on a 2-core CPU is on the {doc}`Measurements </measurements>`
+# page.
 ${intro}
 # %% [markdown]
 # Every predictor chapter follows the protocol of the paper {cite:p}`mejia2024spackle`: the
