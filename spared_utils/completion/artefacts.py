@@ -127,7 +127,7 @@ def ensure(adata: AnnData, dataset_id: str, method: str = "spackle", *, seed: in
     path = path / f"{key}.h5ad"
     out = adata.copy()
     if _attach(out, path):
-        print(f"found completion {key} ({path})")
+        print(f"found completion {key} (stored under {dataset_id}/{COMPLETION_DIR}/ of the processed data)")
         return out
     print(f"completing with {method} ({key})")
     complete(out, method=method, key_added=COMPLETED_LAYER, **({"model": model} if model is not None else {}),
