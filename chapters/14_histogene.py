@@ -95,27 +95,28 @@ scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": the paper's protocol
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
-learning_rate = None
+learning_rate = None  # type: float|'search'
 lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
-iterations = None  # None: the budget's (CPU 300, paper 1,000); training steps
+# None: the budget's (CPU 300, paper 1,000); training steps
+iterations = None  # type: int
 # None: the budget's (CPU 128, paper 10,000); neighbouring spots of one slide per
 # training step
-batch_size = None
+batch_size = None  # type: int
 # None: the budget's (CPU 25, paper 10); validate every this many iterations
-eval_every = None
+eval_every = None  # type: int
 # None: the budget's (CPU all, paper all); validation spots scored at each validation;
 # "all": every one
-val_spots = None
+val_spots = None  # type: int|'all'
 # None: the budget's (CPU all, paper all); held-out spots scored per split at the end;
 # "all": every one
-eval_spots = None
+eval_spots = None  # type: int|'all'
 # None: the budget's (CPU all, paper all); training spots read; "all": every one
-train_spots = None
+train_spots = None  # type: int|'all'
 pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
 # the completion behind the completed scenario (su.completion.METHODS)
 completion = "spackle"
 # that completion's budget if it trains (None: the book's CPU budget)
-completion_iterations = None
+completion_iterations = None  # type: int
 
 # %%
 from IPython.display import Markdown, display

@@ -84,25 +84,27 @@ scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": the paper's protocol
 budget = "cpu"
 # None: the budget's; a number; or "search" (lr_grid on raw data, the paper's protocol)
-learning_rate = None
+learning_rate = None  # type: float|'search'
 lr_grid = [0.0001, 0.001, 0.01]  # learning rates tried when learning_rate is "search"
-iterations = None  # None: the budget's (CPU 1, paper 1); training steps
-batch_size = None  # None: the budget's (CPU 1, paper 1); patches per training step
+# None: the budget's (CPU 1, paper 1); training steps
+iterations = None  # type: int
+# None: the budget's (CPU 1, paper 1); patches per training step
+batch_size = None  # type: int
 # None: the budget's (CPU 1, paper 1); validate every this many iterations
-eval_every = None
+eval_every = None  # type: int
 # None: the budget's (CPU 100, paper all); validation spots scored at each validation;
 # "all": every one
-val_spots = None
+val_spots = None  # type: int|'all'
 # None: the budget's (CPU 200, paper all); held-out spots scored per split at the end;
 # "all": every one
-eval_spots = None
+eval_spots = None  # type: int|'all'
 # None: the budget's (CPU 400, paper all); training spots read; "all": every one
-train_spots = None
+train_spots = None  # type: int|'all'
 pretrained = False  # True loads ImageNet weights (needs internet or a timm cache)
 # the completion behind the completed scenario (su.completion.METHODS)
 completion = "spackle"
 # that completion's budget if it trains (None: the book's CPU budget)
-completion_iterations = None
+completion_iterations = None  # type: int
 # None: the budget's ("resnet50" on a CPU); frozen encoder (a torchvision or timm name)
 encoder = None
 # None: the budget's ("cv" on a CPU); ridge penalty, or "cv": chosen by cross-validation

@@ -46,6 +46,7 @@ from .run import (
     execute,
     known_datasets,
 )
+from .run import failed_path as run_failed_path
 
 PLAN_KEYS = ("datasets", "chapters", "scenarios", "seeds", "parameters", "chapter_parameters")
 
@@ -225,23 +226,15 @@ def estimate(planned: Sequence[Job], results_dir: str | Path | None = None) -> p
 
 
 def failed_path(job: Job) -> Path:
-    return job.output.with_name(job.output.stem + ".failed.ipynb")
+    return run_failed_path(job.output)
 
 
 def run_job(job: Job, progress: bool = False) -> None:
-    """Execute one job: into a temporary notebook, renamed to ``job.output`` on success, to
-    :func:`failed_path` on failure (then the error is raised)."""
+    """Execute one job (:func:`spared_utils.run.execute`: a temporary notebook renamed to
+    ``job.output`` on success, to :func:`failed_path` on failure, then the error is raised)."""
     job.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = job.output.with_name(f".{job.output.stem}.running.ipynb")
     params = {k: v for k, v in job.parameters.items() if k != "dataset"}
-    try:
-        execute(job.chapter, job.dataset, params, output=tmp, progress=progress)
-    except BaseException:
-        if tmp.exists():
-            tmp.replace(failed_path(job))
-        raise
-    tmp.replace(job.output)
-    failed_path(job).unlink(missing_ok=True)
+    execute(job.chapter, job.dataset, params, output=job.output, progress=progress)
 
 
 def run_plan(plan: Plan, results_dir: str | Path | None = None, only: Sequence[str | Path] = (),

@@ -84,8 +84,25 @@ def parse_value(text: str) -> Any:
     return value
 
 
+def declared_types(source: Path) -> dict[str, str | None]:
+    """The type each parameter of the chapter declares with a ``# type:`` comment (papermill's
+    convention: ``iterations = None  # type: int``), ``None`` where it declares none.
+
+    A declared type is ``int``, ``float``, ``bool``, ``str`` or ``list``, or several of them and
+    quoted words joined by ``|``: ``int|'all'`` takes a whole number or the word ``all``.
+    """
+    from papermill.translators import PythonTranslator
+
+    nb = read_notebook(source)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", []))
+    found = {p.name: p.inferred_type_name for p in PythonTranslator.inspect(cell)}
+    return {name: (None if kind in ("None", "") else kind) for name, kind in found.items()}
+
+
 def check_parameters(source: Path, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Refuse parameters the chapter does not declare (naming the valid ones)."""
+    """Refuse parameters the chapter does not declare (naming the valid ones) or whose value does
+    not fit the parameter's declared type or default (naming the parameter, the type expected,
+    the value given and an example), before anything runs. Returns the declared defaults."""
     declared = chapter_parameters(source)
     unknown = sorted(set(params) - set(declared))
     if unknown:
@@ -93,22 +110,64 @@ def check_parameters(source: Path, params: Mapping[str, Any]) -> dict[str, Any]:
             f"{source.name} has no parameter {', '.join(map(repr, unknown))}; "
             f"its parameters cell declares: {', '.join(declared)}"
         )
+    types = declared_types(source)
     for name, value in params.items():
-        problem = _type_problem(declared[name], value)
+        problem = _type_problem(declared[name], value, types.get(name), name)
         if problem:
-            raise ChapterError(f"{source.name}: parameter {name!r} got {value!r} ({type(value).__name__}) but its default "
-                               f"is {declared[name]!r}: {problem}")
+            raise ChapterError(f"{source.name}: parameter {name!r} got {value!r} ({type(value).__name__}): {problem}")
     return declared
 
 
-def _type_problem(default: Any, value: Any) -> str:
-    """Why ``value`` cannot stand in for a parameter whose default is ``default`` ('' if it can).
+def typed_parameters(source: Path, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` checked (:func:`check_parameters`), whole numbers given as floats (``1e3``) made
+    ``int`` where the parameter is a whole number."""
+    declared, types = check_parameters(source, params), declared_types(source)
+    out = dict(params)
+    for name, value in params.items():
+        whole = isinstance(declared[name], int) and not isinstance(declared[name], bool) \
+            or "int" in _alternatives(types.get(name))
+        if whole and isinstance(value, float) and value.is_integer() and "float" not in _alternatives(types.get(name)):
+            out[name] = int(value)
+    return out
 
-    Numbers, booleans and lists must stay numbers, booleans and lists (an int for a float is
-    fine); a parameter whose default is ``None`` or a string takes anything (``"search"`` or a
-    number, ``"all"`` or a count), one whose default is a list of strings also takes a string
-    (``scenario``: ``"raw"``, ``"both"``, ``"all"``).
+
+def _alternatives(declared_type: str | None) -> list[str]:
+    return [] if not declared_type else [t.strip() for t in declared_type.split("|")]
+
+
+#: How the error messages name each declared type, and an example value of it.
+_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a text", "list": "a list"}
+_EXAMPLES = {"int": "500", "float": "0.001", "bool": "true", "str": "name", "list": "'[0.1, 0.5]'"}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind.startswith(("'", '"')):
+        return value == kind.strip("'\"")
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, {"bool": bool, "str": str, "list": list}.get(kind, object))
+
+
+def _type_problem(default: Any, value: Any, declared_type: str | None = None, name: str = "NAME") -> str:
+    """Why ``value`` cannot stand in for a parameter whose default is ``default`` and whose declared
+    type is ``declared_type`` ('' if it can).
+
+    With a declared type, the value must fit one of its alternatives (``None`` always fits a
+    parameter whose default is ``None``). Without one, numbers, booleans and lists must stay
+    numbers, booleans and lists (an int for a float is fine); a parameter whose default is
+    ``None`` or a string takes anything (``"search"`` or a number, ``"all"`` or a count), one
+    whose default is a list of strings also takes a string (``scenario``: ``"raw"``, ``"both"``,
+    ``"all"``).
     """
+    if declared_type:
+        kinds = _alternatives(declared_type)
+        if (value is None and default is None) or any(_fits(value, k) for k in kinds):
+            return ""
+        words = " or ".join(k if k.startswith(("'", '"')) else _WORDS.get(k, k) for k in kinds)
+        example = next((_EXAMPLES[k] for k in kinds if k in _EXAMPLES), kinds[0].strip("'\""))
+        return f"give {words}{' (or None)' if default is None else ''}, e.g. -p {name} {example}"
     if default is None or isinstance(default, str) or value is None:
         return ""
     if isinstance(default, bool):
@@ -145,7 +204,8 @@ def execute(
     ChapterError
         Unknown chapter, dataset or parameter (before anything runs).
     papermill.PapermillExecutionError
-        A cell failed; the partially executed notebook is still written to ``output``.
+        A cell failed; the partially executed notebook is kept as :func:`failed_path` of
+        ``output`` (never at ``output``, where a finished notebook goes).
     """
     import papermill as pm
 
@@ -155,9 +215,10 @@ def execute(
     datasets = known_datasets()
     if dataset not in datasets:
         raise ChapterError(f"unknown dataset {dataset!r}: it is not in data/datasets.yml; known: {', '.join(datasets)}")
-    check_parameters(source, params)
+    params = typed_parameters(source, params)
     out = Path(output) if output else output_path(source.stem, dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
+    running = out.with_name(f".{out.stem}.running.ipynb")
     import jupytext
 
     # A non-interactive MPLBACKEND (e.g. "agg", common in scripts and CI) would stop the kernel's
@@ -172,13 +233,17 @@ def execute(
             jupytext.write(read_notebook(source), nb_in)
             pm.execute_notebook(
                 str(nb_in),
-                str(out),
+                str(running),
                 parameters=params,
                 kernel_name=kernel,
                 cwd=str(paths.project_root()),
                 progress_bar=progress,
                 report_mode=False,
             )
+    except BaseException:
+        if running.exists():  # the executed part, with its traceback, beside where the result goes
+            running.replace(failed_path(out))
+        raise
     finally:
         if saved_backend is not None:
             os.environ["MPLBACKEND"] = saved_backend
@@ -186,7 +251,15 @@ def execute(
             os.environ.pop(paths.STATIC_VIEWS_ENV, None)
         else:
             os.environ[paths.STATIC_VIEWS_ENV] = saved_static
+    running.replace(out)
+    failed_path(out).unlink(missing_ok=True)
     return out
+
+
+def failed_path(output: str | os.PathLike) -> Path:
+    """Where :func:`execute` keeps a chapter that failed: ``<output stem>.failed.ipynb`` beside ``output``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.failed.ipynb")
 
 
 def main(argv: list[str] | None = None) -> int:

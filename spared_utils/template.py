@@ -58,22 +58,23 @@ COMMON = (
     ("scenario", ["masked", "completed"],
      '^default: masked and completed; "both": the paper\'s raw and completed; "all"; or names'),
     ("budget", "cpu", '^"cpu": this predictor\'s CPU default (its record); "paper": the paper\'s protocol'),
-    ("learning_rate", None, '^None: the budget\'s; a number; or "search" (lr_grid on raw data, the paper\'s protocol)'),
+    ("learning_rate", None, 'None: the budget\'s; a number; or "search" (lr_grid on raw data, the paper\'s protocol)',
+     "float|'search'"),
     ("lr_grid", [0.0001, 0.001, 0.01], 'learning rates tried when learning_rate is "search"'),
 )
-#: What each cost field means (the budget's values are added from the record).
+#: What each cost field means (the budget's values are added from the record), and its type.
 COSTS = {
-    "iterations": "training steps",
-    "batch_size": "{unit} per training step",
-    "eval_every": "validate every this many iterations",
-    "val_spots": 'validation spots scored at each validation; "all": every one',
-    "eval_spots": 'held-out spots scored per split at the end; "all": every one',
-    "train_spots": 'training spots read; "all": every one',
+    "iterations": ("training steps", "int"),
+    "batch_size": ("{unit} per training step", "int"),
+    "eval_every": ("validate every this many iterations", "int"),
+    "val_spots": ('validation spots scored at each validation; "all": every one', "int|'all'"),
+    "eval_spots": ('held-out spots scored per split at the end; "all": every one', "int|'all'"),
+    "train_spots": ('training spots read; "all": every one', "int|'all'"),
 }
 TAIL = (
     ("pretrained", False, "True loads ImageNet weights (needs internet or a timm cache)"),
     ("completion", "spackle", "^the completion behind the completed scenario (su.completion.METHODS)"),
-    ("completion_iterations", None, "^that completion's budget if it trains (None: the book's CPU budget)"),
+    ("completion_iterations", None, "that completion's budget if it trains (None: the book's CPU budget)", "int"),
 )
 
 
@@ -86,12 +87,13 @@ def _literal(value) -> str:
     return repr(value)
 
 
-def _line(name: str, value, comment: str) -> str:
+def _line(name: str, value, comment: str, kind: str | None = None) -> str:
     """``name = value`` with its comment on the line, or above it (wrapped) when it starts with
-    "^" or the line would be wider than the page."""
-    assignment = f"{name} = {_literal(value)}"
+    "^" or the line would be wider than the page; a declared ``kind`` is papermill's ``# type:``
+    comment on the line (:func:`spared_utils.run.declared_types` checks values against it)."""
+    assignment = f"{name} = {_literal(value)}" + (f"  # type: {kind}" if kind else "")
     inline = f"{assignment}  # {comment}"
-    if not comment.startswith("^") and len(inline) <= WIDTH:
+    if not kind and not comment.startswith("^") and len(inline) <= WIDTH:
         return inline
     above = textwrap.wrap(comment.lstrip("^"), WIDTH - 2)
     return "\n".join([*(f"# {line}" for line in above), assignment])
@@ -107,9 +109,9 @@ def parameters_cell(record: models.PredictorRecord) -> str:
     unit = "neighbouring spots of one slide" if record.task.per_slide else "patches"
     lines = [_line(*p) for p in COMMON]
     cpu, paper = asdict(record.cpu), asdict(record.paper)
-    for name, meaning in COSTS.items():
+    for name, (meaning, kind) in COSTS.items():
         budgets = f"CPU {_budget_value(cpu[name])}, paper {_budget_value(paper[name])}"
-        lines.append(_line(name, None, f"None: the budget's ({budgets}); {meaning.format(unit=unit)}"))
+        lines.append(_line(name, None, f"None: the budget's ({budgets}); {meaning.format(unit=unit)}", kind))
     lines += [_line(*p) for p in TAIL]
     defaults = inspect.signature(record.builder).parameters
     for name, meaning in record.options.items():

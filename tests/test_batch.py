@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spared_utils import batch, paths
+from spared_utils import batch, paths, run
 
 ROOT = paths.project_root()
 
@@ -63,7 +63,9 @@ def test_bad_plans_are_refused_naming_the_file(tmp_path, text, message):
 
 
 def _fake_execute(calls, fail=()):
-    """Stands in for papermill: writes a notebook with papermill's metadata, or fails halfway."""
+    """Stands in for :func:`spared_utils.run.execute` (its contract, without papermill): writes a
+    notebook with papermill's metadata at ``output``, or fails halfway and keeps it at
+    ``run.failed_path(output)`` (tests/test_run.py checks the real one does)."""
 
     def execute(chapter, dataset, params, output, progress=False):
         calls.append(Path(output))
@@ -71,9 +73,11 @@ def _fake_execute(calls, fail=()):
                     "metadata": {"tags": ["injected-parameters"]}, "source": f"dataset = {dataset!r}"}
         nb = {"cells": [injected], "metadata": {"papermill": {"parameters": {**params, "dataset": dataset},
                                                       "exception": None}}, "nbformat": 4, "nbformat_minor": 5}
-        Path(output).write_text(json.dumps(nb))
         if any(f in Path(output).name for f in fail):
+            run.failed_path(output).write_text(json.dumps(nb))
             raise RuntimeError("cell 3 raised ZeroDivisionError")
+        Path(output).write_text(json.dumps(nb))
+        run.failed_path(output).unlink(missing_ok=True)
         return Path(output)
 
     return execute
@@ -90,8 +94,7 @@ def test_run_plan_resumes_keeps_failures_and_goes_on(tmp_path, monkeypatch):
     assert Path(failed["output"]).is_file(), "the failed notebook (with its traceback) is kept"
     out = tmp_path / "res" / "synthetic_tiny"
     assert not (out / "10_shufflenet-raw-1.ipynb").exists(), "a failed run leaves no notebook that looks finished"
-    assert all(c.name.startswith(".") and c.name.endswith(".running.ipynb") for c in calls)  # written under a temp name
-    assert not list(out.glob(".*.running.ipynb"))
+    assert [c.name for c in calls] == [j.output.name for j in batch.jobs(plan, tmp_path / "res")]
 
     # a second run: finished notebooks are skipped, the failed one runs again (and its .failed goes)
     calls.clear()
@@ -108,15 +111,18 @@ def test_run_plan_resumes_keeps_failures_and_goes_on(tmp_path, monkeypatch):
 def test_an_interrupted_run_leaves_no_finished_notebook(tmp_path, monkeypatch):
     plan = batch.load_plan(_plan(tmp_path, "datasets: [synthetic_tiny]\nchapters: [00_tour]\n"))
 
-    def interrupted(chapter, dataset, params, output, progress=False):
-        Path(output).write_text("{}")
+    import papermill
+
+    def interrupted(nb_in, nb_out, **kwargs):  # papermill has written part of the notebook
+        Path(nb_out).write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(batch, "execute", interrupted)
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
     with pytest.raises(KeyboardInterrupt):
         batch.run_plan(plan, tmp_path / "res", progress=False)
     (job,) = batch.jobs(plan, tmp_path / "res")
     assert not job.output.exists() and not batch.finished(job)
+    assert batch.failed_path(job).is_file(), "what ran is kept, under the failed name"
 
 
 def test_cli_dry_run_prints_one_line_per_run_and_bad_plan_exits_2(tmp_path, capsys):

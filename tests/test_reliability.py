@@ -299,6 +299,9 @@ def test_unknown_dataset_id():
     ("parameter of the wrong type", ["02_completion", "--dataset", "synthetic_tiny", "-p", "iterations", "many"],
      ["02_completion.py", "'iterations'", "'many'"]),
     ("unknown dataset", ["00_tour", "--dataset", "nope"], ["'nope'", "datasets.yml"]),
+    ("value that does not fit the parameter's declared type",
+     ["10_shufflenet", "--dataset", "synthetic_tiny", "-p", "iterations", "abc"],
+     ["10_shufflenet.py", "'iterations'", "'abc'", "whole number", "-p iterations"]),
 ])
 def test_run_refuses_before_running(capsys, case, argv, names):
     out = Path(os.environ["SPARED_RESULTS_DIR"])
@@ -309,6 +312,16 @@ def test_run_refuses_before_running(capsys, case, argv, names):
 
     message = refused("names", "python -m spared_utils.run", case, call, names, watch=[out], exc=SystemExit)
     assert "exit status 2" in message
+
+
+def test_a_chapter_that_fails_is_kept_beside_never_at_its_result(tmp_path):
+    out = tmp_path / "10_shufflenet.ipynb"
+    with pytest.raises(Exception, match="unknown completion method"):
+        run.execute("10_shufflenet", "synthetic_tiny", {"completion": "knn"}, output=out, progress=False)
+    kept = run.failed_path(out)
+    record("interrupted runs", "python -m spared_utils.run", "a chapter whose cell fails",
+           f"kept as {kept.name}, nothing at {out.name}", kept.is_file() and not out.exists())
+    assert kept.is_file() and not out.exists()
 
 
 def test_batch_plan_with_unknown_chapter_and_bad_parameter(tmp_path):

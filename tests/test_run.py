@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -73,6 +75,7 @@ def test_papermill_runs_see_static_explorers_and_the_setting_is_restored(tmp_pat
         import os
 
         seen["value"] = os.environ.get(STATIC_ENV)
+        Path(nb_out).write_text("{}")  # papermill writes the executed notebook
 
     monkeypatch.setattr(papermill, "execute_notebook", fake)
     monkeypatch.delenv(STATIC_ENV, raising=False)
@@ -81,3 +84,43 @@ def test_papermill_runs_see_static_explorers_and_the_setting_is_restored(tmp_pat
     import os
 
     assert STATIC_ENV not in os.environ, "the caller's environment is left as it was"
+
+
+def test_a_value_of_the_wrong_declared_type_is_refused_before_anything_runs(tmp_path):
+    """``-p iterations abc``: one line naming the parameter, the type, the value and an example;
+    no notebook, no results folder."""
+    env = {**os.environ, "SPARED_RESULTS_DIR": str(tmp_path / "results")}
+    proc = subprocess.run([sys.executable, "-m", "spared_utils.run", "10_shufflenet", "--dataset", "synthetic_tiny",
+                           "-p", "iterations", "abc"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "'iterations'" in error[0] and "'abc'" in error[0]
+    assert "give a whole number" in error[0] and "-p iterations 500" in error[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_declared_types_take_numbers_as_written_and_their_words():
+    source = run.chapter_source("10_shufflenet")
+    types = run.declared_types(source)
+    assert types["iterations"] == "int" and types["eval_spots"] == "int|'all'" and types["dataset"] is None
+    # 1e3 (a string to YAML 1.1) is a whole number; "all" and "search" are the words those parameters take
+    given = {"iterations": run.parse_value("1e3"), "eval_spots": "all", "learning_rate": "search", "val_spots": None}
+    typed = run.typed_parameters(source, given)
+    assert typed == {"iterations": 1000, "eval_spots": "all", "learning_rate": "search", "val_spots": None}
+    assert type(typed["iterations"]) is int
+    assert run.typed_parameters(source, {"learning_rate": run.parse_value("1e-3")})["learning_rate"] == 0.001
+    for name, value, expected in (("eval_spots", "most", "a whole number or 'all'"), ("iterations", 2.5, "whole number"),
+                                  ("learning_rate", "fast", "a number or 'search'"), ("batch_size", True, "whole")):
+        with pytest.raises(run.ChapterError, match=f"'{name}'.*{expected}"):
+            run.check_parameters(source, {name: value})
+
+
+def test_a_chapter_that_fails_is_kept_as_failed_never_at_the_success_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARED_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("SPARED_PROCESSED_DIR", str(tmp_path / "processed"))
+    out = tmp_path / "ran" / "10_shufflenet.ipynb"
+    with pytest.raises(Exception, match="unknown completion method"):  # fails in the chapter's first run cell
+        run.execute("10_shufflenet", "synthetic_tiny", {"completion": "knn"}, output=out, progress=False)
+    assert not out.exists() and sorted(p.name for p in out.parent.iterdir()) == ["10_shufflenet.failed.ipynb"]
+    nb = nbformat.read(run.failed_path(out), as_version=4)
+    assert any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
