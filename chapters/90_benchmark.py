@@ -57,10 +57,10 @@ if importlib.util.find_spec("spared_utils") is None:
 dataset = "synthetic"  # the dataset whose runs are read (when `datasets` is None)
 # None: `dataset` only; "all": every dataset in the store (a batch plan);
 # or a list of ids
-datasets = None
+datasets = None  # type: list|'all'
 split = "test"  # the held-out split whose scores are compared ("val" or "test")
 scenario = "completed"  # the scenario the model comparison (Fig. 4) uses
-results_file = None  # None: the book's results store (results/results.csv)
+results_file = None  # type: str  None: the book's results store (results/results.csv)
 
 # %%
 import pandas as pd

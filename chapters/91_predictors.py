@@ -54,7 +54,7 @@ if importlib.util.find_spec("spared_utils") is None:
 # %% tags=["parameters"]
 dataset = "synthetic"  # the dataset whose runs are compared
 split = "test"  # "val" or "test"
-results_file = None  # None: the book's results store (results/results.csv)
+results_file = None  # type: str  None: the book's results store (results/results.csv)
 
 # %%
 from IPython.display import Markdown, display

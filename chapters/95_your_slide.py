@@ -66,7 +66,8 @@ predictor_checkpoint = ""
 predictor = "shufflenet"
 # "none"; or "reference": each gene moved to the training slides' mean and spread
 batch_correction = "none"
-iterations = None  # budget of a checkpoint trained here (None: the book's CPU budget)
+# budget of a checkpoint trained here (None: the book's CPU budget)
+iterations = None  # type: int
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
 seed = 0  # random seed of everything the run draws
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder

@@ -90,6 +90,15 @@ class PageReport:
     problems: list[str] = field(default_factory=list)
 
 
+def book_html(folder: str | os.PathLike) -> Path | None:
+    """The book's HTML folder: ``folder`` itself, or its ``html/`` (the build folder the README
+    names, ``_build``, holds the HTML there); ``None`` when neither has an ``index.html``."""
+    for html in (Path(folder), Path(folder) / "html"):
+        if (html / "index.html").is_file():
+            return html
+    return None
+
+
 def html_pages(html: Path) -> list[Path]:
     """Every ``.html`` page of the build, sorted (Sphinx's own ``_static`` folder left out)."""
     html = Path(html)
@@ -351,11 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("html", nargs="?", default="_build/html", help="the book's HTML folder")
     parser.add_argument("--screenshots", help="screenshot folder (default: _build/screenshots)")
     args = parser.parse_args(argv)
-    problems = check_book(Path(args.html), Path(args.screenshots) if args.screenshots else None)
+    html = book_html(args.html)
+    if html is None:
+        print(f"error: no book in {args.html} (no index.html there nor in html/): build it first with `make book`",
+              file=sys.stderr)
+        return 2
+    problems = check_book(html, Path(args.screenshots) if args.screenshots else None)
     for page, items in problems.items():
         for item in items:
             print(f"{page}: {item}")
-    print(f"[browser] {len(html_pages(Path(args.html)))} pages, {len(problems)} with problems")
+    print(f"[browser] {len(html_pages(html))} pages, {len(problems)} with problems")
     return 1 if problems else 0
 
 

@@ -97,3 +97,16 @@ def test_every_page_of_the_book_in_chromium(tiny_book):
     assert wide == {}, f"code cells wider than the page (longest line of each): {wide}"
     overview = [img for img in by_page["intro.html"].images if img[0].endswith("pipeline.svg")]
     assert overview and min(overview[0][1:]) > 0, "the intro's overview figure"
+
+
+def test_the_check_takes_the_build_folder_or_its_html_and_refuses_a_missing_book_in_one_line(tmp_path, capsys):
+    from spared_utils import browser
+
+    (tmp_path / "_build" / "html").mkdir(parents=True)
+    assert browser.book_html(tmp_path / "_build") is None
+    assert browser.main([str(tmp_path / "_build")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "make book" in err[0] and "_build" in err[0]
+    (tmp_path / "_build" / "html" / "index.html").write_text("<html></html>")
+    assert browser.book_html(tmp_path / "_build") == tmp_path / "_build" / "html"
+    assert browser.book_html(tmp_path / "_build" / "html") == tmp_path / "_build" / "html"
