@@ -43,7 +43,7 @@ Training (official ``configs/training/best_sepal_visium.json``, ``main.py``): Ad
 rate 1e-5, batch 256 graphs, 300 epochs, ``torch.nn.MSELoss`` between (stage-2 output + stage-1
 prediction) and the Δ targets. On this package's scale (the stage-1 model adds the training mean
 back) the same MSE is taken on expression; this module provides no loss of its own — use
-:func:`spared_utils.predict.engine.masked_mse_loss`, which also skips missing values.
+:func:`spared_utils.models.task.masked_mse_loss`, which also skips missing values.
 
 Deviations from the official code, and why:
 

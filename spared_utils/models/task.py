@@ -74,8 +74,7 @@ def predict(model: nn.Module, data: PredictionData, rows: np.ndarray, batch_size
             progress: bool = False, loader: DataLoader | None = None) -> np.ndarray:
     """Predictions (float32, ``len(rows)`` × n_genes) of a *patch* ``model`` for AnnData ``rows``.
 
-    Other kinds predict through their task (:meth:`Task.predict`); :func:`spared_utils.predict.engine.predict_rows`
-    picks the right one.
+    Every kind predicts through its task (:meth:`Task.predict`); a patch task calls this.
     """
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     if loader is None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import metrics, models, paths, results
 from ..models.data import SCENARIOS, TARGET_LAYERS, PredictionData, Scenario, patch_channel_stats
-from ..models.task import SetupContext, SetupRun, Task, default_num_workers, make_loader, masked_mse_loss, predict, validation_mse
+from ..models.task import SetupContext, SetupRun, Task, default_num_workers, validation_mse
 from ..training import (
     TRAIN_FIELDS,
     TrainConfig,
@@ -42,8 +42,8 @@ from .bundle import save_predictor
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LR_GRID", "PredictorConfig", "PredictorRun", "build_for_data", "checkpoint_dir",
-           "default_num_workers", "evaluate_predictions", "make_loader", "make_task", "masked_mse_loss", "predict",
-           "result_rows", "run_setup", "search_learning_rate", "train_predictor", "trivial_baseline"]
+           "evaluate_predictions", "make_task", "result_rows", "run_setup", "search_learning_rate", "train_predictor",
+           "trivial_baseline"]
 
 #: Learning rates tried by :func:`search_learning_rate` unless told otherwise.
 DEFAULT_LR_GRID = (1e-5, 1e-4, 1e-3)
