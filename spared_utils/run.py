@@ -103,6 +103,11 @@ def check_parameters(source: Path, params: Mapping[str, Any]) -> dict[str, Any]:
     """Refuse parameters the chapter does not declare (naming the valid ones) or whose value does
     not fit the parameter's declared type or default (naming the parameter, the type expected,
     the value given and an example), before anything runs. Returns the declared defaults."""
+    return _checked(source, params)[0]
+
+
+def _checked(source: Path, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """:func:`check_parameters`'s work: the declared defaults and types, once the values passed."""
     declared = chapter_parameters(source)
     unknown = sorted(set(params) - set(declared))
     if unknown:
@@ -115,13 +120,13 @@ def check_parameters(source: Path, params: Mapping[str, Any]) -> dict[str, Any]:
         problem = _type_problem(declared[name], value, types.get(name), name)
         if problem:
             raise ChapterError(f"{source.name}: parameter {name!r} got {value!r} ({type(value).__name__}): {problem}")
-    return declared
+    return declared, types
 
 
 def typed_parameters(source: Path, params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` checked (:func:`check_parameters`), whole numbers given as floats (``1e3``) made
     ``int`` where the parameter is a whole number."""
-    declared, types = check_parameters(source, params), declared_types(source)
+    declared, types = _checked(source, params)
     out = dict(params)
     for name, value in params.items():
         whole = isinstance(declared[name], int) and not isinstance(declared[name], bool) \

@@ -248,8 +248,9 @@ def train_predictor(
     """Train one predictor on one scenario, evaluate it on ``eval_splits``, append results rows.
 
     Every predictor goes through here: its :class:`~spared_utils.models.task.Task` (its record's
-    ``task``; the record's ``setup`` hook first, where it has one) says what a training step reads and how a spot is predicted; the loop, the checkpoint
-    selection on validation MSE and the metrics are the same for all.
+    ``task``; the record's ``setup`` hook first, where it has one) says what a training step
+    reads and how a spot is predicted; the loop, the checkpoint selection on validation MSE and
+    the metrics are the same for all.
 
     Parameters
     ----------

@@ -222,10 +222,9 @@ def learning_trend(history: pd.DataFrame, baseline: float) -> str:
 
 #: A cost override of :class:`RunSpec`: a number, ``"all"`` (every spot) or ``None`` (the budget's).
 CostOverride = int | float | str | None
-#: The scenario choices a chapter takes: a name, a list of names, ``"both"`` (the paper's pair) or ``"all"``.
-ScenarioChoice = str | Sequence[str]
-#: The cost fields of a budget that a run may override (:class:`spared_utils.models.Budget`).
-COST_FIELDS = ("iterations", "batch_size", "eval_every", "val_spots", "eval_spots", "train_spots")
+#: The cost fields of a budget that a run may override: those of :class:`spared_utils.models.Budget`
+#: but its learning rate (:attr:`RunSpec.learning_rate`, which may also be ``"search"``).
+COST_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(models.Budget) if f.name != "learning_rate")
 
 
 @dataclass(frozen=True)
