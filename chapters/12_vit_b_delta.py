@@ -88,9 +88,11 @@ if importlib.util.find_spec("spared_utils") is None:
 # dataset id from data/datasets.yml ("synthetic": embedded, offline)
 dataset = "synthetic"
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
-seed = 0  # random seed of everything the run draws
+# random seed of everything the run draws; a list: every scenario once per seed
+seed = 0  # type: int|list
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
-# default: masked and completed; "both": the paper's raw and completed; "all"; or names
+# default: masked and completed; "both": the paper's raw and completed; "all"; or names,
+# e.g. "completed:spackle_plus" (the completed scenario with another completion method)
 scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": the paper's protocol
 budget = "cpu"
@@ -136,6 +138,14 @@ print(chapter.config)
 
 # %%
 chapter.metrics().round(4)
+
+# %% [markdown]
+# With several seeds (`seed` a list, as the benchmark plans run it), the table above is the
+# first seed's and the figures below show its runs; every run's scores are here.
+
+# %%
+if chapter.other_seeds:
+    display(chapter.all_runs().round(4))
 
 # %% [markdown]
 # ## Learning curves
@@ -197,7 +207,7 @@ from dataclasses import replace
 import numpy as np
 
 data = chapter.data[next(iter(chapter.data))]
-spots = data.subsample("val", 16, seed=seed)
+spots = data.subsample("val", 16, seed=chapter.config.train.seed)
 heads = (("zeroed head (this book)", True), ("random head (authors' code)", False))
 for head_init, zeroed in heads:
     options = {**chapter.config.model_options, "mean_init_head": zeroed}

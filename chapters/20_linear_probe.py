@@ -77,9 +77,11 @@ if importlib.util.find_spec("spared_utils") is None:
 # dataset id from data/datasets.yml ("synthetic": embedded, offline)
 dataset = "synthetic"
 device = "auto"  # "auto": CUDA when available, else the CPU; or "cpu", "cuda"
-seed = 0  # random seed of everything the run draws
+# random seed of everything the run draws; a list: every scenario once per seed
+seed = 0  # type: int|list
 out_dir = "results"  # "results": results/ (or $SPARED_RESULTS_DIR); else a folder
-# default: masked and completed; "both": the paper's raw and completed; "all"; or names
+# default: masked and completed; "both": the paper's raw and completed; "all"; or names,
+# e.g. "completed:spackle_plus" (the completed scenario with another completion method)
 scenario = ["masked", "completed"]
 # "cpu": this predictor's CPU default (its record); "paper": the paper's protocol
 budget = "cpu"
@@ -142,6 +144,14 @@ print(chapter.config)
 chapter.metrics().round(4)
 
 # %% [markdown]
+# With several seeds (`seed` a list, as the benchmark plans run it), the table above is the
+# first seed's and the figures below show its runs; every run's scores are here.
+
+# %%
+if chapter.other_seeds:
+    display(chapter.all_runs().round(4))
+
+# %% [markdown]
 # ## Which genes can be predicted?
 
 # %% mystnb={"figure": {"caption": "Linear probe: Pearson correlation of each gene across held-out spots, per scenario.", "name": "fig-linear_probe-pcc"}}
@@ -199,7 +209,8 @@ print(f"alpha: cv {run.model.alpha_:g}, HEST {hest.alpha_:g}; {chapter.eval_spli
 # %%
 vit = su.io.select_results(
     su.io.output_dir(out_dir) / "results.csv", dataset=dataset, model="vit_b_delta",
-    stage="predict", seed=seed, scenario=name, split=chapter.eval_split,
+    stage="predict", seed=chapter.config.train.seed, scenario=name,
+    split=chapter.eval_split,
 )
 vit_pcc = vit["pcc_gene"] if "pcc_gene" in vit else []
 beside = (

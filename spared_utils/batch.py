@@ -25,10 +25,15 @@ rest of the plan goes on. The same plan runs on a cluster through ``workflow/Sna
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,18 +42,22 @@ import pandas as pd
 import yaml
 
 from . import paths
-from .models.data import SCENARIOS
+from .utils import atomic_path, file_lock
+from .predict.harness import parse_scenarios
 from .run import (
     ChapterError,
     chapter_parameters,
     chapter_source,
     check_parameters,
+    declared_types,
     execute,
     known_datasets,
 )
 from .run import failed_path as run_failed_path
 
-PLAN_KEYS = ("datasets", "chapters", "scenarios", "seeds", "parameters", "chapter_parameters")
+PLAN_KEYS = ("datasets", "chapters", "scenarios", "seeds", "per_notebook", "parameters", "chapter_parameters")
+#: What a plan may loop over inside one notebook instead of one notebook each (``per_notebook``).
+GROUPABLE = ("scenario", "seed")
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,12 @@ class Plan:
     chapters: tuple[str, ...]
     scenarios: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
+    #: what one notebook loops over (a subset of :data:`GROUPABLE`); empty: one notebook per run
+    per_notebook: tuple[str, ...] = ()
     parameters: Mapping[str, Any] = field(default_factory=dict)
     chapter_parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: the file it was read from (parallel jobs re-read it)
+    source: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -117,8 +130,10 @@ def load_plan(path: str | Path) -> Plan:
         chapters=tuple(str(c) for c in _as_tuple(raw.get("chapters"), "chapters", path)),
         scenarios=_as_tuple(raw.get("scenarios"), "scenarios", path),
         seeds=tuple(int(s) for s in _as_tuple(raw.get("seeds"), "seeds", path)),
+        per_notebook=tuple(str(k) for k in _as_tuple(raw.get("per_notebook"), "per_notebook", path)),
         parameters=dict(raw.get("parameters") or {}),
         chapter_parameters={str(k): dict(v or {}) for k, v in (raw.get("chapter_parameters") or {}).items()},
+        source=path.resolve(),
     )
     if not plan.chapters:
         raise ValueError(f"{path}: the plan names no chapter ('chapters: [10_shufflenet, ...]')")
@@ -134,10 +149,16 @@ def load_plan(path: str | Path) -> Plan:
             check_parameters(chapter_source(c), plan.chapter_parameters.get(c, {}))
     except ChapterError as err:
         raise ValueError(f"{path}: {err}") from err
-    if plan.scenarios:
-        bad = [s for s in plan.scenarios if s not in SCENARIOS]
-        if bad:
-            raise ValueError(f"{path}: unknown scenario(s) {bad}; one of {list(SCENARIOS)}")
+    bad = sorted(set(plan.per_notebook) - set(GROUPABLE))
+    if bad:
+        raise ValueError(f"{path}: per_notebook may hold {list(GROUPABLE)}, not {bad}")
+    named = [plan.scenarios] + [_as_tuple(p.get("scenario"), "scenario", path) for p in plan.chapter_parameters.values()]
+    try:
+        for scenarios in named:
+            if scenarios:
+                parse_scenarios(list(scenarios))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
     return plan
 
 
@@ -145,8 +166,12 @@ def jobs(plan: Plan, results_dir: str | Path | None = None) -> list[Job]:
     """Every papermill run of ``plan``, in plan order (dataset, chapter, scenario, seed).
 
     A chapter runs once per scenario only if it declares ``scenario`` (the predictor chapters),
-    once per seed only if it declares ``seed``; plan-wide ``parameters`` reach only the chapters
-    that declare them, ``chapter_parameters`` are checked against the chapter.
+    once per seed only if it declares ``seed``; a chapter's ``chapter_parameters`` may give its
+    own ``scenario`` and ``seed`` lists instead of the plan's. What ``per_notebook`` names is
+    looped over inside one notebook (the chapter gets the list; its output is
+    ``<chapter>-scenarios-seeds.ipynb``, naming what it loops over) instead of one notebook per
+    value. Plan-wide ``parameters`` reach only the chapters that declare them,
+    ``chapter_parameters`` are checked against the chapter.
     """
     root = Path(results_dir) if results_dir else paths.results_dir()
     out = []
@@ -154,23 +179,43 @@ def jobs(plan: Plan, results_dir: str | Path | None = None) -> list[Job]:
         for chapter in plan.chapters:
             source = chapter_source(chapter)
             declared = chapter_parameters(source)
+            kinds = declared_types(source)
+            # a chapter loops over what it takes as a list (the predictor chapters' scenario and seed)
+            takes_list = {k for k in GROUPABLE if k in declared and (isinstance(declared[k], list) or "list" in (
+                kinds.get(k) or "").split("|"))}
             base = {k: v for k, v in plan.parameters.items() if k in declared}
-            base.update(plan.chapter_parameters.get(chapter, {}))
-            scenarios = plan.scenarios if plan.scenarios and "scenario" in declared else (None,)
-            seeds = plan.seeds if plan.seeds and "seed" in declared else (None,)
-            for scenario in scenarios:
-                for seed in seeds:
+            own = dict(plan.chapter_parameters.get(chapter, {}))
+            loops = {"scenario": _as_tuple(own.pop("scenario", None), "scenario", chapter) or plan.scenarios,
+                     "seed": _as_tuple(own.pop("seed", None), "seed", chapter) or plan.seeds}
+            base.update(own)
+            groups = {}
+            for key, values in loops.items():
+                if not values or key not in declared:
+                    groups[key] = [None]
+                elif key in plan.per_notebook and key in takes_list:
+                    groups[key] = [list(values)]
+                else:
+                    groups[key] = list(values)
+            for scenario in groups["scenario"]:
+                for seed in groups["seed"]:
                     params = {**base, "dataset": dataset}
                     stem = source.stem
-                    if scenario is not None:
-                        params["scenario"], stem = scenario, f"{stem}-{scenario}"
-                    if seed is not None:
-                        params["seed"], stem = seed, f"{stem}-{seed}"
+                    for key, value, plural in (("scenario", scenario, "scenarios"), ("seed", seed, "seeds")):
+                        if value is None:
+                            continue
+                        params[key] = value
+                        stem = f"{stem}-{plural if isinstance(value, list) else value}"
                     out.append(Job(dataset, source.stem, params, root / dataset / f"{stem}.ipynb"))
     names = [j.output for j in out]
     if len(set(names)) != len(names):
         raise ValueError("the plan gives two runs the same output notebook (a chapter listed twice?)")
     return out
+
+
+def runs_of(job: Job) -> int:
+    """How many runs (scenario × seed) one notebook of a plan makes."""
+    return math.prod(len(v) if isinstance(v, list) else 1
+                     for k, v in job.parameters.items() if k in GROUPABLE)
 
 
 def finished(job: Job) -> bool:
@@ -237,37 +282,227 @@ def run_job(job: Job, progress: bool = False) -> None:
     execute(job.chapter, job.dataset, params, output=job.output, progress=progress)
 
 
+def _job_row(job: Job, status: str, seconds: float, where: Path, error: str = "") -> dict:
+    return {"job": job.name, "status": status, "runs": runs_of(job), "seconds": round(seconds, 1),
+            "output": str(where), "error": error}
+
+
+def _run_here(job: Job) -> dict:
+    t0 = time.perf_counter()
+    try:
+        run_job(job)
+        return _job_row(job, "done", time.perf_counter() - t0, job.output)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # the rest of the plan goes on; the failed notebook is kept
+        first = str(err).splitlines()[0] if str(err) else ""
+        return _job_row(job, "failed", time.perf_counter() - t0, failed_path(job), f"{type(err).__name__}: {first}")
+
+
+def _run_apart(job: Job, plan: Plan, root: Path, threads: int) -> dict:
+    """One job in its own process (``--only``), with ``threads`` threads for its numerical work."""
+    env = {**os.environ, "SPARED_BATCH_THREADS": str(threads), WORKER_ENV: "1"}
+    for name in THREAD_VARIABLES:
+        env[name] = str(threads)
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "spared_utils.batch", str(plan.source), "--only", str(job.output),
+           "--results-dir", str(root), "--quiet"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode == 0 and finished(job):
+        return _job_row(job, "done", seconds, job.output)
+    # the worker's last line on stdout is its row (JSON); anything else: its last words
+    try:
+        error = json.loads(done.stdout.strip().splitlines()[-1])["error"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        error = lines[-1] if lines else f"exit code {done.returncode}"
+    return _job_row(job, "failed", seconds, failed_path(job), error)
+
+
+#: Set in the process of a parallel job: it reports its row to the driver instead of logging it.
+WORKER_ENV = "SPARED_BATCH_WORKER"
+
+
+def _success_path(output: str) -> Path:
+    """The notebook a ``.failed.ipynb`` stands for."""
+    return Path(output.replace(".failed.ipynb", ".ipynb"))
+
+
+#: Environment variables that set the thread count of the numerical libraries a chapter uses.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def run_plan(plan: Plan, results_dir: str | Path | None = None, only: Sequence[str | Path] = (),
-             progress: bool = True) -> pd.DataFrame:
+             progress: bool = True, n_jobs: int = 1, threads: int | None = None) -> pd.DataFrame:
     """Run every job of ``plan`` not yet finished; one row per job: status (``done``,
-    ``skipped``, ``failed``), seconds, output and the error of a failed one."""
+    ``skipped``, ``failed``), runs it holds, seconds, output and the error of a failed one.
+
+    ``n_jobs`` > 1 runs that many notebooks at once, each in its own process with ``threads``
+    threads (default: the machine's cores shared out); jobs that need the same dataset
+    preparation or completion wait for each other (:func:`spared_utils.utils.file_lock`)."""
     from tqdm.auto import tqdm
 
-    todo = jobs(plan, results_dir)
+    root = Path(results_dir) if results_dir else paths.results_dir()
+    todo = jobs(plan, root)
     if only:
         wanted = {Path(p).resolve() for p in only}
         todo = [j for j in todo if j.output.resolve() in wanted]
         missing = wanted - {j.output.resolve() for j in todo}
         if missing:
             raise ValueError(f"--only names output(s) the plan does not make: {sorted(map(str, missing))}")
-    rows = []
-    bar = tqdm(todo, desc="plan", unit="notebook", disable=not progress)
-    for job in bar:
-        bar.set_postfix_str(job.name)
-        t0 = time.perf_counter()
-        if finished(job):
-            rows.append({"job": job.name, "status": "skipped", "seconds": 0.0, "output": str(job.output), "error": ""})
-            continue
+    order = {j.output: k for k, j in enumerate(todo)}
+    rows = [_job_row(j, "skipped", 0.0, j.output) for j in todo if finished(j)]
+    todo = [j for j in todo if not finished(j)]
+    bar = tqdm(total=sum(runs_of(j) for j in todo), desc="plan", unit="run", disable=not progress)
+    if n_jobs <= 1 or len(todo) <= 1:
+        for job in todo:
+            bar.set_postfix_str(job.name)
+            rows.append(_run_here(job))
+            bar.update(runs_of(job))
+    else:
+        if plan.source is None:
+            raise ValueError("parallel jobs re-read the plan from its file: load it with load_plan")
+        threads = threads or max(1, (os.cpu_count() or 1) // n_jobs)
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            futures = {pool.submit(_run_apart, job, plan, root, threads): job for job in todo}
+            for future in as_completed(futures):
+                row = future.result()
+                rows.append(row)
+                bar.set_postfix_str(f"{row['job']} {row['status']}")
+                bar.update(row["runs"])
+    bar.close()
+    rows.sort(key=lambda row: order.get(Path(row["output"]), order.get(_success_path(row["output"]), 0)))
+    table = pd.DataFrame(rows, columns=["job", "status", "runs", "seconds", "output", "error"])
+    used = threads if n_jobs > 1 and len(todo) > 1 else os.environ.get("OMP_NUM_THREADS", "")
+    _log(table[table["status"] != "skipped"], root, plan, used)
+    return table
+
+
+def log_path(root: Path, plan: Plan) -> Path:
+    """``<results>/batch-<plan name>.csv``: every notebook the driver ran for the plan, when,
+    how long and how it ended (what :func:`publish` sums into the plan's wall time)."""
+    name = plan.source.stem if plan.source is not None else "plan"
+    return root / f"batch-{name}.csv"
+
+
+def _log(table: pd.DataFrame, root: Path, plan: Plan, threads) -> None:
+    if table.empty or os.environ.get(WORKER_ENV):
+        return
+    path = log_path(root, plan)
+    with file_lock(path):
+        old = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        new = table.drop(columns=["output"]).assign(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                    threads=threads)
+        with atomic_path(path) as tmp:
+            pd.concat([old, new], ignore_index=True).to_csv(tmp, index=False) if len(old) else new.to_csv(tmp, index=False)
+
+
+#: The stages of the results store a published benchmark keeps.
+PUBLISHED_STAGES = ("predict", "predict_baseline", "predict_reference", "completion")
+
+
+def published_dir() -> Path:
+    """``data/benchmark/``: the benchmark the book publishes (``results.csv``, ``provenance.yml``)."""
+    return paths.project_root() / "data" / "benchmark"
+
+
+def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Path | None = None,
+            partial: bool = False) -> Path:
+    """Write the plan's rows of the results store under ``target`` (default :func:`published_dir`)
+    with their provenance, each file in one atomic step.
+
+    ``results.csv``: the rows of :data:`PUBLISHED_STAGES` on the plan's datasets.
+    ``provenance.yml``: the plan (file and SHA-256), the commit (and whether the work tree had
+    changes), the date, the machine, the threads per run, the budgets, the package versions, how
+    many notebooks and runs of the plan are finished and the driver's time on them. An unfinished
+    plan is refused unless ``partial`` (its provenance then says ``complete: false``).
+    """
+    from . import results
+
+    root = Path(results_dir) if results_dir else paths.results_dir()
+    target = Path(target) if target else published_dir()
+    planned = jobs(plan, root)
+    done = [j for j in planned if finished(j)]
+    if len(done) < len(planned) and not partial:
+        raise ValueError(f"{len(planned) - len(done)} of {len(planned)} notebooks of {plan.source} are not finished; "
+                         "run the plan first (or publish with --partial)")
+    store = results.read(root / results.STORE_NAME)
+    rows = store[store["stage"].isin(PUBLISHED_STAGES) & store["dataset"].isin(plan.datasets)]
+    if rows.empty:
+        raise ValueError(f"the results store under {root} holds no row of the plan's datasets: nothing to publish")
+    log = log_path(root, plan)
+    ran = pd.read_csv(log) if log.is_file() else pd.DataFrame(columns=["status", "seconds"])
+    provenance = {
+        "plan": str(plan.source.relative_to(paths.project_root())) if plan.source and plan.source.is_relative_to(
+            paths.project_root()) else str(plan.source),
+        "plan_sha256": hashlib.sha256(plan.source.read_bytes()).hexdigest() if plan.source else None,
+        "complete": len(done) == len(planned),
+        "notebooks": {"planned": len(planned), "finished": len(done)},
+        "runs": {"planned": sum(runs_of(j) for j in planned), "finished": sum(runs_of(j) for j in done)},
+        "rows": int(len(rows)),
+        "datasets": sorted(rows["dataset"].unique().tolist()),
+        "driver_seconds": float(ran.loc[ran["status"] == "done", "seconds"].sum()) if len(ran) else None,
+        **_provenance_common(rows),
+        "parameters": dict(plan.parameters),
+        "budgets": _budgets(plan),
+    }
+    target.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target / "results.csv") as tmp:
+        rows.to_csv(tmp, index=False)
+    with atomic_path(target / "provenance.yml") as tmp:
+        tmp.write_text(yaml.safe_dump(provenance, sort_keys=False, allow_unicode=True))
+    return target
+
+
+def _provenance_common(rows: pd.DataFrame) -> dict:
+    """Commit, date, machine, threads, devices and package versions of a publication."""
+    import platform
+
+    def git(*args) -> str:
         try:
-            run_job(job)
-            status, error, where = "done", "", job.output
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # the rest of the plan goes on; the failed notebook is kept
-            status, error, where = "failed", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", failed_path(job)
-        rows.append({"job": job.name, "status": status, "seconds": round(time.perf_counter() - t0, 1),
-                     "output": str(where), "error": error})
-    return pd.DataFrame(rows, columns=["job", "status", "seconds", "output", "error"])
+            return subprocess.run(["git", *args], cwd=paths.project_root(), capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory = float("nan")
+    threads = sorted(int(t) for t in rows["threads"].dropna().unique()) if "threads" in rows else []
+    commits = sorted(rows["commit"].dropna().astype(str).unique().tolist()) if "commit" in rows else []
+    versions = sorted(rows["versions"].dropna().unique().tolist()) if "versions" in rows else []
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "work_tree_changed": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "row_commits": commits,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"cpus": os.cpu_count(), "memory_gib": round(memory, 1), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "devices": sorted(rows["device"].dropna().astype(str).unique().tolist()) if "device" in rows else [],
+        "threads_per_run": threads,
+        "versions": versions,
+    }
+
+
+def _budgets(plan: Plan) -> dict:
+    """Each planned predictor's budget (its record's, with the plan's overrides) as plain values."""
+    from dataclasses import asdict
+
+    from . import models
+
+    budget = str(plan.parameters.get("budget", "cpu"))
+    out = {}
+    for chapter in plan.chapters:
+        record = next((r for r in models.RECORDS.values() if r.chapter == chapter), None)
+        if record is None:
+            continue
+        costs = asdict(record.budget(budget))
+        own = {k: v for k, v in {**plan.parameters, **plan.chapter_parameters.get(chapter, {})}.items() if k in costs}
+        out[record.name] = {"budget": budget, **costs, **own,
+                            **({"options": dict(record.cpu_options)} if budget == "cpu" and record.cpu_options else {})}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,8 +511,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="plan file (YAML; default: workflow/plan.yml, the benchmark on the embedded data)")
     parser.add_argument("--dry-run", action="store_true", help="print one line per notebook run and stop")
     parser.add_argument("--only", nargs="+", default=(), help="run only these output notebooks of the plan")
-    parser.add_argument("--results-dir", default=None, help="default: results/ (SPARED_RESULTS_DIR)")
+    parser.add_argument("--results-dir", default=None,
+                        help="where the notebooks, the results store and the checkpoints go "
+                             "(default: results/, or SPARED_RESULTS_DIR)")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks run at once (each in its own process)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of each notebook when --jobs > 1 (default: the cores shared out)")
+    parser.add_argument("--publish", nargs="?", const=str(published_dir()), default=None, metavar="DIR",
+                        help="after the plan, write its rows and their provenance to DIR (default: data/benchmark)")
+    parser.add_argument("--partial", action="store_true", help="with --publish: publish an unfinished plan too")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.results_dir:  # the chapters' rows and checkpoints go where the notebooks go
+        os.environ["SPARED_RESULTS_DIR"] = str(Path(args.results_dir).resolve())
     try:
         plan = load_plan(args.plan)
         planned = jobs(plan, args.results_dir)
@@ -293,22 +539,36 @@ def main(argv: list[str] | None = None) -> int:
         if table["to_run"].sum():
             known = table[table["timed"] > 0]
             print(f"\nestimated from finished notebooks: {known['hours'].sum():.1f} h for {int(known['to_run'].sum())} "
-                  f"of {int(table['to_run'].sum())} runs still to do (one after another, this machine)", file=sys.stderr)
+                  f"of {int(table['to_run'].sum())} notebooks still to do (one after another, this machine)",
+                  file=sys.stderr)
             print(table.to_string(index=False), file=sys.stderr)
             unknown = table.loc[table["timed"] == 0, "chapter"].tolist()
             if unknown:
                 print(f"no finished notebook to time for: {', '.join(unknown)}", file=sys.stderr)
         return 0
     try:
-        table = run_plan(plan, args.results_dir, only=args.only)
+        table = run_plan(plan, args.results_dir, only=args.only, progress=not args.quiet, n_jobs=args.jobs,
+                         threads=args.threads)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     counts = table["status"].value_counts()
-    print(table.drop(columns=["output"]).to_string(index=False))
-    print(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "skipped", "failed")))
+    if os.environ.get(WORKER_ENV):  # a parallel job: its row, for the driver
+        for row in table.to_dict("records"):
+            print(json.dumps(row))
+        return 1 if counts.get("failed", 0) else 0
+    if not args.quiet:
+        print(table.drop(columns=["output"]).to_string(index=False))
+        print(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "skipped", "failed")))
     for row in table[table["status"] == "failed"].itertuples():
         print(f"failed: {row.job}: {row.error} (notebook with the traceback: {row.output})", file=sys.stderr)
+    if args.publish and (args.partial or not counts.get("failed", 0)):
+        try:
+            where = publish(plan, args.results_dir, args.publish, partial=args.partial)
+            print(f"published {where / 'results.csv'} with {where / 'provenance.yml'}")
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return 1 if counts.get("failed", 0) else 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -35,6 +36,7 @@ from . import completion, sources
 from .patches import IMAGE_PATH_KEYS, PatchStore, extract_patches
 from .preprocess import curation_fingerprint, processed_path, run_pipeline, write_processed
 from .registry import SPLITS, DatasetSpec, RegistryError, UnknownDatasetError, get_spec, registry
+from .utils import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +127,16 @@ def _curated(spec: DatasetSpec, cache_dir, force: bool, redownload: bool, progre
         raise ValueError(f"dataset {spec.id!r} cannot be curated: {spec.notes or 'pipeline_ready is false'} "
                          f"(data/datasets.yml line {spec.line}); load it with stage='raw'")
     path = processed_path(spec.id)
-    if path.is_file() and not force and not redownload:
-        cached = ad.read_h5ad(path)
-        if cached.uns.get("dataset_spec") == curation_fingerprint(spec):
-            return cached
-        log.warning("%s was curated with other parameters than data/datasets.yml now holds; curating again", path)
-    raw = sources.load_raw(spec, cache_dir, regenerate=force, redownload=redownload, progress=progress,
-                           load_fullres=load_fullres)
-    curated = run_pipeline(raw, spec, progress=progress)
-    write_processed(curated, spec.id, spec=spec)  # stamps uns["dataset_spec"] and uns["dataset_id"]
+    with file_lock(path):  # parallel jobs: one curates, the others read its file
+        if path.is_file() and not force and not redownload:
+            cached = ad.read_h5ad(path)
+            if cached.uns.get("dataset_spec") == curation_fingerprint(spec):
+                return cached
+            log.warning("%s was curated with other parameters than data/datasets.yml now holds; curating again", path)
+        raw = sources.load_raw(spec, cache_dir, regenerate=force, redownload=redownload, progress=progress,
+                               load_fullres=load_fullres)
+        curated = run_pipeline(raw, spec, progress=progress)
+        write_processed(curated, spec.id, spec=spec)  # stamps uns["dataset_spec"] and uns["dataset_id"]
     return curated
 
 
@@ -165,6 +168,11 @@ def patch_store(dataset_id: str, adata: ad.AnnData | None = None, progress: bool
     """
     adata = load(dataset_id, progress=progress) if adata is None else adata
     path = processed_path(dataset_id, "patches")
+    with file_lock(path):  # parallel jobs: one cuts the patches, the others open them
+        return _patch_store(dataset_id, adata, path, progress)
+
+
+def _patch_store(dataset_id: str, adata: ad.AnnData, path: Path, progress: bool) -> PatchStore:
     try:
         store = PatchStore(path)
         store.positions(adata.obs_names)

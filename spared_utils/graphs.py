@@ -90,6 +90,16 @@ def adjacency(adata: AnnData, hex_geometry: bool = True, slide_key: str = "slide
         Spots on different slides are never neighbours.
     """
     slides, rows, cols = _coords(adata, slide_key)
+    return grid_adjacency(slides, rows, cols, hex_geometry)
+
+
+def grid_adjacency(slides: np.ndarray, rows: np.ndarray, cols: np.ndarray, hex_geometry: bool = True) -> sp.csr_matrix:
+    """:func:`adjacency` from arrays: each spot's slide (any labels), array row and array column."""
+    slides = np.unique(np.asarray(slides), return_inverse=True)[1].astype(np.int64).ravel()
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    n = len(rows)
+    if n == 0:
+        return sp.csr_matrix((0, 0), dtype=bool)
     find = _lookup(slides, rows, cols)
     src, dst = [], []
     for dr, dc in neighbour_offsets(hex_geometry):
@@ -99,7 +109,6 @@ def adjacency(adata: AnnData, hex_geometry: bool = True, slide_key: str = "slide
         dst.append(j[ok])
     i = np.concatenate(src)
     j = np.concatenate(dst)
-    n = adata.n_obs
     return sp.csr_matrix((np.ones(len(i), dtype=bool), (i, j)), shape=(n, n))
 
 

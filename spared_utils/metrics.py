@@ -115,3 +115,77 @@ def per_gene_table(pred, true, mask, gene_names) -> pd.DataFrame:
             "n_values": mask.sum(axis=0),
         }
     )
+
+
+def morans_i(values, adjacency, mask=None) -> np.ndarray:
+    """Moran's I of each gene's map (Moran, *Biometrika* 1950) on a spot graph, real values only.
+
+    ``values`` is ``(n_spots, n_genes)``; ``adjacency`` a symmetric ``(n_spots, n_spots)``
+    sparse matrix of binary weights (:func:`spared_utils.graphs.grid_adjacency`). Gene ``g`` is
+    scored on the spots where ``mask[:, g]`` is True, with the graph restricted to them:
+    ``I = n / W · (zᵀ A z) / (zᵀ z)``, ``z`` the centred values, ``W`` the number of (directed)
+    edges. A constant map has no spatial pattern: its I is 0. NaN where the spots left have no
+    edge.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    mask = np.ones(values.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    adj = adjacency.tocsr().astype(np.float64)
+    out = np.full(values.shape[1], np.nan)
+    for g in range(values.shape[1]):
+        keep = np.flatnonzero(mask[:, g])
+        if len(keep) < 3:
+            continue
+        a = adj[keep][:, keep]
+        w = a.sum()
+        if w == 0:
+            continue
+        z = values[keep, g] - values[keep, g].mean()
+        zz = float(z @ z)
+        out[g] = 0.0 if _flat(values[keep, g]) else len(z) / w * float(z @ (a @ z)) / zz
+    return out
+
+
+def _flat(column: np.ndarray) -> bool:
+    """A constant map (up to float64 rounding): it has no pattern, as :func:`per_gene_pcc` treats it."""
+    return bool(column.std() <= 1e-12 * max(1.0, float(np.abs(column).mean())))
+
+
+def gene_correlations(values, mask=None) -> np.ndarray:
+    """Gene × gene Pearson correlations, each pair over the spots where both are real (0 where a
+    gene is constant there: it co-varies with nothing; NaN with fewer than 3 such spots)."""
+    values = np.asarray(values, dtype=np.float64)
+    if mask is not None:
+        values = np.where(np.asarray(mask, dtype=bool), values, np.nan)
+    flat = [g for g in range(values.shape[1])
+            if np.isfinite(values[:, g]).sum() >= 1 and _flat(values[np.isfinite(values[:, g]), g])]
+    table = pd.DataFrame(values)
+    corr = table.corr(min_periods=3).to_numpy()
+    corr[flat, :] = np.nan
+    corr[:, flat] = np.nan
+    counts = np.isfinite(values).astype(np.float64)
+    enough = counts.T @ counts >= 3
+    return np.where(enough & ~np.isfinite(corr), 0.0, corr)
+
+
+def structure(pred, true, mask, adjacency) -> dict[str, float]:
+    """What a prediction keeps of the tissue's structure, beside its error.
+
+    * ``moran_true`` / ``moran_pred``: Moran's I of the measured and of the predicted maps
+      (:func:`morans_i`, on the same real spots), averaged over genes; a prediction that regresses
+      to the mean flattens its maps and its I falls towards 0;
+    * ``moran_gap``: the mean over genes of ``|I_pred − I_true|``;
+    * ``corr_distance``: the mean absolute difference between the predicted and the measured
+      gene–gene correlation matrices (:func:`gene_correlations`, off-diagonal pairs).
+    """
+    pred, true, mask = _check(pred, true, mask)
+    i_true, i_pred = morans_i(true, adjacency, mask), morans_i(pred, adjacency, mask)
+    both = np.isfinite(i_true) & np.isfinite(i_pred)
+    c_true, c_pred = gene_correlations(true, mask), gene_correlations(pred, mask)
+    off = ~np.eye(len(c_true), dtype=bool) & np.isfinite(c_true) & np.isfinite(c_pred)
+    nan = float("nan")
+    return {
+        "moran_true": float(i_true[both].mean()) if both.any() else nan,
+        "moran_pred": float(i_pred[both].mean()) if both.any() else nan,
+        "moran_gap": float(np.abs(i_pred - i_true)[both].mean()) if both.any() else nan,
+        "corr_distance": float(np.abs(c_pred - c_true)[off].mean()) if off.any() else nan,
+    }

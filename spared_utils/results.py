@@ -11,18 +11,18 @@ never leaves a half-written line and two processes never interleave rows.
 
 from __future__ import annotations
 
-import fcntl
+import functools
 import os
+import subprocess
 import time
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import paths
-from .utils import atomic_path
+from .utils import atomic_path, file_lock
 
 STORE_NAME = "results.csv"
 KEY_COLUMNS = ["timestamp", "stage", "dataset", "model", "scenario", "learning_rate", "seed", "split"]
@@ -46,21 +46,25 @@ def versions() -> str:
     return ";".join(out)
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+@functools.lru_cache(maxsize=1)
+def commit() -> str:
+    """The project's git commit (``<sha>+changes`` when tracked files differ from it; empty
+    outside a git checkout): the code that made a row."""
+    def git(*args: str) -> str:
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            return subprocess.run(["git", *args], cwd=paths.project_root(), capture_output=True, text=True,
+                                  check=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    sha = git("rev-parse", "--short=12", "HEAD")
+    return f"{sha}+changes" if sha and git("status", "--porcelain", "--untracked-files=no") else sha
 
 
 def append(rows: Mapping | Iterable[Mapping], path: str | os.PathLike | None = None) -> Path:
     """Add one row (a mapping) or several to the store; new columns are added as needed.
 
-    ``timestamp`` and ``versions`` are filled in when absent.
+    ``timestamp``, ``versions`` and ``commit`` (:func:`commit`) are filled in when absent.
     """
     if isinstance(rows, Mapping):
         rows = [rows]
@@ -69,11 +73,13 @@ def append(rows: Mapping | Iterable[Mapping], path: str | os.PathLike | None = N
         return store_path(path)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     vers = versions()
+    code = commit()
     for r in rows:
         r.setdefault("timestamp", now)
         r.setdefault("versions", vers)
+        r.setdefault("commit", code)
     target = store_path(path)
-    with _locked(target):
+    with file_lock(target):
         old = read(target)
         new = pd.DataFrame(rows)
         # a column the new rows leave empty (None) where the store holds numbers takes the store's

@@ -53,10 +53,11 @@ PLACES = ("intro", "after_run", "end")
 COMMON = (
     ("dataset", "synthetic", '^dataset id from data/datasets.yml ("synthetic": embedded, offline)'),
     ("device", "auto", '"auto": CUDA when available, else the CPU; or "cpu", "cuda"'),
-    ("seed", 0, "random seed of everything the run draws"),
+    ("seed", 0, "^random seed of everything the run draws; a list: every scenario once per seed", "int|list"),
     ("out_dir", "results", '"results": results/ (or $SPARED_RESULTS_DIR); else a folder'),
     ("scenario", ["masked", "completed"],
-     '^default: masked and completed; "both": the paper\'s raw and completed; "all"; or names'),
+     '^default: masked and completed; "both": the paper\'s raw and completed; "all"; or names, '
+     'e.g. "completed:spackle_plus" (the completed scenario with another completion method)'),
     ("budget", "cpu", '^"cpu": this predictor\'s CPU default (its record); "paper": the paper\'s protocol'),
     ("learning_rate", None, 'None: the budget\'s; a number; or "search" (lr_grid on raw data, the paper\'s protocol)',
      "float|'search'"),

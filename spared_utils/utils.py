@@ -1,14 +1,17 @@
-"""Small helpers every stage uses: atomic writes and dense matrices.
+"""Small helpers every stage uses: atomic writes, file locks and dense matrices.
 
 Writes that must never leave a half-written file behind (curated datasets, patch stores,
 checkpoints, the results store, extracted archives, generated raw data) go through
 :func:`atomic_path`: the caller writes a temporary sibling of the target, which replaces the
-target only when the block finishes without error.
+target only when the block finishes without error. What two processes may both want to make
+(a dataset's curated file and patches, a completion, rows of the results store) is made under
+:func:`file_lock`, so parallel jobs of a batch plan make it once and the second one reads it.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -19,7 +22,24 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["WRITE_ERRNOS", "atomic_path", "dense"]
+__all__ = ["WRITE_ERRNOS", "atomic_path", "dense", "file_lock"]
+
+
+@contextmanager
+def file_lock(target: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` (a hidden ``.<name>.lock`` file beside it) for the block.
+
+    Processes on one machine (and on a file system with POSIX locks) wait for each other; the
+    lock is released when the block ends or the process dies.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -174,7 +174,7 @@ def test_dry_run_estimates_the_remaining_time_from_finished_notebooks(tmp_path, 
     assert batch.main([str(_plan(tmp_path, PLAN)), "--dry-run", "--results-dir", str(res)]) == 0
     out = capsys.readouterr()
     assert len(out.out.strip().splitlines()) == 6, "stdout stays one line per run"
-    assert "estimated from finished notebooks" in out.err and "for 4 of 4 runs" in out.err
+    assert "estimated from finished notebooks" in out.err and "for 4 of 4 notebooks" in out.err
     empty = batch.estimate(list(jobs.values()), tmp_path / "nothing")
     assert empty["timed"].eq(0).all() and empty["hours"].isna().all()
 

@@ -296,7 +296,10 @@ def test_run_chapter_on_given_data(toy):
     slide, rows, pred = out.map_inputs("completed")
     assert slide == "S3" and len(rows) == len(pred) == 8
     stored = results.read()
-    assert set(stored["stage"]) == {"predict", "predict_baseline"}
+    assert set(stored["stage"]) == {"predict", "predict_baseline", "predict_reference"}
+    # the toy data have array coordinates but no library sizes: the spatial reference only
+    refs = stored[stored["stage"] == "predict_reference"]
+    assert set(refs["model"]) == {"spatial_neighbours"} and set(refs["split"]) == {"val", "test"}
 
     # The verdict of "What we saw" compares each scenario with the trivial predictor on the same spots.
     split = out.eval_split

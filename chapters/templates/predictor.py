@@ -57,6 +57,14 @@ ${after_run}
 # %%
 chapter.metrics().round(4)
 
+# %% [markdown]
+# With several seeds (`seed` a list, as the benchmark plans run it), the table above is the
+# first seed's and the figures below show its runs; every run's scores are here.
+
+# %%
+if chapter.other_seeds:
+    display(chapter.all_runs().round(4))
+
 # [if trains] (left out of the chapters of predictors fitted in closed form)
 # %% [markdown]
 # ## Learning curves

@@ -24,7 +24,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ..preprocess import processed_path
-from ..utils import atomic_path
+from ..utils import atomic_path, file_lock
 from .methods import COMPLETED_LAYER, TRAINED_METHODS, budget_options, complete, delta_key, sme_config, spackle_config
 from .spackle import SpackleResult, check_input, config_tag, neighbourhoods, resolve_hex_geometry
 
@@ -126,14 +126,15 @@ def ensure(adata: AnnData, dataset_id: str, method: str = "spackle", *, seed: in
     path = Path(folder) if folder is not None else completion_dir(dataset_id)
     path = path / f"{key}.h5ad"
     out = adata.copy()
-    if _attach(out, path):
-        print(f"found completion {key} (stored under {dataset_id}/{COMPLETION_DIR}/ of the processed data)")
-        return out
-    print(f"completing with {method} ({key})")
-    complete(out, method=method, key_added=COMPLETED_LAYER, **({"model": model} if model is not None else {}),
-             **options)
-    out.uns["completion"] = {**out.uns["completion"], "address": key, "path": str(path)}
-    _write(out, path, dataset_id)
+    with file_lock(path):  # parallel jobs: one completes, the others read its artefact
+        if _attach(out, path):
+            print(f"found completion {key} (stored under {dataset_id}/{COMPLETION_DIR}/ of the processed data)")
+            return out
+        print(f"completing with {method} ({key})")
+        complete(out, method=method, key_added=COMPLETED_LAYER, **({"model": model} if model is not None else {}),
+                 **options)
+        out.uns["completion"] = {**out.uns["completion"], "address": key, "path": str(path)}
+        _write(out, path, dataset_id)
     return out
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
-from .. import metrics, models, paths, results
+from .. import graphs, metrics, models, paths, results
 from ..models.data import SCENARIOS, TARGET_LAYERS, PredictionData, Scenario, patch_channel_stats
 from ..models.task import SetupContext, SetupRun, Task, default_num_workers, validation_mse
 from ..training import (
@@ -50,9 +51,16 @@ DEFAULT_LR_GRID = (1e-5, 1e-4, 1e-3)
 
 
 def evaluate_predictions(pred: np.ndarray, data: PredictionData, rows: np.ndarray) -> dict[str, float]:
-    """Metrics of predictions for ``rows`` against real ground truth only."""
+    """Metrics of predictions for ``rows`` against real ground truth only: the errors
+    (:func:`spared_utils.metrics.evaluate`) and, where the data have array coordinates, what the
+    predicted maps keep of the tissue's structure (:func:`spared_utils.metrics.structure` on the
+    first-ring grid graph of the scored spots)."""
     out = metrics.evaluate(pred, data.truth[rows], data.real[rows])
     out["n_spots"] = int(len(rows))
+    if data.coords is not None and len(rows):
+        adj = graphs.grid_adjacency(data.slides[rows], data.coords[rows, 0], data.coords[rows, 1], data.hex_geometry)
+        out.update(metrics.structure(np.broadcast_to(pred, (len(rows), data.n_genes)), data.truth[rows],
+                                     data.real[rows], adj))
     return out
 
 
@@ -336,7 +344,7 @@ def result_rows(run: PredictorRun, stage: str = "predict") -> list[dict]:
         "iterations": cfg.train.iterations, "batch_size": cfg.train.batch_size, "best_iteration": run.train.best_iteration,
         "best_val_subsample_mse": run.train.best_val, "val_spots": cfg.val_spots, "eval_spots": cfg.eval_spots,
         "train_spots": cfg.train_spots,
-        "pretrained": cfg.pretrained, "target_layer": TARGET_LAYERS[cfg.scenario],
+        "pretrained": cfg.pretrained, "target_layer": TARGET_LAYERS[cfg.scenario], "threads": torch.get_num_threads(),
         **({"completion": cfg.completion} if cfg.scenario == "completed" else {}),
     }
     return [{**common, **row} for row in run.metrics.to_dict("records")]

@@ -24,9 +24,11 @@ from .. import datasets, models, paths, results
 from ..completion import CompletionMethod
 from ..models import BudgetName
 from ..models.data import PAPER_PAIR, SCENARIOS, ZERO_FILLED, PredictionData, Scenario, prediction_data
+from .references import reference_rows
 from .engine import DEFAULT_LR_GRID, PredictorConfig, PredictorRun, search_learning_rate, train_predictor, trivial_baseline
 
-__all__ = ["COST_FIELDS", "ChapterRun", "RunSpec", "budget_costs", "complete_for", "parse_scenarios", "run_chapter"]
+__all__ = ["COST_FIELDS", "ChapterRun", "RunSpec", "budget_costs", "complete_for", "parse_scenarios", "run_chapter",
+           "split_scenario"]
 
 
 #: The seed of the learning-rate search (one search per dataset and predictor, for every seed).
@@ -34,15 +36,28 @@ LR_SEARCH_SEED = 0
 
 
 def parse_scenarios(scenario: str | Sequence[str]) -> list[str]:
-    """``"both"`` → ``["raw", "completed"]``; a name or list is checked."""
+    """``"both"`` → ``["raw", "completed"]``, ``"all"`` → the four scenarios; a name or list is
+    checked. ``"completed:<method>"`` is the completed scenario with the targets of another
+    completion method (a name of :data:`spared_utils.completion.METHODS`), run beside ``completed``."""
     if scenario == "both":
         return list(PAPER_PAIR)
     names = list(SCENARIOS) if scenario == "all" else ([scenario] if isinstance(scenario, str) else list(scenario))
     for s in names:
-        if s not in SCENARIOS:
-            raise ValueError(f"scenario must be one of {SCENARIOS}, 'both' (raw and completed, the paper's pair) "
-                             f"or 'all', got {s!r}")
+        base, _, method = str(s).partition(":")
+        if base not in SCENARIOS or (method and (base != "completed" or method not in completion_stage.METHODS)):
+            raise ValueError(f"unknown scenario {s!r}: a scenario is one of {SCENARIOS}, 'completed:<method>' with a "
+                             f"method of {completion_stage.METHODS}, 'both' (raw and completed, the paper's pair) "
+                             "or 'all'")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a scenario is listed twice in {names}")
     return names
+
+
+def split_scenario(name: str, completion: str = "spackle") -> tuple[str, str]:
+    """``"completed:spackle_plus"`` → ``("completed", "spackle_plus")``; a plain scenario name
+    → ``(name, completion)`` (the method behind a plain ``completed``)."""
+    base, _, method = name.partition(":")
+    return base, method or completion
 
 
 @dataclass
@@ -59,6 +74,17 @@ class ChapterRun:
     lr_table: pd.DataFrame | None
     learning_rate: float
     seconds: float
+    #: seed → scenario → metrics table, for the seeds after the first (:attr:`RunSpec.seed` a list)
+    other_seeds: dict[int, dict[str, pd.DataFrame]] = field(default_factory=dict)
+
+    def all_runs(self) -> pd.DataFrame:
+        """Every run of the chapter, one row per (seed, scenario, split): MSE and PCC-Gene (the
+        first seed's runs are the ones the figures show)."""
+        seed = self.config.train.seed
+        tables = {seed: {s: r.metrics for s, r in self.runs.items()}, **self.other_seeds}
+        frames = [m.assign(seed=sd, scenario=s) for sd, runs in tables.items() for s, m in runs.items()]
+        table = pd.concat(frames, ignore_index=True)
+        return table[["seed", "scenario", "split", "mse", "pcc_gene"]]
 
     @property
     def histories(self) -> dict[str, pd.DataFrame]:
@@ -238,8 +264,9 @@ class RunSpec:
     dataset
         A dataset id of ``data/datasets.yml``.
     scenario
-        One name of :data:`~spared_utils.models.data.SCENARIOS`, a list of them, ``"both"``
-        (``raw`` and ``completed``, the paper's pair) or ``"all"``; kept as the tuple of names.
+        One name of :data:`~spared_utils.models.data.SCENARIOS` (or ``"completed:<method>"``), a
+        list of them, ``"both"`` (``raw`` and ``completed``, the paper's pair) or ``"all"``; kept
+        as the tuple of names (:func:`parse_scenarios`).
     budget
         ``"cpu"`` or ``"paper"``: the predictor record's budget
         (:meth:`spared_utils.models.PredictorRecord.budget`; the CPU budget also applies the
@@ -255,7 +282,12 @@ class RunSpec:
         :data:`spared_utils.completion.METHODS`; the paper's: ``"spackle"``).
     completion_iterations
         The budget of a completion method that trains (``None``: the book's CPU budget).
-    seed, device, pretrained, out_dir
+    seed
+        The seed of every draw of a run, or a list of seeds: every scenario is then trained once
+        per seed (each run its own rows and checkpoint), and the chapter shows the first seed's
+        runs (:attr:`ChapterRun.runs`) beside a table of all of them (:meth:`ChapterRun.all_runs`).
+        Kept as an int, or a tuple of several.
+    device, pretrained, out_dir
         As :class:`PredictorConfig` and :func:`spared_utils.paths.output_dir`.
     model_options
         Options of the record's builder (its ``options``, e.g. ``width`` for ShuffleNet).
@@ -273,7 +305,7 @@ class RunSpec:
     costs: Mapping[str, CostOverride] = field(default_factory=dict)
     completion: CompletionMethod = "spackle"
     completion_iterations: int | None = None
-    seed: int = 0
+    seed: int | tuple[int, ...] = 0
     device: str = "auto"
     pretrained: bool = False
     out_dir: str | None = "results"
@@ -284,6 +316,10 @@ class RunSpec:
         record = models.record(self.model)  # an unknown name raises with the known ones
         object.__setattr__(self, "scenario", tuple(parse_scenarios(self.scenario)))
         object.__setattr__(self, "lr_grid", tuple(float(v) for v in self.lr_grid))
+        seeds = [self.seed] if isinstance(self.seed, (int, np.integer)) else list(self.seed)
+        if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(v, (int, np.integer)) for v in seeds):
+            raise ValueError(f"seed must be a whole number or a list of distinct ones, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(seeds[0]) if len(seeds) == 1 else tuple(int(v) for v in seeds))
         if self.budget not in models.BUDGETS:
             raise ValueError(f"budget must be one of {models.BUDGETS}, got {self.budget!r}")
         unknown = set(self.costs) - set(COST_FIELDS)
@@ -319,6 +355,11 @@ class RunSpec:
             | set(COST_FIELDS) | set(record.options)
         return cls.make(model, **{k: parameters[k] for k in known if k in parameters})
 
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds of the run, first (the one the chapter shows) first."""
+        return self.seed if isinstance(self.seed, tuple) else (self.seed,)
+
     def config(self) -> PredictorConfig:
         """The run's :class:`PredictorConfig` (scenario ``raw``; the learning rate is the budget's
         when it is searched): the record's budget with :attr:`costs`, its CPU options under the CPU
@@ -335,7 +376,7 @@ class RunSpec:
         search = self.learning_rate == "search"
         costs = budget_costs(self.model, self.budget, learning_rate=None if search else self.learning_rate,
                              **self.costs)
-        return PredictorConfig.make(model=self.model, scenario="raw", completion=self.completion, seed=self.seed,
+        return PredictorConfig.make(model=self.model, scenario="raw", completion=self.completion, seed=self.seeds[0],
                                     device=self.device, pretrained=self.pretrained, model_options=model_options,
                                     **costs, **options)
 
@@ -352,48 +393,74 @@ def run_chapter(spec: RunSpec, adata: AnnData | None = None, store=None) -> Chap
     when ``spec.learning_rate`` is ``"search"`` (on the raw scenario at seed
     :data:`LR_SEARCH_SEED` whatever the spec's seed, so it is done once per dataset and predictor
     and its finished checkpoints serve every other scenario and seed; the rate is then fixed for
-    every scenario, as the paper does), trains and evaluates one run per scenario and writes the
-    results rows (plus the trivial predictor's, stage ``predict_baseline``).
+    every scenario, as the paper does), trains and evaluates one run per scenario and seed and writes
+    the results rows (plus the trivial predictor's, stage ``predict_baseline``, per seed). A
+    ``completed:<method>`` scenario reads that method's completion at the run's seed.
     """
     t0 = time.perf_counter()
     scenarios, dataset, model, out_dir = list(spec.scenario), spec.dataset, spec.model, spec.out_dir
-    completion = spec.completion
     base = spec.config()
-    completion_iterations, search = spec.completion_iterations, spec.learning_rate == "search"
+    search = spec.learning_rate == "search"
     # data the caller gives with a completed layer is its SpaCKLE completion, as given
     given = adata is not None and store is not None and completion_stage.COMPLETED_LAYER in adata.layers
     if adata is None or store is None:
         adata = datasets.load(dataset, progress=base.train.progress)
         store = datasets.patch_store(dataset, adata, progress=base.train.progress)
-    if "completed" in scenarios and not (given and completion == "spackle"):
-        adata = complete_for(adata, completion, seed=base.train.seed, device=base.train.device,
-                             iterations=completion_iterations, progress=base.train.progress, dataset=dataset)
-    data = {s: prediction_data(adata, store, s) for s in scenarios}
 
     lr_table = None
     lr = base.train.learning_rate
     if search:
-        raw = data.get("raw") or prediction_data(adata, store, "raw")
         # once per dataset and predictor: the same raw-scenario runs at seed LR_SEARCH_SEED for
         # every scenario and seed, so a second notebook (or a resumed one) finds them finished
-        lr, lr_table = search_learning_rate(raw, base.with_train(seed=LR_SEARCH_SEED), spec.lr_grid, dataset=dataset,
-                                            out_dir=out_dir)
-    config = base.with_train(learning_rate=float(lr))
-    runs = {s: train_predictor(data[s], replace(config, scenario=s), dataset=dataset, out_dir=out_dir)
-            for s in scenarios}
-
-    # The trivial predictor (each gene's mean over its real training values, the same for every
-    # scenario), scored on the same spots as the runs.
-    ref = scenarios[0]
-    baseline = trivial_baseline(data[ref], rows=runs[ref].rows).assign(scenario="any")
-    rows = [{"stage": "predict_baseline", "dataset": dataset, "model": "training_mean", "learning_rate": float("nan"),
-             "seed": config.train.seed, "n_params": 0, "eval_spots": config.eval_spots, **r}
-            for r in baseline.to_dict("records")]
-    if rows:
-        results.append(rows, path=paths.output_dir(out_dir) / results.STORE_NAME)
+        lr, lr_table = search_learning_rate(prediction_data(adata, store, "raw"), base.with_train(seed=LR_SEARCH_SEED),
+                                            spec.lr_grid, dataset=dataset, out_dir=out_dir)
+    shown, others = None, {}
+    for seed in spec.seeds:
+        config = base.with_train(learning_rate=float(lr), seed=seed)
+        data = _scenario_data(spec, adata, store, given, seed, config)
+        runs = {s: train_predictor(data[s], replace(config, scenario=data[s].scenario,
+                                                    completion=split_scenario(s, spec.completion)[1]),
+                                   dataset=dataset, out_dir=out_dir)
+                for s in scenarios}
+        # The trivial predictor (each gene's mean over its real training values, the same for every
+        # scenario), scored on the same spots as the runs.
+        ref = scenarios[0]
+        baseline = trivial_baseline(data[ref], rows=runs[ref].rows).assign(scenario="any")
+        rows = [{"stage": "predict_baseline", "dataset": dataset, "model": "training_mean",
+                 "learning_rate": float("nan"), "seed": seed, "n_params": 0, "eval_spots": config.eval_spots, **r}
+                for r in baseline.to_dict("records")]
+        # and the references: an image-free null and the measured neighbours (predict.references)
+        rows += reference_rows(data[ref], runs[ref].rows, dataset, seed, config.eval_spots)
+        if rows:
+            results.append(rows, path=paths.output_dir(out_dir) / results.STORE_NAME)
+        if shown is None:
+            shown = (config, data, runs, baseline)
+        else:  # only the numbers of the other seeds stay in memory
+            others[seed] = {s: r.metrics for s, r in runs.items()}
+    config, data, runs, baseline = shown
     return ChapterRun(dataset=dataset, model=model, config=config, adata=adata, data=data, runs=runs,
                       baseline=baseline, lr_table=lr_table, learning_rate=float(lr),
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, other_seeds=others)
+
+
+def _scenario_data(spec: RunSpec, adata: AnnData, store, given: bool, seed: int,
+                   config: PredictorConfig) -> dict[str, PredictionData]:
+    """Each scenario's :class:`PredictionData` at ``seed``: a ``completed`` scenario reads the
+    completion its name (or ``spec.completion``) asks for, at this seed
+    (:func:`complete_for`; given data with a completed layer are their own SpaCKLE completion)."""
+    completed = {}
+    out = {}
+    for name in spec.scenario:
+        base, method = split_scenario(name, spec.completion)
+        if base != "completed":
+            out[name] = prediction_data(adata, store, base)
+            continue
+        if method not in completed:
+            completed[method] = adata if (given and method == "spackle") else complete_for(
+                adata, method, seed=seed, device=config.train.device, iterations=spec.completion_iterations,
+                progress=config.train.progress, dataset=spec.dataset)
+        out[name] = prediction_data(completed[method], store, "completed")
+    return out
 
 
 def complete_for(adata: AnnData, method: str, seed: int = 0, device: str = "auto", iterations: int | None = None,
