@@ -20,11 +20,14 @@ from scipy import stats
 from . import models
 from .registry import registry
 
-__all__ = ["SCENARIO_PAIRS", "best_pcc", "completion_by_dataset", "completion_reduction", "latest_runs", "model_summary",
-           "model_tests", "bias_decomposition", "normalised_mse", "paper_claims", "predictor_table", "registry_spots", "scenario_differences"]
+__all__ = ["ALL_MODELS", "DIFFERENCE_COLUMNS", "SCENARIO_PAIRS", "beats_training_mean", "best_pcc", "dataset_kinds",
+           "run_sources", "scenario_verdicts", "stale", "completion_by_dataset", "completion_reduction", "latest_runs", "model_summary",
+           "model_tests", "bias_decomposition", "normalised_mse", "paper_claims", "predictor_table", "registry_spots", "scenario_differences",
+           "STRUCTURE_COLUMNS"]
 
 #: (a, b): the differences ``a − b`` that answer the scenario question.
-SCENARIO_PAIRS: tuple[tuple[str, str], ...] = (("completed", "raw"), ("median", "raw"), ("completed", "masked"))
+SCENARIO_PAIRS: tuple[tuple[str, str], ...] = (("completed", "raw"), ("completed", "masked"), ("median", "masked"),
+                                               ("completed:spackle_plus", "completed"))
 #: The scenarios in the order tables list them (the paper's raw first).
 _SCENARIO_ORDER = {s: k for k, s in enumerate(("raw", "masked", "median", "completed"))}
 
@@ -51,41 +54,119 @@ def _newest(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return rows.sort_values("timestamp").drop_duplicates(list(keys), keep="last").reset_index(drop=True)
 
 
-def scenario_differences(store: pd.DataFrame, metric: str = "mse", split: str = "test",
-                         pairs: Sequence[tuple[str, str]] = SCENARIO_PAIRS, confidence: float = 0.95) -> pd.DataFrame:
-    """Paired differences ``metric(a) − metric(b)`` per model, over runs matched on (dataset, seed).
+def dataset_kinds(names: Sequence[str]) -> dict[str, str]:
+    """Each dataset's kind: ``generated`` (a registered dataset whose source is the synthetic
+    generator), ``real`` (any other registered source) or ``unregistered``. Tables that pool
+    datasets keep the kinds apart: a result on generated data says little about real tissue unless
+    a real dataset agrees."""
+    known = registry()
+    out = {}
+    for name in names:
+        spec = known.get(name)
+        out[name] = "unregistered" if spec is None else ("generated" if spec.source.kind == "synthetic" else "real")
+    return out
 
-    Returns one row per (model, pair) with: ``n`` matched runs, ``n_datasets``, the mean
-    difference, its ``confidence`` interval (Student t on the paired differences, as
-    :func:`scipy.stats.ttest_rel` computes it), the paired t-test's p-value and the Wilcoxon
-    signed-rank p-value (:func:`scipy.stats.wilcoxon`; NaN below 2 pairs or when every
+
+def _interval(diff: np.ndarray, confidence: float) -> dict:
+    """Mean, Student-t interval, paired t and Wilcoxon p of differences (NaN below 2 values)."""
+    out = {"n": len(diff), "mean_diff": float(diff.mean()) if len(diff) else np.nan,
+           "ci_low": np.nan, "ci_high": np.nan, "p_ttest": np.nan, "p_wilcoxon": np.nan}
+    if len(diff) >= 2:
+        test = stats.ttest_1samp(diff, 0.0)
+        ci = test.confidence_interval(confidence)
+        out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_ttest=float(test.pvalue))
+        if np.any(diff != 0):
+            out["p_wilcoxon"] = float(stats.wilcoxon(diff).pvalue)
+    return out
+
+
+#: The columns of :func:`scenario_differences`.
+DIFFERENCE_COLUMNS = ["kind", "model", "pair", "unit", "n", "n_datasets", "n_seeds", "seed_sd", "mean_diff", "ci_low",
+                      "ci_high", "p_ttest", "p_wilcoxon"]
+#: The model name of the rows that pool every model (each dataset's differences averaged over models).
+ALL_MODELS = "all models"
+
+
+def scenario_differences(store: pd.DataFrame, metric: str = "mse", split: str = "test",
+                         pairs: Sequence[tuple[str, str]] = SCENARIO_PAIRS, confidence: float = 0.95,
+                         unit: str = "dataset", pooled: bool = True) -> pd.DataFrame:
+    """Paired differences ``metric(a) − metric(b)`` per model (and pooled over models), per kind of dataset.
+
+    Runs are matched on (dataset, seed). With ``unit="dataset"`` (the default) the seeds of a
+    dataset are averaged first and the dataset is the unit of the interval and the tests; the
+    seeds' spread is kept as ``seed_sd`` (the sd of the per-seed differences, averaged over
+    datasets). A kind of dataset (:func:`dataset_kinds`) with a single dataset falls back to its
+    seeds as the unit (``unit`` says which). ``unit="run"`` makes every matched run a unit.
+    ``pooled`` adds one row per kind and pair for :data:`ALL_MODELS` (each dataset's differences
+    averaged over the models that ran both scenarios there).
+
+    Returns one row per (kind, model, pair): ``n`` units, ``n_datasets``, ``n_seeds`` (most seeds
+    of a dataset), ``seed_sd``, the mean difference, its ``confidence`` interval (Student t on the
+    paired differences, as :func:`scipy.stats.ttest_rel` computes it), the paired t-test's p and
+    the Wilcoxon signed-rank p (:func:`scipy.stats.wilcoxon`; NaN below 2 units or when every
     difference is 0). For MSE a negative difference means ``a`` is better.
     """
+    if unit not in ("dataset", "run"):
+        raise ValueError(f"unit must be 'dataset' or 'run', got {unit!r}")
     runs = latest_runs(store, split=split)
-    out = []
     if runs.empty:
-        return pd.DataFrame(columns=["model", "pair", "n", "n_datasets", "mean_diff", "ci_low", "ci_high",
-                                     "p_ttest", "p_wilcoxon"])
+        return pd.DataFrame(columns=DIFFERENCE_COLUMNS)
     wide = runs.pivot_table(index=["model", "dataset", "seed"], columns="scenario", values=metric, aggfunc="last")
-    for model, part in wide.groupby(level="model"):
-        for a, b in pairs:
-            if a not in part or b not in part:
-                continue
-            both = part[[a, b]].dropna()
-            if both.empty:
-                continue
-            diff = (both[a] - both[b]).to_numpy(dtype=float)
-            row = {"model": model, "pair": f"{a} − {b}", "n": len(diff),
-                   "n_datasets": both.index.get_level_values("dataset").nunique(), "mean_diff": float(diff.mean()),
-                   "ci_low": np.nan, "ci_high": np.nan, "p_ttest": np.nan, "p_wilcoxon": np.nan}
-            if len(diff) >= 2:
-                test = stats.ttest_rel(both[a], both[b])
-                ci = test.confidence_interval(confidence)
-                row.update(ci_low=float(ci.low), ci_high=float(ci.high), p_ttest=float(test.pvalue))
-                if np.any(diff != 0):
-                    row["p_wilcoxon"] = float(stats.wilcoxon(diff).pvalue)
-            out.append(row)
-    return pd.DataFrame(out)
+    kinds = dataset_kinds(wide.index.get_level_values("dataset").unique())
+    per_seed = []
+    for a, b in pairs:
+        if a not in wide or b not in wide:
+            continue
+        both = wide[[a, b]].dropna()
+        per_seed.append(pd.DataFrame({"pair": f"{a} − {b}", "diff": (both[a] - both[b]).to_numpy(float)},
+                                     index=both.index).reset_index())
+    if not per_seed:
+        return pd.DataFrame(columns=DIFFERENCE_COLUMNS)
+    diffs = pd.concat(per_seed, ignore_index=True)
+    diffs["kind"] = diffs["dataset"].map(kinds)
+    if pooled:
+        diffs = pd.concat([diffs, diffs.groupby(["kind", "pair", "dataset", "seed"], as_index=False)["diff"].mean()
+                          .assign(model=ALL_MODELS)], ignore_index=True)
+    out = []
+    for (kind, model, pair), part in diffs.groupby(["kind", "model", "pair"], sort=False):
+        by_dataset = part.groupby("dataset")["diff"]
+        n_datasets = by_dataset.ngroups
+        row = {"kind": kind, "model": model, "pair": pair, "n_datasets": n_datasets,
+               "n_seeds": int(by_dataset.size().max()), "seed_sd": float(by_dataset.std().mean())}
+        if unit == "run" or n_datasets == 1:
+            row["unit"] = "run" if unit == "run" or n_datasets > 1 else "seed"
+            row.update(_interval(part["diff"].to_numpy(float), confidence))
+        else:
+            row["unit"] = "dataset"
+            row.update(_interval(by_dataset.mean().to_numpy(float), confidence))
+        out.append(row)
+    table = pd.DataFrame(out)[DIFFERENCE_COLUMNS]
+    order = {p: k for k, p in enumerate(f"{a} − {b}" for a, b in pairs)}
+    table["_m"] = table["model"].eq(ALL_MODELS)
+    table = table.sort_values(["kind", "_m", "model", "pair"], key=lambda c: c.map(order) if c.name == "pair" else c)
+    return table.drop(columns="_m").reset_index(drop=True)
+
+
+def scenario_verdicts(table: pd.DataFrame, metric: str = "MSE") -> list[str]:
+    """One sentence per (kind, pair) of the pooled rows of :func:`scenario_differences`: the
+    difference, its interval and what it says (better, worse, or no difference at 95%)."""
+    lines = []
+    for row in table[table["model"] == ALL_MODELS].itertuples():
+        a, b = row.pair.split(" − ")
+        units = {"dataset": "datasets", "seed": "seeds of one dataset", "run": "runs"}[row.unit]
+        if row.n < 2 or np.isnan(row.ci_low):
+            verdict = "one unit only: no interval"
+        elif row.ci_high < 0:
+            verdict = f"`{a}` is better than `{b}`"
+        elif row.ci_low > 0:
+            verdict = f"`{a}` is worse than `{b}`"
+        else:
+            verdict = "no difference at 95% (the interval holds 0)"
+        ci = "" if np.isnan(row.ci_low) else f" (95% CI {row.ci_low:+.3f} to {row.ci_high:+.3f})"
+        p = "" if np.isnan(row.p_wilcoxon) else f", Wilcoxon p {row.p_wilcoxon:.2g}"
+        lines.append(f"- {row.kind} data, {row.pair}: {row.mean_diff:+.3f} test {metric}{ci} over {row.n} {units}"
+                     f"{p}: {verdict}.")
+    return lines
 
 
 def normalised_mse(store: pd.DataFrame, scenario: str = "completed", split: str = "test") -> pd.DataFrame:
@@ -280,24 +361,43 @@ def completion_by_dataset(store: pd.DataFrame, split: str = "test", masking: flo
     return table.reset_index().rename(columns={"model": "method"})[cols]
 
 
-def predictor_table(store: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+#: The structure scores of a run (:func:`spared_utils.metrics.structure`), in the order tables show them.
+STRUCTURE_COLUMNS = ("moran_pred", "moran_true", "moran_gap", "corr_distance")
+
+
+def predictor_table(store: pd.DataFrame, split: str = "test", references: bool = True) -> pd.DataFrame:
     """The predictors side by side: one row per (dataset, model, scenario) with the mean and sd
     over seeds of test MSE and PCC-Gene, the training mean's MSE on the same spots
     (``baseline_mse``, from the ``predict_baseline`` rows), ``mse_ratio`` = MSE / baseline
-    (below 1: better than predicting each gene's mean), trainable parameters and training
-    seconds; sorted by dataset, then scenario, then MSE."""
+    (below 1: better than predicting each gene's mean), what the predicted maps keep of the
+    tissue's structure (:data:`STRUCTURE_COLUMNS`, where the rows have them), trainable
+    parameters and training seconds; sorted by dataset, then scenario, then MSE.
+
+    With ``references``, the references of :mod:`spared_utils.predict.references` (stage
+    ``predict_reference``: the library-size null and the measured neighbours) are rows of
+    scenario ``reference``, scored on every held-out spot where the store has that.
+    """
     cols = ["dataset", "model", "scenario", "n_seeds", "mse", "mse_sd", "pcc_gene", "baseline_mse", "mse_ratio",
-            "n_params", "train_s"]
+            *STRUCTURE_COLUMNS, "n_params", "train_s"]
     runs = latest_runs(store, split=split)
+    if references:
+        refs = store[(store["stage"] == "predict_reference") & (store["split"] == split)]
+        if len(refs):
+            refs = refs.assign(eval_spots=refs.get("eval_spots", pd.Series(np.nan, index=refs.index)).fillna(-1))
+            # every held-out spot (-1) where some chapter scored them all, else the most spots
+            widest = refs.groupby("dataset")["eval_spots"].transform(lambda v: -1 if (v == -1).any() else v.max())
+            refs = _newest(refs[refs["eval_spots"] == widest], ["dataset", "model", "seed"]).assign(scenario="reference")
+            runs = pd.concat([runs, refs], ignore_index=True) if len(runs) else refs
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    for col in ("pcc_gene", "n_params", "wall_time_s", "eval_spots"):
+    for col in ("pcc_gene", "n_params", "wall_time_s", "eval_spots", *STRUCTURE_COLUMNS):
         if col not in runs:
             runs[col] = np.nan
     # the training mean is scored on the spots each chapter evaluated (``eval_spots``): match on it
     runs["eval_spots"] = runs["eval_spots"].fillna(-1)
     table = runs.groupby(["dataset", "model", "scenario"]).agg(
         n_seeds=("seed", "nunique"), mse=("mse", "mean"), mse_sd=("mse", "std"), pcc_gene=("pcc_gene", "mean"),
+        **{c: (c, "mean") for c in STRUCTURE_COLUMNS},
         n_params=("n_params", "max"), train_s=("wall_time_s", "mean"), eval_spots=("eval_spots", "max")).reset_index()
     base = store[(store["stage"] == "predict_baseline") & (store["split"] == split)].copy()
     if len(base):
@@ -308,7 +408,7 @@ def predictor_table(store: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     else:
         table["baseline_mse"] = np.nan
     table["mse_ratio"] = table["mse"] / table["baseline_mse"]
-    table["_order"] = table["scenario"].map(_SCENARIO_ORDER).fillna(len(_SCENARIO_ORDER))
+    table["_order"] = table["scenario"].map({**_SCENARIO_ORDER, "reference": -1}).fillna(len(_SCENARIO_ORDER))
     return table.sort_values(["dataset", "_order", "mse"]).reset_index(drop=True)[cols]
 
 
@@ -341,3 +441,64 @@ def bias_decomposition(store: pd.DataFrame, split: str = "test", reference: str 
         target_shift=("target_shift", "mean"), d_mse=("d_mse", "mean"), d_bias2=("d_bias2", "mean")).reset_index()
     return table.sort_values(["model", "scenario"], key=lambda c: c.map(_SCENARIO_ORDER) if c.name == "scenario" else c)[
         cols].reset_index(drop=True)
+
+
+def stale(store: pd.DataFrame, budget: str = "cpu") -> pd.Series:
+    """Whether each ``predict`` row of ``store`` is stale: its ``config_hash`` is not the one the
+    current code gives its run at ``budget`` (:func:`spared_utils.predict.harness.row_hash`);
+    False for other stages and for rows without a hash."""
+    from .predict.harness import row_hash
+
+    out = pd.Series(False, index=store.index)
+    if "config_hash" not in store:
+        return out
+    rows = store[(store["stage"] == "predict") & store["config_hash"].notna()]
+    cache: dict[tuple, str] = {}
+    for i, row in rows.iterrows():
+        key = tuple(row.get(k) for k in ("model", "dataset", "scenario", "completion", "seed", "learning_rate",
+                                          "pretrained"))
+        if key not in cache:
+            try:
+                cache[key] = row_hash(row.to_dict(), budget)
+            except (KeyError, ValueError, TypeError):  # a model, dataset or option the code no longer knows
+                cache[key] = ""
+        out[i] = cache[key] != row["config_hash"]
+    return out
+
+
+def run_sources(store: pd.DataFrame, split: str = "test", budget: str = "cpu") -> pd.DataFrame:
+    """Where the rows of each dataset come from: one row per (dataset, source) with the dataset's
+    kind (:func:`dataset_kinds`), the predictor runs on ``split`` (the newest of each), their
+    models and seeds, the completion rows, and how many predictor rows are :func:`stale`."""
+    cols = ["dataset", "kind", "source", "runs", "models", "seeds", "completion_rows", "stale"]
+    if store.empty:
+        return pd.DataFrame(columns=cols)
+    store = store if "source" in store else store.assign(source="local")
+    is_stale = stale(store, budget)
+    rows = []
+    for (dataset, source), part in store.groupby(["dataset", "source"]):
+        runs = latest_runs(part, split=split)
+        rows.append({"dataset": dataset, "source": source, "runs": len(runs),
+                     "models": runs["model"].nunique() if len(runs) else 0,
+                     "seeds": runs["seed"].nunique() if len(runs) else 0,
+                     "completion_rows": int((part["stage"] == "completion").sum()),
+                     "stale": int(is_stale[part.index][part["split"] == split].sum())})
+    table = pd.DataFrame(rows)
+    table["kind"] = table["dataset"].map(dataset_kinds(table["dataset"].unique()))
+    return table.sort_values(["kind", "dataset", "source"]).reset_index(drop=True)[cols]
+
+
+def beats_training_mean(store: pd.DataFrame, scenario: str = "completed", split: str = "test") -> pd.DataFrame:
+    """Per dataset (rows, generated first) and model (columns): MSE over the training mean's on
+    the same spots (:func:`predictor_table`'s ``mse_ratio``, seeds averaged); below 1 the model
+    beats each gene's training mean."""
+    table = predictor_table(store, split=split)
+    table = table[table["scenario"] == scenario]
+    if table.empty:
+        return pd.DataFrame()
+    wide = table.pivot_table(index="dataset", columns="model", values="mse_ratio")
+    kinds = dataset_kinds(wide.index)
+    order = sorted(wide.index, key=lambda d: (kinds[d] != "generated", d))
+    wide = wide.loc[order]
+    wide.index = [f"{d} ({kinds[d]})" for d in wide.index]
+    return wide

@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from . import paths
+from . import paths, results
 from .utils import atomic_path, file_lock
 from .predict.harness import parse_scenarios
 from .run import (
@@ -355,10 +355,12 @@ def run_plan(plan: Plan, results_dir: str | Path | None = None, only: Sequence[s
     rows = [_job_row(j, "skipped", 0.0, j.output) for j in todo if finished(j)]
     todo = [j for j in todo if not finished(j)]
     bar = tqdm(total=sum(runs_of(j) for j in todo), desc="plan", unit="run", disable=not progress)
+    used = threads if n_jobs > 1 and len(todo) > 1 else os.environ.get("OMP_NUM_THREADS", "")
     if n_jobs <= 1 or len(todo) <= 1:
         for job in todo:
             bar.set_postfix_str(job.name)
             rows.append(_run_here(job))
+            _log(rows[-1], root, plan, used)
             bar.update(runs_of(job))
     else:
         if plan.source is None:
@@ -369,13 +371,12 @@ def run_plan(plan: Plan, results_dir: str | Path | None = None, only: Sequence[s
             for future in as_completed(futures):
                 row = future.result()
                 rows.append(row)
+                _log(row, root, plan, threads)
                 bar.set_postfix_str(f"{row['job']} {row['status']}")
                 bar.update(row["runs"])
     bar.close()
     rows.sort(key=lambda row: order.get(Path(row["output"]), order.get(_success_path(row["output"]), 0)))
     table = pd.DataFrame(rows, columns=["job", "status", "runs", "seconds", "output", "error"])
-    used = threads if n_jobs > 1 and len(todo) > 1 else os.environ.get("OMP_NUM_THREADS", "")
-    _log(table[table["status"] != "skipped"], root, plan, used)
     return table
 
 
@@ -386,25 +387,22 @@ def log_path(root: Path, plan: Plan) -> Path:
     return root / f"batch-{name}.csv"
 
 
-def _log(table: pd.DataFrame, root: Path, plan: Plan, threads) -> None:
-    if table.empty or os.environ.get(WORKER_ENV):
+def _log(row: dict, root: Path, plan: Plan, threads) -> None:
+    """Add one finished notebook's row to :func:`log_path` (as it finishes: an interrupted plan
+    keeps the log of what it did)."""
+    if os.environ.get(WORKER_ENV):
         return
     path = log_path(root, plan)
+    line = pd.DataFrame([{k: v for k, v in row.items() if k != "output"}]).assign(
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), threads=threads)
     with file_lock(path):
-        old = pd.read_csv(path) if path.is_file() else pd.DataFrame()
-        new = table.drop(columns=["output"]).assign(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                    threads=threads)
+        table = pd.concat([pd.read_csv(path), line], ignore_index=True) if path.is_file() else line
         with atomic_path(path) as tmp:
-            pd.concat([old, new], ignore_index=True).to_csv(tmp, index=False) if len(old) else new.to_csv(tmp, index=False)
+            table.to_csv(tmp, index=False)
 
 
 #: The stages of the results store a published benchmark keeps.
 PUBLISHED_STAGES = ("predict", "predict_baseline", "predict_reference", "completion")
-
-
-def published_dir() -> Path:
-    """``data/benchmark/``: the benchmark the book publishes (``results.csv``, ``provenance.yml``)."""
-    return paths.project_root() / "data" / "benchmark"
 
 
 def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Path | None = None,
@@ -418,10 +416,8 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
     many notebooks and runs of the plan are finished and the driver's time on them. An unfinished
     plan is refused unless ``partial`` (its provenance then says ``complete: false``).
     """
-    from . import results
-
     root = Path(results_dir) if results_dir else paths.results_dir()
-    target = Path(target) if target else published_dir()
+    target = Path(target) if target else results.published_dir()
     planned = jobs(plan, root)
     done = [j for j in planned if finished(j)]
     if len(done) < len(planned) and not partial:
@@ -431,8 +427,7 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
     rows = store[store["stage"].isin(PUBLISHED_STAGES) & store["dataset"].isin(plan.datasets)]
     if rows.empty:
         raise ValueError(f"the results store under {root} holds no row of the plan's datasets: nothing to publish")
-    log = log_path(root, plan)
-    ran = pd.read_csv(log) if log.is_file() else pd.DataFrame(columns=["status", "seconds"])
+    seconds = [notebook_seconds(j.output) for j in done]
     provenance = {
         "plan": str(plan.source.relative_to(paths.project_root())) if plan.source and plan.source.is_relative_to(
             paths.project_root()) else str(plan.source),
@@ -442,7 +437,8 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
         "runs": {"planned": sum(runs_of(j) for j in planned), "finished": sum(runs_of(j) for j in done)},
         "rows": int(len(rows)),
         "datasets": sorted(rows["dataset"].unique().tolist()),
-        "driver_seconds": float(ran.loc[ran["status"] == "done", "seconds"].sum()) if len(ran) else None,
+        # papermill's time in the finished notebooks, one after another (parallel jobs overlap)
+        "notebook_seconds": round(float(sum(v for v in seconds if v is not None)), 1),
         **_provenance_common(rows),
         "parameters": dict(plan.parameters),
         "budgets": _budgets(plan),
@@ -517,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="notebooks run at once (each in its own process)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of each notebook when --jobs > 1 (default: the cores shared out)")
-    parser.add_argument("--publish", nargs="?", const=str(published_dir()), default=None, metavar="DIR",
+    parser.add_argument("--publish", nargs="?", const=str(results.published_dir()), default=None, metavar="DIR",
                         help="after the plan, write its rows and their provenance to DIR (default: data/benchmark)")
     parser.add_argument("--partial", action="store_true", help="with --publish: publish an unfinished plan too")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

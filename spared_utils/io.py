@@ -17,11 +17,12 @@ if TYPE_CHECKING:  # the face's names, each imported from its module on first us
     from .paths import output_dir
     from .predict import checkpoint_dir as predictor_checkpoint_dir, load_predictor, save_predictor
     from .preprocess import processed_path, read_processed, write_processed
-    from .results import append as append_results, read as read_results, select as select_results
+    from .results import append as append_results, benchmark_provenance, describe_provenance, read as read_results
+    from .results import read_benchmark, select as select_results
 
 __all__ = [
-    "PatchStore", "append_results", "load_predictor", "load_spackle", "output_dir", "predictor_checkpoint_dir", "processed_path",
-    "read_processed", "read_results", "save_predictor", "save_spackle", "select_results", "write_processed",
+    "PatchStore", "append_results", "benchmark_provenance", "describe_provenance", "load_predictor", "load_spackle", "output_dir", "predictor_checkpoint_dir", "processed_path",
+    "read_benchmark", "read_processed", "read_results", "save_predictor", "save_spackle", "select_results", "write_processed",
 ]
 
 __getattr__, __dir__ = _lazy_face(__name__)

@@ -107,6 +107,64 @@ def read(path: str | os.PathLike | None = None) -> pd.DataFrame:
         ) from err
 
 
+def published_dir() -> Path:
+    """``data/benchmark/``: the benchmark the book publishes (``results.csv`` and its
+    ``provenance.yml``; ``make benchmark`` writes them)."""
+    return paths.project_root() / "data" / "benchmark"
+
+
+def read_benchmark(path: str | os.PathLike | None = None, published: bool | str | os.PathLike = True) -> pd.DataFrame:
+    """The rows chapters 90 and 91 read: the published benchmark and the local store together.
+
+    Every row gets a ``source``: ``published`` (``<published>/results.csv``; ``True`` means
+    :func:`published_dir`, ``False`` leaves it out) or ``local`` (the store at ``path``, default
+    ``results/results.csv``). Where both hold the same run, the analysis keeps the newer row
+    (:func:`spared_utils.analysis.latest_runs`).
+    """
+    frames = []
+    if published is not False:
+        folder = published_dir() if published is True else Path(published)
+        pub = read(folder / STORE_NAME)
+        if len(pub):
+            frames.append(pub.assign(source="published"))
+    local = read(path)
+    if len(local) and (published is False or store_path(path).resolve() != (
+            (published_dir() if published is True else Path(published)) / STORE_NAME).resolve()):
+        frames.append(local.assign(source="local"))
+    if not frames:
+        return pd.DataFrame(columns=[*KEY_COLUMNS, "source"])
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def benchmark_provenance(published: bool | str | os.PathLike = True) -> dict:
+    """The published benchmark's ``provenance.yml`` as a dict (empty when there is none)."""
+    import yaml
+
+    if published is False:
+        return {}
+    path = (published_dir() if published is True else Path(published)) / "provenance.yml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def describe_provenance(provenance: Mapping) -> str:
+    """A few lines on where the published rows come from (for a chapter to print)."""
+    if not provenance:
+        return "no published benchmark: every row is from the local store (make benchmark publishes one)"
+    runs, machine = provenance.get("runs", {}), provenance.get("machine", {})
+    state = "complete" if provenance.get("complete") else (
+        f"partial: {runs.get('finished', '?')} of {runs.get('planned', '?')} runs")
+    threads = provenance.get("threads_per_run") or ["?"]
+    return "\n".join([
+        f"published benchmark: {provenance.get('rows', '?')} rows from plan {provenance.get('plan')} ({state}), "
+        f"published {provenance.get('date')}",
+        f"code: commit {str(provenance.get('commit') or '?')[:12]}; rows written by "
+        f"{', '.join(str(c) for c in provenance.get('row_commits', [])) or '?'}",
+        f"machine: {machine.get('cpus', '?')} CPUs, {machine.get('memory_gib', '?')} GiB, devices "
+        f"{', '.join(provenance.get('devices', [])) or '?'}, {'/'.join(str(t) for t in threads)} thread(s) per run",
+        f"software: {'; '.join(provenance.get('versions', [])) or '?'}",
+    ])
+
+
 def select(path: str | os.PathLike | None = None, **where) -> pd.DataFrame:
     """The rows of the store whose columns equal the given values (floats compared with a tolerance).
 

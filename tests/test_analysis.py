@@ -23,7 +23,7 @@ def _store(effect: dict, n_datasets=3, seeds=(0, 1), noise=0.05, seed=0):
 
 def test_scenario_differences_recover_known_effects_with_intervals():
     store = _store({"raw": 12.0, "masked": 0.0, "median": 0.3, "completed": 0.2})
-    table = analysis.scenario_differences(store).set_index("pair")
+    table = analysis.scenario_differences(store, unit="run", pooled=False).set_index("pair")
     done_raw = table.loc["completed − raw"]
     assert done_raw["n"] == 6 and done_raw["n_datasets"] == 3
     assert done_raw["mean_diff"] == pytest.approx(-11.8, abs=0.1)
@@ -38,11 +38,38 @@ def test_scenario_differences_recover_known_effects_with_intervals():
     assert masked["p_wilcoxon"] == pytest.approx(stats.wilcoxon(d).pvalue)
 
 
+def test_the_dataset_is_the_unit_seeds_averaged_first_and_kinds_kept_apart():
+    # seeds of a dataset differ a lot, datasets little: the dataset-level interval is narrow and
+    # n counts datasets; the seed spread is reported beside it
+    rows = []
+    for d, name in enumerate(["synsuite_base", "synsuite_small", "synsuite_intra", "her2st_patient_c"]):
+        for seed, jitter in ((0, -1.0), (1, 1.0)):
+            for model, effect in (("shufflenet", -0.5), ("stnet", -0.3)):
+                base = {"timestamp": "2026-12-05", "stage": "predict", "dataset": name, "model": model,
+                        "seed": seed, "split": "test"}
+                rows += [{**base, "scenario": "masked", "mse": 3.0 + 0.01 * d},
+                         {**base, "scenario": "completed", "mse": 3.0 + 0.01 * d + effect + jitter + 0.02 * d}]
+    table = analysis.scenario_differences(pd.DataFrame(rows), pairs=[("completed", "masked")])
+    gen = table[(table["kind"] == "generated") & (table["model"] == "shufflenet")].iloc[0]
+    assert gen["unit"] == "dataset" and gen["n"] == 3 and gen["n_datasets"] == 3 and gen["n_seeds"] == 2
+    assert gen["mean_diff"] == pytest.approx(-0.5 + 0.02, abs=1e-9)  # datasets 0-2: +0.00, +0.02, +0.04
+    assert gen["seed_sd"] == pytest.approx(np.std([-1, 1], ddof=1))
+    assert gen["ci_low"] < gen["mean_diff"] < gen["ci_high"] < 0, "seeds averaged first: their ±1 cancels"
+    real = table[(table["kind"] == "real") & (table["model"] == "shufflenet")].iloc[0]
+    assert real["n_datasets"] == 1 and real["unit"] == "seed" and real["n"] == 2, "one real dataset: its seeds"
+    pooled = table[(table["kind"] == "generated") & (table["model"] == analysis.ALL_MODELS)].iloc[0]
+    assert pooled["mean_diff"] == pytest.approx((-0.5 - 0.3) / 2 + 0.02, abs=1e-9)
+    lines = analysis.scenario_verdicts(table)
+    assert len(lines) == 2 and lines[0].startswith("- generated data, completed − masked: -0.380")
+    assert "`completed` is better than `masked`" in lines[0]
+    assert "no difference at 95%" in lines[1] or "better" in lines[1]
+
+
 def test_repeated_runs_count_once_and_unmatched_pairs_are_left_out():
     store = _store({"raw": 1.0, "completed": 0.0}, n_datasets=2, seeds=(0,))
     again = store[store["scenario"] == "completed"].assign(timestamp="2026-12-03T00:00:00+00:00",
                                                            mse=lambda t: t["mse"] + 100)
-    table = analysis.scenario_differences(pd.concat([store, again]))
+    table = analysis.scenario_differences(pd.concat([store, again]), unit="run", pooled=False)
     row = table.set_index("pair").loc["completed − raw"]
     assert row["n"] == 2 and row["mean_diff"] > 90, "the newest completed rows replaced the old ones"
     assert set(table["pair"]) == {"completed − raw"}, "no masked or median runs: those pairs are absent"
@@ -215,5 +242,6 @@ def test_a_completed_run_with_another_completion_method_is_its_own_scenario():
     runs = analysis.latest_runs(pd.DataFrame(rows))
     assert sorted(runs["scenario"].unique()) == ["completed", "completed:spackle_plus", "raw"]
     assert len(runs) == 6, "the two completions of a seed are different runs, not a repeat"
-    table = analysis.scenario_differences(pd.DataFrame(rows), pairs=[("completed:spackle_plus", "completed")])
+    table = analysis.scenario_differences(pd.DataFrame(rows), pairs=[("completed:spackle_plus", "completed")],
+                                          pooled=False)
     assert table.iloc[0]["mean_diff"] == pytest.approx(0.0)  # (-0.5 + 0.5) / 2

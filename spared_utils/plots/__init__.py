@@ -13,6 +13,7 @@ from .benchmark import (
     normalised_mse_models,
     predictor_comparison,
     scenario_differences,
+    training_mean_ratio,
     wins_pie,
 )
 from .completion import completion_mse_violin, mse_vs_masking
@@ -28,6 +29,7 @@ from .curation import (
 from .maps import completion_maps, gene_maps, hex_neighbourhood, predicted_vs_true_maps, slide_layers, slides_overview
 from .overview import PIPELINE_STAGES, pipeline_overview
 from .prediction import learning_curves, per_gene_pcc, sorted_counts
+from .tables import folded
 from .style import COMPLETION_LABELS, METHOD_COLOURS, PALETTE, SPLIT_COLOURS, spot_size
 
 __all__ = [
@@ -55,6 +57,8 @@ __all__ = [
     "wins_pie",
     "predictor_comparison",
     "bias_vs_shift",
+    "training_mean_ratio",
+    "folded",
     "predicted_vs_true_maps",
     "completion_mse_violin",
     "mse_vs_masking",

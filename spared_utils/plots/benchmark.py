@@ -10,7 +10,8 @@ import seaborn as sns
 
 from .style import METHOD_COLOURS, PALETTE
 
-__all__ = ["scenario_differences", "best_pcc_arrows", "normalised_mse_models", "mse_vs_parameters", "wins_pie", "predictor_comparison", "bias_vs_shift"]
+__all__ = ["scenario_differences", "best_pcc_arrows", "normalised_mse_models", "mse_vs_parameters", "wins_pie", "predictor_comparison", "bias_vs_shift",
+           "training_mean_ratio"]
 
 
 def scenario_differences(table, ax: plt.Axes | None = None, metric: str = "MSE") -> plt.Axes:
@@ -149,4 +150,22 @@ def bias_vs_shift(table, ax: plt.Axes | None = None) -> plt.Axes:
     ax.set_xlabel("target shift: training targets' mean − real values' mean (log2 scale)")
     ax.set_ylabel("bias: mean prediction − real value (test)")
     ax.legend(frameon=False, fontsize=8, title="scenario")
+    return ax
+
+
+def training_mean_ratio(wide, ax: plt.Axes | None = None, names: dict[str, str] | None = None) -> plt.Axes:
+    """Which models beat the training mean where: a dataset × model heatmap of MSE over the
+    training mean's (:func:`spared_utils.analysis.beats_training_mean`), each cell annotated;
+    blue below 1 (the model beats each gene's mean), red above."""
+    names = names or {}
+    shown = wide.rename(columns=lambda m: names.get(m, m))
+    ax = ax or plt.subplots(figsize=(1.2 + 0.62 * shown.shape[1], 1.0 + 0.42 * shown.shape[0]))[1]
+    spread = float(np.nanmax(np.abs(np.log2(shown.to_numpy(float))))) if np.isfinite(shown.to_numpy(float)).any() else 1.0
+    sns.heatmap(np.log2(shown), ax=ax, cmap="RdBu_r", center=0, vmin=-spread, vmax=spread, annot=shown, fmt=".2f",
+                annot_kws={"fontsize": 7}, cbar_kws={"label": "log₂(MSE / training mean's)"}, linewidths=0.5)
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.tick_params(axis="x", rotation=45, labelsize=8)
+    plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    ax.tick_params(axis="y", labelsize=8)
     return ax

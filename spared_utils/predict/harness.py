@@ -28,7 +28,7 @@ from .references import reference_rows
 from .engine import DEFAULT_LR_GRID, PredictorConfig, PredictorRun, search_learning_rate, train_predictor, trivial_baseline
 
 __all__ = ["COST_FIELDS", "ChapterRun", "RunSpec", "budget_costs", "complete_for", "parse_scenarios", "run_chapter",
-           "split_scenario"]
+           "row_hash", "split_scenario"]
 
 
 #: The seed of the learning-rate search (one search per dataset and predictor, for every seed).
@@ -461,6 +461,26 @@ def _scenario_data(spec: RunSpec, adata: AnnData, store, given: bool, seed: int,
                 progress=config.train.progress, dataset=spec.dataset)
         out[name] = prediction_data(completed[method], store, "completed")
     return out
+
+
+def row_hash(row: Mapping[str, Any], budget: BudgetName = "cpu") -> str:
+    """The configuration hash the current code gives the run that a ``predict`` row of the results
+    store describes: its model, dataset, scenario (and completion), seed, learning rate and
+    weights, at ``budget`` (the record's, as a plan without overrides runs it).
+
+    A row whose ``config_hash`` differs is *stale*: the code, a budget or a record changed since
+    it was written, and re-running it would not give the same configuration.
+    """
+    from ..registry import get_spec
+
+    scenario = str(row["scenario"])
+    completion = row.get("completion")
+    completion = str(completion) if scenario == "completed" and isinstance(completion, str) else "spackle"
+    spec = RunSpec.make(str(row["model"]), dataset=str(row["dataset"]), budget=budget, seed=int(row["seed"]),
+                        learning_rate=float(row["learning_rate"]), completion=completion,
+                        pretrained=bool(row.get("pretrained", False) is True or row.get("pretrained") == "True"))
+    config = replace(spec.config(), scenario=scenario, completion=completion)
+    return config.hash(str(row["dataset"]), get_spec(str(row["dataset"])).n_genes)
 
 
 def complete_for(adata: AnnData, method: str, seed: int = 0, device: str = "auto", iterations: int | None = None,
