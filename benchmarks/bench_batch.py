@@ -129,6 +129,39 @@ def projection(rates: pd.DataFrame, slide_spots: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def plan_projection(plan_path: str | Path, rates: pd.DataFrame, slide_spots: int) -> pd.DataFrame:
+    """Training hours of a batch plan (e.g. ``workflow/spared26.yml``) per predictor and device:
+    its runs (:func:`spared_utils.batch.runs_of` over the plan's notebooks), plus the
+    learning-rate search's runs where the plan searches (one per rate of the grid, per dataset and
+    predictor), each at the paper's budget (:func:`projection`'s ``paper_run_h``); ``hours`` sums them."""
+    from spared_utils import batch
+
+    plan = batch.load_plan(plan_path)
+    per_run = projection(rates, slide_spots)
+    if per_run.empty:
+        return pd.DataFrame(columns=["model", "device", "runs", "paper_run_h", "hours"])
+    by_chapter = {models.record(m).chapter: m for m in models.NAMES}
+    counts: dict[str, int] = {}
+    for job in batch.jobs(plan, "/nonexistent"):
+        model = by_chapter.get(job.chapter)
+        if model is None:
+            continue
+        search = job.parameters.get("learning_rate") == "search"
+        grid = len(job.parameters.get("lr_grid", predict_lr_grid())) if search else 0
+        counts[model] = counts.get(model, 0) + batch.runs_of(job) + grid
+    table = per_run[per_run["model"].isin(list(counts))][["model", "device", "paper_run_h"]].copy()
+    table["runs"] = table["model"].map(counts)
+    table["hours"] = table["runs"] * table["paper_run_h"]
+    return table[["model", "device", "runs", "paper_run_h", "hours"]].reset_index(drop=True)
+
+
+def predict_lr_grid() -> tuple[float, ...]:
+    """The learning rates a chapter searches when its plan does not give ``lr_grid``."""
+    from spared_utils.template import COMMON
+
+    return tuple(next(v for name, v, *_ in COMMON if name == "lr_grid"))
+
+
 def feature_cache(dataset: str, n_spots: int, backbone: str = "resnet50") -> dict:
     """Frozen features of ``n_spots`` spots of ``dataset`` (the EGN/EGGN bank encoder, random
     weights): encoding them against reading them back from the disk cache that a later notebook
@@ -174,18 +207,24 @@ def main(argv=None) -> int:
     parser.add_argument("--features-dataset", default="synthetic",
                         help="dataset of table 3 (frozen features: encode vs read from the disk cache)")
     parser.add_argument("--features-spots", type=int, default=512)
+    parser.add_argument("--plan", default=None,
+                        help="also project this batch plan's hours (e.g. workflow/spared26.yml)")
+    parser.add_argument("--skip-overhead", action="store_true", help="skip table 1 (papermill and import times)")
+    parser.add_argument("--skip-features", action="store_true", help="skip table 3 (frozen features)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     pd.set_option("display.width", 160)
 
-    print(f"== 1. Papermill overhead per notebook ({args.repeats} runs)")
-    over = papermill_overhead(args.repeats)
-    print(pd.DataFrame([over]).to_string(index=False))
-    print(f"   each notebook of a plan pays ≈ {over['papermill_s']:.1f} s before its work "
-          f"({over['overhead_s']:.1f} s of it papermill and the kernel; the rest importing the package)")
-    imports = import_times(args.repeats)
-    print(f"   import time, median of {args.repeats} fresh processes (s):")
-    print(pd.DataFrame([imports]).to_string(index=False))
+    over, imports = {}, {}
+    if not args.skip_overhead:
+        print(f"== 1. Papermill overhead per notebook ({args.repeats} runs)")
+        over = papermill_overhead(args.repeats)
+        print(pd.DataFrame([over]).to_string(index=False))
+        print(f"   each notebook of a plan pays ≈ {over['papermill_s']:.1f} s before its work "
+              f"({over['overhead_s']:.1f} s of it papermill and the kernel; the rest importing the package)")
+        imports = import_times(args.repeats)
+        print(f"   import time, median of {args.repeats} fresh processes (s):")
+        print(pd.DataFrame([imports]).to_string(index=False))
 
     store_path = Path(args.results) if args.results else paths.results_dir() / results.STORE_NAME
     print(f"\n== 2. The full benchmark projected from {store_path} (training only)")
@@ -204,11 +243,25 @@ def main(argv=None) -> int:
         if not (table["device"] == "cuda").any():
             print("   no GPU rows: the GPU-hours (goal ≤ 24 H100-hours for the paper's protocol) are unmeasured")
         report["projection"] = table.to_dict("records")
-    print(f"\n== 3. Frozen features, encoded vs read back from disk ({args.features_spots} spots)")
-    feats = feature_cache(args.features_dataset, args.features_spots)
-    print(pd.DataFrame([feats]).to_string(index=False))
-    print(f"   a notebook that finds the file reads the features {feats['speed_up']:.0f}x faster than it encodes them")
-    report["features"] = feats
+        if args.plan:
+            plan_table = plan_projection(args.plan, rates, args.slide_spots)
+            print(f"\n   the plan {args.plan}, at the paper's budget (training only, one notebook after another):")
+            print(plan_table.round(3).to_string(index=False))
+            for device, part in plan_table.groupby("device"):
+                unit = "GPU-hours (measured on a GPU)" if device == "cuda" else (
+                    "CPU-hours, projected from CPU times: a GPU is much faster; run benchmarks/gpu_check.sh "
+                    "on one to measure its rates")
+                print(f"   {device}: {part['hours'].sum():,.0f} {unit}; {len(part)} of "
+                      f"{plan_table['model'].nunique()} predictors measured")
+            if not (plan_table["device"] == "cuda").any():
+                print("   GPU-hours of the plan: unmeasured (no GPU rows in the store)")
+            report["plan_projection"] = plan_table.to_dict("records")
+    if not args.skip_features:
+        print(f"\n== 3. Frozen features, encoded vs read back from disk ({args.features_spots} spots)")
+        feats = feature_cache(args.features_dataset, args.features_spots)
+        print(pd.DataFrame([feats]).to_string(index=False))
+        print(f"   a notebook that finds the file reads the features {feats['speed_up']:.0f}x faster than it encodes them")
+        report["features"] = feats
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     return 0

@@ -516,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", nargs="?", const=str(results.published_dir()), default=None, metavar="DIR",
                         help="after the plan, write its rows and their provenance to DIR (default: data/benchmark)")
     parser.add_argument("--partial", action="store_true", help="with --publish: publish an unfinished plan too")
+    parser.add_argument("--publish-only", action="store_true",
+                        help="run nothing: publish what the plan has finished (with --publish; see --partial)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.results_dir:  # the chapters' rows and checkpoints go where the notebooks go
@@ -541,6 +543,14 @@ def main(argv: list[str] | None = None) -> int:
             unknown = table.loc[table["timed"] == 0, "chapter"].tolist()
             if unknown:
                 print(f"no finished notebook to time for: {', '.join(unknown)}", file=sys.stderr)
+        return 0
+    if args.publish_only:
+        try:
+            where = publish(plan, args.results_dir, args.publish or results.published_dir(), partial=args.partial)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"published {where / 'results.csv'} with {where / 'provenance.yml'}")
         return 0
     try:
         table = run_plan(plan, args.results_dir, only=args.only, progress=not args.quiet, n_jobs=args.jobs,

@@ -206,6 +206,26 @@ def test_snakemake_plans_the_batch_runs_and_runs_a_tiny_plan(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+@pytest.mark.slow
+def test_the_slurm_profile_plans_the_26_datasets_one_gpu_per_notebook(tmp_path):
+    """The SpaRED-26 plan through the SLURM profile: ``-n`` plans every notebook of the plan, each
+    job asking for one GPU (nothing is submitted in a dry run)."""
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    plan = ROOT / "workflow" / "spared26.yml"
+    res = tmp_path / "res"
+    jobs = batch.jobs(batch.load_plan(plan), res)
+    assert len({j.dataset for j in jobs}) == 26 and all(j.parameters.get("budget", "paper") == "paper" for j in jobs)
+    assert sum(batch.runs_of(j) for j in jobs) == 26 * (1 + 11 * 2), "02 once, 11 predictors x raw/completed"
+    dry = subprocess.run([snakemake, "-s", str(ROOT / "workflow" / "Snakefile"), "--profile",
+                          str(ROOT / "workflow" / "profiles" / "slurm"), "--config", f"plan={plan}",
+                          f"results_dir={res}", "--directory", str(tmp_path), "-n", "-p"],
+                         capture_output=True, text=True, cwd=ROOT)
+    out = dry.stdout + dry.stderr
+    assert dry.returncode == 0, out[-3000:]
+    assert set(re.findall(r"--only (\S+\.ipynb)", out)) == {str(j.output) for j in jobs}
+    assert re.search(r"chapter\s+" + str(len(jobs)), out) and "gpu=1" in out and "slurm_partition=gpu" in out
+
+
 def test_batch_notebooks_become_a_results_part_of_the_book(tmp_path, monkeypatch):
     import yaml
 
@@ -236,3 +256,98 @@ def test_batch_notebooks_become_a_results_part_of_the_book(tmp_path, monkeypatch
     assert "remove-cell" in staged["cells"][0]["metadata"]["tags"]
     original = json.loads(runs["synthetic_tiny"][0].read_text())
     assert "remove-cell" not in original["cells"][0]["metadata"]["tags"]
+
+
+GROUPED = """
+datasets: [synthetic_tiny]
+chapters: [02_completion, 10_shufflenet, 20_linear_probe]
+scenarios: [raw, completed]
+seeds: [0]
+per_notebook: [scenario, seed]
+parameters: {budget: cpu}
+chapter_parameters:
+  10_shufflenet: {scenario: [raw, masked, "completed:spackle_plus"], seed: [0, 1, 2], iterations: 2}
+"""
+
+
+def test_a_notebook_loops_over_what_per_notebook_names_where_the_chapter_takes_a_list(tmp_path):
+    plan = batch.load_plan(_plan(tmp_path, GROUPED))
+    jobs = batch.jobs(plan, tmp_path / "res")
+    assert [j.output.name for j in jobs] == ["02_completion-0.ipynb", "10_shufflenet-scenarios-seeds.ipynb",
+                                             "20_linear_probe-scenarios-seeds.ipynb"]
+    completion, shuffle, probe = jobs
+    # chapter 02 takes one seed (an int): it runs once per seed, never with a list
+    assert completion.parameters == {"dataset": "synthetic_tiny", "seed": 0}
+    assert shuffle.parameters["scenario"] == ["raw", "masked", "completed:spackle_plus"]
+    assert shuffle.parameters["seed"] == [0, 1, 2] and shuffle.parameters["iterations"] == 2
+    assert probe.parameters["scenario"] == ["raw", "completed"] and probe.parameters["seed"] == [0]
+    assert [batch.runs_of(j) for j in jobs] == [1, 9, 2]
+    # the same plan without per_notebook: one notebook per run
+    flat = batch.jobs(batch.load_plan(_plan(tmp_path, GROUPED.replace("per_notebook: [scenario, seed]\n", ""))),
+                      tmp_path / "res")
+    assert len(flat) == 1 + 9 + 2 and all(batch.runs_of(j) == 1 for j in flat)
+    assert "10_shufflenet-completed:spackle_plus-2.ipynb" in {j.output.name for j in flat}
+
+
+def test_a_plan_with_an_unknown_completion_scenario_is_refused(tmp_path):
+    text = GROUPED.replace('"completed:spackle_plus"', '"completed:nonsense"')
+    with pytest.raises(ValueError, match=r"plan.yml: unknown scenario 'completed:nonsense'"):
+        batch.load_plan(_plan(tmp_path, text))
+
+
+def test_parallel_jobs_run_apart_log_each_notebook_and_report_failures(tmp_path, monkeypatch):
+    """--jobs 2: each notebook in its own process (faked here), every finished one logged as it ends."""
+    plan = batch.load_plan(_plan(tmp_path, PLAN))
+    seen = []
+
+    def apart(job, plan_, root, threads):
+        seen.append(threads)
+        if "raw-1" in job.output.name:
+            return batch._job_row(job, "failed", 1.0, batch.failed_path(job), "ZeroDivisionError: boom")
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        _fake_execute([])(job.chapter, job.dataset, {k: v for k, v in job.parameters.items() if k != "dataset"},
+                          output=job.output)
+        return batch._job_row(job, "done", 2.0, job.output)
+
+    monkeypatch.setattr(batch, "_run_apart", apart)
+    table = batch.run_plan(plan, tmp_path / "res", progress=False, n_jobs=2, threads=1)
+    assert list(table["job"]) == [j.name for j in batch.jobs(plan, tmp_path / "res")], "rows in plan order"
+    assert list(table["status"]) == ["done", "done", "done", "failed", "done", "done"]
+    assert seen == [1] * 6
+    log = __import__("pandas").read_csv(batch.log_path(tmp_path / "res", plan))
+    assert len(log) == 6 and set(log["threads"]) == {1} and (log["status"] == "failed").sum() == 1
+
+
+def test_publish_writes_the_plans_rows_and_provenance_and_refuses_an_unfinished_plan(tmp_path, monkeypatch):
+    import pandas as pd
+    import yaml
+
+    from spared_utils import results
+
+    plan = batch.load_plan(_plan(tmp_path, PLAN))
+    root = tmp_path / "res"
+    monkeypatch.setattr(batch, "execute", _fake_execute([]))
+    jobs = batch.jobs(plan, root)
+    batch.run_plan(plan, root, progress=False, only=[jobs[0].output])
+    rows = [{"stage": "predict", "dataset": "synthetic_tiny", "model": "shufflenet", "scenario": "raw", "seed": 0,
+             "split": "test", "mse": 1.5, "device": "cpu", "threads": 1},
+            {"stage": "predict", "dataset": "synthetic", "model": "shufflenet", "scenario": "raw", "seed": 0,
+             "split": "test", "mse": 9.0, "device": "cpu", "threads": 1},  # not a dataset of the plan
+            {"stage": "predict_lr_search", "dataset": "synthetic_tiny", "model": "shufflenet", "split": "val"}]
+    results.append(rows, path=root / "results.csv")
+    target = tmp_path / "published"
+    with pytest.raises(ValueError, match="5 of 6 notebooks of .* are not finished"):
+        batch.publish(plan, root, target)
+    assert not target.exists(), "nothing written for a refused publication"
+    batch.publish(plan, root, target, partial=True)
+    published = pd.read_csv(target / "results.csv")
+    assert list(published["dataset"]) == ["synthetic_tiny"] and list(published["stage"]) == ["predict"]
+    prov = yaml.safe_load((target / "provenance.yml").read_text())
+    assert prov["complete"] is False and prov["notebooks"] == {"planned": 6, "finished": 1}
+    assert prov["runs"] == {"planned": 6, "finished": 1} and prov["rows"] == 1
+    assert prov["threads_per_run"] == [1] and prov["devices"] == ["cpu"]
+    assert prov["budgets"]["shufflenet"]["iterations"] == 2, "the plan's override of the record's budget"
+    assert prov["commit"] and prov["plan_sha256"] and prov["machine"]["cpus"] >= 1
+    store = results.read_benchmark(root / "results.csv", published=target)
+    assert set(store["source"]) == {"published", "local"} and len(store) == 1 + 3
+    assert "partial: 1 of 6 runs" in results.describe_provenance(results.benchmark_provenance(target))

@@ -33,3 +33,20 @@ def test_projection_scales_measured_rates_to_the_paper_budget_and_protocols():
     # a slide model's paper step reads a whole slide (here 2,000 spots), not its batch of 10,000
     slide = table.loc[("histogene", "cpu")]
     assert slide["paper_run_h"] == pytest.approx(8.0 / (4 * 128) * 1000 * 2000 / 3600)
+
+
+def test_a_plans_projection_counts_its_runs_and_its_learning_rate_search():
+    store = pd.DataFrame([
+        {"stage": "predict", "model": "shufflenet", "wall_time_s": 10.0, "iterations": 10, "batch_size": 10,
+         "device": "cpu"},
+        {"stage": "predict", "model": "stnet", "wall_time_s": 2.0, "iterations": 10, "batch_size": 10,
+         "device": "cuda"},
+    ])
+    rates = bench_batch.seconds_per_sample(store, slide_spots=2000)
+    root = Path(__file__).resolve().parents[1]
+    table = bench_batch.plan_projection(root / "workflow" / "spared26.yml", rates, 2000).set_index("model")
+    assert set(table.index) == {"shufflenet", "stnet"}, "only the measured predictors"
+    # 26 datasets × (raw + completed) + the 3-rate search on each dataset
+    assert table.loc["shufflenet", "runs"] == 26 * (2 + 3) == table.loc["stnet", "runs"]
+    assert table.loc["stnet", "device"] == "cuda"
+    assert table.loc["shufflenet", "hours"] == pytest.approx(130 * 0.1 * 1000 * 256 / 3600)

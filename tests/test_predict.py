@@ -426,3 +426,75 @@ def test_lr_search_runs_once_per_dataset_and_predictor(toy, monkeypatch, tmp_pat
     assert steps["n"] == 2, "only the masked run trains: the search's runs are finished"
     assert second.learning_rate == first.learning_rate
     assert list(second.lr_table["learning_rate"]) == list(first.lr_table["learning_rate"])
+
+
+def test_the_library_size_reference_fits_each_gene_on_log_library_size_from_training_spots(toy):
+    from spared_utils.predict import references
+
+    adata, store = toy
+    adata = adata.copy()
+    rng = np.random.default_rng(3)
+    counts = rng.uniform(100, 5000, adata.n_obs)
+    adata.obs["total_counts"] = counts
+    data = predict.prediction_data(adata, store, "masked")
+    # gene 0 made linear in log library size on real training values; the fit must recover it
+    x = np.log1p(counts)
+    data.truth[:, 0] = 0.5 + 0.8 * x
+    test = data.rows("test")
+    pred = references.reference_predictions(data, test, "library_size")
+    np.testing.assert_allclose(pred[:, 0], 0.5 + 0.8 * x[test], rtol=1e-6)
+    # fitted on training spots only: held-out values do not move the fit
+    data.truth[test, 1] += 100.0
+    again = references.reference_predictions(data, test, "library_size")
+    np.testing.assert_allclose(again[:, 1], pred[:, 1])
+
+
+def test_the_spatial_reference_reads_measured_neighbours_only_and_widens_its_ring(toy):
+    from spared_utils.predict import references
+
+    adata, store = toy
+    data = predict.prediction_data(adata.copy(), store, "masked")
+    test = data.rows("test")  # one row of 20 spots at array columns 0, 2, ..., 38
+    data.truth[test, 0] = np.arange(len(test), dtype=float)
+    data.real[test, 0] = True
+    data.real[test[5], 0] = False  # a missing neighbour is never read
+    data.truth[test[5], 0] = 1000.0
+    pred = references.reference_predictions(data, test, "spatial_neighbours")
+    assert pred[3, 0] == pytest.approx((2 + 4) / 2), "its two neighbours on the row, not itself"
+    assert pred[4, 0] == pytest.approx(3.0) and pred[6, 0] == pytest.approx(7.0), "spot 5 is not real: skipped"
+    data.real[test[[3, 5]], 0] = False
+    pred = references.reference_predictions(data, test, "spatial_neighbours")
+    assert pred[4, 0] == pytest.approx((2 + 6) / 2), "no real first ring: the second"
+    data.real[test[[2, 6]], 0] = False
+    pred = references.reference_predictions(data, test, "spatial_neighbours")
+    assert pred[4, 0] == pytest.approx((1 + 7) / 2), "then the third"
+
+
+def test_a_chapter_runs_several_seeds_and_completions_each_its_own_rows(toy):
+    adata, store = toy
+    spec = predict.RunSpec.make("shufflenet", dataset="toy", scenario=["raw", "completed"], seed=[0, 1],
+                                learning_rate=1e-3, iterations=2, batch_size=4, eval_every=1, eval_spots=8,
+                                progress=False, device="cpu")
+    assert spec.seeds == (0, 1) and spec.config().train.seed == 0
+    out = predict.run_chapter(spec, adata=adata, store=store)
+    assert set(out.runs) == {"raw", "completed"} and out.config.train.seed == 0, "the chapter shows the first seed"
+    assert set(out.other_seeds) == {1}
+    table = out.all_runs()
+    assert sorted(set(zip(table["seed"], table["scenario"]))) == [(0, "completed"), (0, "raw"), (1, "completed"),
+                                                                 (1, "raw")]
+    stored = results.read()
+    rows = stored[stored["stage"] == "predict"]
+    assert len(rows) == 2 * 2 * 2 and rows["config_hash"].nunique() == 4, "each run its own hash and rows"
+    mine = rows.set_index(["seed", "scenario", "split"])["mse"]
+    shown = out.all_runs().set_index(["seed", "scenario", "split"])["mse"]
+    pd.testing.assert_series_equal(mine.sort_index(), shown.sort_index(), check_names=False)
+    assert set(stored.loc[stored["stage"] == "predict_baseline", "seed"]) == {0, 1}
+
+
+def test_scenario_names_with_a_completion_method_are_checked():
+    assert predict.parse_scenarios(["raw", "completed:spackle_plus"]) == ["raw", "completed:spackle_plus"]
+    for bad in (["completed:nonsense"], ["masked:spackle"], ["raw", "raw"]):
+        with pytest.raises(ValueError):
+            predict.parse_scenarios(bad)
+    with pytest.raises(ValueError, match="distinct"):
+        predict.RunSpec.make("shufflenet", seed=[0, 0])

@@ -58,3 +58,25 @@ def test_dense_passes_arrays_and_densifies_sparse():
     x = np.arange(6.0).reshape(2, 3)
     assert dense(x) is x or np.array_equal(dense(x), x)
     assert np.array_equal(dense(sp.csr_matrix(x)), x)
+
+
+def test_file_lock_makes_a_second_process_wait(tmp_path):
+    """Two processes that want the same file: the second one enters only after the first left."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        from spared_utils.utils import file_lock
+        with file_lock({str(tmp_path / 'target')!r}):
+            with open({str(tmp_path / 'log')!r}, 'a') as log:
+                log.write('in ' + sys.argv[1] + '\\n'); log.flush(); time.sleep(1.0)
+                log.write('out ' + sys.argv[1] + '\\n')
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(k)]) for k in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    lines = (tmp_path / "log").read_text().split()
+    # in/out pairs never interleave: in a, out a, in b, out b
+    assert lines[0] == "in" and lines[2] == "out" and lines[1] == lines[3]
+    assert lines[4] == "in" and lines[6] == "out" and lines[5] == lines[7] != lines[1]
