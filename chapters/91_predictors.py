@@ -16,13 +16,14 @@
 # %% [markdown]
 # # The predictors side by side
 #
-# **What it shows:** every predictor the book has run on one dataset, in one table and one
-# figure: test MSE and PCC-Gene per training scenario, each against the trivial predictor (each
-# gene's mean over its real training values) scored on the same spots, with trainable parameters
-# and training time.
-# **What it needs:** rows in the results store from the predictor chapters (10–20) on the
-# dataset; several seeds (the batch driver, `python -m spared_utils.batch`) give the spread.
-# It trains nothing: seconds on a CPU.
+# **What it shows:** every predictor run on one dataset, in one table and two figures: test
+# MSE and PCC-Gene per training scenario, each against the trivial predictor (each gene's mean
+# over its real training values) scored on the same spots; beside them two *references* the
+# paper lacks; and what each prediction keeps of the tissue's structure, not only how far it
+# is from the values.
+# **What it needs:** rows of the dataset in the published benchmark (`data/benchmark/`,
+# `make benchmark`) or the local results store (the predictor chapters 10–20). It trains
+# nothing: seconds on a CPU.
 # **What it writes:** nothing.
 # **Measured runtime:** seconds on a CPU (the whole notebook in `make book`, dated, on the
 # {doc}`Measurements </measurements>` page); GPU not needed.
@@ -31,6 +32,13 @@
 # paper's Table 1 gives per dataset {cite:p}`mejia2024spackle`. The ratio to the training mean
 # makes datasets and scenarios comparable: below 1, the model predicts the real values better
 # than a constant per gene; chapter 90 does the same across datasets (Fig. 4).
+#
+# The two references (scenario `reference`; `spared_utils.predict.references`) read
+# measurements a predictor never sees, so they are yardsticks, not competitors:
+# `library_size` fits each gene on the spot's log library size alone — an image-free null that
+# shows how much of a model's skill is cell density — and `spatial_neighbours` predicts each
+# spot from the measured values of its neighbours on the slide — what spatial context alone
+# gives.
 
 # %% tags=["setup", "hide-cell"]
 # Colab, Binder or a fresh kernel: install the project when it is missing.
@@ -54,7 +62,9 @@ if importlib.util.find_spec("spared_utils") is None:
 # %% tags=["parameters"]
 dataset = "synthetic"  # the dataset whose runs are compared
 split = "test"  # "val" or "test"
-results_file = None  # type: str  None: the book's results store (results/results.csv)
+# True: data/benchmark (make benchmark) with the local store; False: the local store only
+published = True  # type: bool|str
+results_file = None  # type: str  None: the local results store (results/results.csv)
 
 # %%
 from IPython.display import Markdown, display
@@ -62,47 +72,51 @@ from IPython.display import Markdown, display
 import spared_utils as su
 from spared_utils import analysis
 
-store = su.io.read_results(results_file)
-table = analysis.predictor_table(store[store["dataset"] == dataset], split=split)
+store = su.io.read_benchmark(results_file, published=published)
+store = store[store["dataset"] == dataset]
+table = analysis.predictor_table(store, split=split)
 names = {k: su.models.display_name(k) for k in su.models.NAMES}
+names.update(library_size="library size", spatial_neighbours="measured neighbours")
+models = table[table["scenario"] != "reference"]
 print(
-    f"{table['model'].nunique()} predictors on {dataset} ({split}), scenarios "
-    f"{sorted(table['scenario'].unique())}, "
-    f"up to {table['n_seeds'].max() if len(table) else 0} seed(s)"
+    f"{models['model'].nunique()} predictors on {dataset} ({split}), scenarios "
+    f"{sorted(models['scenario'].unique())}, up to "
+    f"{models['n_seeds'].max() if len(models) else 0} seed(s); rows from "
+    f"{', '.join(sorted(store['source'].unique())) if len(store) else 'nowhere'}"
 )
 
 # %% [markdown]
 # ## The table
 #
-# One row per predictor and scenario, best first within a scenario: MSE and PCC-Gene (mean over
-# seeds; `mse_sd` their spread), the training mean's MSE on the same spots, their ratio,
-# trainable parameters and mean training time in seconds.
+# One row per predictor and scenario, best first within a scenario: MSE (mean over seeds), its
+# ratio to the training mean's MSE on the same spots, PCC-Gene, and two structure scores:
+# `moran_gap`, the mean over genes of |Moran's I of the predicted map − of the measured map|,
+# and `corr_distance`, the mean absolute difference between the predicted and the measured
+# gene–gene correlations (0 for both: the structure is kept). Every column, the seeds' spread
+# and the costs included, is folded below.
 
 # %%
 shown = table.assign(model=table["model"].map(lambda m: names.get(m, m)))
-shown.drop(columns="dataset").round(
-    {
-        "mse": 3,
-        "mse_sd": 3,
-        "pcc_gene": 3,
-        "baseline_mse": 3,
-        "mse_ratio": 3,
-        "train_s": 0,
-    }
-)
+cols = ["model", "scenario", "n_seeds", "mse", "mse_ratio", "pcc_gene", "moran_gap",
+        "corr_distance"]
+shown[cols].round(3)
+
+# %%
+su.pl.folded(shown.drop(columns="dataset"), "Every column (seeds' spread, training mean, costs)", 3)
 
 # %% [markdown]
-# ## The figure
+# ## The figures
 
-# %% mystnb={"figure": {"caption": "Test MSE of each predictor over the training mean's on the same spots, one colour per training scenario (bars: sd over seeds); left of the dashed line the model beats the mean.", "name": "fig-predictors-ratio"}}
+# %% mystnb={"figure": {"caption": "Test MSE of each predictor over the training mean's on the same spots, one colour per training scenario, the references as diamonds (bars: sd over seeds); left of the dashed line the model beats the mean.", "name": "fig-predictors-ratio"}}
 ax = su.pl.predictor_comparison(table, names=names) if len(table) else None
 
-# %% [markdown]
-# ## What we saw
+# %% mystnb={"figure": {"caption": "Error against structure: MSE over the training mean's (x) and the share of the measured maps' spatial autocorrelation the predicted maps keep (y, Moran's I predicted / measured), per predictor and scenario; the references are labelled.", "name": "fig-predictors-structure"}}
+ax = su.pl.structure_vs_error(table, names=names) if len(table) else None
 
 # %%
 lines = []
-for scenario, part in table.groupby("scenario", sort=False):
+refs = table[table["scenario"] == "reference"].set_index("model")
+for scenario, part in models.groupby("scenario", sort=False):
     best = part.iloc[0]
     beat = part.loc[part["mse_ratio"] < 1, "model"].map(lambda m: names.get(m, m))
     lines.append(
@@ -111,9 +125,20 @@ for scenario, part in table.groupby("scenario", sort=False):
         f"{len(beat)} of {len(part)} predictors beat the mean"
         + (f" ({', '.join(beat)})." if len(beat) else ".")
     )
+    for ref in refs.index:
+        n = int((part["mse"] < refs.loc[ref, "mse"]).sum())
+        lines.append(
+            f"  - {n} of {len(part)} beat the {names.get(ref, ref)} reference "
+            f"(MSE {refs.loc[ref, 'mse']:.3f})."
+        )
+if len(models) and models["moran_pred"].notna().any():
+    kept = (models["moran_pred"] / models["moran_true"]).groupby(models["model"]).mean()
+    lines.append(
+        f"- Structure: the predicted maps keep {kept.min():.0%} to {kept.max():.0%} of "
+        f"the measured maps' Moran's I (most: {names.get(kept.idxmax(), kept.idxmax())})."
+    )
 if not lines:
     lines.append(
-        f"- No predictor runs on {dataset} in the store yet: "
-        "run chapters 10–20 first."
+        f"- No predictor runs on {dataset} yet: run chapters 10–20 or `make benchmark`."
     )
 display(Markdown("## What we saw\n\n" + "\n".join(lines)))

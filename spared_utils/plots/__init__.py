@@ -13,6 +13,7 @@ from .benchmark import (
     normalised_mse_models,
     predictor_comparison,
     scenario_differences,
+    structure_vs_error,
     training_mean_ratio,
     wins_pie,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "predictor_comparison",
     "bias_vs_shift",
     "training_mean_ratio",
+    "structure_vs_error",
     "folded",
     "predicted_vs_true_maps",
     "completion_mse_violin",

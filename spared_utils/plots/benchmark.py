@@ -11,7 +11,7 @@ import seaborn as sns
 from .style import METHOD_COLOURS, PALETTE
 
 __all__ = ["scenario_differences", "best_pcc_arrows", "normalised_mse_models", "mse_vs_parameters", "wins_pie", "predictor_comparison", "bias_vs_shift",
-           "training_mean_ratio"]
+           "training_mean_ratio", "structure_vs_error", "scenario_colour", "SCENARIO_ORDER"]
 
 
 def scenario_differences(table, ax: plt.Axes | None = None, metric: str = "MSE") -> plt.Axes:
@@ -104,7 +104,8 @@ def predictor_comparison(table, ax: plt.Axes | None = None, names: dict | None =
     :func:`spared_utils.analysis.predictor_table`), one colour per scenario, a bar per seed
     spread when there are several seeds; the dashed line at 1 is the training mean."""
     models = list(dict.fromkeys(table.sort_values(value)["model"]))
-    scenarios = [s for s in ("raw", "masked", "median", "completed") if s in set(table["scenario"])]
+    present = list(dict.fromkeys(table["scenario"]))
+    scenarios = [s for s in SCENARIO_ORDER if s in present] + [s for s in present if s not in SCENARIO_ORDER]
     ax = ax or plt.subplots(figsize=(7, 1.2 + 0.5 * max(len(models), 1)))[1]
     step = 0.8 / max(len(scenarios), 1)
     for k, scenario in enumerate(scenarios):
@@ -112,20 +113,69 @@ def predictor_comparison(table, ax: plt.Axes | None = None, names: dict | None =
         y = np.arange(len(models)) + (k - (len(scenarios) - 1) / 2) * step
         x = part[value].to_numpy(float)
         err = (part["mse_sd"] / part["baseline_mse"]).fillna(0).to_numpy(float) if value == "mse_ratio" else None
-        ax.errorbar(x, y, xerr=err, fmt="o", capsize=3, color=METHOD_COLOURS.get(scenario, PALETTE[k]),
-                    label=scenario)
+        ax.errorbar(x, y, xerr=err, fmt="D" if scenario == "reference" else "o", capsize=3,
+                    color=scenario_colour(scenario, k), label=scenario)
     if value == "mse_ratio":
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-
         ax.axvline(1, color="0.4", ls="--", lw=0.9)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        _log_ratio_axis(ax)
         ax.set_xlabel("test MSE / training mean's MSE (log; left of the dashed line: better than the mean)")
     else:
         ax.set_xlabel(value)
     ax.set_yticks(np.arange(len(models)), [(names or {}).get(m, m) for m in models])
     ax.invert_yaxis()
+    ax.legend(frameon=False, fontsize=8, title="scenario", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax
+
+
+def _log_ratio_axis(ax: plt.Axes) -> None:
+    """A log x axis of ratios labelled in plain numbers at a few round values (no crowded minor labels)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50) if lo <= t <= hi] or [1]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+#: The order in which figures list scenarios (the references first, the paper's raw next).
+SCENARIO_ORDER = ("reference", "raw", "masked", "median", "completed", "completed:spackle_plus")
+
+
+def scenario_colour(scenario: str, k: int = 7) -> str:
+    """One colour per training scenario everywhere (a ``completed:<method>`` takes its method's)."""
+    if scenario == "reference":
+        return "0.15"
+    base, _, method = scenario.partition(":")
+    return METHOD_COLOURS.get(method or base, PALETTE[k % len(PALETTE)])
+
+
+def structure_vs_error(table, ax: plt.Axes | None = None, names: dict | None = None) -> plt.Axes:
+    """What a prediction keeps of the tissue against how far it is from the values: each (model,
+    scenario)'s test MSE over the training mean's (x, log) against the share of the measured maps'
+    spatial autocorrelation its predicted maps keep (mean Moran's I predicted / measured, y), from
+    :func:`spared_utils.analysis.predictor_table`. A model that regresses to the mean sits low
+    (flat maps) whatever its MSE; the references are labelled."""
+    shown = table.dropna(subset=["mse_ratio", "moran_pred", "moran_true"]).copy()
+    shown["kept"] = shown["moran_pred"] / shown["moran_true"]
+    ax = ax or plt.subplots(figsize=(6.5, 4.5))[1]
+    present = list(dict.fromkeys(shown["scenario"]))
+    for k, scenario in enumerate([s for s in SCENARIO_ORDER if s in present] + [s for s in present
+                                                                                 if s not in SCENARIO_ORDER]):
+        part = shown[shown["scenario"] == scenario]
+        ax.scatter(part["mse_ratio"], part["kept"], s=40, marker="D" if scenario == "reference" else "o",
+                   color=scenario_colour(scenario, k), label=scenario, alpha=0.85, edgecolor="white", linewidth=0.5)
+        if scenario == "reference":
+            for row in part.itertuples():
+                ax.annotate((names or {}).get(row.model, row.model.replace("_", " ")), (row.mse_ratio, row.kept),
+                            xytext=(5, 4), textcoords="offset points", fontsize=8)
+    ax.axvline(1, color="0.4", ls="--", lw=0.9)
+    ax.axhline(1, color="0.7", ls=":", lw=0.9)
+    _log_ratio_axis(ax)
+    ax.set_xlabel("test MSE / training mean's MSE (log)")
+    ax.set_ylabel("Moran's I kept (predicted / measured)")
     ax.legend(frameon=False, fontsize=8, title="scenario", loc="upper left", bbox_to_anchor=(1.01, 1))
     return ax
 
