@@ -62,7 +62,7 @@ if importlib.util.find_spec("spared_utils") is None:
 # %% tags=["parameters"]
 dataset = "synthetic"  # the dataset whose runs are compared
 split = "test"  # "val" or "test"
-# True: data/benchmark (make benchmark) with the local store; False: the local store only
+# True: data/benchmark (make benchmark) and the local store; False: the local store
 published = True  # type: bool|str
 results_file = None  # type: str  None: the local results store (results/results.csv)
 
@@ -102,7 +102,8 @@ cols = ["model", "scenario", "n_seeds", "mse", "mse_ratio", "pcc_gene", "moran_g
 shown[cols].round(3)
 
 # %%
-su.pl.folded(shown.drop(columns="dataset"), "Every column (seeds' spread, training mean, costs)", 3)
+everything = "Every column (seeds' spread, training mean, costs)"
+su.pl.folded(shown.drop(columns="dataset"), everything, 3)
 
 # %% [markdown]
 # ## The figures
@@ -114,31 +115,7 @@ ax = su.pl.predictor_comparison(table, names=names) if len(table) else None
 ax = su.pl.structure_vs_error(table, names=names) if len(table) else None
 
 # %%
-lines = []
-refs = table[table["scenario"] == "reference"].set_index("model")
-for scenario, part in models.groupby("scenario", sort=False):
-    best = part.iloc[0]
-    beat = part.loc[part["mse_ratio"] < 1, "model"].map(lambda m: names.get(m, m))
-    lines.append(
-        f"- `{scenario}`: best {names.get(best['model'], best['model'])} "
-        f"(MSE {best['mse']:.3f}, {best['mse_ratio']:.2f}× the training mean); "
-        f"{len(beat)} of {len(part)} predictors beat the mean"
-        + (f" ({', '.join(beat)})." if len(beat) else ".")
-    )
-    for ref in refs.index:
-        n = int((part["mse"] < refs.loc[ref, "mse"]).sum())
-        lines.append(
-            f"  - {n} of {len(part)} beat the {names.get(ref, ref)} reference "
-            f"(MSE {refs.loc[ref, 'mse']:.3f})."
-        )
-if len(models) and models["moran_pred"].notna().any():
-    kept = (models["moran_pred"] / models["moran_true"]).groupby(models["model"]).mean()
-    lines.append(
-        f"- Structure: the predicted maps keep {kept.min():.0%} to {kept.max():.0%} of "
-        f"the measured maps' Moran's I (most: {names.get(kept.idxmax(), kept.idxmax())})."
-    )
+lines = analysis.predictor_verdicts(table, names)
 if not lines:
-    lines.append(
-        f"- No predictor runs on {dataset} yet: run chapters 10–20 or `make benchmark`."
-    )
+    lines.append(f"- No runs on {dataset} yet: run chapters 10–20 or `make benchmark`.")
 display(Markdown("## What we saw\n\n" + "\n".join(lines)))

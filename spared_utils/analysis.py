@@ -18,11 +18,12 @@ import pandas as pd
 from scipy import stats
 
 from . import models
+from .predict.harness import row_hash
 from .registry import registry
 
 __all__ = ["ALL_MODELS", "DIFFERENCE_COLUMNS", "SCENARIO_PAIRS", "beats_training_mean", "best_pcc", "dataset_kinds",
            "run_sources", "scenario_verdicts", "stale", "completion_by_dataset", "completion_reduction", "latest_runs", "model_summary",
-           "model_tests", "bias_decomposition", "normalised_mse", "paper_claims", "predictor_table", "registry_spots", "scenario_differences",
+           "model_tests", "bias_decomposition", "predictor_verdicts", "normalised_mse", "paper_claims", "predictor_table", "registry_spots", "scenario_differences",
            "STRUCTURE_COLUMNS"]
 
 #: (a, b): the differences ``a − b`` that answer the scenario question.
@@ -447,8 +448,6 @@ def stale(store: pd.DataFrame, budget: str = "cpu") -> pd.Series:
     """Whether each ``predict`` row of ``store`` is stale: its ``config_hash`` is not the one the
     current code gives its run at ``budget`` (:func:`spared_utils.predict.harness.row_hash`);
     False for other stages and for rows without a hash."""
-    from .predict.harness import row_hash
-
     out = pd.Series(False, index=store.index)
     if "config_hash" not in store:
         return out
@@ -502,3 +501,30 @@ def beats_training_mean(store: pd.DataFrame, scenario: str = "completed", split:
     wide = wide.loc[order]
     wide.index = [f"{d} ({kinds[d]})" for d in wide.index]
     return wide
+
+
+def predictor_verdicts(table: pd.DataFrame, names: dict[str, str] | None = None) -> list[str]:
+    """Chapter 91's closing lines from :func:`predictor_table`: per scenario the best model, how
+    many beat the training mean and each reference, then how much of the measured maps' spatial
+    autocorrelation the predictions keep."""
+    names = names or {}
+    label = lambda m: names.get(m, m)  # noqa: E731
+    lines = []
+    models_ = table[table["scenario"] != "reference"]
+    refs = table[table["scenario"] == "reference"].set_index("model")
+    for scenario, part in models_.groupby("scenario", sort=False):
+        best = part.iloc[0]
+        beat = part.loc[part["mse_ratio"] < 1, "model"].map(label)
+        lines.append(f"- `{scenario}`: best {label(best['model'])} (MSE {best['mse']:.3f}, {best['mse_ratio']:.2f}× the "
+                     f"training mean); {len(beat)} of {len(part)} predictors beat the mean"
+                     + (f" ({', '.join(beat)})." if len(beat) else "."))
+        for ref in refs.index:
+            n = int((part["mse"] < refs.loc[ref, "mse"]).sum())
+            lines.append(f"  - {n} of {len(part)} beat the {label(ref)} reference (MSE {refs.loc[ref, 'mse']:.3f}).")
+    if len(models_) and models_["moran_pred"].notna().any():
+        kept = (models_["moran_pred"] / models_["moran_true"]).groupby(models_["model"]).mean()
+        lines.append(f"- Structure: the predicted maps keep {kept.min():.0%} to {kept.max():.0%} of the measured maps' "
+                     f"Moran's I (most: {label(kept.idxmax())}; the references: "
+                     + ", ".join(f"{label(r)} {refs.loc[r, 'moran_pred'] / refs.loc[r, 'moran_true']:.0%}"
+                                 for r in refs.index) + ").")
+    return lines

@@ -34,14 +34,14 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from . import paths, results
+from . import models, paths, results
 from .utils import atomic_path, file_lock
 from .predict.harness import parse_scenarios
 from .run import (
@@ -484,10 +484,6 @@ def _provenance_common(rows: pd.DataFrame) -> dict:
 
 def _budgets(plan: Plan) -> dict:
     """Each planned predictor's budget (its record's, with the plan's overrides) as plain values."""
-    from dataclasses import asdict
-
-    from . import models
-
     budget = str(plan.parameters.get("budget", "cpu"))
     out = {}
     for chapter in plan.chapters:

@@ -25,7 +25,7 @@ from .paths import STATIC_VIEWS_ENV
 from .plots.style import _touching_hex_size
 from .utils import dense
 
-__all__ = ["Explorer", "explore_prediction", "explore_slide", "SLIDE_PANELS"]
+__all__ = ["Explorer", "explore_prediction", "explore_slide", "folded", "SLIDE_PANELS"]
 
 #: The slide explorer's default panels: (title, layer, kind); ``kind`` is ``"measured"`` (the
 #: layer where ``mask`` is True, missing spots grey), ``"mask"`` or ``"values"`` (every spot).
@@ -297,3 +297,15 @@ def explore_prediction(
     figure = Figure(figsize=(12, 3.8))
     return _make(figure, {"prediction": list(predictions), "gene": list(adata.var_names)},
                  {"prediction": next(iter(predictions)), "gene": gene}, draw)
+
+
+def folded(table, summary: str, digits: int = 4):
+    """The whole ``table`` inside a closed ``<details>`` block whose line reads ``summary``: what a
+    chapter shows under a narrower table, so that no column hides behind a horizontal scroll (a
+    reader opens it in the rendered page; it needs no kernel)."""
+    import html
+
+    from IPython.display import HTML
+
+    body = table.round(digits).to_html(index=False, border=0, classes="folded-table", na_rep="")
+    return HTML(f"<details><summary>{html.escape(summary)}</summary>\n{body}\n</details>")

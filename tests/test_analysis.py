@@ -245,3 +245,53 @@ def test_a_completed_run_with_another_completion_method_is_its_own_scenario():
     table = analysis.scenario_differences(pd.DataFrame(rows), pairs=[("completed:spackle_plus", "completed")],
                                           pooled=False)
     assert table.iloc[0]["mean_diff"] == pytest.approx(0.0)  # (-0.5 + 0.5) / 2
+
+
+def test_predictor_table_puts_the_references_beside_the_models_with_their_structure_scores():
+    base = {"timestamp": "2026-12-05", "dataset": "synsuite_base", "split": "test", "seed": 0}
+    rows = [
+        {**base, "stage": "predict", "model": "shufflenet", "scenario": "completed", "mse": 2.0, "eval_spots": None,
+         "moran_pred": 0.2, "moran_true": 0.5, "moran_gap": 0.3, "corr_distance": 0.1},
+        {**base, "stage": "predict_baseline", "model": "training_mean", "scenario": "any", "mse": 4.0,
+         "eval_spots": None},
+        # the same reference scored on every spot and on a chapter's 200: the table keeps every spot's
+        {**base, "stage": "predict_reference", "model": "spatial_neighbours", "scenario": "any", "mse": 1.0,
+         "eval_spots": None, "moran_pred": 0.6, "moran_true": 0.5},
+        {**base, "stage": "predict_reference", "model": "spatial_neighbours", "scenario": "any", "mse": 9.0,
+         "eval_spots": 200, "moran_pred": 0.6, "moran_true": 0.5},
+        {**base, "stage": "predict_reference", "model": "library_size", "scenario": "any", "mse": 3.0,
+         "eval_spots": None, "moran_pred": 0.1, "moran_true": 0.5},
+    ]
+    table = analysis.predictor_table(pd.DataFrame(rows)).set_index("model")
+    assert list(table["scenario"]) == ["reference", "reference", "completed"], "references first"
+    assert table.loc["spatial_neighbours", "mse"] == 1.0 and table.loc["spatial_neighbours", "mse_ratio"] == 0.25
+    assert table.loc["shufflenet", "moran_gap"] == 0.3 and table.loc["shufflenet", "mse_ratio"] == 0.5
+    assert "reference" not in analysis.predictor_table(pd.DataFrame(rows), references=False)["scenario"].tolist()
+    lines = analysis.predictor_verdicts(analysis.predictor_table(pd.DataFrame(rows)))
+    assert lines[0].startswith("- `completed`: best shufflenet (MSE 2.000, 0.50× the training mean); 1 of 1")
+    assert "0 of 1 beat the spatial_neighbours reference (MSE 1.000)" in lines[1]
+    assert "1 of 1 beat the library_size reference" in lines[2]
+    assert "keep 40% to 40%" in lines[3] and "spatial_neighbours 120%" in lines[3]
+
+
+def test_run_sources_counts_each_datasets_runs_by_source_and_kind():
+    base = {"timestamp": "2026-12-05", "stage": "predict", "split": "test", "scenario": "raw", "mse": 1.0}
+    store = pd.DataFrame([
+        {**base, "dataset": "synsuite_base", "model": "shufflenet", "seed": 0, "source": "published"},
+        {**base, "dataset": "synsuite_base", "model": "stnet", "seed": 1, "source": "published"},
+        {**base, "dataset": "her2st_patient_c", "model": "shufflenet", "seed": 0, "source": "local"},
+        {**base, "dataset": "her2st_patient_c", "stage": "completion", "model": "median", "seed": 0,
+         "source": "local"},
+    ])
+    table = analysis.run_sources(store).set_index("dataset")
+    assert table.loc["synsuite_base", "kind"] == "generated" and table.loc["her2st_patient_c", "kind"] == "real"
+    assert table.loc["synsuite_base", "runs"] == 2 and table.loc["synsuite_base", "seeds"] == 2
+    assert table.loc["her2st_patient_c", "completion_rows"] == 1 and table.loc["her2st_patient_c", "source"] == "local"
+    assert table["stale"].sum() == 0, "rows without a configuration hash are not judged"
+    wide = analysis.beats_training_mean(pd.DataFrame([
+        {**base, "dataset": d, "model": "shufflenet", "seed": 0, "scenario": "completed", "mse": m}
+        for d, m in (("her2st_patient_c", 3.0), ("synsuite_base", 1.0))] + [
+        {**base, "dataset": d, "stage": "predict_baseline", "model": "training_mean", "seed": 0, "scenario": "any",
+         "mse": 2.0} for d in ("her2st_patient_c", "synsuite_base")]))
+    assert list(wide.index) == ["synsuite_base (generated)", "her2st_patient_c (real)"], "generated first"
+    assert list(wide["shufflenet"]) == [0.5, 1.5]

@@ -30,7 +30,6 @@ from .curation import (
 from .maps import completion_maps, gene_maps, hex_neighbourhood, predicted_vs_true_maps, slide_layers, slides_overview
 from .overview import PIPELINE_STAGES, pipeline_overview
 from .prediction import learning_curves, per_gene_pcc, sorted_counts
-from .tables import folded
 from .style import COMPLETION_LABELS, METHOD_COLOURS, PALETTE, SPLIT_COLOURS, spot_size
 
 __all__ = [
@@ -60,7 +59,6 @@ __all__ = [
     "bias_vs_shift",
     "training_mean_ratio",
     "structure_vs_error",
-    "folded",
     "predicted_vs_true_maps",
     "completion_mse_violin",
     "mse_vs_masking",

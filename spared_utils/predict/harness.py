@@ -21,6 +21,7 @@ from anndata import AnnData
 
 from .. import completion as completion_stage
 from .. import datasets, models, paths, results
+from ..registry import get_spec
 from ..completion import CompletionMethod
 from ..models import BudgetName
 from ..models.data import PAPER_PAIR, SCENARIOS, ZERO_FILLED, PredictionData, Scenario, prediction_data
@@ -471,8 +472,6 @@ def row_hash(row: Mapping[str, Any], budget: BudgetName = "cpu") -> str:
     A row whose ``config_hash`` differs is *stale*: the code, a budget or a record changed since
     it was written, and re-running it would not give the same configuration.
     """
-    from ..registry import get_spec
-
     scenario = str(row["scenario"])
     completion = row.get("completion")
     completion = str(completion) if scenario == "completed" and isinstance(completion, str) else "spackle"

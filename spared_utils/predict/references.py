@@ -12,7 +12,7 @@ measurements a predictor never sees):
   gene's *measured* values among the spot's neighbours on its slide (the first ring of the
   array grid, widened ring by ring up to :data:`MAX_RINGS` until a real value is found; the
   gene's training mean where none is). It shows what spatial context alone gives, the signal
-  that slide- and graph-level models (HisToGene, Hist2ST, SEPAL) can exploit.
+  that slide- and graph-level models can exploit.
 
 Both are scored by :func:`~spared_utils.predict.engine.evaluate_predictions` on the spots a run
 is scored on, and written with stage ``predict_reference``.
