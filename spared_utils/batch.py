@@ -241,33 +241,51 @@ def notebook_seconds(path: Path) -> float | None:
 
 
 def estimate(planned: Sequence[Job], results_dir: str | Path | None = None) -> pd.DataFrame:
-    """What the runs of a plan still to do would take, from the notebooks already finished.
+    """What the notebooks of a plan still to do would take, from the notebooks already finished.
 
-    For each chapter, the median papermill duration of its finished notebooks under
-    ``results_dir`` (any dataset; batch runs of the same scenario first, then any run of the
-    chapter) times its runs still to do. One row per chapter: ``to_run``, ``timed`` (notebooks
-    the median comes from, 0 = unknown), ``s_per_run`` and ``hours``; largest first.
+    For each chapter, the median papermill seconds *per run* of its finished notebooks under
+    ``results_dir`` (any dataset; a notebook that loops over several scenarios and seeds counts
+    its runs, :func:`runs_of`), times the runs still to do. One row per chapter: ``to_run``
+    (notebooks), ``timed`` (notebooks the median comes from, 0 = unknown), ``s_per_run`` and
+    ``hours``; largest first.
     """
     root = Path(results_dir) if results_dir else paths.results_dir()
     rows = []
     for chapter in dict.fromkeys(j.chapter for j in planned):
         todo = [j for j in planned if j.chapter == chapter and not finished(j)]
         found = sorted(root.glob(f"*/{chapter}*.ipynb")) if root.is_dir() else []
-        timed = {nb.stem: notebook_seconds(nb) for nb in found
+        timed = {nb.stem: _seconds_per_run(nb) for nb in found
                  if not nb.name.startswith(".") and not nb.name.endswith(".failed.ipynb")}
         timed = {stem: sec for stem, sec in timed.items() if sec is not None}
-        per_job = []
+        rates, seconds = [], []
         for job in todo:
-            tag = f"{chapter}-{job.parameters.get('scenario')}"
-            same = [sec for stem, sec in timed.items() if stem == tag or stem.startswith(tag + "-")]
+            # runs of the same scenario first (a notebook per run), then any run of the chapter
+            scenario = job.parameters.get("scenario")
+            tag = f"{chapter}-{scenario}" if isinstance(scenario, str) else None
+            same = [sec for stem, sec in timed.items() if tag and (stem == tag or stem.startswith(tag + "-"))]
             pool = same or list(timed.values())
-            per_job.append(float(pd.Series(pool).median()) if pool else float("nan"))
-        known = pd.Series(per_job, dtype=float)
+            rate = float(pd.Series(pool).median()) if pool else float("nan")
+            rates.append(rate)
+            seconds.append(rate * runs_of(job))
+        known = pd.Series(seconds, dtype=float)
         rows.append({"chapter": chapter, "to_run": len(todo), "timed": len(timed),
-                     "s_per_run": round(float(known.median()), 1) if known.notna().any() else float("nan"),
+                     "s_per_run": round(float(pd.Series(rates, dtype=float).dropna().median()), 1)
+                     if pd.Series(rates, dtype=float).notna().any() else float("nan"),
                      "hours": round(float(known.sum()) / 3600, 2) if known.notna().any() else float("nan")})
     table = pd.DataFrame(rows, columns=["chapter", "to_run", "timed", "s_per_run", "hours"])
     return table.sort_values("hours", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def _seconds_per_run(path: Path) -> float | None:
+    """Papermill's seconds for a finished notebook over the runs it made."""
+    seconds = notebook_seconds(path)
+    if seconds is None:
+        return None
+    try:
+        params = json.loads(path.read_text()).get("metadata", {}).get("papermill", {}).get("parameters", {})
+    except (OSError, ValueError):
+        return None
+    return seconds / runs_of(Job("", "", params, path))
 
 
 def failed_path(job: Job) -> Path:
