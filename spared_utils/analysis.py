@@ -490,12 +490,14 @@ def run_sources(store: pd.DataFrame, split: str = "test", budget: str = "cpu") -
 def beats_training_mean(store: pd.DataFrame, scenario: str = "completed", split: str = "test") -> pd.DataFrame:
     """Per dataset (rows, generated first) and model (columns): MSE over the training mean's on
     the same spots (:func:`predictor_table`'s ``mse_ratio``, seeds averaged); below 1 the model
-    beats each gene's training mean."""
+    beats each gene's training mean. The references follow the models, as ``<name> (reference)``."""
     table = predictor_table(store, split=split)
+    refs = table[table["scenario"] == "reference"].assign(model=lambda t: t["model"] + " (reference)")
     table = table[table["scenario"] == scenario]
     if table.empty:
         return pd.DataFrame()
-    wide = table.pivot_table(index="dataset", columns="model", values="mse_ratio")
+    wide = pd.concat([table, refs]).pivot_table(index="dataset", columns="model", values="mse_ratio")
+    wide = wide[[*sorted(set(table["model"])), *sorted(set(refs["model"]) & set(wide.columns))]]
     kinds = dataset_kinds(wide.index)
     order = sorted(wide.index, key=lambda d: (kinds[d] != "generated", d))
     wide = wide.loc[order]
