@@ -352,17 +352,29 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 
 def run_plan(plan: Plan, results_dir: str | Path | None = None, only: Sequence[str | Path] = (),
-             progress: bool = True, n_jobs: int = 1, threads: int | None = None) -> pd.DataFrame:
+             progress: bool = True, n_jobs: int = 1, threads: int | None = None,
+             published: str | Path | None = None) -> pd.DataFrame:
     """Run every job of ``plan`` not yet finished; one row per job: status (``done``,
-    ``skipped``, ``failed``), runs it holds, seconds, output and the error of a failed one.
+    ``skipped``, ``failed``, ``published``), runs it holds, seconds, output and the error of a
+    failed one.
 
     ``n_jobs`` > 1 runs that many notebooks at once, each in its own process with ``threads``
     threads (default: the machine's cores shared out); jobs that need the same dataset
-    preparation or completion wait for each other (:func:`spared_utils.utils.file_lock`)."""
+    preparation or completion wait for each other (:func:`spared_utils.utils.file_lock`).
+
+    ``published``: a folder :func:`publish` wrote for this plan. Its notebooks count as finished
+    (``published``: its ``notebooks.csv`` lists them with their parameters) and its rows are
+    merged into the local store first, so a plan run in parts on machines that keep nothing but
+    the repository resumes where its last publication ended.
+    """
     from tqdm.auto import tqdm
 
     root = Path(results_dir) if results_dir else paths.results_dir()
     todo = jobs(plan, root)
+    done_before = {}
+    if published is not None:
+        done_before = receipts(published)
+        _merge_published(Path(published), root)
     if only:
         wanted = {Path(p).resolve() for p in only}
         todo = [j for j in todo if j.output.resolve() in wanted]
@@ -371,7 +383,9 @@ def run_plan(plan: Plan, results_dir: str | Path | None = None, only: Sequence[s
             raise ValueError(f"--only names output(s) the plan does not make: {sorted(map(str, missing))}")
     order = {j.output: k for k, j in enumerate(todo)}
     rows = [_job_row(j, "skipped", 0.0, j.output) for j in todo if finished(j)]
-    todo = [j for j in todo if not finished(j)]
+    rows += [_job_row(j, "published", 0.0, j.output) for j in todo
+             if not finished(j) and _receipted(j, done_before)]
+    todo = [j for j in todo if not finished(j) and not _receipted(j, done_before)]
     bar = tqdm(total=sum(runs_of(j) for j in todo), desc="plan", unit="run", disable=not progress)
     used = threads if n_jobs > 1 and len(todo) > 1 else os.environ.get("OMP_NUM_THREADS", "")
     if n_jobs <= 1 or len(todo) <= 1:
@@ -423,6 +437,45 @@ def _log(row: dict, root: Path, plan: Plan, threads) -> None:
 PUBLISHED_STAGES = ("predict", "predict_baseline", "predict_reference", "completion")
 
 
+#: The file of a publication that lists its finished notebooks (what a later part of the plan skips).
+RECEIPTS = "notebooks.csv"
+
+
+def _notebook_key(job: Job) -> str:
+    return f"{job.dataset}/{job.output.name}"
+
+
+def receipts(folder: str | Path) -> dict[str, dict]:
+    """The notebooks a publication lists as finished: ``"<dataset>/<notebook>"`` → its parameters
+    (a dict) and ``seconds``; empty when the folder has none."""
+    path = Path(folder) / RECEIPTS
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path)
+    return {row.notebook: {"parameters": json.loads(row.parameters), "seconds": float(row.seconds)}
+            for row in table.itertuples()}
+
+
+def _receipted(job: Job, done: Mapping[str, dict]) -> bool:
+    found = done.get(_notebook_key(job))
+    return found is not None and found["parameters"] == json.loads(json.dumps(dict(job.parameters)))
+
+
+def _merge_published(folder: Path, root: Path) -> None:
+    """Add the published rows the local store lacks (the same row: its time, stage, run and split)."""
+    pub = results.read(folder / results.STORE_NAME)
+    if pub.empty:
+        return
+    local = results.read(root / results.STORE_NAME)
+    key = [c for c in ("timestamp", "stage", "dataset", "model", "scenario", "seed", "split", "config_hash",
+                       "completion", "masking") if c in pub]
+    if len(local):
+        have = set(map(tuple, local.reindex(columns=key).astype(str).to_numpy()))
+        pub = pub[[tuple(r) not in have for r in pub.reindex(columns=key).astype(str).to_numpy()]]
+    if len(pub):
+        results.append(pub.to_dict("records"), path=root / results.STORE_NAME)
+
+
 def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Path | None = None,
             partial: bool = False) -> Path:
     """Write the plan's rows of the results store under ``target`` (default :func:`published_dir`)
@@ -431,13 +484,16 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
     ``results.csv``: the rows of :data:`PUBLISHED_STAGES` on the plan's datasets.
     ``provenance.yml``: the plan (file and SHA-256), the commit (and whether the work tree had
     changes), the date, the machine, the threads per run, the budgets, the package versions, how
-    many notebooks and runs of the plan are finished and the driver's time on them. An unfinished
-    plan is refused unless ``partial`` (its provenance then says ``complete: false``).
+    many notebooks and runs of the plan are finished and the driver's time on them. ``notebooks.csv``
+    (:data:`RECEIPTS`): the finished notebooks with their parameters and seconds, those of earlier
+    publications of the plan included (:func:`run_plan` with ``published`` skips them). An
+    unfinished plan is refused unless ``partial`` (its provenance then says ``complete: false``).
     """
     root = Path(results_dir) if results_dir else paths.results_dir()
     target = Path(target) if target else results.published_dir()
     planned = jobs(plan, root)
-    done = [j for j in planned if finished(j)]
+    before = receipts(target)  # notebooks an earlier part of the plan published
+    done = [j for j in planned if finished(j) or _receipted(j, before)]
     if len(done) < len(planned) and not partial:
         raise ValueError(f"{len(planned) - len(done)} of {len(planned)} notebooks of {plan.source} are not finished; "
                          "run the plan first (or publish with --partial)")
@@ -445,7 +501,7 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
     rows = store[store["stage"].isin(PUBLISHED_STAGES) & store["dataset"].isin(plan.datasets)]
     if rows.empty:
         raise ValueError(f"the results store under {root} holds no row of the plan's datasets: nothing to publish")
-    seconds = [notebook_seconds(j.output) for j in done]
+    seconds = [notebook_seconds(j.output) if finished(j) else before[_notebook_key(j)]["seconds"] for j in done]
     provenance = {
         "plan": str(plan.source.relative_to(paths.project_root())) if plan.source and plan.source.is_relative_to(
             paths.project_root()) else str(plan.source),
@@ -466,6 +522,12 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
         rows.to_csv(tmp, index=False)
     with atomic_path(target / "provenance.yml") as tmp:
         tmp.write_text(yaml.safe_dump(provenance, sort_keys=False, allow_unicode=True))
+    listed = pd.DataFrame([{"notebook": _notebook_key(j), "chapter": j.chapter, "runs": runs_of(j), "seconds": sec,
+                            "parameters": json.dumps(dict(j.parameters), sort_keys=True)}
+                           for j, sec in zip(done, seconds)], columns=["notebook", "chapter", "runs", "seconds",
+                                                                      "parameters"])
+    with atomic_path(target / RECEIPTS) as tmp:
+        listed.to_csv(tmp, index=False)
     return target
 
 
@@ -528,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of each notebook when --jobs > 1 (default: the cores shared out)")
     parser.add_argument("--publish", nargs="?", const=str(results.published_dir()), default=None, metavar="DIR",
-                        help="after the plan, write its rows and their provenance to DIR (default: data/benchmark)")
+                        help="after the plan, write its rows and their provenance to DIR (default: "
+                             "data/benchmark); the notebooks an earlier publication there lists are not run again")
     parser.add_argument("--partial", action="store_true", help="with --publish: publish an unfinished plan too")
     parser.add_argument("--publish-only", action="store_true",
                         help="run nothing: publish what the plan has finished (with --publish; see --partial)")
@@ -568,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         table = run_plan(plan, args.results_dir, only=args.only, progress=not args.quiet, n_jobs=args.jobs,
-                         threads=args.threads)
+                         threads=args.threads, published=args.publish)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -579,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if counts.get("failed", 0) else 0
     if not args.quiet:
         print(table.drop(columns=["output"]).to_string(index=False))
-        print(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "skipped", "failed")))
+        print(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "skipped", "published", "failed")))
     for row in table[table["status"] == "failed"].itertuples():
         print(f"failed: {row.job}: {row.error} (notebook with the traceback: {row.output})", file=sys.stderr)
     if args.publish and (args.partial or not counts.get("failed", 0)):

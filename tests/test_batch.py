@@ -351,3 +351,19 @@ def test_publish_writes_the_plans_rows_and_provenance_and_refuses_an_unfinished_
     store = results.read_benchmark(root / "results.csv", published=target)
     assert set(store["source"]) == {"published", "local"} and len(store) == 1 + 3
     assert "partial: 1 of 6 runs" in results.describe_provenance(results.benchmark_provenance(target))
+
+    # a later part on a machine that kept nothing but the repository: the published notebook is
+    # not run again, its rows come back into the new store, and the next publication keeps both
+    assert list(pd.read_csv(target / batch.RECEIPTS)["notebook"]) == [f"synthetic_tiny/{jobs[0].output.name}"]
+    fresh = tmp_path / "fresh"
+    calls = []
+    monkeypatch.setattr(batch, "execute", _fake_execute(calls))
+    table = batch.run_plan(plan, fresh, progress=False, published=target,
+                           only=[fresh / j.dataset / j.output.name for j in jobs[:2]])
+    assert list(table["status"]) == ["published", "done"] and len(calls) == 1
+    merged = results.read(fresh / "results.csv")
+    assert list(merged["mse"]) == [1.5], "the published row is back in the local store"
+    batch.run_plan(plan, fresh, progress=False, published=target)  # merging again adds nothing twice
+    assert len(results.read(fresh / "results.csv")) == 1
+    batch.publish(plan, fresh, target, partial=True)
+    assert yaml.safe_load((target / "provenance.yml").read_text())["notebooks"]["finished"] == 6
