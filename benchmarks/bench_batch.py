@@ -256,6 +256,14 @@ def main(argv=None) -> int:
             if not (plan_table["device"] == "cuda").any():
                 print("   GPU-hours of the plan: unmeasured (no GPU rows in the store)")
             report["plan_projection"] = plan_table.to_dict("records")
+    prov = results.benchmark_provenance()
+    if prov and over:
+        n_nb, sec = prov["notebooks"]["finished"], prov.get("notebook_seconds") or float("nan")
+        share = n_nb * over["papermill_s"] / sec if sec else float("nan")
+        print(f"\n== The published benchmark ({prov['plan']}): {n_nb} notebooks, {prov['runs']['finished']} runs, "
+              f"{sec / 3600:.2f} h of notebooks; papermill and the import take ≈ {share:.1%} of it "
+              f"({over['papermill_s']:.1f} s a notebook, {sec / max(prov['runs']['finished'], 1):.0f} s a run)")
+        report["published_overhead"] = {"notebooks": n_nb, "notebook_seconds": sec, "share": share}
     if not args.skip_features:
         print(f"\n== 3. Frozen features, encoded vs read back from disk ({args.features_spots} spots)")
         feats = feature_cache(args.features_dataset, args.features_spots)
