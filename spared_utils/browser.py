@@ -5,57 +5,63 @@ Two passes over every page of ``_build/html`` (default):
 1. :func:`static_problems` parses each page's HTML (BeautifulSoup, no browser): every internal
    link, image, stylesheet and script must point at a file of the build (and a link's ``#anchor``
    at an element of that page); no cell output may be an error or a Python traceback.
-2. :func:`browse` opens each page in headless Chromium over the DevTools protocol (one browser for
-   all pages): the page must load, every ``<img>`` must be decoded with a non-zero size once laid
-   out, and a screenshot of the page is written to ``_build/screenshots/<page>.png``.
+2. :func:`browse` opens each page in headless Chromium through Playwright: the page must load,
+   every ``<img>`` must be decoded with a non-zero size once laid out, no cell output may be a
+   stderr stream, name a path of the build machine or hold a table wider than the content
+   column, and a screenshot of the page is written to ``_build/screenshots/<page>.png``.
 
-Chromium is Debian's ``chromium`` package (``apt-get install chromium``); pip packages such as
-playwright download their own browser, which an offline machine cannot do.
+The browser is Debian's ``chromium`` package (``apt-get install chromium``), which Playwright's
+Python package drives through ``executable_path``: nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
-import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["PageReport", "browse", "find_chromium", "html_pages", "static_problems", "check_book"]
+__all__ = ["PageReport", "browse", "find_chromium", "html_pages", "machine_paths", "static_problems", "check_book"]
 
 REFRESH = re.compile("^refresh$", re.IGNORECASE)  # <meta http-equiv="Refresh">: a redirect page
 
 #: Classes myst-nb gives to a cell output that is an error (``output error`` / ``traceback``).
 ERROR_OUTPUT_CLASSES = ("traceback", "error")
 
-_IMAGES_JS = """
-(async () => {
+_PAGE_JS = """
+async () => {
   const imgs = [...document.images];
   imgs.forEach(i => { i.loading = 'eager'; });
   await Promise.all(imgs.map(i => i.complete ? null :
     new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })));
-  return JSON.stringify({
+  const column = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  const colWidth = column.getBoundingClientRect().width;
+  const outputs = [...document.querySelectorAll('div.cell_output')];
+  return {
     title: document.title,
     text: document.body ? document.body.innerText.length : 0,
     height: document.documentElement.scrollHeight,
     wide: [...document.querySelectorAll('div.cell_input pre')]
       .filter(p => p.checkVisibility() && p.scrollWidth > p.clientWidth + 1)
       .map(p => Math.max(...p.textContent.split('\\n').map(l => l.length))),
+    stderr: [...document.querySelectorAll('div.cell_output .stderr, div.cell_output .output.stderr')]
+      .map(e => e.textContent.trim()).filter(t => t.length),
+    outputs: outputs.map(o => o.innerText || ''),
+    tables: [...document.querySelectorAll('div.cell_output table')]
+      .filter(t => t.checkVisibility())
+      .map(t => ({width: t.getBoundingClientRect().width, column: colWidth,
+                  head: [...t.querySelectorAll('th')].slice(0, 4).map(h => h.textContent.trim()).join(', ')}))
+      .filter(t => t.width > t.column + 1),
     images: imgs.map(i => ({src: i.getAttribute('src'), natural: [i.naturalWidth, i.naturalHeight],
                            shown: [i.getBoundingClientRect().width, i.getBoundingClientRect().height],
                            visible: i.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})})),
-  });
-})()
+  };
+}
 """
 
 
@@ -75,6 +81,9 @@ class PageReport:
         Where the page's screenshot was written.
     wide_code
         The longest line (characters) of each code cell wider than its box (a scroll bar).
+    stderr, machine_paths, wide_tables
+        The page's stderr outputs (their start), the build machine's paths its outputs name, and
+        its tables wider than the content column.
     redirect
         The target of a redirect page (Sphinx's ``index.html``), which is not opened.
     problems
@@ -86,6 +95,9 @@ class PageReport:
     images: list[tuple[str, int, int, float, float]] = field(default_factory=list)
     screenshot: Path | None = None
     wide_code: list[int] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    machine_paths: list[str] = field(default_factory=list)
+    wide_tables: list[str] = field(default_factory=list)
     redirect: str | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -187,137 +199,30 @@ def find_chromium() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def machine_paths(text: str, roots: Sequence[str] = ()) -> list[str]:
+    """Absolute paths of the build machine in ``text`` (a cell's output): under the temporary,
+    home and work folders, a virtual environment's ``site-packages``, or one of ``roots`` (the
+    project's folder). A reader cannot open them, and they change from machine to machine."""
+    found = [m.group(0) for m in MACHINE_PATH.finditer(text)]
+    found += [root for root in roots if root and root in text and not any(root in f for f in found)]
+    return sorted(set(found))
 
 
-class _DevTools:
-    """A minimal DevTools-protocol client on one page target (aiohttp's websocket)."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.next_id = 0
-        self.events: list[dict] = []
-
-    async def call(self, method: str, **params):
-        self.next_id += 1
-        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
-        while True:
-            msg = json.loads((await self.ws.receive()).data)
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"DevTools {method}: {msg['error']}")
-                return msg.get("result", {})
-            self.events.append(msg)
-
-    async def wait_for(self, event: str, timeout: float):
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, msg in enumerate(self.events):
-                if msg.get("method") == event:
-                    return self.events.pop(i)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{event} not received within {timeout} s")
-            msg = await asyncio.wait_for(self.ws.receive(), left)
-            self.events.append(json.loads(msg.data))
-
-
-async def _browse(chromium: str, pages: list[Path], html: Path, shots: Path, width: int,
-                  max_height: int, timeout: float) -> list[PageReport]:
-    import aiohttp
-
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen(
-            [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--hide-scrollbars", f"--remote-debugging-port={port}",
-             f"--user-data-dir={profile}", f"--window-size={width},900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            async with aiohttp.ClientSession() as http:
-                targets = None
-                deadline = time.monotonic() + timeout
-                while targets is None:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
-                            targets = [t for t in await resp.json() if t.get("type") == "page"]
-                    except aiohttp.ClientError:
-                        if proc.poll() is not None or time.monotonic() > deadline:
-                            raise RuntimeError(f"{chromium} did not start (exit {proc.poll()})")
-                        await asyncio.sleep(0.2)
-                url = targets[0]["webSocketDebuggerUrl"]
-                async with http.ws_connect(url, max_msg_size=0) as ws:
-                    return await _visit(_DevTools(ws), pages, html, shots, width, max_height, timeout)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-async def _visit(dt: _DevTools, pages: list[Path], html: Path, shots: Path, width: int,
-                 max_height: int, timeout: float) -> list[PageReport]:
-    from bs4 import BeautifulSoup
-    from tqdm.auto import tqdm
-
-    await dt.call("Page.enable")
-    reports = []
-    for page in tqdm(pages, desc="pages in chromium", leave=False):
-        rel = page.relative_to(html)
-        report = PageReport(str(rel))
-        refresh = BeautifulSoup(page.read_text(errors="replace"), "html.parser").find(
-            "meta", attrs={"http-equiv": REFRESH})
-        if refresh is not None:  # checked by static_problems: its target exists
-            report.redirect = refresh.get("content", "").partition("url=")[2] or "?"
-            reports.append(report)
-            continue
-        dt.events.clear()
-        nav = await dt.call("Page.navigate", url=page.as_uri())
-        if nav.get("errorText"):
-            report.problems.append(f"did not load: {nav['errorText']}")
-            reports.append(report)
-            continue
-        try:
-            await dt.wait_for("Page.loadEventFired", timeout)
-        except TimeoutError:
-            report.problems.append(f"no load event within {timeout} s")
-        res = await dt.call("Runtime.evaluate", expression=_IMAGES_JS, awaitPromise=True,
-                            returnByValue=True)
-        if "exceptionDetails" in res or not isinstance(res.get("result", {}).get("value"), str):
-            report.problems.append(f"could not inspect the page: {res.get('exceptionDetails', res)!s:.300}")
-            reports.append(report)
-            continue
-        seen = json.loads(res["result"]["value"])
-        report.title = seen["title"]
-        report.wide_code = seen["wide"]
-        if seen["text"] == 0:
-            report.problems.append("the page shows no text")
-        for img in seen["images"]:
-            (nw, nh), (sw, sh) = img["natural"], img["shown"]
-            report.images.append((img["src"], nw, nh, sw, sh))
-            if min(nw, nh) == 0:
-                report.problems.append(f"image {img['src']!r} did not decode (natural size {nw}×{nh})")
-            elif min(sw, sh) == 0 and img["visible"]:  # a closed menu's icons have no size
-                report.problems.append(f"image {img['src']!r} is laid out with zero size")
-        height = min(int(seen["height"]), max_height)
-        shot = await dt.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                             clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1})
-        report.screenshot = shots / rel.with_suffix(".png")
-        report.screenshot.parent.mkdir(parents=True, exist_ok=True)
-        tmp = report.screenshot.with_suffix(".png.part")
-        tmp.write_bytes(base64.b64decode(shot["data"]))
-        tmp.replace(report.screenshot)
-        reports.append(report)
-    return reports
+#: Absolute paths that only exist on the machine that built the book.
+MACHINE_PATH = re.compile(r"(?<![\w.:/])/(?:tmp|work|home|root|Users|private/var|var/folders)/[^\s'\"<>),;]+"
+                          r"|[^\s'\"<>]*site-packages/[^\s'\"<>),;]+")
 
 
 def browse(html: Path, screenshots: Path | None = None, chromium: str | None = None, width: int = 1280,
            max_height: int = 6000, timeout: float = 30.0) -> list[PageReport]:
-    """Open every page of the build in headless Chromium, check its images, screenshot it.
+    """Open every page of the build in headless Chromium (through Playwright), check what a reader
+    sees, and screenshot it.
+
+    Playwright's Python package drives Debian's ``chromium`` (``executable_path``); it needs
+    none of its own browser downloads. Per page: it loads; every ``<img>`` decodes with a
+    non-zero size once laid out; no cell output is a stderr stream (warnings), names a path of the
+    build machine (:func:`machine_paths`) or holds a table wider than the content column; the
+    code cells wider than their box are listed (:attr:`PageReport.wide_code`).
 
     Parameters
     ----------
@@ -330,20 +235,79 @@ def browse(html: Path, screenshots: Path | None = None, chromium: str | None = N
     width, max_height
         Viewport width and the most pixels of a page's height a screenshot keeps.
     timeout
-        Seconds to wait for the browser to start and for each page to load.
+        Seconds to wait for each page to load.
 
     Returns
     -------
     list of PageReport
         One per page, in :func:`html_pages` order.
     """
+    from bs4 import BeautifulSoup
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+    from tqdm.auto import tqdm
+
     html = Path(html).resolve()
     chromium = chromium or find_chromium()
     if chromium is None:
         raise FileNotFoundError("no Chromium found: install Debian's package (apt-get install chromium) "
                                 "or set CHROMIUM to the browser's path")
     shots = Path(screenshots) if screenshots else html.parent / "screenshots"
-    return asyncio.run(_browse(chromium, html_pages(html), html, shots, width, max_height, timeout))
+    roots = [str(html.parent.parent), str(Path(sys.prefix))]
+    reports = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            for path in tqdm(html_pages(html), desc="pages in chromium", leave=False):
+                rel = path.relative_to(html)
+                report = PageReport(str(rel))
+                refresh = BeautifulSoup(path.read_text(errors="replace"), "html.parser").find(
+                    "meta", attrs={"http-equiv": REFRESH})
+                if refresh is not None:  # checked by static_problems: its target exists
+                    report.redirect = refresh.get("content", "").partition("url=")[2] or "?"
+                    reports.append(report)
+                    continue
+                try:
+                    page.goto(path.as_uri(), wait_until="load", timeout=timeout * 1000)
+                    seen = page.evaluate(_PAGE_JS)
+                except PlaywrightError as err:
+                    report.problems.append(f"did not load or could not be inspected: {str(err).splitlines()[0]}")
+                    reports.append(report)
+                    continue
+                _read_page(report, seen, roots)
+                height = min(int(seen["height"]), max_height)
+                report.screenshot = shots / rel.with_suffix(".png")
+                report.screenshot.parent.mkdir(parents=True, exist_ok=True)
+                tmp = report.screenshot.with_suffix(".part.png")
+                page.screenshot(path=str(tmp), full_page=True, clip={"x": 0, "y": 0, "width": width, "height": height})
+                tmp.replace(report.screenshot)
+                reports.append(report)
+        finally:
+            browser.close()
+    return reports
+
+
+def _read_page(report: PageReport, seen: dict, roots: Sequence[str]) -> None:
+    """Fill ``report`` from what :data:`_PAGE_JS` measured."""
+    report.title = seen["title"]
+    report.wide_code = seen["wide"]
+    report.stderr = [text[:160] for text in seen["stderr"]]
+    report.machine_paths = machine_paths("\n".join(seen["outputs"]), roots)
+    report.wide_tables = [f"{t['width']:.0f} px in a {t['column']:.0f}-px column ({t['head']})" for t in seen["tables"]]
+    if seen["text"] == 0:
+        report.problems.append("the page shows no text")
+    for img in seen["images"]:
+        (nw, nh), (sw, sh) = img["natural"], img["shown"]
+        report.images.append((img["src"], nw, nh, sw, sh))
+        if min(nw, nh) == 0:
+            report.problems.append(f"image {img['src']!r} did not decode (natural size {nw}×{nh})")
+        elif min(sw, sh) == 0 and img["visible"]:  # a closed menu's icons have no size
+            report.problems.append(f"image {img['src']!r} is laid out with zero size")
+    report.problems += [f"stderr output: {text!r}" for text in report.stderr]
+    report.problems += [f"output names a path of the build machine: {p}" for p in report.machine_paths]
+    report.problems += [f"table wider than the column: {t}" for t in report.wide_tables]
 
 
 def check_book(html: Path, screenshots: Path | None = None) -> dict[str, list[str]]:

@@ -68,6 +68,33 @@ def test_browser_sees_a_missing_image(tmp_path):
     assert (tmp_path / "_build" / "screenshots" / "bad.png").stat().st_size > 0
 
 
+@needs_chromium
+def test_playwright_drives_chromium_and_reports_stderr_machine_paths_and_wide_tables(tmp_path):
+    """Playwright's Python package with Debian's chromium: a warning on stderr, an output naming
+    the build machine's folder and a table wider than the column are each a problem; a table
+    folded in a closed ``<details>`` (the full table below a short one) is not."""
+    import playwright
+
+    assert playwright.__name__ == "playwright"
+    html = tmp_path / "_build" / "html"
+    html.mkdir(parents=True)
+    wide = "".join(f"<th>column_{k}</th>" for k in range(40))
+    (html / "index.html").write_text(
+        '<html><body><main><article class="bd-article" style="width:600px"><p>page</p>'
+        '<div class="cell_output"><div class="output stderr"><pre>FutureWarning: going away</pre></div>'
+        f'<div class="output text_plain"><pre>wrote {tmp_path}/x.h5ad</pre></div>'
+        f'<table><tr>{wide}</tr></table>'
+        f'<details><summary>all columns</summary><table><tr>{wide}{wide}</tr></table></details>'
+        '</div></article></main></body></html>')
+    (report,) = browser.browse(html)
+    assert report.stderr == ["FutureWarning: going away"]
+    assert report.machine_paths == [f"{tmp_path}/x.h5ad"]
+    assert len(report.wide_tables) == 1 and "600-px column" in report.wide_tables[0]
+    assert len(report.problems) == 3
+    assert browser.machine_paths("see data/benchmark/results.csv and chapter 02") == []
+    assert browser.machine_paths("in /usr/lib/python3/site-packages/x.py") == ["/usr/lib/python3/site-packages/x.py"]
+
+
 @pytest.mark.slow
 @needs_chromium
 def test_every_page_of_the_book_in_chromium(tiny_book):
