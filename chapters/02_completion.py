@@ -123,9 +123,13 @@ print(
     f"{adata.n_obs:,} spots × {adata.n_vars} genes, "
     f"{100 * missing:.1f}% of the values missing (median-completed)"
 )
-pd.Series(
-    {k: v for k, v in config.flat().items() if k not in ("progress",)}, name="value"
-).to_frame()
+# the fields that differ from SpaCKLE's defaults; the whole configuration is folded below
+changed = config.changed()
+pd.DataFrame(changed, index=["default", "here"]).T.rename_axis("field")
+
+# %%
+everything = pd.DataFrame({"value": config.flat()}).reset_index(names="field")
+su.pl.folded(everything.astype(str), f"The whole configuration ({len(everything)} fields)")
 
 # %% [markdown]
 # ## The neighbourhood tensor

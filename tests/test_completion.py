@@ -392,3 +392,12 @@ def test_completion_address_names_method_configuration_and_data(data, tmp_path, 
     np.testing.assert_array_equal(found.layers["c_t_deltas"], made.layers["c_t_deltas"])
     assert completion.stored(data, "tiny", "median", folder=tmp_path) is not None
     assert completion.stored(data, "tiny", "mean", folder=tmp_path) is None
+
+
+def test_a_configuration_lists_only_what_differs_from_spackles_defaults():
+    from spared_utils.completion import SpackleConfig
+
+    assert SpackleConfig.make().changed() == {}
+    config = SpackleConfig.make(iterations=200, dim_feedforward=512)
+    assert config.changed() == {"iterations": (10_000, 200), "dim_feedforward": (2048, 512)}
+    assert set(config.changed()) < set(config.flat())

@@ -141,6 +141,12 @@ class SpackleConfig:
         """Every value, the training loop's included, in one flat mapping (for the chapter's table)."""
         return {**{k: v for k, v in asdict(self).items() if k != "train"}, **asdict(self.train)}
 
+    def changed(self) -> dict[str, tuple[Any, Any]]:
+        """The values that differ from the defaults (:meth:`make` with no argument): name →
+        ``(default, this)``; what a chapter shows above the whole configuration."""
+        default = type(self).make().flat()
+        return {k: (default.get(k), v) for k, v in self.flat().items() if default.get(k) != v}
+
 
 def config_tag(config: SpackleConfig, values: np.ndarray, real: np.ndarray, index: np.ndarray) -> str:
     """Short hash of everything that determines a training run except the learning rate."""
