@@ -72,7 +72,9 @@ def _interval(diff: np.ndarray, confidence: float) -> dict:
     """Mean, Student-t interval, paired t and Wilcoxon p of differences (NaN below 2 values)."""
     out = {"n": len(diff), "mean_diff": float(diff.mean()) if len(diff) else np.nan,
            "ci_low": np.nan, "ci_high": np.nan, "p_ttest": np.nan, "p_wilcoxon": np.nan}
-    if len(diff) >= 2:
+    if len(diff) >= 2 and np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):  # no spread to test
+        out.update(ci_low=float(diff[0]), ci_high=float(diff[0]))
+    elif len(diff) >= 2:
         test = stats.ttest_1samp(diff, 0.0)
         ci = test.confidence_interval(confidence)
         out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_ttest=float(test.pvalue))

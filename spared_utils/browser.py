@@ -52,6 +52,7 @@ async () => {
     stderr: [...document.querySelectorAll('div.cell_output .stderr, div.cell_output .output.stderr')]
       .map(e => e.textContent.trim()).filter(t => t.length),
     outputs: outputs.map(o => o.innerText || ''),
+    figures: [...document.querySelectorAll('figcaption span.caption-number')].map(e => e.textContent.trim()),
     tables: [...document.querySelectorAll('div.cell_output table')]
       .filter(t => t.checkVisibility())
       .map(t => ({width: t.getBoundingClientRect().width, column: colWidth,
@@ -84,6 +85,8 @@ class PageReport:
     stderr, machine_paths, wide_tables
         The page's stderr outputs (their start), the build machine's paths its outputs name, and
         its tables wider than the content column.
+    figure_numbers
+        The numbers of the page's figure captions as shown ("Fig. 9.2 ").
     redirect
         The target of a redirect page (Sphinx's ``index.html``), which is not opened.
     problems
@@ -98,6 +101,7 @@ class PageReport:
     stderr: list[str] = field(default_factory=list)
     machine_paths: list[str] = field(default_factory=list)
     wide_tables: list[str] = field(default_factory=list)
+    figure_numbers: list[str] = field(default_factory=list)
     redirect: str | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -293,6 +297,7 @@ def _read_page(report: PageReport, seen: dict, roots: Sequence[str]) -> None:
     """Fill ``report`` from what :data:`_PAGE_JS` measured."""
     report.title = seen["title"]
     report.wide_code = seen["wide"]
+    report.figure_numbers = seen["figures"]
     report.stderr = [text[:160] for text in seen["stderr"]]
     report.machine_paths = machine_paths("\n".join(seen["outputs"]), roots)
     report.wide_tables = [f"{t['width']:.0f} px in a {t['column']:.0f}-px column ({t['head']})" for t in seen["tables"]]

@@ -6,6 +6,7 @@ The tiny book is the one ``test_book`` checks (the session fixture ``tiny_book``
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -122,6 +123,12 @@ def test_every_page_of_the_book_in_chromium(tiny_book):
     wide = {page: r.wide_code for page, r in by_page.items()
             if r.wide_code and not any(name in page for name in WIDTH_PENDING)}
     assert wide == {}, f"code cells wider than the page (longest line of each): {wide}"
+    # figures are numbered per chapter (Fig. <chapter>.<figure>), and every chapter's first is .1
+    numbers = {page: r.figure_numbers for page, r in by_page.items() if r.figure_numbers}
+    assert numbers, "no numbered figure caption found"
+    for page, found in numbers.items():
+        assert all(re.fullmatch(r"Fig\. \d+\.\d+", n.strip()) for n in found), f"{page}: {found}"
+        assert found[0].strip().endswith(".1"), f"{page}: numbering does not restart per chapter: {found}"
     overview = [img for img in by_page["intro.html"].images if img[0].endswith("pipeline.svg")]
     assert overview and min(overview[0][1:]) > 0, "the intro's overview figure"
 

@@ -66,7 +66,8 @@ def test_bias_vs_shift_puts_each_scenario_at_its_shift_and_bias():
     ax = pl.bias_vs_shift(table)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["raw", "masked"], "NaN shift left out"
     points = np.vstack([c.get_offsets() for c in ax.collections])
-    assert np.allclose(points, [[-2.8, -3.0], [0.0, 0.1]])
+    # each run, then its scenario's mean (one run per scenario here: the same place)
+    assert np.allclose(points, [[-2.8, -3.0], [-2.8, -3.0], [0.0, 0.1], [0.0, 0.1]])
     (identity,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert np.allclose(identity.get_xdata(), identity.get_ydata())
 
@@ -80,7 +81,7 @@ def test_normalised_mse_models_draws_violins_only_with_several_datasets():
     summary = pd.DataFrame({"model": ["a", "b"], "mean": [1.0, 1.3], "sd": [0.0, 0.14]})
     ax = pl.normalised_mse_models(norm, summary)
     assert sum(isinstance(c, PolyCollection) for c in ax.collections) >= 1
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"], "one row per model, best first"
     one = pl.normalised_mse_models(norm[norm["dataset"] == "d0"], summary)
     assert not any(isinstance(c, PolyCollection) for c in one.collections)
 
@@ -106,3 +107,90 @@ def test_overview_figure_is_written_whole_and_the_same_each_time(tmp_path):
     assert text.lstrip().startswith("<?xml") and text.rstrip().endswith("</svg>")
     assert "Completion" in text, "labels stay text (svg.fonttype none)"
     assert [p.name for p in a.parent.iterdir()] == ["pipeline.svg"], "no temporary file left"
+
+
+def _benchmark_store():
+    """A store shaped like the published benchmark: 11 models, 8 datasets, the scenarios, references."""
+    import pandas as pd
+
+    from spared_utils import models
+
+    rng = np.random.default_rng(0)
+    datasets = ["synthetic", "synsuite_base", "synsuite_128genes", "synsuite_small", "synsuite_dropout",
+                "synsuite_intra", "synsuite_six_slides", "her2st_patient_c"]
+    rows = []
+    for d in datasets:
+        base = {"timestamp": "2026-12-05", "dataset": d, "split": "test"}
+        for seed in (0, 1, 2):
+            rows.append({**base, "stage": "predict_baseline", "model": "training_mean", "scenario": "any",
+                         "seed": seed, "mse": 3.0})
+            for ref, mse in (("library_size", 3.1), ("spatial_neighbours", 1.5)):
+                rows.append({**base, "stage": "predict_reference", "model": ref, "scenario": "any", "seed": seed,
+                             "mse": mse, "moran_pred": 0.3, "moran_true": 0.5})
+            for model in models.NAMES:
+                for scenario, shift in (("raw", 9.0), ("masked", 0.0), ("median", -0.1), ("completed", -0.05)):
+                    mse = 2.5 + shift + rng.normal(0, 0.2)
+                    rows.append({**base, "stage": "predict", "model": model, "scenario": scenario, "seed": seed,
+                                 "mse": mse, "pcc_gene": rng.uniform(0.1, 0.5), "bias": rng.normal(0, 0.5),
+                                 "target_shift": rng.normal(-1, 0.5), "n_params": 10 ** rng.uniform(3, 8),
+                                 "moran_pred": rng.uniform(0.1, 0.6), "moran_true": 0.5})
+                rows.append({**rows[-1], "completion": "spackle_plus", "mse": rows[-1]["mse"] - 0.02})
+        for method in ("median", "mean", "spackle", "spackle_plus", "stlearn"):
+            for level in (0.1, 0.3, 0.5):
+                rows.append({**base, "stage": "completion", "model": method, "scenario": f"masking_{level}",
+                             "masking": level, "seed": 0, "mse": rng.uniform(0.2, 2.0)})
+    return pd.DataFrame(rows)
+
+
+def test_the_benchmark_figures_print_no_label_over_another():
+    """Chapters 90 and 91's figures at the published benchmark's size (11 models, 8 datasets):
+    no tick label, axis label, title, legend entry or annotation drawn over another."""
+    import matplotlib.pyplot as plt
+
+    from spared_utils import analysis, models, plots
+    from spared_utils.plots.style import overlapping_text
+
+    store = _benchmark_store()
+    names = {k: models.display_name(k) for k in models.NAMES}
+    completion = analysis.completion_by_dataset(store)
+    methods = tuple(completion.groupby("method")["mse"].mean().sort_values().index)
+    norm = analysis.normalised_mse(store)
+    summary = analysis.model_summary(norm)
+    table = analysis.predictor_table(store[store["dataset"] == "synthetic"])
+    draws = {
+        "completion violin": lambda: plots.completion_mse_violin(completion, by="dataset", methods=methods),
+        "scenario differences": lambda: plots.scenario_differences(
+            analysis.scenario_differences(store).query("kind == 'generated'")),
+        "bias against shift": lambda: plots.bias_vs_shift(analysis.bias_decomposition(store)),
+        "best PCC arrows": lambda: plots.best_pcc_arrows(analysis.best_pcc(store)),
+        "normalised MSE": lambda: plots.normalised_mse_models(norm, summary),
+        "wins": lambda: plots.wins_pie(summary, names=names),
+        "parameters": lambda: plots.mse_vs_parameters(summary),
+        "beats the mean": lambda: plots.training_mean_ratio(analysis.beats_training_mean(store), names=names),
+        "predictors": lambda: plots.predictor_comparison(table, names=names),
+        "structure": lambda: plots.structure_vs_error(table, names=names),
+    }
+    found = {}
+    for name, draw in draws.items():
+        ax = draw()
+        fig = ax.figure if hasattr(ax, "figure") else ax
+        pairs = overlapping_text(fig)
+        if pairs:
+            found[name] = pairs[:4]
+        plt.close(fig)
+    assert found == {}, f"labels drawn over each other: {found}"
+
+
+def test_the_overlap_check_sees_two_labels_on_top_of_each_other():
+    import matplotlib.pyplot as plt
+
+    from spared_utils.plots.style import overlapping_text
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.set_xticks(range(6), [f"a rather long label {k}" for k in range(6)])
+    assert overlapping_text(fig), "crowded tick labels"
+    ax.set_xticks(range(2), ["a", "b"])
+    ax.annotate("here", (0.5, 0.5))
+    ax.annotate("there", (0.5, 0.5))
+    assert overlapping_text(fig) == [("here", "there")]
+    plt.close(fig)

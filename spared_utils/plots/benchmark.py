@@ -55,20 +55,21 @@ def best_pcc_arrows(table, ax: plt.Axes | None = None, start: str = "raw", end: 
 
 def normalised_mse_models(normalised, summary, ax: plt.Axes | None = None) -> plt.Axes:
     """Fig. 4a of the paper: each model's MSE over the best model's, a violin over datasets with
-    one dot per dataset, and the mean ± sd across datasets (black) — models ordered best first."""
-    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    one dot per dataset, and the mean ± sd across datasets (black) — models best first, one row
+    each (the names stay readable however many models there are)."""
     order = list(summary["model"])
+    ax = ax or plt.subplots(figsize=(7, 0.8 + 0.42 * max(len(order), 1)))[1]
     several = normalised.groupby("model")["dataset"].nunique()
     if (several > 1).any():  # a violin needs a spread; with one dataset per model the dots say it all
-        sns.violinplot(data=normalised, x="model", y="normalised_mse", order=order, color="0.9", inner=None, cut=0,
-                       linewidth=0.8, ax=ax)
-    sns.stripplot(data=normalised, x="model", y="normalised_mse", order=order, color=PALETTE[0], size=5, ax=ax)
-    ax.errorbar(np.arange(len(order)), summary["mean"], yerr=summary["sd"].fillna(0), fmt="_", color="k",
-                markersize=18, capsize=4, lw=1.2)
-    ax.axhline(1, color="0.6", lw=0.8, ls="--")
-    ax.set_xlabel("")
-    ax.set_ylabel("MSE / best MSE on the dataset")
-    ax.tick_params(axis="x", rotation=45)
+        sns.violinplot(data=normalised, y="model", x="normalised_mse", order=order, color="0.9", inner=None, cut=0,
+                       linewidth=0.8, orient="h", ax=ax)
+    sns.stripplot(data=normalised, y="model", x="normalised_mse", order=order, color=PALETTE[0], size=5, orient="h",
+                  ax=ax)
+    ax.errorbar(summary["mean"], np.arange(len(order)), xerr=summary["sd"].fillna(0), fmt="|", color="k",
+                markersize=14, capsize=4, lw=1.2)
+    ax.axvline(1, color="0.6", lw=0.8, ls="--")
+    ax.set_ylabel("")
+    ax.set_xlabel("MSE / best MSE on the dataset")
     return ax
 
 
@@ -185,21 +186,22 @@ def bias_vs_shift(table, ax: plt.Axes | None = None) -> plt.Axes:
     its training targets sit from the real mean (``target_shift``), from
     :func:`spared_utils.analysis.bias_decomposition`; the dashed line is bias = shift (a model
     that inherits its targets' shift in full)."""
-    ax = ax or plt.subplots(figsize=(5.5, 4.5))[1]
+    ax = ax or plt.subplots(figsize=(6, 4.5))[1]
     shown = table.dropna(subset=["bias", "target_shift"])
-    for scenario, part in shown.groupby("scenario", sort=False):
-        ax.scatter(part["target_shift"], part["bias"], color=METHOD_COLOURS.get(scenario, PALETTE[7]), s=45,
-                   label=scenario, zorder=3)
-        for row in part.itertuples():
-            ax.annotate(row.model, (row.target_shift, row.bias), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    for k, (scenario, part) in enumerate(shown.groupby("scenario", sort=False)):
+        colour = scenario_colour(scenario, k)
+        ax.scatter(part["target_shift"], part["bias"], color=colour, s=30, alpha=0.7, label=scenario, zorder=3)
+        # the scenario's mean over models, larger (each model's numbers are in the chapter's table)
+        ax.scatter([part["target_shift"].mean()], [part["bias"].mean()], color=colour, s=140, marker="X",
+                   edgecolor="k", linewidth=0.8, zorder=4)
     if len(shown):
         lo = float(min(shown["target_shift"].min(), shown["bias"].min(), 0))
         hi = float(max(shown["target_shift"].max(), shown["bias"].max(), 0))
         ax.plot([lo, hi], [lo, hi], ls="--", color="0.5", lw=0.9)
     ax.axhline(0, color="0.8", lw=0.8)
-    ax.set_xlabel("target shift: training targets' mean − real values' mean (log2 scale)")
-    ax.set_ylabel("bias: mean prediction − real value (test)")
-    ax.legend(frameon=False, fontsize=8, title="scenario")
+    ax.set_xlabel("target shift (training targets' mean − real mean)")
+    ax.set_ylabel("bias (mean prediction − real value, test)")
+    ax.legend(frameon=False, fontsize=8, title="scenario (✕: mean)", loc="upper left", bbox_to_anchor=(1.01, 1))
     return ax
 
 
@@ -209,13 +211,20 @@ def training_mean_ratio(wide, ax: plt.Axes | None = None, names: dict[str, str] 
     blue below 1 (the model beats each gene's mean), red above."""
     names = names or {}
     shown = wide.rename(columns=lambda m: names.get(m, m))
-    ax = ax or plt.subplots(figsize=(1.2 + 0.62 * shown.shape[1], 1.0 + 0.42 * shown.shape[0]))[1]
-    spread = float(np.nanmax(np.abs(np.log2(shown.to_numpy(float))))) if np.isfinite(shown.to_numpy(float)).any() else 1.0
-    sns.heatmap(np.log2(shown), ax=ax, cmap="RdBu_r", center=0, vmin=-spread, vmax=spread, annot=shown, fmt=".2f",
-                annot_kws={"fontsize": 7}, cbar_kws={"label": "log₂(MSE / training mean's)"}, linewidths=0.5)
-    ax.set_xlabel("")
-    ax.set_ylabel("")
-    ax.tick_params(axis="x", rotation=45, labelsize=8)
-    plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
-    ax.tick_params(axis="y", labelsize=8)
+    ax = ax or plt.subplots(figsize=(1.6 + 0.62 * shown.shape[1], 1.0 + 0.42 * shown.shape[0]))[1]
+    values = shown.to_numpy(float)
+    logs = np.log2(values)
+    spread = float(np.nanmax(np.abs(logs))) if np.isfinite(logs).any() else 1.0
+    image = ax.imshow(np.ma.masked_invalid(logs), cmap="RdBu_r", vmin=-spread, vmax=spread, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            dark = abs(logs[i, j]) > 0.6 * spread
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if dark else "0.1")
+    ax.figure.colorbar(image, ax=ax, label="log₂(MSE / training mean's)")
+    ax.set_xticks(range(shown.shape[1]), list(shown.columns), rotation=90, fontsize=8)
+    ax.set_yticks(range(shown.shape[0]), list(shown.index), fontsize=8)
+    ax.set_xticks(np.arange(shown.shape[1] + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(shown.shape[0] + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.8)
+    ax.tick_params(which="minor", length=0)
     return ax

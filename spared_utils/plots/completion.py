@@ -24,18 +24,19 @@ def completion_mse_violin(table, by: str = "gene", ax: plt.Axes | None = None,
     """
     import pandas as pd
 
-    ax = ax or plt.subplots(figsize=(5, 4))[1]
     data = pd.DataFrame(table)
     data = data[data["method"].isin(methods) & (data["mse"] > 0)].copy()
     order = [m for m in methods if m in set(data["method"])]
+    ax = ax or plt.subplots(figsize=(6, 1.2 + 0.6 * max(len(order), 1)))[1]
     data["log_mse"] = np.log10(data["mse"].astype(float))
     palette = {m: METHOD_COLOURS.get(m, PALETTE[k]) for k, m in enumerate(order)}
-    sns.violinplot(data=data, x="method", y="log_mse", hue="method", order=order, hue_order=order,
-                   palette=palette, inner=None, cut=0, ax=ax, legend=False)
-    sns.stripplot(data=data, x="method", y="log_mse", order=order, color="0.2", size=3, ax=ax)
-    ax.set_xticks(range(len(order)), [COMPLETION_LABELS.get(m, m) for m in order])
-    ax.set_xlabel("")
-    ax.set_ylabel("log10 MSE of hidden values (log2(TPM + 1)²)")
+    # one row per method: the names stay readable however many methods are compared
+    sns.violinplot(data=data, y="method", x="log_mse", hue="method", order=order, hue_order=order,
+                   palette=palette, inner=None, cut=0, orient="h", ax=ax, legend=False)
+    sns.stripplot(data=data, y="method", x="log_mse", order=order, color="0.2", size=3, orient="h", ax=ax)
+    ax.set_yticks(range(len(order)), [COMPLETION_LABELS.get(m, m) for m in order])
+    ax.set_ylabel("")
+    ax.set_xlabel("log10 MSE of hidden values (log2(TPM + 1)²)")
     ax.set_title(f"Completion error per method, one point per {by}")
     return ax
 

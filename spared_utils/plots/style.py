@@ -52,3 +52,34 @@ def _touching_hex_size(ax: plt.Axes, xy: np.ndarray) -> float:
     width_pt = ax.get_window_extent().width * 72 / ax.figure.dpi
     span = abs(np.diff(ax.get_xlim())[0])
     return float((step / span * width_pt * 1.1) ** 2)
+
+
+def overlapping_text(fig, shrink: float = 1.0) -> list[tuple[str, str]]:
+    """Pairs of texts of ``fig`` that a reader sees on top of each other: tick labels, axis labels,
+    titles, legend entries and annotations, compared by the boxes the renderer draws them in (each
+    box shrunk by ``shrink`` pixels on every side, so that texts which only touch do not count)."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = []
+    for ax in fig.axes:
+        found = [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.yaxis.label, ax.title,
+                 *ax.texts]
+        legend = ax.get_legend()
+        if legend is not None:
+            found += [*legend.get_texts(), legend.get_title()]
+        texts += [t for t in found if isinstance(t, Text) and t.get_visible() and t.get_text().strip()]
+    texts += [t for t in fig.texts if t.get_visible() and t.get_text().strip()]
+    boxes = []
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        if box.width > 2 * shrink and box.height > 2 * shrink:
+            boxes.append((t, Bbox.from_extents(box.x0 + shrink, box.y0 + shrink, box.x1 - shrink, box.y1 - shrink)))
+    out = []
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            if box_a.overlaps(box_b):
+                out.append((a.get_text(), b.get_text()))
+    return out
