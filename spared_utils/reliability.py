@@ -7,6 +7,7 @@ the tests at build time, not a list typed by hand: a row that stops passing show
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -52,7 +53,11 @@ def run_matrix(report: str | os.PathLike, select: str = "", timeout: float = 180
     report = Path(report)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "pytest", str(module), "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--color=no"]
+    # the test folders live under a known root, so that the messages can name them by what the
+    # reader sees (<test folder>/...) rather than by this machine's temporary paths
+    basetemp = report.parent / f".{report.stem}-tmp"
+    command = [sys.executable, "-m", "pytest", str(module), "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--color=no",
+               f"--basetemp={basetemp}"]
     if select:
         command += ["-k", select]
     env = {**os.environ, REPORT_ENV: str(report), "PYTHONPATH": os.pathsep.join(
@@ -65,8 +70,22 @@ def run_matrix(report: str | os.PathLike, select: str = "", timeout: float = 180
         raise RuntimeError(f"the matrix wrote no report to {report} (pytest exit code {done.returncode}):\n"
                            f"{(done.stdout + done.stderr)[-3000:]}")
     rows = pd.DataFrame(json.loads(report.read_text()))
+    if "message" in rows:
+        rows["message"] = rows["message"].map(lambda m: readable_paths(m, {basetemp: "<test folder>",
+                                                                          root: "<repository>"}))
     return rows, {"exit_code": done.returncode, "seconds": seconds, "select": select,
                   "tail": (done.stdout + done.stderr).strip().splitlines()[-1:]}
+
+
+def readable_paths(message, places: dict) -> str:
+    """``message`` with each folder of ``places`` (this machine's path → what a reader sees)
+    written as its name; a message that is not a text is returned as it is."""
+    if not isinstance(message, str):
+        return message
+    for folder, name in sorted(places.items(), key=lambda kv: -len(str(kv[0]))):
+        for form in {str(folder), str(Path(folder).resolve())}:
+            message = message.replace(form, name)
+    return re.sub(r"<test folder>/[^/\s]*?(\d+)/", "<test folder>/", message)
 
 
 def summary(rows: pd.DataFrame) -> dict[str, int]:

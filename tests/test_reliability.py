@@ -595,3 +595,13 @@ def test_concurrent_appends_lose_and_tear_nothing(tmp_path):
            ok and not leftovers and switches > 0, partial_outputs=len(leftovers))
     assert ok and not leftovers, (len(table), lost, torn, leftovers)
     assert switches > 0, "one writer finished before the other started: nothing was concurrent"
+
+
+def test_messages_name_the_test_folder_and_the_repository_not_this_machines_paths(tmp_path):
+    from spared_utils.reliability import readable_paths
+
+    places = {tmp_path / "base": "<test folder>", tmp_path: "<repository>"}
+    message = f"cannot read {tmp_path}/base/test_truncated_h5ad0/slide.h5ad; see {tmp_path}/data/datasets.yml"
+    assert readable_paths(message, places) == ("cannot read <test folder>/slide.h5ad; "
+                                               "see <repository>/data/datasets.yml")
+    assert readable_paths(None, places) is None
