@@ -87,6 +87,8 @@ class PageReport:
         its tables wider than the content column.
     figure_numbers
         The numbers of the page's figure captions as shown ("Fig. 9.2 ").
+    explorers
+        Per kernel-free explorer on the page: whether choosing another value changed its view.
     redirect
         The target of a redirect page (Sphinx's ``index.html``), which is not opened.
     problems
@@ -102,6 +104,7 @@ class PageReport:
     machine_paths: list[str] = field(default_factory=list)
     wide_tables: list[str] = field(default_factory=list)
     figure_numbers: list[str] = field(default_factory=list)
+    explorers: list[bool] = field(default_factory=list)
     redirect: str | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -281,6 +284,9 @@ def browse(html: Path, screenshots: Path | None = None, chromium: str | None = N
                     reports.append(report)
                     continue
                 _read_page(report, seen, roots)
+                report.explorers = _try_explorers(page)
+                report.problems += [f"explorer {k + 1} did not change its view when a value was chosen"
+                                    for k, ok in enumerate(report.explorers) if not ok]
                 height = min(int(seen["height"]), max_height)
                 report.screenshot = shots / rel.with_suffix(".png")
                 report.screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -291,6 +297,24 @@ def browse(html: Path, screenshots: Path | None = None, chromium: str | None = N
         finally:
             browser.close()
     return reports
+
+
+def _try_explorers(page) -> list[bool]:
+    """For each kernel-free explorer on the page (:meth:`spared_utils.explore.Explorer.html`):
+    choose another value in its last dropdown, and whether its image changed."""
+    out = []
+    for k in range(page.locator("div.su-explorer").count()):
+        explorer = page.locator("div.su-explorer").nth(k)
+        select = explorer.locator("select").last
+        if select.locator("option").count() < 2:
+            out.append(True)  # one view only: nothing to change
+            continue
+        before = explorer.locator("img").get_attribute("src")
+        current = select.input_value()
+        other = next(v for v in select.locator("option").all_inner_texts() if v != current)
+        select.select_option(label=other)
+        out.append(explorer.locator("img").get_attribute("src") != before)
+    return out
 
 
 def _read_page(report: PageReport, seen: dict, roots: Sequence[str]) -> None:

@@ -1,11 +1,12 @@
 """Interactive explorers (``su.pl.explore_slide``, ``su.pl.explore_prediction``): ipywidgets on top
 of a matplotlib figure.
 
-In a live kernel (JupyterLab, Colab) the dropdowns redraw the figure. Everywhere else — the
-rendered HTML of the book, a plain script — the same call shows the default view as a static
-image: the explorer's display carries both the widget view and a PNG of the figure, and a
-renderer without a kernel (Jupyter Book, GitHub) shows the PNG (``_config.yml`` ranks the PNG
-above the widget view for HTML).
+In a live kernel (JupyterLab, Colab) the dropdowns redraw the figure. In a batch run (the book's
+build) the explorer draws a bounded set of views beforehand (:meth:`Explorer.html`: every choice
+of each control but the gene, and as many genes as keep it at :data:`MAX_VIEWS`) into an HTML
+fragment whose dropdowns swap the image without a kernel, so a reader of the rendered book
+still picks a method and a gene. Its display also carries a PNG of the first view, for
+renderers that show no HTML (``_config.yml`` ranks the widget view below both for HTML).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ SLIDE_PANELS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-#: "1" in this environment variable: the static first view only, without widgets.
+#: "1" in this environment variable: no widgets, the views drawn beforehand (:meth:`Explorer.html`).
 STATIC_ENV = STATIC_VIEWS_ENV
+#: The most views an explorer draws beforehand for a page without a kernel.
+MAX_VIEWS = 8
 
 
 @dataclass
@@ -97,9 +100,60 @@ class Explorer:
                 display(self.figure)
         return w.VBox([w.HBox(list(self.controls.values())), self._output])
 
+    def views(self, max_views: int = MAX_VIEWS) -> dict[str, list]:
+        """The choices the kernel-free page offers: every option of each control but ``gene``
+        (the current one first), then as many genes (the current one first) as keep the number of
+        views at ``max_views`` or under (two genes at least)."""
+        values = self.values()
+        options = {name: [values[name], *[o for o in control.options if o != values[name]]]
+                   for name, control in self.controls.items()}
+        fixed = int(np.prod([len(v) for k, v in options.items() if k != "gene"]))
+        if "gene" in options:
+            options["gene"] = options["gene"][:max(2, max_views // max(fixed, 1))]
+        return options
+
+    def html(self, max_views: int = MAX_VIEWS, dpi: int = 60) -> str:
+        """A page fragment that works without a kernel: one dropdown per control and the views
+        drawn beforehand (:meth:`views`, PNG images embedded); choosing a value swaps the image
+        (a few lines of JavaScript), so a reader of the rendered book still explores."""
+        import html as html_lib
+        import itertools
+        import json
+        import uuid
+
+        options = self.views(max_views)
+        start = self.values()
+        images = {}
+        for combo in itertools.product(*options.values()):
+            chosen = dict(zip(options, combo))
+            self.figure.clear()
+            self.draw(self.figure, **chosen)
+            images["|".join(map(str, combo))] = "data:image/png;base64," + base64.b64encode(self.png(dpi)).decode()
+        self.figure.clear()
+        self.draw(self.figure, **start)  # back to the first view
+        key = "|".join(str(start[name]) for name in options)
+        ident = f"su-explorer-{uuid.uuid4().hex[:8]}"
+        selects = "".join(
+            f'<label style="margin-right:1em">{html_lib.escape(name)} <select data-control="{html_lib.escape(name)}">'
+            + "".join(f'<option{" selected" if o == start[name] else ""}>{html_lib.escape(str(o))}</option>'
+                      for o in opts) + "</select></label>"
+            for name, opts in options.items())
+        script = (f"(function(){{var root=document.getElementById('{ident}');"
+                  f"var views=JSON.parse(root.querySelector('script[type=\"application/json\"]').textContent);"
+                  "var img=root.querySelector('img');root.querySelectorAll('select').forEach(function(s){"
+                  "s.addEventListener('change',function(){var k=[].map.call(root.querySelectorAll('select'),"
+                  "function(x){return x.value}).join('|');if(views[k]){img.src=views[k];}});});})();")
+        note = (f"{len(images)} views drawn beforehand (in a live kernel: every "
+                f"{' and '.join(options)})")
+        return (f'<div class="su-explorer" id="{ident}"><div>{selects}<small>{html_lib.escape(note)}</small></div>'
+                f'<img src="{images[key]}" style="max-width:100%" alt="explorer view">'
+                f'<script type="application/json">{json.dumps(images)}</script><script>{script}</script></div>')
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         bundle = {"text/plain": f"<Explorer: {', '.join(f'{k}={v!r}' for k, v in self.values().items())}>",
                   "image/png": base64.b64encode(self.png()).decode()}
+        if os.environ.get(STATIC_ENV) == "1":  # a batch run (the book's build): the page a reader explores
+            bundle["text/html"] = self.html()
         try:
             from ipykernel.kernelbase import Kernel
         except ImportError:  # pragma: no cover

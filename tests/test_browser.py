@@ -88,6 +88,7 @@ def test_playwright_drives_chromium_and_reports_stderr_machine_paths_and_wide_ta
         f'<details><summary>all columns</summary><table><tr>{wide}{wide}</tr></table></details>'
         '</div></article></main></body></html>')
     (report,) = browser.browse(html)
+    assert report.explorers == [] and report.figure_numbers == []
     assert report.stderr == ["FutureWarning: going away"]
     assert report.machine_paths == [f"{tmp_path}/x.h5ad"]
     assert len(report.wide_tables) == 1 and "600-px column" in report.wide_tables[0]
@@ -129,6 +130,8 @@ def test_every_page_of_the_book_in_chromium(tiny_book):
     for page, found in numbers.items():
         assert all(re.fullmatch(r"Fig\. \d+\.\d+", n.strip()) for n in found), f"{page}: {found}"
         assert found[0].strip().endswith(".1"), f"{page}: numbering does not restart per chapter: {found}"
+    # the explorers answer a reader without a kernel (every one changed its view: else a problem above)
+    assert sum(len(r.explorers) for r in reports) >= 2, "no kernel-free explorer found in the book"
     overview = [img for img in by_page["intro.html"].images if img[0].endswith("pipeline.svg")]
     assert overview and min(overview[0][1:]) > 0, "the intro's overview figure"
 

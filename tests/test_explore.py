@@ -132,3 +132,34 @@ def test_a_batch_run_shows_the_static_view_only(curated_like, monkeypatch):
     monkeypatch.setenv(explore.STATIC_ENV, "1")
     bundle = ex._repr_mimebundle_()
     assert "image/png" in bundle and "application/vnd.jupyter.widget-view+json" not in bundle
+
+
+def test_the_kernel_free_page_draws_each_view_beforehand_and_its_dropdowns_swap_them(curated_like, monkeypatch):
+    """Under papermill (the book's build) the explorer's display holds an HTML fragment: one
+    dropdown per control and the views drawn beforehand, at most MAX_VIEWS, each a different
+    image; the first view is the one the figure shows."""
+    import base64
+    import json
+    import re
+
+    from spared_utils import explore
+
+    rows = np.flatnonzero(curated_like.obs["split"].astype(str).to_numpy() == "test")
+    truth = curated_like.layers["c_d_log1p"][rows]
+    rng = np.random.default_rng(0)
+    preds = {"good, completed": (rows, truth + rng.normal(0, 0.1, truth.shape)),
+             "noise, raw": (rows, rng.normal(0, 1, truth.shape))}
+    ex = pl.explore_prediction(curated_like, preds)
+    views = ex.views()
+    assert views["prediction"] == ["good, completed", "noise, raw"], "every prediction, the shown one first"
+    assert views["gene"][0] == ex.values()["gene"] and len(views["gene"]) == explore.MAX_VIEWS // 2
+    monkeypatch.setenv(explore.STATIC_ENV, "1")
+    bundle = ex._repr_mimebundle_()
+    page = bundle["text/html"]
+    images = json.loads(re.search(r'<script type="application/json">(.*?)</script>', page).group(1))
+    assert len(images) == explore.MAX_VIEWS and len(set(images.values())) == len(images), "each view its own image"
+    first = "|".join(str(v) for v in ex.values().values())
+    assert f'<img src="{images[first]}"' in page, "the page opens on the first view"
+    assert page.count("<select") == 2 and "addEventListener('change'" in page
+    assert base64.b64decode(bundle["image/png"])[:4] == b"\x89PNG", "the PNG stays for renderers without HTML"
+    assert ex.values() == {"prediction": "good, completed", "gene": views["gene"][0]}, "controls unchanged"
