@@ -285,8 +285,9 @@ sizes = {
     "adata.h5ad": adata_path.stat().st_size,
     "patches/": sum(p.stat().st_size for p in store_path.iterdir()),
 }
+# sizes on disk, in <processed data>/<dataset>/ (su.io.processed_path(dataset))
 pd.Series(
-    {k: f"{v / 2**20:.1f} MiB" for k, v in sizes.items()}, name=str(adata_path.parent)
+    {k: f"{v / 2**20:.1f} MiB" for k, v in sizes.items()}, name=f"{dataset}/"
 ).to_frame()
 
 # %% [markdown]
@@ -298,11 +299,12 @@ pd.Series(
 # %%
 curated_ids = [d for d in su.datasets.registry() if su.io.processed_path(d).is_file()]
 table = su.datasets.summary_table(processed_ids=curated_ids)
-cols = [
-    "abbreviation", "organism", "tissue", "task", "slides", "patients", "spots_paper",
-    "spots_ours", "genes", "genes_ours", "missing_pct_paper", "missing_pct_ours",
-]
+cols = ["abbreviation", "slides", "spots_paper", "spots_ours", "genes", "genes_ours",
+        "missing_pct_paper", "missing_pct_ours"]
 table[cols]
+
+# %%
+su.pl.folded(table, "Every column (organism, tissue, task, patients, ...)")
 
 # %%
 totals = su.pp.table_totals(table)

@@ -123,13 +123,14 @@ print(
     f"{adata.n_obs:,} spots × {adata.n_vars} genes, "
     f"{100 * missing:.1f}% of the values missing (median-completed)"
 )
-# the fields that differ from SpaCKLE's defaults; the whole configuration is folded below
+# the fields that differ from SpaCKLE's defaults (the whole configuration: below)
 changed = config.changed()
 pd.DataFrame(changed, index=["default", "here"]).T.rename_axis("field")
 
 # %%
 everything = pd.DataFrame({"value": config.flat()}).reset_index(names="field")
-su.pl.folded(everything.astype(str), f"The whole configuration ({len(everything)} fields)")
+title = f"The whole configuration ({len(everything)} fields)"
+su.pl.folded(everything.astype(str), title)
 
 # %% [markdown]
 # ## The neighbourhood tensor
@@ -363,21 +364,15 @@ fig.tight_layout()
 lost = summary.pivot_table(
     index="masking", columns="method", values=["mse", "mse_kept_genes"]
 )
-lost = pd.concat(
-    {
-        "genes that lost every real value": summary.groupby("masking")[
-            "genes_lost"
-        ].first(),
-        **{
-            f"{m}: MSE all / without them": lost["mse"][m].round(3).astype(str)
-            + " / "
-            + lost["mse_kept_genes"][m].round(3).astype(str)
-            for m in shown
-        },
-    },
-    axis=1,
-)
-lost
+genes_lost = summary.groupby("masking")["genes_lost"].first().rename("genes lost")
+# MSE without the genes that lost every real value (with them: folded below)
+pd.concat([genes_lost, lost["mse_kept_genes"][list(shown)].round(3)], axis=1)
+
+# %%
+both = pd.concat({"genes lost": genes_lost, **{
+    f"{m}: MSE all / without them": lost["mse"][m].round(3).astype(str)
+    + " / " + lost["mse_kept_genes"][m].round(3).astype(str) for m in shown}}, axis=1)
+su.pl.folded(both.reset_index(), "Each method's MSE with and without those genes")
 
 # %% [markdown]
 # ### A second protocol: LGDiST's masking
@@ -488,7 +483,10 @@ measured = su.completion.ablation.measured()
 for key, value in measured["value"].items():
     glue(key, int(value) if float(value).is_integer() else float(value), display=False)
 display(pd.Series(su.completion.ablation.setup(), name="ablation setup").to_frame())
-measured[["value", "unit", "dataset", "measured"]]
+measured[["value", "unit"]]
+
+# %%
+su.pl.folded(measured.reset_index(), "Where each was measured (dataset, date)")
 
 # %%
 if run_ablation:

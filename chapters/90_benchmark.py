@@ -80,9 +80,7 @@ if datasets != "all":
 runs = analysis.latest_runs(store, split=split)
 kinds = analysis.dataset_kinds(store["dataset"].unique())
 generated = store[store["dataset"].map(kinds) == "generated"]
-names = {k: su.models.display_name(k) for k in su.models.NAMES}
-names.update({"library_size (reference)": "library size (reference)",
-              "spatial_neighbours (reference)": "measured neighbours (reference)"})
+names = analysis.display_names()
 print(
     f"{len(runs)} predictor runs on {split}: {runs['dataset'].nunique()} datasets, "
     f"{runs['model'].nunique()} models, scenarios {sorted(runs['scenario'].unique())}"
@@ -175,9 +173,9 @@ ci = diffs.apply(
     lambda r: "" if r["n"] < 2 else f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}", axis=1
 )
 shown = diffs.assign(ci95=ci)[
-    ["kind", "model", "pair", "unit", "n", "mean_diff", "ci95", "p_wilcoxon"]
+    ["kind", "pair", "unit", "n", "mean_diff", "ci95", "p_wilcoxon"]
 ]
-shown[diffs["model"] == analysis.ALL_MODELS].round(4)
+shown[diffs["model"] == analysis.ALL_MODELS].round(4)  # pooled over the models
 
 # %%
 su.pl.folded(diffs, "Every model's differences (all columns)")
@@ -211,7 +209,11 @@ display(Markdown("\n".join(analysis.scenario_verdicts(diffs))))
 
 # %%
 decomposition = analysis.bias_decomposition(generated, split)
-decomposition.round(3)
+cols = ["model", "scenario", "mse", "bias2", "target_shift", "d_mse", "d_bias2"]
+decomposition[cols].round(3)
+
+# %%
+su.pl.folded(decomposition, "Every column (runs, bias, the rest of the MSE)", 3)
 
 # %% mystnb={"figure": {"caption": "Mean prediction error on real test values against the training targets' shift, per model and scenario (generated datasets); the dashed line is bias = shift.", "name": "fig-benchmark-bias"}}
 ax = su.pl.bias_vs_shift(decomposition) if len(decomposition) else None

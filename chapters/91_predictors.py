@@ -97,7 +97,7 @@ print(
 
 # %%
 shown = table.assign(model=table["model"].map(lambda m: names.get(m, m)))
-cols = ["model", "scenario", "n_seeds", "mse", "mse_ratio", "pcc_gene", "moran_gap",
+cols = ["model", "scenario", "mse", "mse_ratio", "pcc_gene", "moran_gap",
         "corr_distance"]
 shown[cols].round(3)
 

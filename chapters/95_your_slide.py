@@ -105,9 +105,9 @@ bundle = su.io.load_predictor(predictor_dir, device=device)
 # %%
 pd.Series(
     {
-        "slide": str(slide_dir),
-        "SpaCKLE checkpoint": str(completion_file),
-        "predictor checkpoint": str(predictor_dir),
+        "slide": su.io.shown_path(slide_dir),
+        "SpaCKLE checkpoint": su.io.shown_path(completion_file),
+        "predictor checkpoint": su.io.shown_path(predictor_dir),
         "trained here": ", ".join(found["trained"])
         or "nothing (found the chapters' checkpoints)",
         "training dataset": bundle.panel["dataset_id"],

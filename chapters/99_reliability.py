@@ -76,24 +76,17 @@ pd.Series(counts, name="count").to_frame()
 # %% [markdown]
 # ## The matrix
 #
-# One row per input tried, grouped by kind; `outcome` is the exception raised (or what happened), and
-# the last column the start of the message a user reads.
+# One row per input tried, grouped by kind; `outcome` is the exception raised (or what happened).
+# Folded below it: whether the message names the file and the fix, the partial outputs found and
+# the start of the message a user reads.
 
 # %%
 shown = rows.assign(message=rows["message"].fillna("").str.slice(0, 160))
-shown[
-    [
-        "group",
-        "entry",
-        "case",
-        "outcome",
-        "names_file",
-        "names_fix",
-        "partial_outputs",
-        "passed",
-        "message",
-    ]
-]
+shown[["group", "entry", "case", "outcome", "passed"]]
+
+# %%
+every = "Every column (names the file, names the fix, partial outputs, message)"
+su.pl.folded(shown, every)
 
 # %% mystnb={"figure": {"caption": "Inputs tried per kind of failure, and how many rows passed.", "name": "fig-reliability-counts"}}
 per_group = rows.groupby("group", sort=False)["passed"].agg(tried="size", passed="sum")

@@ -23,7 +23,7 @@ from .registry import registry
 
 __all__ = ["ALL_MODELS", "DIFFERENCE_COLUMNS", "SCENARIO_PAIRS", "beats_training_mean", "best_pcc", "dataset_kinds",
            "run_sources", "scenario_verdicts", "stale", "completion_by_dataset", "completion_reduction", "latest_runs", "model_summary",
-           "model_tests", "bias_decomposition", "predictor_verdicts", "normalised_mse", "paper_claims", "predictor_table", "registry_spots", "scenario_differences",
+           "model_tests", "bias_decomposition", "predictor_verdicts", "display_names", "normalised_mse", "paper_claims", "predictor_table", "registry_spots", "scenario_differences",
            "STRUCTURE_COLUMNS"]
 
 #: (a, b): the differences ``a − b`` that answer the scenario question.
@@ -532,3 +532,12 @@ def predictor_verdicts(table: pd.DataFrame, names: dict[str, str] | None = None)
                      + ", ".join(f"{label(r)} {refs.loc[r, 'moran_pred'] / refs.loc[r, 'moran_true']:.0%}"
                                  for r in refs.index) + ").")
     return lines
+
+
+def display_names() -> dict[str, str]:
+    """What the benchmark's tables and figures call each model and reference."""
+    names = {k: models.display_name(k) for k in models.NAMES}
+    names.update({"library_size": "library size", "spatial_neighbours": "measured neighbours",
+                  "library_size (reference)": "library size (reference)",
+                  "spatial_neighbours (reference)": "measured neighbours (reference)"})
+    return names

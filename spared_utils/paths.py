@@ -72,3 +72,19 @@ def output_dir(out_dir: str | os.PathLike | None = "results", dataset: str | Non
     """
     root = results_dir() if out_dir is None or str(out_dir) == "results" else Path(project_root(), out_dir)
     return root / dataset if dataset else root
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as a page of the book shows it: relative to the folder a reader knows
+    (``<results>/…`` for :func:`results_dir`, ``<processed>/…`` for :func:`processed_dir`,
+    ``<cache>/…``, else relative to the repository), never this machine's absolute path; a
+    path outside all of them is shown by its name."""
+    path = Path(path).expanduser().resolve()
+    for name, root in (("<results>", results_dir()), ("<processed>", processed_dir()), ("<cache>", cache_dir()),
+                       ("", project_root())):
+        try:
+            rel = path.relative_to(Path(root).resolve())
+        except ValueError:
+            continue
+        return f"{name}/{rel}" if name else str(rel)
+    return path.name

@@ -124,7 +124,8 @@ def predictor_comparison(table, ax: plt.Axes | None = None, names: dict | None =
         ax.set_xlabel(value)
     ax.set_yticks(np.arange(len(models)), [(names or {}).get(m, m) for m in models])
     ax.invert_yaxis()
-    ax.legend(frameon=False, fontsize=8, title="scenario", loc="upper left", bbox_to_anchor=(1.01, 1))
+    if ax.get_legend_handles_labels()[0]:  # nothing drawn: no empty legend (and no warning)
+        ax.legend(frameon=False, fontsize=8, title="scenario", loc="upper left", bbox_to_anchor=(1.01, 1))
     return ax
 
 
@@ -177,7 +178,8 @@ def structure_vs_error(table, ax: plt.Axes | None = None, names: dict | None = N
     _log_ratio_axis(ax)
     ax.set_xlabel("test MSE / training mean's MSE (log)")
     ax.set_ylabel("Moran's I kept (predicted / measured)")
-    ax.legend(frameon=False, fontsize=8, title="scenario", loc="upper left", bbox_to_anchor=(1.01, 1))
+    if ax.get_legend_handles_labels()[0]:  # nothing drawn: no empty legend (and no warning)
+        ax.legend(frameon=False, fontsize=8, title="scenario", loc="upper left", bbox_to_anchor=(1.01, 1))
     return ax
 
 
@@ -201,7 +203,8 @@ def bias_vs_shift(table, ax: plt.Axes | None = None) -> plt.Axes:
     ax.axhline(0, color="0.8", lw=0.8)
     ax.set_xlabel("target shift (training targets' mean − real mean)")
     ax.set_ylabel("bias (mean prediction − real value, test)")
-    ax.legend(frameon=False, fontsize=8, title="scenario (✕: mean)", loc="upper left", bbox_to_anchor=(1.01, 1))
+    if ax.get_legend_handles_labels()[0]:  # nothing drawn: no empty legend (and no warning)
+        ax.legend(frameon=False, fontsize=8, title="scenario (✕: mean)", loc="upper left", bbox_to_anchor=(1.01, 1))
     return ax
 
 
