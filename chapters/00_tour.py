@@ -118,7 +118,8 @@ adata.obs["total_counts"] = total
 sq.pl.spatial_scatter(
     adata, color="total_counts", library_key="slide_id", shape="hex",
     library_id=list(adata.obs["slide_id"].cat.categories), img_res_key="hires", ncols=4,
-    figsize=(4, 4), cmap="viridis",
+    figsize=(4, 4), cmap="viridis", wspace=0.4,
+    title=[f"{s}: total counts" for s in adata.obs["slide_id"].cat.categories],
 )
 
 # %% [markdown]

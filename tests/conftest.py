@@ -73,6 +73,8 @@ class TinyBook:
     log: str
     #: files the build wrote into the project's own results/ and processed/ (should be none)
     written: dict[str, list[str]] = field(default_factory=dict)
+    #: one JSON line per ``su.pl`` call while the chapters ran (``SPARED_FIGURE_CHECK``)
+    figures: Path | None = None
 
     @property
     def html(self) -> Path:
@@ -90,7 +92,8 @@ def tiny_book(tmp_path_factory) -> TinyBook:
     base = tmp_path_factory.mktemp("book")
     build_dir = base / "_build"
     env = {**os.environ, "SPARED_CACHE_DIR": str(base / "cache"), "SPARED_PROCESSED_DIR": str(base / "processed"),
-           "SPARED_RESULTS_DIR": str(base / "results"), "MPLBACKEND": "agg"}
+           "SPARED_RESULTS_DIR": str(base / "results"), "MPLBACKEND": "agg",
+           "SPARED_FIGURE_CHECK": str(base / "figures.jsonl")}
     # SPARED_RESULTS_DIR and SPARED_PROCESSED_DIR point into tmp: the project's own results/ and
     # processed/ (git-ignored, so git status cannot tell) must not be touched.
     own = {name: _snapshot(ROOT / name) for name in ("results", "processed")}
@@ -110,7 +113,8 @@ def tiny_book(tmp_path_factory) -> TinyBook:
     for name, before in own.items():
         after = _snapshot(ROOT / name)
         written[name] = sorted(set(after) - set(before)) + sorted(k for k in before if after.get(k) != before[k])
-    return TinyBook(build_dir, proc.returncode, proc.stdout[-3000:] + proc.stderr[-5000:], written)
+    return TinyBook(build_dir, proc.returncode, proc.stdout[-3000:] + proc.stderr[-5000:], written,
+                    base / "figures.jsonl")
 
 
 def in_ci() -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import re
 from pathlib import Path
 
@@ -71,3 +73,22 @@ def test_book_pages_for_readers(tiny_book):
         nb = nbformat.read(tiny_book.build_dir / "src" / "chapters" / f"{chapter}.ipynb", as_version=4)
         explorer = [o for c in nb.cells if "su.pl.explore_" in c.source for o in c.get("outputs", [])]
         assert any("image/png" in o.get("data", {}) for o in explorer), f"{chapter}: no static explorer view"
+
+
+@pytest.mark.slow
+def test_no_figure_of_the_book_prints_a_label_over_another(tiny_book):
+    """Every ``su.pl`` call the chapters made while the book was built (on the embedded data) was
+    checked for texts drawn over each other (``SPARED_FIGURE_CHECK``); with the benchmark figures
+    that test_plots draws at the published benchmark's size, every ``su.pl`` function is covered."""
+    from spared_utils import plots
+    from tests.test_plots import BENCHMARK_FIGURES
+
+    if tiny_book.figures is None:
+        pytest.skip("a reused build (SPARED_TEST_BOOK) has no figure log")
+    assert tiny_book.returncode == 0, tiny_book.log
+    calls = [json.loads(line) for line in tiny_book.figures.read_text().splitlines()]
+    crowded = {c["function"]: c["overlaps"][:3] for c in calls if c["overlaps"]}
+    assert crowded == {}, f"labels drawn over each other: {crowded}"
+    functions = {n for n in plots.__all__ if inspect.isfunction(getattr(plots, n)) and n != "spot_size"}
+    unchecked = functions - {c["function"] for c in calls} - set(BENCHMARK_FIGURES)
+    assert unchecked == set(), f"su.pl functions no chapter of the tiny book draws: {sorted(unchecked)}"

@@ -142,6 +142,12 @@ def _benchmark_store():
     return pd.DataFrame(rows)
 
 
+#: The ``su.pl`` functions drawn by the next test (the book's build draws the rest: test_book).
+BENCHMARK_FIGURES = ("completion_mse_violin", "scenario_differences", "bias_vs_shift", "best_pcc_arrows",
+                     "normalised_mse_models", "wins_pie", "mse_vs_parameters", "training_mean_ratio",
+                     "predictor_comparison", "structure_vs_error")
+
+
 def test_the_benchmark_figures_print_no_label_over_another():
     """Chapters 90 and 91's figures at the published benchmark's size (11 models, 8 datasets):
     no tick label, axis label, title, legend entry or annotation drawn over another."""
@@ -158,18 +164,19 @@ def test_the_benchmark_figures_print_no_label_over_another():
     summary = analysis.model_summary(norm)
     table = analysis.predictor_table(store[store["dataset"] == "synthetic"])
     draws = {
-        "completion violin": lambda: plots.completion_mse_violin(completion, by="dataset", methods=methods),
-        "scenario differences": lambda: plots.scenario_differences(
+        "completion_mse_violin": lambda: plots.completion_mse_violin(completion, by="dataset", methods=methods),
+        "scenario_differences": lambda: plots.scenario_differences(
             analysis.scenario_differences(store).query("kind == 'generated'")),
-        "bias against shift": lambda: plots.bias_vs_shift(analysis.bias_decomposition(store)),
-        "best PCC arrows": lambda: plots.best_pcc_arrows(analysis.best_pcc(store)),
-        "normalised MSE": lambda: plots.normalised_mse_models(norm, summary),
-        "wins": lambda: plots.wins_pie(summary, names=names),
-        "parameters": lambda: plots.mse_vs_parameters(summary),
-        "beats the mean": lambda: plots.training_mean_ratio(analysis.beats_training_mean(store), names=names),
-        "predictors": lambda: plots.predictor_comparison(table, names=names),
-        "structure": lambda: plots.structure_vs_error(table, names=names),
+        "bias_vs_shift": lambda: plots.bias_vs_shift(analysis.bias_decomposition(store)),
+        "best_pcc_arrows": lambda: plots.best_pcc_arrows(analysis.best_pcc(store)),
+        "normalised_mse_models": lambda: plots.normalised_mse_models(norm, summary),
+        "wins_pie": lambda: plots.wins_pie(summary, names=names),
+        "mse_vs_parameters": lambda: plots.mse_vs_parameters(summary),
+        "training_mean_ratio": lambda: plots.training_mean_ratio(analysis.beats_training_mean(store), names=names),
+        "predictor_comparison": lambda: plots.predictor_comparison(table, names=names),
+        "structure_vs_error": lambda: plots.structure_vs_error(table, names=names),
     }
+    assert set(draws) == set(BENCHMARK_FIGURES)
     found = {}
     for name, draw in draws.items():
         ax = draw()
@@ -193,4 +200,14 @@ def test_the_overlap_check_sees_two_labels_on_top_of_each_other():
     ax.annotate("here", (0.5, 0.5))
     ax.annotate("there", (0.5, 0.5))
     assert overlapping_text(fig) == [("here", "there")]
+    plt.close(fig)
+    # what matplotlib keeps but does not draw does not count: the labels of an axis turned off and
+    # of ticks outside the view limits
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.set_xticks(range(6), [f"a rather long label {k}" for k in range(6)])
+    ax.set_axis_off()
+    assert overlapping_text(fig) == []
+    ax.set_axis_on()
+    ax.set_xlim(-0.5, 0.5)
+    assert overlapping_text(fig) == []
     plt.close(fig)

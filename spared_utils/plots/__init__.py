@@ -68,3 +68,22 @@ __all__ = [
     "PIPELINE_STAGES",
     "pipeline_overview",
 ]
+
+
+def _check_figures() -> None:
+    """Wrap every figure function with :func:`.style.checked` when :data:`FIGURE_CHECK_ENV` is set."""
+    import inspect
+    import os
+
+    from . import style
+
+    log = os.environ.get(style.FIGURE_CHECK_ENV)
+    if not log:
+        return
+    for name in __all__:
+        value = globals()[name]
+        if inspect.isfunction(value) and name != "spot_size":
+            globals()[name] = style.checked(value, log)
+
+
+_check_figures()

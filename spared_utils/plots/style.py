@@ -9,7 +9,13 @@ import numpy as np
 import seaborn as sns
 from anndata import AnnData
 
-__all__ = ["COMPLETION_LABELS", "METHOD_COLOURS", "PALETTE", "SPLIT_COLOURS", "spot_size"]
+__all__ = ["COMPLETION_LABELS", "FIGURE_CHECK_ENV", "METHOD_COLOURS", "PALETTE", "SPLIT_COLOURS",
+           "checked", "overlapping_text", "spot_size"]
+
+#: When this environment variable names a file, every ``su.pl`` function checks the figure it
+#: drew for labels printed over each other (:func:`overlapping_text`) and appends one JSON line
+#: per call to that file (``function``, ``overlaps``). The tests build the book with it set.
+FIGURE_CHECK_ENV = "SPARED_FIGURE_CHECK"
 
 
 PALETTE = sns.color_palette("colorblind")
@@ -65,8 +71,10 @@ def overlapping_text(fig, shrink: float = 1.0) -> list[tuple[str, str]]:
     renderer = fig.canvas.get_renderer()
     texts = []
     for ax in fig.axes:
-        found = [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.yaxis.label, ax.title,
-                 *ax.texts]
+        found = [ax.title, *ax.texts]
+        if ax.axison:  # an axis turned off draws neither its ticks nor its label
+            found += [*_drawn_tick_labels(ax.xaxis, ax.get_xlim(), 0), ax.xaxis.label,
+                      *_drawn_tick_labels(ax.yaxis, ax.get_ylim(), 1), ax.yaxis.label]
         legend = ax.get_legend()
         if legend is not None:
             found += [*legend.get_texts(), legend.get_title()]
@@ -83,3 +91,31 @@ def overlapping_text(fig, shrink: float = 1.0) -> list[tuple[str, str]]:
             if box_a.overlaps(box_b):
                 out.append((a.get_text(), b.get_text()))
     return out
+
+
+def _drawn_tick_labels(axis, limits, coordinate: int) -> list:
+    """The tick labels of ``axis`` that are drawn: those whose tick lies within the view
+    ``limits`` (matplotlib keeps labels for ticks outside them, but does not draw them)."""
+    lo, hi = sorted(limits)
+    tolerance = 1e-9 * max(abs(lo), abs(hi), 1.0)
+    return [t for t in axis.get_ticklabels() if lo - tolerance <= t.get_position()[coordinate] <= hi + tolerance]
+
+
+def checked(function, log: str):
+    """``function`` (a ``su.pl`` figure) wrapped so that each call appends to the JSON-lines file
+    ``log`` its name and the pairs of texts that overlap in the figure it returned
+    (:data:`FIGURE_CHECK_ENV`). The figure itself is returned unchanged."""
+    import functools
+    import json
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        result = function(*args, **kwargs)
+        fig = getattr(result, "figure", result)
+        if hasattr(fig, "canvas"):
+            record = {"function": function.__name__, "overlaps": [list(p) for p in overlapping_text(fig)]}
+            with open(log, "a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
+        return result
+
+    return wrapper
