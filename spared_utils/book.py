@@ -7,6 +7,9 @@
    parameters; key ``all`` applies to every chapter). A chapter whose source, parameters,
    dataset and package are unchanged since its last successful run is not executed again: a
    stamp beside the executed notebook records them (:func:`chapter_stamp`; ``--force`` re-runs).
+   ``--jobs N`` runs up to N chapters of a part of the table of contents at once, each in its own
+   process with the cores shared out; a part starts when the parts before it have finished (the
+   benchmark part reads what the prediction chapters wrote).
 2. A staging folder ``_build/src`` receives ``_config.yml``, ``_toc.yml``, the markdown pages and
    the *executed* notebooks; Jupyter Book 1.x renders it with execution turned off (our papermill
    runs play the role of a pre-executed cache), into ``_build/html``.
@@ -18,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import hashlib
 import json
 import shutil
@@ -32,7 +36,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from . import paths, plots
-from .run import execute, output_path
+from .run import ChapterError, execute, known_datasets, output_path, typed_parameters
 from .utils import atomic_path
 
 
@@ -161,32 +165,111 @@ def stamp_path(notebook: Path) -> Path:
     return notebook.with_name(f".{notebook.name}.stamp")
 
 
-def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool = False) -> dict[str, Path]:
+def chapter_parts(root: Path) -> list[list[str]]:
+    """The chapters of ``_toc.yml`` grouped by part, in order (parts without chapters left out)."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    parts = []
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        names = [Path(c["file"]).name for c in part.get("chapters", []) if str(c.get("file", "")).startswith("chapters/")]
+        if names:
+            parts.append(names)
+    return parts
+
+
+#: Environment variables that set the thread count of the numerical libraries a chapter uses.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def default_jobs() -> int:
+    """Chapters run at once by default: two where there are two cores or more (a chapter's small
+    models use a second thread poorly, a second chapter fully), else one."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def _execute_apart(chapter: str, dataset: str, parameters: dict, threads: int) -> tuple[int, str]:
+    """One chapter in its own process (``--execute-one``) with ``threads`` threads; its exit code
+    and its last lines of output."""
+    env = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
+    cmd = [sys.executable, "-m", "spared_utils.book", "--execute-one", chapter, "--dataset", dataset,
+           "--chapter-params", json.dumps(parameters)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return done.returncode, "\n".join(lines[-6:])
+
+
+def check_all(dataset: str, params: dict[str, dict], root: Path) -> None:
+    """Refuse, before any chapter runs, an unknown dataset or a parameter that a chapter does not
+    declare or whose value does not fit its declared type (:func:`spared_utils.run.typed_parameters`)."""
+    datasets = known_datasets()
+    for chapter in chapters_in_toc(root):
+        chosen = {**params.get("all", {}), **params.get(chapter, {})}
+        ds = chosen.pop("dataset", dataset)
+        if ds not in datasets:
+            raise ChapterError(f"unknown dataset {ds!r}: it is not in data/datasets.yml; known: {', '.join(datasets)}")
+        typed_parameters(root / "chapters" / f"{chapter}.py", {**chosen, "dataset": ds})
+
+
+def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool = False,
+                jobs: int = 1) -> dict[str, Path]:
     """Run every chapter of the table of contents; returns chapter → executed notebook.
 
     A chapter whose executed notebook exists with a stamp (:func:`chapter_stamp`) equal to this
     run's is reused, not executed again, unless ``force``: a second build with nothing changed
     only renders. The stamp is written after a successful run, so a failed chapter re-runs.
+    ``jobs`` > 1 runs that many chapters of a part at once (:func:`chapter_parts`), each in its
+    own process with the machine's cores shared out; the next part starts when a part is done.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     executed = {}
     package = package_digest()
-    for chapter in chapters_in_toc(root):
-        chosen = {**params.get("all", {}), **params.get(chapter, {})}
-        ds = chosen.pop("dataset", dataset)
-        stamp = chapter_stamp(root, chapter, ds, chosen, package)
-        out = output_path(chapter, ds)
-        if not force and out.is_file() and stamp_path(out).is_file() and stamp_path(out).read_text() == stamp:
-            print(f"[book] {chapter} on {ds} unchanged: reusing {out}", flush=True)
-            executed[chapter] = out
+    check_all(dataset, params, root)
+    for part in chapter_parts(root):
+        pending = []
+        for chapter in part:
+            chosen = {**params.get("all", {}), **params.get(chapter, {})}
+            ds = chosen.pop("dataset", dataset)
+            stamp = chapter_stamp(root, chapter, ds, chosen, package)
+            out = output_path(chapter, ds)
+            if not force and out.is_file() and stamp_path(out).is_file() and stamp_path(out).read_text() == stamp:
+                print(f"[book] {chapter} on {ds} unchanged: reusing {out}", flush=True)
+                executed[chapter] = out
+                continue
+            stamp_path(out).unlink(missing_ok=True)
+            pending.append((chapter, ds, chosen, stamp, out))
+        at_once = max(1, min(jobs, len(pending)))
+        threads = max(1, (os.cpu_count() or 1) // at_once)
+
+        def run_one(item, apart: bool = at_once > 1):
+            chapter, ds, chosen, stamp, out = item
+            t0 = time.perf_counter()
+            print(f"[book] running {chapter} on {ds} {chosen or ''}", flush=True)
+            if apart:
+                code, tail = _execute_apart(chapter, ds, chosen, threads)
+                if code != 0:
+                    raise RuntimeError(f"chapter {chapter} failed on {ds}:\n{tail}")
+                path = out
+            else:
+                path = execute(chapter, ds, chosen, progress=False)
+            with atomic_path(stamp_path(path)) as tmp:
+                tmp.write_text(stamp)
+            print(f"[book] {chapter} done in {time.perf_counter() - t0:.0f} s", flush=True)
+            return chapter, path
+
+        if at_once == 1:
+            executed.update(run_one(item) for item in pending)
             continue
-        stamp_path(out).unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        print(f"[book] running {chapter} on {ds} {chosen or ''}", flush=True)
-        executed[chapter] = execute(chapter, ds, chosen, progress=False)
-        with atomic_path(stamp_path(executed[chapter])) as tmp:
-            tmp.write_text(stamp)
-        print(f"[book] {chapter} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return executed
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
+            futures = [pool.submit(run_one, item) for item in pending]
+            errors = []
+            for future in futures:
+                try:
+                    executed.__setitem__(*future.result())
+                except RuntimeError as error:
+                    errors.append(str(error))
+        if errors:
+            raise RuntimeError("\n".join(errors))
+    return {c: executed[c] for c in chapters_in_toc(root) if c in executed}
 
 
 def hide_injected_parameters(notebook: Path) -> bool:
@@ -325,6 +408,7 @@ def build(
     render_only: bool = False,
     build_dir: str | Path | None = None,
     force: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Run the chapters (unless ``render_only``; unchanged ones are reused unless ``force``, see
     :func:`execute_all`) and render the book; returns the HTML folder."""
@@ -339,7 +423,7 @@ def build(
                 raise FileNotFoundError(f"{nb} is missing: run the chapters first (drop --render-only)")
             executed[chapter] = nb
     else:
-        executed = execute_all(dataset, load_params(params_file), root, force=force)
+        executed = execute_all(dataset, load_params(params_file), root, force=force, jobs=jobs)
     html = render(stage(root, executed, build_dir), build_dir)
     print(f"[book] HTML in {html}/index.html")
     return html
@@ -353,8 +437,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-dir", help="output folder, named _build (default: <root>/_build)")
     parser.add_argument("--force", action="store_true",
                         help="re-run every chapter, even those whose source, parameters and package are unchanged")
+    parser.add_argument("--jobs", type=int, default=default_jobs(),
+                        help="chapters of a part run at once, each in its own process (default: %(default)s)")
+    parser.add_argument("--execute-one", metavar="CHAPTER", help=argparse.SUPPRESS)
+    parser.add_argument("--chapter-params", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    build(args.dataset, args.params, args.render_only, args.build_dir, args.force)
+    if args.execute_one:  # one chapter of a parallel build (execute_all's worker)
+        execute(args.execute_one, args.dataset, json.loads(args.chapter_params), progress=False)
+        return 0
+    try:
+        build(args.dataset, args.params, args.render_only, args.build_dir, args.force, jobs=args.jobs)
+    except ChapterError as error:  # a wrong dataset or parameter: one line, before anything ran
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
