@@ -47,6 +47,29 @@ def versions() -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_kernels() -> str:
+    """Which CPU kernels computed a row: PyTorch's vector instruction set and the BLAS core type
+    NumPy dispatches to (e.g. ``torch:AVX512;openblas:SkylakeX``). Two machines that agree here
+    and in the thread count reproduce a CPU run bit for bit; machines that differ round float sums
+    differently, and training grows that into a model of the same quality but other numbers."""
+    parts = []
+    try:
+        import torch
+
+        parts.append(f"torch:{torch.backends.cpu.get_cpu_capability()}")
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        parts += [f"{i['internal_api']}:{i.get('architecture')}" for i in threadpool_info()
+                  if i.get("user_api") == "blas"]
+    except ImportError:  # pragma: no cover
+        pass
+    return ";".join(sorted(set(parts)))
+
+
+@functools.lru_cache(maxsize=1)
 def commit() -> str:
     """The project's git commit (``<sha>+changes`` when tracked files differ from it; empty
     outside a git checkout): the code that made a row."""

@@ -345,6 +345,7 @@ def result_rows(run: PredictorRun, stage: str = "predict") -> list[dict]:
         "best_val_subsample_mse": run.train.best_val, "val_spots": cfg.val_spots, "eval_spots": cfg.eval_spots,
         "train_spots": cfg.train_spots,
         "pretrained": cfg.pretrained, "target_layer": TARGET_LAYERS[cfg.scenario], "threads": torch.get_num_threads(),
+        "cpu": results.cpu_kernels() if run.train.device == "cpu" else "",
         **({"completion": cfg.completion} if cfg.scenario == "completed" else {}),
     }
     return [{**common, **row} for row in run.metrics.to_dict("records")]
