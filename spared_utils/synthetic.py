@@ -351,11 +351,18 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def write_10x_h5(path: Path, counts: sp.spmatrix, barcodes, gene_ids, gene_names) -> None:
-    """Write a spots × genes count matrix as a Cell Ranger/Space Ranger v3 HDF5 file."""
+def write_10x_h5(path: Path, counts: sp.spmatrix, barcodes, gene_ids, gene_names,
+                 library_id: str | None = None) -> None:
+    """Write a spots × genes count matrix as a Cell Ranger/Space Ranger v3 HDF5 file.
+
+    With ``library_id``, the file carries Space Ranger's ``library_ids`` attribute, which
+    :func:`scanpy.read_visium` reads as the key of ``uns["spatial"]``.
+    """
     mat = sp.csc_matrix(counts.T)  # 10x stores genes × barcodes in CSC
     mat.sort_indices()
     with h5py.File(path, "w") as f:
+        if library_id is not None:
+            f.attrs["library_ids"] = np.array([library_id], dtype="S")
         g = f.create_group("matrix")
         g.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
         g.create_dataset("data", data=mat.data.astype(np.int32), compression="gzip")
@@ -401,6 +408,7 @@ def write_spaceranger(adata: ad.AnnData, root: str | os.PathLike) -> Path:
                 sub_obs["barcode"].to_numpy(),
                 adata.var_names.to_numpy(),
                 adata.var["gene_symbol"].to_numpy(),
+                library_id=str(sid),
             )
             positions = grid.copy()
             positions.insert(1, "in_tissue", positions["barcode"].isin(sub_obs["barcode"]).astype(int))

@@ -12,7 +12,9 @@ verb on AnnData, and
 6. :func:`combat` – ComBat batch correction;
 7. :func:`deltas`, :func:`add_mask` – Δ layers and the real-value mask.
 
-Patches (the last curation step) are in :mod:`spared_utils.patches`; gene annotation (symbols →
+A slide read outside the registry (``sc.read_visium``, ``sq.read.visium``, the project's readers)
+is made ready by :func:`prepare_slide` and curated with the book's defaults by :func:`curate_slide`
+(:mod:`.own_slide`). Patches (the last curation step) are in :mod:`spared_utils.patches`; gene annotation (symbols →
 Ensembl ids, gene lengths) in :mod:`spared_utils.preprocess.genes`.
 """
 
@@ -33,27 +35,32 @@ from .normalise import gene_lengths_for, log1p, tpm
 from ..registry import PipelineParams
 from .genes import harmonise_gene_ids, load_gene_lengths, strip_version, symbol_to_ensembl
 from .panel import PanelMismatchError, check_panel, package_versions, panel_info
-from .pipeline import DELTA_LAYERS, run_pipeline
+from .own_slide import SlideFieldError, fill_slide_fields, infer_organism, prepare_slide
+from .pipeline import DELTA_LAYERS, curate_slide, run_pipeline
 from .store import curation_fingerprint, processed_path, read_processed, write_processed
 
 __all__ = [
     "DELTA_LAYERS",
     "PanelMismatchError",
     "PipelineParams",
+    "SlideFieldError",
     "add_mask",
     "authors_adjacency",
     "check_counts",
     "check_panel",
     "collect",
     "combat",
+    "curate_slide",
     "curation_fingerprint",
     "deltas",
     "embed",
     "expression_fractions",
+    "fill_slide_fields",
     "filter_dataset",
     "filter_spots",
     "gene_lengths_for",
     "harmonise_gene_ids",
+    "infer_organism",
     "load_gene_lengths",
     "log1p",
     "median_complete",
@@ -64,6 +71,7 @@ __all__ = [
     "nonzero_medians",
     "package_versions",
     "panel_info",
+    "prepare_slide",
     "processed_path",
     "read_processed",
     "real_data_genes",

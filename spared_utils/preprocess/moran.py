@@ -64,8 +64,8 @@ def select_top_moran(adata: AnnData, n_genes: int, layer: str = "d_log1p", hex_g
     if adata.n_vars < n_genes:
         raise ValueError(
             f"only {adata.n_vars} genes are left after filtering but n_genes={n_genes} were requested; "
-            "lower n_genes for this dataset in data/datasets.yml, or relax real_data_percentage / "
-            "gene_min_counts"
+            f"lower n_genes for this dataset in data/datasets.yml (or run_pipeline(..., n_genes={adata.n_vars})), "
+            "or relax real_data_percentage / gene_min_counts"
         )
     table = moran_i(adata, layer, hex_geometry, slide_key, progress)
     mean = table.mean(axis=1, skipna=True)
