@@ -106,9 +106,10 @@ def test_a_layer_the_user_names_is_the_one_completed(folder):
     assert (raw.X != x_before).nnz == 0
 
 
-def test_an_untrained_method_is_scored_on_held_out_spots_too(folder):
-    out = complete_slide(read_spaceranger(folder), "mean", n_genes=8, progress=False,
+def test_an_untrained_method_is_scored_on_held_out_spots_too_with_a_progress_bar(folder, capsys):
+    out = complete_slide(read_spaceranger(folder), "mean", n_genes=8, progress=True,
                          gene_lengths=folder.parent / "gene_lengths.tsv")
+    assert "complete_slide: 100%" in capsys.readouterr().err  # tqdm's bar over the steps
     info = out.uns["completion"]
     assert info["method"] == "mean" and np.isfinite(info["validation_mse"])
     real = out.layers["mask"]

@@ -364,6 +364,36 @@ def test_completion_and_the_prediction_harness_refuse_what_they_cannot_use(train
             lambda: PredictorConfig.make(model="resnet_9000"), ["'resnet_9000'", "shufflenet"], exc=ValueError)
 
 
+@pytest.fixture(scope="module")
+def own_slide(tmp_path_factory):
+    """A generated one-slide Space Ranger folder read as a user would (no registry fields)."""
+    from spared_utils import synthetic
+    from tests.conftest import TINY
+
+    return readers.read_spaceranger(synthetic.write_new_slide(tmp_path_factory.mktemp("own") / "s", **TINY))
+
+
+def test_completion_of_ones_own_slide_names_the_missing_field(own_slide):
+    from spared_utils.completion.own_slide import complete_slide
+
+    no_counts = ad.AnnData(obs=own_slide.obs, var=own_slide.var, uns=own_slide.uns, obsm=dict(own_slide.obsm))
+    no_grid = own_slide.copy()
+    del no_grid.obs["array_row"]
+    two = own_slide.copy()
+    two.uns["spatial"] = {"A1": {}, "B1": {}}
+    logged = own_slide.copy()
+    del logged.layers["counts"]
+    logged.X = np.log1p(logged.X.toarray())
+    for case, data, names, options in (
+            ("no counts anywhere", no_counts, ["layers['counts']"], {}),
+            ("normalised X, no counts layer", logged, ["X is not raw counts"], {}),
+            ("no grid positions", no_grid, ["obs['array_row']"], {}),
+            ("two libraries, no library_id", two, ["library_id", "'A1'"], {}),
+            ("a named layer that is absent", own_slide, ["layers['lognorm']"], {"layer": "lognorm"})):
+        refused("values", "tl.complete_slide", case, lambda: complete_slide(data, progress=False, **options),
+                names, exc=preprocess.SlideFieldError)
+
+
 # ------------------------------------------------------------------------------------------------
 # Downloads (local HTTP server on 127.0.0.1)
 # ------------------------------------------------------------------------------------------------

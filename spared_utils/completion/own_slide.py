@@ -57,11 +57,11 @@ def _from_layer(adata: AnnData, layer: str, mask_layer: str | None, genes, n_gen
                 hex_geometry: bool, progress: bool) -> AnnData:
     """A working AnnData completing the caller's ``layer`` (zeros, or ``mask_layer`` False, = missing)."""
     if layer not in adata.layers:
-        raise SlideFieldError(f"layers[{layer!r}] missing (layers: {list(adata.layers)}); name an existing "
-                              "layer, or leave layer=None to curate from raw counts")
+        raise SlideFieldError(f"layers[{layer!r}] missing (layers: {list(adata.layers)}); pass layer= one "
+                              "of them, or layer=None to curate from raw counts")
     if mask_layer is not None and mask_layer not in adata.layers:
-        raise SlideFieldError(f"layers[{mask_layer!r}] missing (layers: {list(adata.layers)}); name the "
-                              "boolean layer that is True at real measurements, or leave mask_layer=None")
+        raise SlideFieldError(f"layers[{mask_layer!r}] missing (layers: {list(adata.layers)}); pass "
+                              "mask_layer= the boolean layer True at real measurements, or mask_layer=None")
     check_positions(adata)
     work = fill_slide_fields(adata)
     work = subset(work) if work is adata else work
@@ -69,12 +69,12 @@ def _from_layer(adata: AnnData, layer: str, mask_layer: str | None, genes, n_gen
         genes = [str(g) for g in genes]
         absent = [g for g in genes if g not in work.var_names]
         if absent:
-            raise SlideFieldError(f"genes {absent[:3]} are not in var_names; pick genes of the AnnData")
+            raise SlideFieldError(f"genes {absent[:3]} are not in var_names; pass genes= names of adata.var_names")
         work = subset(work, cols=work.var_names.get_indexer(genes))
     values = dense(work.layers[layer]).astype(np.float32)
     real = dense(work.layers[mask_layer]).astype(bool) if mask_layer else values != 0
     if not np.isfinite(values).all():
-        raise SlideFieldError(f"layers[{layer!r}] holds NaN or infinite values; complete a finite layer")
+        raise SlideFieldError(f"layers[{layer!r}] holds NaN or infinite values; pass a finite layer")
     keep = real.any(axis=0)
     layers = {"input": values * real, "mask": real}
     work = AnnData(obs=work.obs, var=work.var, uns=work.uns, obsm=dict(work.obsm), layers=layers)

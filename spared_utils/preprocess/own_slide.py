@@ -106,13 +106,13 @@ def check_positions(adata: AnnData) -> None:
     if missing:
         hint = (" (obsm['spatial'] holds pixels, not the grid)" if "spatial" in adata.obsm else "")
         raise SlideFieldError(
-            f"obs{missing} missing: spots need their capture-area grid position{hint}; read the "
-            "slide with sc.read_visium, sq.read.visium or su.io.read_spaceranger, which fill it")
+            f"obs{missing} missing: spots need their capture-area grid position{hint}; re-read the "
+            "slide with sc.read_visium, sq.read.visium or spared_utils.readers.read_spaceranger, which fill it")
     for key in ("array_row", "array_col"):
         values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=np.float64)
         if not np.isfinite(values).all() or not np.allclose(values, np.round(values)):
-            raise SlideFieldError(f"obs[{key!r}] holds non-integer or missing values: it must be the "
-                                  "spot's capture-area grid index from tissue_positions.csv")
+            raise SlideFieldError(f"obs[{key!r}] holds non-integer or missing values; set it to "
+                                  "each spot's capture-area grid index from tissue_positions.csv")
 
 
 def counts_source(adata: AnnData, counts_layer: str | None = None) -> tuple[object, str]:
@@ -126,7 +126,7 @@ def counts_source(adata: AnnData, counts_layer: str | None = None) -> tuple[obje
     if counts_layer is not None:
         if counts_layer not in adata.layers:
             raise SlideFieldError(f"layers[{counts_layer!r}] missing (layers: {list(adata.layers)}); "
-                                  "name the layer that holds raw UMI counts")
+                                  "pass counts_layer= the layer that holds raw UMI counts")
         matrix, name = adata.layers[counts_layer], f"layers[{counts_layer!r}]"
     elif "counts" in adata.layers:
         matrix, name = adata.layers["counts"], "layers['counts']"
@@ -184,7 +184,7 @@ def read_gene_lengths(lengths: pd.Series | str | Path) -> pd.Series:
             raise SlideFieldError(f"gene-length table {path} not found; give a .tsv with columns gene, merged")
         frame = pd.read_csv(path, sep="\t")
         if not {"gene", "merged"} <= set(frame.columns):
-            raise SlideFieldError(f"{path}: columns {list(frame.columns)}; expected gene, merged")
+            raise SlideFieldError(f"{path}: columns {list(frame.columns)}; give a .tsv with columns gene, merged")
         table = frame.set_index("gene")["merged"].astype(np.float64)
     table.index = [strip_version(str(g)) for g in table.index]
     return table[~table.index.duplicated()]
@@ -213,7 +213,8 @@ def prepare_slide(adata: AnnData, slide_key: str = "slide_id", counts_layer: str
         field and the fix.
     """
     if adata.n_obs == 0 or adata.n_vars == 0:
-        raise SlideFieldError(f"the AnnData is empty ({adata.n_obs} spots × {adata.n_vars} genes)")
+        raise SlideFieldError(f"the AnnData is empty ({adata.n_obs} spots × {adata.n_vars} genes); check "
+                              "that the slide was read (filtered_feature_bc_matrix and tissue positions)")
     check_positions(adata)
     matrix, source = counts_source(adata, counts_layer) if need_counts else (None, "none")
     out = fill_slide_fields(adata, slide_key)
