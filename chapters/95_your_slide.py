@@ -143,6 +143,22 @@ info = result.uns["apply"]
 result
 
 # %% [markdown]
+# ## Completion alone, trained on the slide itself
+#
+# Completion needs no checkpoint: masking hides real values of the slide and learns to give them
+# back, so a slide (or several) can be its own training data. `su.tl.complete_slide` takes the
+# AnnData that `sc.read_visium`, `sq.read.visium` or `spared_utils.readers.read_spaceranger`
+# returns, curates it with the book's defaults (or completes a layer you name with `layer=`),
+# trains on its spots, picks the checkpoint on held-out spots and returns the panel with the
+# completed layer, the `mask` and, in `uns["completion"]`, the method, configuration, genes and
+# validation score:
+#
+# ```python
+# adata = sq.read.visium("path/to/outs")
+# done = su.tl.complete_slide(adata, method="spackle_plus", n_genes=128)
+# ```
+
+# %% [markdown]
 # ## Measured, completed, predicted
 #
 # Grey crosses in the first column are values the slide did not measure; SpaCKLE fills them in the second
