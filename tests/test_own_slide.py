@@ -116,6 +116,19 @@ def test_an_untrained_method_is_scored_on_held_out_spots_too_with_a_progress_bar
     np.testing.assert_array_equal(out.layers["c_t_log1p"][real], out.layers["c_d_log1p"][real])
 
 
+def test_several_slides_named_by_library_id_are_completed_together():
+    data = synthetic.make_dataset(seed=1, images=False, n_slides=2, **TINY)
+    data.obs["library_id"] = data.obs.pop("slide_id").astype(str)
+    del data.obs["split"], data.obs["patient"]
+    out = complete_slide(data, n_genes=8, held_out=0.2, **SMALL)
+    slides = out.obs["slide_id"].astype(str)
+    assert sorted(slides.unique()) == sorted(data.obs["library_id"].unique())
+    held = out.obs["completion_split"] == "val"
+    share = held.groupby(slides).mean()
+    assert ((share > 0.15) & (share < 0.25)).all()  # held out on every slide, none whole
+    assert "slide_id" not in data.obs and out.uns["slide_fields"]["slide_id"] == "obs['library_id']"
+
+
 def test_without_gene_lengths_counts_per_million_are_used_and_said(folder):
     out = complete_slide(read_spaceranger(folder), "median", n_genes=8, progress=False)
     assert out.uns["slide_fields"]["normalisation"].startswith("cpm")

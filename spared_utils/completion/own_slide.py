@@ -45,9 +45,10 @@ def held_out_spots(slides: pd.Series, fraction: float, seed: int) -> np.ndarray:
     if not 0 < fraction < 1:
         raise ValueError(f"held_out must be a fraction between 0 and 1, got {fraction}")
     rng = np.random.default_rng(seed)
-    out = np.zeros(len(slides), dtype=bool)
-    for _, idx in sorted(pd.Series(np.arange(len(slides))).groupby(slides.astype(str).to_numpy()).groups.items()):
-        idx = np.asarray(idx)
+    labels = slides.astype(str).to_numpy()
+    out = np.zeros(len(labels), dtype=bool)
+    for slide in sorted(set(labels)):
+        idx = np.flatnonzero(labels == slide)
         n = min(max(1, int(round(fraction * len(idx)))), len(idx) - 1)
         out[rng.choice(idx, n, replace=False)] = True
     return out
