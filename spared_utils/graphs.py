@@ -135,6 +135,55 @@ def ring_neighbourhoods(adj: sp.csr_matrix, n_rings: int) -> list[sp.csr_matrix]
     return out
 
 
+#: How far :func:`ring_mean` widens a spot's neighbourhood unless told otherwise (rings of the
+#: array grid: on Visium 6, 18 and 36 spots within one, two and three rings).
+RING_MEAN_RINGS = 3
+
+
+def ring_mean(values: np.ndarray, observed: np.ndarray, rings: Sequence[sp.csr_matrix],
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each gene's mean over its observed values in the nearest ring of a spot that holds one.
+
+    For spot ``i`` and gene ``g``: the first ``k`` (1, 2, …, ``len(rings)``) for which some spot
+    within ``k`` rings of ``i`` (``i`` itself excluded) has ``observed[:, g]`` True, and the mean
+    of ``values[:, g]`` over those observed spots. Since nothing closer was observed, they all lie
+    on ring ``k``: the ring is widened only until one exists.
+
+    Parameters
+    ----------
+    values, observed
+        ``(n_spots, n_genes)`` expression and its mask (True = a value that may be averaged).
+    rings
+        The cumulative neighbourhoods of :func:`ring_neighbourhoods` (``len(rings)`` is the widest
+        ring tried); built on :func:`adjacency`, so spots of other slides never count.
+    rows
+        Integer positions of the spots to fill (all spots when ``None``).
+
+    Returns
+    -------
+    means
+        ``(len(rows), n_genes)`` float64, NaN where no ring up to ``len(rings)`` has an observed
+        value of the gene (the caller chooses the fallback).
+    ring
+        ``(len(rows), n_genes)`` int, the ring each mean came from (0 where NaN).
+    """
+    observed = np.asarray(observed, dtype=bool)
+    values = np.where(observed, np.asarray(values, dtype=np.float64), 0.0)
+    counts = observed.astype(np.float64)
+    rows = np.arange(observed.shape[0]) if rows is None else np.asarray(rows)
+    means = np.full((len(rows), observed.shape[1]), np.nan)
+    ring = np.zeros(means.shape, dtype=np.int64)
+    for k, within in enumerate(rings, start=1):
+        near = within[rows].astype(np.float64)
+        total, n = near @ values, near @ counts
+        fill = np.isnan(means) & (n > 0)
+        means[fill] = total[fill] / n[fill]
+        ring[fill] = k
+        if not np.isnan(means).any():
+            break
+    return means, ring
+
+
 def neighbour_index(
     adata: AnnData, n_hops: int = 2, hex_geometry: bool = True, slide_key: str = "slide_id"
 ) -> np.ndarray:
@@ -200,6 +249,8 @@ def slides_containing(adata: AnnData, rows: np.ndarray, slide_key: str = "slide_
 __all__: Sequence[str] = (
     "adjacency",
     "ring_neighbourhoods",
+    "RING_MEAN_RINGS",
+    "ring_mean",
     "neighbour_index",
     "hop_offsets",
     "neighbour_offsets",

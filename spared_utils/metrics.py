@@ -152,19 +152,33 @@ def _flat(column: np.ndarray) -> bool:
 
 def gene_correlations(values, mask=None) -> np.ndarray:
     """Gene × gene Pearson correlations, each pair over the spots where both are real (0 where a
-    gene is constant there: it co-varies with nothing; NaN with fewer than 3 such spots)."""
+    gene is constant there: it co-varies with nothing; NaN with fewer than 3 such spots).
+
+    Computed for all pairs at once from sums over the spots both genes share (five matrix
+    products), so a 128-gene panel on thousands of spots costs milliseconds; equal to pandas'
+    pairwise-complete ``DataFrame.corr`` up to rounding.
+    """
     values = np.asarray(values, dtype=np.float64)
-    if mask is not None:
-        values = np.where(np.asarray(mask, dtype=bool), values, np.nan)
-    flat = [g for g in range(values.shape[1])
-            if np.isfinite(values[:, g]).sum() >= 1 and _flat(values[np.isfinite(values[:, g]), g])]
-    table = pd.DataFrame(values)
-    corr = table.corr(min_periods=3).to_numpy()
-    corr[flat, :] = np.nan
-    corr[:, flat] = np.nan
-    counts = np.isfinite(values).astype(np.float64)
-    enough = counts.T @ counts >= 3
-    return np.where(enough & ~np.isfinite(corr), 0.0, corr)
+    finite = np.isfinite(values) if mask is None else np.asarray(mask, dtype=bool) & np.isfinite(values)
+    w = finite.astype(np.float64)
+    n_real = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = np.where(n_real > 0, np.where(finite, values, 0.0).sum(axis=0) / np.maximum(n_real, 1), 0.0)
+    x = np.where(finite, values - centre, 0.0)  # centred first: the sums below then lose no precision
+    n = w.T @ w
+    sx = x.T @ w  # sx[i, j]: the sum of gene i over the spots where i and j are both real
+    sxx = (x * x).T @ w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = x.T @ x - sx * sx.T / n
+        var_i, var_j = sxx - sx**2 / n, (sxx - sx**2 / n).T
+        constant = (var_i <= 1e-12 * np.maximum(sxx, 1e-300)) | (var_j <= 1e-12 * np.maximum(sxx.T, 1e-300))
+        corr = np.clip(cov / np.sqrt(var_i * var_j), -1.0, 1.0)
+    enough = n >= 3
+    corr = np.where(enough & ~constant, corr, np.where(enough, 0.0, np.nan))
+    flat = [g for g in range(values.shape[1]) if finite[:, g].any() and _flat(values[finite[:, g], g])]
+    corr[flat, :] = np.where(enough[flat, :], 0.0, np.nan)
+    corr[:, flat] = np.where(enough[:, flat], 0.0, np.nan)
+    return corr
 
 
 def structure(pred, true, mask, adjacency) -> dict[str, float]:

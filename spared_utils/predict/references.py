@@ -32,8 +32,9 @@ __all__ = ["MAX_RINGS", "REFERENCES", "available", "reference_predictions", "ref
 
 #: The references, in the order tables list them.
 REFERENCES: tuple[str, ...] = ("library_size", "spatial_neighbours")
-#: How far :func:`reference_predictions` widens the neighbourhood of ``spatial_neighbours``.
-MAX_RINGS = 3
+#: How far :func:`reference_predictions` widens the neighbourhood of ``spatial_neighbours``
+#: (:func:`spared_utils.graphs.ring_mean`, shared with the completion method ``neighbour_mean``).
+MAX_RINGS = graphs.RING_MEAN_RINGS
 
 
 def reference_predictions(data: PredictionData, rows: np.ndarray, kind: str) -> np.ndarray:
@@ -66,15 +67,8 @@ def _spatial_neighbours(data: PredictionData, rows: np.ndarray) -> np.ndarray:
     if data.coords is None:
         raise KeyError("the spatial reference needs the array coordinates (obs['array_row'], obs['array_col'])")
     adj = graphs.grid_adjacency(data.slides, data.coords[:, 0], data.coords[:, 1], data.hex_geometry)
-    real = data.real.astype(np.float64)
-    values = np.where(data.real, data.truth, 0.0)
-    out = np.full((len(rows), data.n_genes), np.nan)
-    for ring in graphs.ring_neighbourhoods(adj, MAX_RINGS):
-        within = ring[rows].astype(np.float64)
-        total, count = within @ values, within @ real
-        fill = np.isnan(out) & (count > 0)
-        out[fill] = total[fill] / count[fill]
-    return np.where(np.isnan(out), data.real_mean()[None, :], out)
+    means, _ = graphs.ring_mean(data.truth, data.real, graphs.ring_neighbourhoods(adj, MAX_RINGS), rows)
+    return np.where(np.isnan(means), data.real_mean()[None, :], means)
 
 
 def available(data: PredictionData, kind: str) -> bool:
