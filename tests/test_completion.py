@@ -297,15 +297,15 @@ def test_evaluate_masking_scores_hidden_real_values_only(data):
         assert got == pytest.approx(expected, rel=1e-5)
     frac = summary.groupby("masking")["masked_fraction"].mean()
     assert frac[0.6] > frac[0.2]
-    assert set(per_gene["method"]) == {"oracle", "zero", "median", "mean"}
+    assert set(per_gene["method"]) == {"oracle", "zero", "median", "mean", "neighbour_mean"}
     red = E.relative_reduction(summary, "oracle", "median")
     np.testing.assert_allclose(red["reduction_pct"], 100.0)
 
 
 def test_results_rows_and_processed_write(data, tmp_path, monkeypatch):
     monkeypatch.setenv("SPARED_PROCESSED_DIR", str(tmp_path / "processed"))
-    summary, _, _ = E.evaluate_masking(data, E.masking_methods(mean=False), levels=(0.3,), splits=("test",),
-                                       progress=False)
+    summary, _, _ = E.evaluate_masking(data, E.masking_methods(mean=False, neighbour_mean=False), levels=(0.3,),
+                                       splits=("test",), progress=False)
     rows = completion.results_rows(summary, "tiny", seed=0)
     store = results.append(rows, tmp_path / "store.csv")
     table = results.read(store)

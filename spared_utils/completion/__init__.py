@@ -5,6 +5,9 @@ One verb, :func:`complete`, runs any method on a curated dataset and adds the co
 
 * ``"median"`` – the adaptive median of SEPAL/SpaRED (:func:`spared_utils.preprocess.median_complete`);
 * ``"mean"`` – each gene's mean over its real training values (the trivial completion);
+* ``"neighbour_mean"`` – each missing value from the mean of the same gene's real values among
+  the spot's neighbours, the ring widened until one exists (the reference-free spatial baseline,
+  :func:`~spared_utils.completion.evaluate.neighbour_fill`);
 * ``"spackle"`` – the transformer of :mod:`spared_utils.completion.spackle` (trained on the
   training slides, or loaded from a checkpoint, or given as a trained result);
 * ``"stlearn"`` – stLearn's SME imputation (:mod:`spared_utils.completion.sme`);
@@ -53,6 +56,7 @@ from .evaluate import (
     masking_methods,
     relative_reduction,
     score_missing,
+    structure_table,
 )
 from .methods import (
     AUTHORS_OPTIONS,
@@ -100,6 +104,7 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
             "split": rec["split"], "seed": seed, "mse": rec["mse"], "mae": rec["mae"],
             "pcc_gene": rec["pcc_gene"], "pcc_global": rec["pcc_global"], "n_values": rec["n_values"],
             "wall_time_s": rec["seconds"], "masked_fraction": rec["masked_fraction"],
+            **{c: rec[c] for c in evaluate.STRUCTURE_COLUMNS if c in rec},
         }
         if method == "spackle" and spackle_result is not None:
             row.update(learning_rate=spackle_result.learning_rate, n_params=spackle_result.n_params,
@@ -120,5 +125,5 @@ __all__ = [
     "best_method", "budget_options", "comparison_table", "complete", "completion_dir", "delta_key", "ensure",
     "evaluate", "evaluate_masking", "evaluate_missing", "hex_geometry_of", "load_checkpoint", "masking_methods",
     "plus_config", "recorded_ablation", "relative_reduction", "results_rows", "save_checkpoint", "save_completed",
-    "score_missing", "sme", "spackle", "spackle_config", "stored", "train_plus", "train_spackle",
+    "score_missing", "sme", "spackle", "spackle_config", "stored", "structure_table", "train_plus", "train_spackle",
 ]

@@ -25,6 +25,7 @@ from anndata import AnnData
 
 from ..preprocess import processed_path
 from ..utils import atomic_path, file_lock
+from .evaluate import NEIGHBOUR_RINGS
 from .methods import COMPLETED_LAYER, TRAINED_METHODS, budget_options, complete, delta_key, sme_config, spackle_config
 from .spackle import SpackleResult, check_input, config_tag, neighbourhoods, resolve_hex_geometry
 
@@ -73,6 +74,8 @@ def address(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", m
         return f"{method}-{config_tag(cfg, values, real, index)}_lr_{'-'.join(f'{r:g}' for r in rates)}"
     if method == "median":
         settings = {"n_rings": int(options.pop("n_rings", 4))}
+    elif method == "neighbour_mean":
+        settings = {"n_rings": int(options.pop("n_rings", NEIGHBOUR_RINGS))}
     elif method == "stlearn":
         sme, options = sme_config(options)
         settings = asdict(sme)

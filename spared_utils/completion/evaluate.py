@@ -17,6 +17,11 @@ the gene's fraction of missing entries, so a gene loses about as many real value
 misses — weakly measured genes lose the most. It has no level: :func:`evaluate_masking` runs it
 once and reports the realised hidden fraction as ``masking``.
 
+Beside the errors, each completion is scored by what it keeps of the tissue
+(:func:`completion_structure`): the Moran's I of each completed gene map against the measured
+map's, and the distance between the two gene–gene correlation matrices. A method that fills
+every hidden entry with the gene's mean can win on MSE and still flatten the maps.
+
 :func:`evaluate_missing` scores the other question — how well each method fills the entries
 that were *originally* missing — where their truth is known: on the synthetic datasets, whose
 generator keeps the counts before technical dropout (:func:`before_dropout_layer` maps them onto
@@ -28,6 +33,10 @@ What each method sees:
   :func:`spared_utils.preprocess.median_complete` (the SEPAL/SpaRED adaptive median);
 * ``mean`` – nothing of the slide: each gene's mean over its real values on the training spots
   (the trivial completion, absent from the paper);
+* ``neighbour_mean`` – the slide's values left visible, nothing else: each entry is the mean of
+  the same gene's visible real values among the spot's neighbours on its slide, the ring widened
+  (first, second, third) until one exists, else the gene's training mean (:func:`neighbour_fill`;
+  the reference-free spatial baseline, absent from the paper);
 * ``spackle`` – the layer with hidden entries set to 0 (originally missing entries keep their
   median values, exactly as in training); the centre token's output is the prediction;
 * ``stlearn`` – the layer with hidden and missing entries set to 0, imputed by SME
@@ -54,7 +63,8 @@ from . import spackle as S
 #: The masking levels of Fig. 3 (fraction of a gene's entries hidden).
 MASKING_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 #: Every completion method of :func:`spared_utils.completion.complete`.
-CompletionMethod = Literal["median", "mean", "spackle", "stlearn", "spackle_plus", "spackle_authors"]
+CompletionMethod = Literal["median", "mean", "neighbour_mean", "spackle", "stlearn", "spackle_plus",
+                           "spackle_authors"]
 METHODS: tuple[str, ...] = get_args(CompletionMethod)
 #: Masking schemes of :func:`evaluate_masking` (see the module's docstring).
 SCHEMES: tuple[str, ...] = ("per_gene", "uniform", "lgdist")
@@ -129,6 +139,41 @@ def mean_fill(adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: np
     return np.broadcast_to(mean, (len(rows), values.shape[1])).copy()
 
 
+#: How far :func:`neighbour_fill` widens a spot's neighbourhood by default (three rings: on
+#: Visium the 36 nearest spots; the median of curation uses four).
+NEIGHBOUR_RINGS = graphs.RING_MEAN_RINGS
+
+
+def neighbour_fill(adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: np.ndarray,
+                   hex_geometry: bool = True, n_rings: int = NEIGHBOUR_RINGS, slide_key: str = "slide_id",
+                   split_key: str = "split", rings: list | None = None) -> np.ndarray:
+    """The spatial-mean completion (``method="neighbour_mean"``) of the rows ``rows``.
+
+    Each entry is the mean of the same gene's observed values among the spot's neighbours on its
+    slide (the array grid of :func:`spared_utils.graphs.adjacency`): the first ring if any of its
+    spots has an observed value of the gene, else the second ring, and so on up to ``n_rings``
+    (:func:`spared_utils.graphs.ring_mean`). Where no spot within ``n_rings`` rings has one — a
+    gene with no observed value on the slide, or an isolated patch of missing values — the entry
+    falls back to the gene's mean over its observed training values (:func:`training_mean`).
+
+    The spot's own value is never used, so the function also "predicts" observed entries (the
+    callers keep real values). Nothing is fitted and no reference is read: it is the spatial
+    counterpart of the training mean, and of the adaptive median of curation, which takes a
+    median over a window that counts missing values as zeros instead of widening past them.
+
+    Parameters
+    ----------
+    rings
+        Precomputed :func:`spared_utils.graphs.ring_neighbourhoods` of ``adata``'s adjacency with
+        ``n_rings`` rings (the masking protocol reuses them across levels).
+    """
+    if rings is None:
+        rings = graphs.ring_neighbourhoods(graphs.adjacency(adata, hex_geometry, slide_key), int(n_rings))
+    means, _ = graphs.ring_mean(values, observed, rings, rows)
+    fallback = training_mean(values, observed, train_rows_of(adata, split_key))
+    return np.where(np.isnan(means), fallback[None, :], means).astype(np.float32)
+
+
 @dataclass
 class MaskingRun:
     """One masking level on one evaluation split: what was hidden and each method's predictions."""
@@ -151,11 +196,13 @@ Completer = Callable[[AnnData, np.ndarray, np.ndarray, np.ndarray, np.ndarray], 
 
 def masking_methods(spackle: S.SpackleResult | None = None, sme_config=None, hex_geometry: bool = True,
                     n_rings: int = 4, slide_key: str = "slide_id", mean: bool = True,
-                    models: Mapping[str, object] | None = None) -> dict[str, Completer]:
+                    models: Mapping[str, object] | None = None, neighbour_mean: bool = True,
+                    neighbour_rings: int = NEIGHBOUR_RINGS) -> dict[str, Completer]:
     """Completion functions ``f(adata, values, real, hidden_full, rows) -> (len(rows), genes)``, by method name.
 
-    ``median`` is always present, ``mean`` (each gene's training mean) unless ``mean=False``;
-    ``spackle`` when a trained result is given; ``stlearn`` when ``sme_config`` is given (an
+    ``median`` is always present (``n_rings`` its window); ``mean`` (each gene's training mean)
+    unless ``mean=False``; ``neighbour_mean`` (:func:`neighbour_fill`, up to ``neighbour_rings``
+    rings) unless ``neighbour_mean=False``; ``spackle`` when a trained result is given; ``stlearn`` when ``sme_config`` is given (an
     :class:`~spared_utils.completion.sme.SmeConfig`; morphology features are computed once per
     slide and reused across levels). ``models`` adds more trained completers by name: a
     :class:`~spared_utils.completion.spackle.SpackleResult` (e.g. ``{"spackle_plus":
@@ -167,6 +214,8 @@ def masking_methods(spackle: S.SpackleResult | None = None, sme_config=None, hex
     }
     if mean:
         out["mean"] = lambda a, v, r, h, rows: mean_fill(a, v, r & ~h, rows)
+    if neighbour_mean:
+        out["neighbour_mean"] = _neighbour_completer(hex_geometry, neighbour_rings, slide_key)
     trained = dict(models or {})
     if spackle is not None:
         trained = {"spackle": spackle, **trained}
@@ -181,6 +230,21 @@ def masking_methods(spackle: S.SpackleResult | None = None, sme_config=None, hex
 
         out["stlearn"] = sme_pred
     return out
+
+
+def _neighbour_completer(hex_geometry: bool, n_rings: int, slide_key: str) -> Completer:
+    """:func:`neighbour_fill` as a completer, its ring neighbourhoods built once per AnnData."""
+    cache: dict = {}
+
+    def fill(a, v, r, h, rows):
+        key = (id(a), a.n_obs)
+        if key not in cache:
+            cache.clear()
+            adj = graphs.adjacency(a, hex_geometry, slide_key)
+            cache[key] = graphs.ring_neighbourhoods(adj, int(n_rings))
+        return neighbour_fill(a, v, r & ~h, rows, hex_geometry, n_rings, slide_key, rings=cache[key])
+
+    return fill
 
 
 def _model_completer(model, hex_geometry: bool, slide_key: str) -> Completer:
@@ -198,6 +262,46 @@ def _model_completer(model, hex_geometry: bool, slide_key: str) -> Completer:
     return pred
 
 
+#: The columns :func:`completion_structure` adds to a summary row.
+STRUCTURE_COLUMNS: tuple[str, ...] = ("moran_completed", "moran_measured", "moran_gap", "corr_distance")
+
+
+def completion_structure(completed: np.ndarray, measured: np.ndarray, mask: np.ndarray | None,
+                         adjacency) -> dict[str, float]:
+    """What a completed matrix keeps of the measured tissue (:func:`spared_utils.metrics.structure`).
+
+    Parameters
+    ----------
+    completed, measured
+        ``(spots, genes)``: the completed matrix (measured values where visible, the method's where
+        hidden) and the measured one.
+    mask
+        The entries whose truth is known (the real ones; ``None``: all); each gene's maps are
+        compared on its spots with a known value, on the graph restricted to them.
+    adjacency
+        The first-ring grid graph of the spots (:func:`spared_utils.graphs.adjacency`).
+
+    Returns
+    -------
+    dict
+        ``moran_completed`` / ``moran_measured``: Moran's I (Moran, *Biometrika* 1950) of the
+        completed and of the measured maps, averaged over genes; ``moran_gap``: the mean over genes
+        of ``|I_completed − I_measured|`` (0 for a perfect completion); ``corr_distance``: the mean
+        absolute difference of the two gene–gene correlation matrices off the diagonal.
+    """
+    s = metrics.structure(completed, measured, mask, adjacency)
+    return {"moran_completed": s["moran_pred"], "moran_measured": s["moran_true"],
+            "moran_gap": s["moran_gap"], "corr_distance": s["corr_distance"]}
+
+
+def _rows_adjacency(adata: AnnData, rows: np.ndarray, hex_geometry: bool | None, slide_key: str):
+    """The first-ring grid graph among ``rows`` (``None`` without array coordinates)."""
+    if not {"array_row", "array_col"} <= set(adata.obs):
+        return None
+    adj = graphs.adjacency(adata, S.resolve_hex_geometry(adata, hex_geometry), slide_key)
+    return adj[rows][:, rows]
+
+
 def lost_genes(real: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     """Genes with real values among ``real``'s rows that ``hidden`` hides entirely (bool per gene)."""
     return real.any(axis=0) & ~(real & ~hidden).any(axis=0)
@@ -213,6 +317,8 @@ def evaluate_masking(
     scheme: str = "per_gene",
     slide_key: str = "slide_id",
     progress: bool = True,
+    structure: bool = True,
+    hex_geometry: bool | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[MaskingRun]]:
     """Score every method at every masking level on the evaluation slides.
 
@@ -225,6 +331,11 @@ def evaluate_masking(
         ``"per_gene"`` (the paper's authors), ``"uniform"`` or ``"lgdist"`` (LGDiST's
         dropout-proportional rule, which has no level: ``levels`` is ignored and one masking is
         scored per split, its ``masking`` the realised hidden fraction of all entries).
+    structure
+        Also score what each completion keeps of the tissue (:func:`completion_structure` on the
+        split's real entries; needs ``obs["array_row"]``/``obs["array_col"]``).
+    hex_geometry
+        The grid of that graph (default: the curation's).
 
     Returns
     -------
@@ -232,7 +343,10 @@ def evaluate_masking(
         One row per (split, level, method): ``mse``, ``mae``, ``pcc_gene``, ``pcc_global``,
         ``n_values``, ``seconds``, ``masked_fraction`` (hidden / all entries), ``scheme``,
         ``genes_lost`` (genes whose every real value on the split is hidden),
-        ``mse_kept_genes`` (the MSE over the other genes' hidden values).
+        ``mse_kept_genes`` (the MSE over the other genes' hidden values); with ``structure``
+        also ``moran_completed``, ``moran_measured``, ``moran_gap`` and ``corr_distance``
+        (:data:`STRUCTURE_COLUMNS`), the completed map being the measured values where visible
+        and the method's where hidden.
     per_gene
         One row per (split, level, method, gene): ``mse``, ``pcc``, ``n_values``.
     runs
@@ -259,6 +373,7 @@ def evaluate_masking(
             level = round(float(hidden_full.mean()), 4)
         lost = lost_genes(real[rows], hidden_full)
         run = MaskingRun(level, split, rows, hidden_full, values[rows])
+        adj = _rows_adjacency(adata, rows, hex_geometry, slide_key) if structure else None
         for name, fn in methods.items():
             t0 = time.perf_counter()
             pred = np.asarray(fn(adata, values, real, full, rows), dtype=np.float32)
@@ -270,7 +385,9 @@ def evaluate_masking(
                              "seconds": run.seconds[name],
                              "masked_fraction": float(hidden_full.mean()), "scheme": scheme,
                              "genes_lost": int(lost.sum()),
-                             "mse_kept_genes": metrics.masked_mse(pred, run.truth, kept) if kept.any() else float("nan")})
+                             "mse_kept_genes": metrics.masked_mse(pred, run.truth, kept) if kept.any() else float("nan"),
+                             **(completion_structure(run.completed(name), run.truth, real[rows], adj)
+                                if adj is not None else {})})
             table = metrics.per_gene_table(pred, run.truth, hidden_full, adata.var_names)
             table.insert(0, "method", name)
             table.insert(0, "masking", level)
@@ -359,7 +476,8 @@ def before_dropout_layer(adata: AnnData, generated: AnnData, source: str = "coun
 
 def evaluate_missing(adata: AnnData, methods: Mapping[str, Completer], truth_layer: str = TRUTH_LAYER,
                      layer: str = S.DEFAULT_LAYER, splits: Sequence[str] = ("val", "test"),
-                     slide_key: str = "slide_id") -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+                     slide_key: str = "slide_id", structure: bool = True,
+                     hex_geometry: bool | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
     """Score every method on the originally missing entries against ``layers[truth_layer]``.
 
     Each method completes the evaluation slides from their real values only (nothing extra is
@@ -370,7 +488,9 @@ def evaluate_missing(adata: AnnData, methods: Mapping[str, Completer], truth_lay
     -------
     summary
         One row per (split, method): ``mse``, ``mae``, ``mean_signed_error`` (prediction − truth:
-        negative = the method fills too low), ``pcc_gene``, ``n_values``, ``seconds``.
+        negative = the method fills too low), ``pcc_gene``, ``n_values``, ``seconds``; with
+        ``structure`` also :data:`STRUCTURE_COLUMNS` (:func:`completion_structure`), comparing the
+        completed slide (real values, the method's where missing) with the truth at every spot.
     predictions
         ``{split: {method: (len(rows), genes) array}}``.
     """
@@ -385,6 +505,7 @@ def evaluate_missing(adata: AnnData, methods: Mapping[str, Completer], truth_lay
         missing = unseen[rows]
         if not missing.any():
             continue
+        adj = _rows_adjacency(adata, rows, hex_geometry, slide_key) if structure else None
         preds[split] = {}
         for name, fn in methods.items():
             t0 = time.perf_counter()
@@ -395,7 +516,9 @@ def evaluate_missing(adata: AnnData, methods: Mapping[str, Completer], truth_lay
             err = (pred - truth[rows])[missing]
             out.append({"split": split, "method": name, "mse": m["mse"], "mae": m["mae"],
                         "mean_signed_error": float(err.mean()), "pcc_gene": m["pcc_gene"],
-                        "n_values": m["n_values"], "seconds": seconds})
+                        "n_values": m["n_values"], "seconds": seconds,
+                        **(completion_structure(np.where(missing, pred, values[rows]), truth[rows], None, adj)
+                           if adj is not None else {})})
     return pd.DataFrame(out), preds
 
 
@@ -406,8 +529,9 @@ def score_missing(adata: AnnData, methods: Mapping[str, Completer], generated: A
     Adds the truth layers of ``generated`` (:data:`TRUTH_SOURCES`) to ``adata``, scores with
     :func:`evaluate_missing` and removes them again (they are for evaluation only). Returns one
     row per method, columns ``(metric, truth)`` with metrics ``mse`` and ``mean_signed_error``
-    and truths ``counts before dropout`` and ``expected expression``; several evaluation splits
-    are averaged.
+    (and, where the slides have array coordinates, ``moran_gap`` and ``corr_distance`` of the
+    completed slide against the truth, :func:`completion_structure`) and truths ``counts before
+    dropout`` and ``expected expression``; several evaluation splits are averaged.
     """
     labels = {"before_dropout_log1p": "counts before dropout", "expected_log1p": "expected expression"}
     parts = []
@@ -419,7 +543,9 @@ def score_missing(adata: AnnData, methods: Mapping[str, Completer], generated: A
     finally:
         for key in TRUTH_SOURCES.values():
             adata.layers.pop(key, None)
-    table = pd.concat(parts).pivot_table(index="method", columns="truth", values=["mse", "mean_signed_error"])
+    both = pd.concat(parts)
+    shown = ["mse", "mean_signed_error", *(c for c in ("moran_gap", "corr_distance") if c in both)]
+    table = both.pivot_table(index="method", columns="truth", values=shown)[shown]
     return table.reindex([m for m in methods if m in table.index])
 
 
@@ -435,7 +561,7 @@ def ablation_table(adata: AnnData, base: S.SpackleConfig, candidates: Mapping[st
     for name, options in candidates.items():
         result = S.train_spackle(adata, config=base.updated(**dict(options), checkpoint_dir=None),
                                  hex_geometry=hex_geometry)
-        fn = masking_methods(None, None, hex_geometry, mean=False, models={name: result})
+        fn = masking_methods(None, None, hex_geometry, mean=False, models={name: result}, neighbour_mean=False)
         fn.pop("median")
         summary, _, _ = evaluate_masking(adata, fn, levels=levels, splits=splits, seed=seed, progress=False)
         mse = summary.groupby("masking")["mse"].mean()
@@ -448,22 +574,42 @@ def ablation_table(adata: AnnData, base: S.SpackleConfig, candidates: Mapping[st
 def comparison_table(summary: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
     """MSE per masking level (rows) and method (columns), with the comparisons chapter 02 shows.
 
-    Added where both methods are present: SpaCKLE vs the median and vs the training mean, ours
-    (``spackle_plus``) vs SpaCKLE, the mean and the median (``% lower MSE``: ``100 · (1 − a / b)``),
-    and stLearn / SpaCKLE (MSE ratio). Several splits are averaged.
+    Added where both methods are present: SpaCKLE vs the median, the training mean and the
+    neighbour mean, ours (``spackle_plus``) vs SpaCKLE, the mean, the neighbour mean and the median
+    (``% lower MSE``: ``100 · (1 − a / b)``), and stLearn / SpaCKLE (MSE ratio). Several splits are
+    averaged.
     """
     table = summary.pivot_table(index="masking", columns="method", values="mse").rename_axis(columns=None)
     if methods is not None:
         table = table[[m for m in methods if m in table]]
     pairs = [("SpaCKLE vs median", "spackle", "median"), ("SpaCKLE vs mean", "spackle", "mean"),
+             ("SpaCKLE vs neighbour mean", "spackle", "neighbour_mean"),
              ("ours vs authors' SpaCKLE", "spackle_plus", "spackle_authors"),
              ("ours vs SpaCKLE", "spackle_plus", "spackle"), ("ours vs mean", "spackle_plus", "mean"),
+             ("ours vs neighbour mean", "spackle_plus", "neighbour_mean"),
              ("ours vs median", "spackle_plus", "median")]
     for label, a, b in pairs:
         if a in table and b in table:
             table[f"{label} (% lower MSE)"] = 100 * (1 - table[a] / table[b])
     if "stlearn" in table and "spackle" in table:
         table["stLearn / SpaCKLE (MSE ratio)"] = table["stlearn"] / table["spackle"]
+    return table
+
+
+def structure_table(summary: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per method (rows, in ``methods`` order), averaged over masking levels and splits: ``mse``,
+    ``moran_completed``, ``moran_measured``, ``moran_gap`` and ``corr_distance`` of
+    :func:`evaluate_masking`'s summary (run with ``structure=True``), and ``mse_rank`` /
+    ``moran_gap_rank`` (1 = lowest), so a method that wins on MSE but flattens the maps shows."""
+    missing = [c for c in STRUCTURE_COLUMNS if c not in summary]
+    if missing:
+        raise KeyError(f"the summary has no {missing}: run evaluate_masking with structure=True on a dataset "
+                       "with obs['array_row'] and obs['array_col']")
+    table = summary.groupby("method")[["mse", *STRUCTURE_COLUMNS]].mean()
+    if methods is not None:
+        table = table.reindex([m for m in methods if m in table.index])
+    table["mse_rank"] = table["mse"].rank(method="min").astype("Int64")
+    table["moran_gap_rank"] = table["moran_gap"].rank(method="min").astype("Int64")
     return table
 
 
@@ -516,6 +662,6 @@ def relative_reduction(summary: pd.DataFrame, method: str = "spackle", baseline:
     return out.reset_index()
 
 
-__all__ = ["BEST_LAYER", "ablation_table", "add_best_completion", "best_method", "comparison_table", "score_missing", "MASKING_LEVELS", "METHODS", "SCHEMES", "TRUTH_LAYER", "TRUTH_SOURCES", "MaskingRun", "before_dropout_layer", "evaluate_masking",
-           "evaluate_missing", "evaluation_spots", "lost_genes", "masking_methods", "mean_fill", "median_fill",
-           "relative_reduction", "train_rows_of", "training_mean"]
+__all__ = ["BEST_LAYER", "ablation_table", "add_best_completion", "best_method", "comparison_table", "score_missing", "MASKING_LEVELS", "METHODS", "SCHEMES", "TRUTH_LAYER", "TRUTH_SOURCES", "MaskingRun", "STRUCTURE_COLUMNS", "before_dropout_layer", "completion_structure", "evaluate_masking",
+           "evaluate_missing", "evaluation_spots", "lost_genes", "masking_methods", "mean_fill", "median_fill", "NEIGHBOUR_RINGS", "neighbour_fill",
+           "relative_reduction", "structure_table", "train_rows_of", "training_mean"]

@@ -102,7 +102,9 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
     method
         One of :data:`METHODS`: ``"spackle"``, ``"spackle_plus"`` (ours), ``"spackle_authors"``
         (SpaCKLE with :data:`AUTHORS_OPTIONS`, as the authors' code runs it), ``"median"``,
-        ``"mean"`` (each gene's mean over its real training values) or ``"stlearn"``.
+        ``"mean"`` (each gene's mean over its real training values), ``"neighbour_mean"`` (the
+        mean of the gene's real values in the nearest ring of neighbours that has one,
+        :func:`~spared_utils.completion.evaluate.neighbour_fill`) or ``"stlearn"``.
     layer, key_added
         Input layer and the completed layer to add; its Δ (minus the training mean of each gene)
         is added as ``key_added`` with ``log1p`` → ``deltas`` (``c_t_deltas``).
@@ -111,7 +113,8 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         ``lr_grid``, ``seed``, ``device``, ``checkpoint_dir``, ...), or ``model=`` a trained
         :class:`SpackleResult`, or ``checkpoint=`` a path saved by :func:`save_checkpoint`.
         ``spackle_plus``: as ``spackle`` (its defaults :data:`PLUS_OPTIONS`). ``median``:
-        ``n_rings`` (4). ``mean``: none. ``stlearn``: any :class:`SmeConfig` field. All methods:
+        ``n_rings`` (4). ``mean``: none. ``neighbour_mean``: ``n_rings``, the widest ring
+        tried before the training mean (3). ``stlearn``: any :class:`SmeConfig` field. All methods:
         ``hex_geometry`` (default: the curation's).
 
     Returns
@@ -160,6 +163,12 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         n_rings = int(config.pop("n_rings", 4))
         _no_extra(config, method, None, allowed=("n_rings",))
         completed = evaluate.median_fill(adata, values, real, np.arange(adata.n_obs), hex_geometry, n_rings)
+        completed = np.where(real, values, completed).astype(np.float32)
+        info.update(config=json.dumps({"n_rings": n_rings}))
+    elif method == "neighbour_mean":
+        n_rings = int(config.pop("n_rings", evaluate.NEIGHBOUR_RINGS))
+        _no_extra(config, method, None, allowed=("n_rings",))
+        completed = evaluate.neighbour_fill(adata, values, real, np.arange(adata.n_obs), hex_geometry, n_rings)
         completed = np.where(real, values, completed).astype(np.float32)
         info.update(config=json.dumps({"n_rings": n_rings}))
     else:
