@@ -225,3 +225,25 @@ def test_comparison_table_puts_the_neighbour_mean_beside_mean_and_median():
     table = E.comparison_table(summary, ["median", "mean", "neighbour_mean", "spackle_plus"])
     assert table.loc[0.1, "ours vs neighbour mean (% lower MSE)"] == pytest.approx(50.0)
     assert list(table.columns[:3]) == ["median", "mean", "neighbour_mean"]
+
+
+def test_structure_figure_draws_one_series_per_method_without_overlapping_labels():
+    import matplotlib.pyplot as plt
+
+    from spared_utils import plots
+    from spared_utils.plots.style import overlapping_text
+
+    rng = np.random.default_rng(0)
+    methods = ["median", "mean", "neighbour_mean", "spackle", "spackle_plus"]
+    summary = pd.DataFrame([{"masking": lv, "method": m, "mse": rng.uniform(0.1, 2), "moran_gap": rng.uniform(0, .5),
+                             "corr_distance": rng.uniform(0, .3)} for lv in (0.1, 0.4, 0.7) for m in methods])
+    ax = plots.structure_vs_mse(summary, "moran_gap", methods=methods)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "median", "training mean", "neighbour mean", "SpaCKLE", "ours (SpaCKLE+)"]
+    assert len(ax.collections) == len(methods) and ax.get_xscale() == "log"
+    assert overlapping_text(ax.figure) == []
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="moran_gap"):
+        plots.structure_vs_mse(summary, "pcc")
+    with pytest.raises(KeyError, match="structure=True"):
+        plots.structure_vs_mse(summary.drop(columns="corr_distance"), "corr_distance")

@@ -17,7 +17,7 @@ from .benchmark import (
     training_mean_ratio,
     wins_pie,
 )
-from .completion import completion_mse_violin, mse_vs_masking
+from .completion import completion_mse_violin, mse_vs_masking, structure_vs_mse
 from .curation import (
     dropout_vs_expression,
     embeddings_by_slide,
@@ -62,6 +62,7 @@ __all__ = [
     "predicted_vs_true_maps",
     "completion_mse_violin",
     "mse_vs_masking",
+    "structure_vs_mse",
     "completion_maps",
     "patch_symmetries",
     "slide_layers",

@@ -1,5 +1,6 @@
 """Completion figures (chapter 02, the paper's Fig. 3a-b): completion error per method and
-against the masking level. The maps of Fig. 3c are :func:`~spared_utils.plots.maps.completion_maps`.
+against the masking level, and what each completion keeps of the tissue against its error. The
+maps of Fig. 3c are :func:`~spared_utils.plots.maps.completion_maps`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ import seaborn as sns
 
 from .style import COMPLETION_LABELS, METHOD_COLOURS, PALETTE
 
-__all__ = ["completion_mse_violin", "mse_vs_masking"]
+__all__ = ["completion_mse_violin", "mse_vs_masking", "structure_vs_mse"]
+
+#: What :func:`structure_vs_mse` can draw on its y axis, and the axis label of each.
+STRUCTURE_AXES = {
+    "moran_gap": "Moran's I gap, mean |I completed − I measured|",
+    "corr_distance": "gene–gene correlation distance, mean |Δr|",
+    "moran_completed": "mean Moran's I of the completed maps",
+}
 
 
 def completion_mse_violin(table, by: str = "gene", ax: plt.Axes | None = None,
@@ -59,4 +67,39 @@ def mse_vs_masking(summary, ax: plt.Axes | None = None, methods: Sequence[str] =
     ax.set_ylabel("MSE of hidden values, log scale")
     ax.set_title(title)
     ax.legend(frameon=False)
+    return ax
+
+
+def structure_vs_mse(summary, y: str = "moran_gap", ax: plt.Axes | None = None,
+                     methods: Sequence[str] = ("median", "mean", "neighbour_mean", "spackle", "spackle_plus"),
+                     title: str = "What completion keeps of the tissue vs its error") -> plt.Axes:
+    """Each method's MSE of hidden values (x, log) against what its completed maps lose of the
+    measured tissue (``y``, one of :data:`STRUCTURE_AXES`), one point per masking level joined in
+    order of level (marker area grows with the level, from the lowest to the highest).
+
+    ``summary`` is :func:`spared_utils.completion.evaluate_masking`'s table with its structure
+    columns (several splits are averaged). A method that fills with a gene's mean sits far left
+    when it wins on MSE and high when it flattens the maps.
+    """
+    if y not in STRUCTURE_AXES:
+        raise ValueError(f"y must be one of {sorted(STRUCTURE_AXES)}, got {y!r}")
+    if y not in summary:
+        raise KeyError(f"the summary has no {y!r} column: run evaluate_masking with structure=True")
+    ax = ax or plt.subplots(figsize=(5.5, 4))[1]
+    mean = summary.groupby(["method", "masking"], observed=True)[["mse", y]].mean().reset_index()
+    levels = np.sort(mean["masking"].unique())
+    for k, method in enumerate(m for m in methods if m in set(mean["method"])):
+        part = mean[mean["method"] == method].sort_values("masking")
+        colour = METHOD_COLOURS.get(method, PALETTE[k % len(PALETTE)])
+        size = 15 + 60 * np.searchsorted(levels, part["masking"]) / max(len(levels) - 1, 1)
+        ax.plot(part["mse"], part[y], "-", color=colour, lw=1, alpha=0.7)
+        ax.scatter(part["mse"], part[y], s=size, color=colour, label=COMPLETION_LABELS.get(method, method),
+                   edgecolor="white", linewidth=0.5, zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("MSE of hidden values, log scale")
+    ax.set_ylabel(STRUCTURE_AXES[y])
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=8, title=f"larger: more masked ({100 * levels.min():.0f}–"
+                  f"{100 * levels.max():.0f}%)" if len(levels) else None, title_fontsize=8)
     return ax

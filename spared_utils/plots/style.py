@@ -29,13 +29,15 @@ METHOD_COLOURS = {
     "completed": PALETTE[4],
     "masked": PALETTE[9],
     "mean": PALETTE[7],
+    "neighbour_mean": PALETTE[8],
     "spackle_plus": PALETTE[5],
     "spackle_authors": PALETTE[6],
 }
 SPLIT_COLOURS = {"train": PALETTE[0], "val": PALETTE[1], "test": PALETTE[2]}
 
 COMPLETION_LABELS = {"median": "median", "spackle": "SpaCKLE", "stlearn": "stLearn (SME)", "mean": "training mean",
-                     "spackle_plus": "ours (SpaCKLE+)", "spackle_authors": "SpaCKLE (authors' code)"}
+                     "neighbour_mean": "neighbour mean", "spackle_plus": "ours (SpaCKLE+)",
+                     "spackle_authors": "SpaCKLE (authors' code)"}
 
 
 def spot_size(adata: AnnData, slide: str, ax: plt.Axes) -> float:
