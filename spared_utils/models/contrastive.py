@@ -80,7 +80,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import ImageNormalize, PretrainedWeightsUnavailable, resize_square
+from .encoders import ImageNormalize, resize_square
+from .probe import load_timm
 from .task import Task, load_patches
 
 __all__ = [
@@ -652,18 +653,16 @@ def bleep(n_genes: int, pretrained: bool = False, backbone: str = "resnet50", pr
 
     if not timm.is_model(backbone):
         raise ValueError(f"unknown timm backbone {backbone!r} (e.g. 'resnet50', 'resnet18')")
-    try:
-        encoder = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="avg")
-    except Exception as err:  # offline: OSError, huggingface_hub errors, ...
-        if not pretrained:
-            raise
-        raise PretrainedWeightsUnavailable(
-            f"pretrained=True needs timm's ImageNet weights for {backbone!r}, but loading them failed ({err}). "
-            f"Without internet pass pretrained=False (random initialisation), or place the weights in the "
-            f"Hugging Face cache (HF_HOME) on a machine with internet first.") from err
-    return BLEEP(encoder, encoder.num_features, n_genes, projection_dim=projection_dim, dropout=dropout,
-                 temperature=temperature, top_k=top_k, method=method, chunk_size=chunk_size,
-                 input_size=input_size)
+    # The official code passes global_pool="avg", every ResNet's default pool; other backbones keep
+    # theirs (on a ViT "avg" would swap the pretrained final norm for an untrained one, fc_norm).
+    encoder = load_timm(backbone, pretrained=pretrained, num_classes=0)
+    model = BLEEP(encoder, encoder.num_features, n_genes, projection_dim=projection_dim, dropout=dropout,
+                  temperature=temperature, top_k=top_k, method=method, chunk_size=chunk_size,
+                  input_size=input_size)
+    if pretrained:  # the statistics the weights were trained with (timm's pretrained configuration)
+        cfg = timm.data.resolve_model_data_config(encoder)
+        model.normalize.set_stats(cfg["mean"], cfg["std"])
+    return model
 
 
 class ContrastiveTask(Task):

@@ -34,6 +34,7 @@ yields; cheap to move to a GPU) or ``float`` in 0–1. Normalisation is the mode
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -215,9 +216,11 @@ def weights_cache_path(weights) -> Path:
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
-    host = urlparse(url).hostname
+    """Whether a TCP connection to ``url``'s host and port opens within ``timeout`` seconds."""
+    parsed = urlparse(url)
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -233,8 +236,44 @@ def _offline_message(weights, detail: str) -> str:
     )
 
 
+def state_dict_mismatch(text: str) -> str:
+    """The gist of ``load_state_dict``'s error: how many shapes differ and the first, else the
+    first line naming missing or unexpected keys (else the first line)."""
+    lines = [ln.strip().rstrip(".") for ln in text.splitlines() if ln.strip()]
+    sizes = [ln for ln in lines if ln.startswith("size mismatch")]
+    if sizes:
+        return f"{len(sizes)} size mismatch(es), the first: {sizes[0][:240]}"
+    keys = [ln for ln in lines if "Missing key" in ln or "Unexpected key" in ln]
+    return (keys or lines or ["unreadable"])[0].split(". ")[0][:300]  # its first sentence
+
+
+def _mismatch_message(factory, weights, err: Exception) -> str:
+    cache = weights_cache_path(weights)
+    return (
+        f"pretrained=True: the weights file {cache} does not fit torchvision's {factory.__name__} "
+        f"({type(err).__name__}: {state_dict_mismatch(str(err))}). It is not the file torchvision publishes at "
+        f"{weights.url} (a truncated download, or another model's weights under that name). Delete "
+        f"it so that it is downloaded again, or set TORCH_HOME to a cache that holds the right file."
+    )
+
+
+def pretrained_stats(weights) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The channel mean and std (0–1 scale) that torchvision's ``weights`` were trained with
+    (their ``transforms()``: ImageNet's for every weight this package loads)."""
+    preset = weights.transforms()
+    return tuple(map(float, preset.mean)), tuple(map(float, preset.std))
+
+
 def load_torchvision(factory: Callable[..., nn.Module], weights, pretrained: bool, **kwargs) -> nn.Module:
-    """``factory(weights=...)`` with ImageNet weights if ``pretrained``, failing fast offline."""
+    """``factory(weights=...)`` with ImageNet weights if ``pretrained``, failing fast offline.
+
+    torchvision reads the file from ``$TORCH_HOME/hub/checkpoints/<name of weights.url>`` when it
+    is there (torch.hub checks the file's hash only when it downloads it) and downloads it
+    otherwise, into a temporary file that torch.hub removes if the download fails. Every failure
+    raises :class:`PretrainedWeightsUnavailable` naming the model, the file and what to do: an
+    uncached file with the host unreachable (checked first, so that an offline machine fails at
+    once), a failed download, or a cached file that does not fit the architecture.
+    """
     if not pretrained:
         return factory(weights=None, **kwargs)
     if not weights_cache_path(weights).is_file() and not _reachable(weights.url):
@@ -244,6 +283,8 @@ def load_torchvision(factory: Callable[..., nn.Module], weights, pretrained: boo
         return factory(weights=weights, **kwargs)
     except OSError as err:  # URLError is an OSError
         raise PretrainedWeightsUnavailable(_offline_message(weights, f"the download failed ({err})")) from err
+    except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:  # load_state_dict, torch.load
+        raise PretrainedWeightsUnavailable(_mismatch_message(factory, weights, err)) from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,8 +305,16 @@ def shufflenet(n_genes: int, pretrained: bool = False, width: float = 0.5,
     net = load_torchvision(getattr(models, f"shufflenet_v2_{suffix}"), weights, pretrained)
     n_features = net.fc.in_features
     net.fc = nn.Identity()
-    return PatchRegressor(net, n_features, n_genes, name="shufflenet", input_size=input_size,
-                          mean_init_head=mean_init_head)
+    model = PatchRegressor(net, n_features, n_genes, name="shufflenet", input_size=input_size,
+                           mean_init_head=mean_init_head)
+    return _with_pretrained_stats(model, weights, pretrained)
+
+
+def _with_pretrained_stats(model: PatchRegressor, weights, pretrained: bool) -> PatchRegressor:
+    """Normalise inputs with the statistics ``weights`` were trained with (when they are loaded)."""
+    if pretrained:
+        model.set_input_stats(*pretrained_stats(weights))
+    return model
 
 
 def _vit_b_16(pretrained: bool, input_size: int | None = None) -> tuple[nn.Module, int]:
@@ -294,8 +343,11 @@ def _vit_b_16(pretrained: bool, input_size: int | None = None) -> tuple[nn.Modul
 def vit_b(n_genes: int, pretrained: bool = False, mean_init_head: bool = False,
           input_size: int | None = None) -> PatchRegressor:
     """ViT-B/16 at 224 px (or ``input_size``) + linear head (``mean_init_head``: start at the mean)."""
+    from torchvision import models
+
     net, n_features = _vit_b_16(pretrained, input_size)
-    return PatchRegressor(net, n_features, n_genes, name="vit_b", mean_init_head=mean_init_head)
+    model = PatchRegressor(net, n_features, n_genes, name="vit_b", mean_init_head=mean_init_head)
+    return _with_pretrained_stats(model, models.ViT_B_16_Weights.IMAGENET1K_V1, pretrained)
 
 
 def vit_b_delta(n_genes: int, pretrained: bool = False, mean_init_head: bool = True,
@@ -307,9 +359,12 @@ def vit_b_delta(n_genes: int, pretrained: bool = False, mean_init_head: bool = T
     starts from the mean plus that head's output on random features. ``input_size``: the ViT's
     input in pixels (224, the paper's, when None).
     """
+    from torchvision import models
+
     net, n_features = _vit_b_16(pretrained, input_size)
-    return PatchRegressor(net, n_features, n_genes, name="vit_b_delta", predict_delta=True,
-                          mean_init_head=mean_init_head)
+    model = PatchRegressor(net, n_features, n_genes, name="vit_b_delta", predict_delta=True,
+                           mean_init_head=mean_init_head)
+    return _with_pretrained_stats(model, models.ViT_B_16_Weights.IMAGENET1K_V1, pretrained)
 
 
 def stnet(n_genes: int, pretrained: bool = False, dihedral_average: bool = True,
@@ -318,13 +373,16 @@ def stnet(n_genes: int, pretrained: bool = False, dihedral_average: bool = True,
     (``input_size``: see :class:`PatchRegressor`)."""
     from torchvision import models
 
-    net = load_torchvision(models.densenet121, models.DenseNet121_Weights.IMAGENET1K_V1, pretrained)
+    weights = models.DenseNet121_Weights.IMAGENET1K_V1
+    net = load_torchvision(models.densenet121, weights, pretrained)
     n_features = net.classifier.in_features
     net.classifier = nn.Identity()
-    return PatchRegressor(
+    # input_stats="training": the harness replaces these statistics with the training patches'
+    model = PatchRegressor(
         net, n_features, n_genes, name="stnet", mean_init_head=True,
         dihedral_average=dihedral_average, input_stats="training", input_size=input_size,
     )
+    return _with_pretrained_stats(model, weights, pretrained)
 
 
 class PatchTask(Task):

@@ -15,9 +15,11 @@ Nothing is trained by gradient descent:
    ridge's input, i.e. the number of PCA components (HEST ``train_test_reg``).
 
 Encoders: any timm model name, so a pathology foundation model can be probed where its weights
-are available (e.g. ``"hf-hub:MahmoodLab/uni"`` with ``timm_kwargs={"init_values": 1e-5,
-"dynamic_img_size": True}``, or ``"hf-hub:bioptimus/H-optimus-0"``; both gated on Hugging Face). The
-features are the model's global pooled output (``num_classes=0``: the class token of a ViT, the
+are available. Five are known by a short name that sets their model card's ``timm`` arguments
+(:data:`FOUNDATION_MODELS`): ``"uni"`` (``hf-hub:MahmoodLab/uni`` with ``init_values=1e-5,
+dynamic_img_size=True``), ``"uni2-h"``, ``"h-optimus-0"``, ``"h-optimus-1"`` and ``"virchow2"``
+(class token ⊕ mean patch token, 2,560 features); all are gated on Hugging Face. The
+features are otherwise the model's global pooled output (``num_classes=0``: the class token of a ViT, the
 average-pooled last stage of a CNN). The default ``"resnet50"`` is HEST's ResNet-50 baseline:
 timm's ``resnet50.tv_in1k`` (torchvision ImageNet weights) truncated after its third stage
 (``features_only=True, out_indices=[3]``) and average-pooled, 1024 features. Patches are
@@ -46,14 +48,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .encoders import ImageNormalize, PretrainedWeightsUnavailable, _reachable
+from .encoders import ImageNormalize, PretrainedWeightsUnavailable, _reachable, state_dict_mismatch
 from ..training import TrainResult
 from .features import FrozenCache, shared_cache
 from .task import Task
@@ -77,22 +81,99 @@ class TimmFeatures(nn.Module):
     """Normalisation + a timm model returning one global feature vector per patch.
 
     ``stage=None``: the model built with ``num_classes=0`` (its pooled pre-logits features);
-    ``stage=k``: the model built with ``features_only=True, out_indices=[k]``, average-pooled.
+    ``stage=k``: the model built with ``features_only=True, out_indices=[k]``, average-pooled;
+    ``pool="cls+mean"``: a ViT returning its tokens (``global_pool=""``), read as the class token
+    concatenated with the mean of its patch tokens (after the class and register tokens,
+    ``model.num_prefix_tokens``): Virchow2's embedding, twice the model's width.
     """
 
-    def __init__(self, model: nn.Module, n_features: int, mean, std, stage: int | None = None):
+    def __init__(self, model: nn.Module, n_features: int, mean, std, stage: int | None = None,
+                 pool: str = "model"):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.normalize = ImageNormalize(mean, std)
         self.model = model
         self.n_features = int(n_features)
         self.stage = stage
+        self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(self.normalize(x))
         if self.stage is not None:
             out = out[0] if isinstance(out, (list, tuple)) else out
             out = out.mean(dim=(-2, -1))
+        elif self.pool == "cls+mean":
+            out = torch.cat([out[:, 0], out[:, self.model.num_prefix_tokens:].mean(dim=1)], dim=-1)
         return out
+
+
+#: How :class:`TimmFeatures` turns a model's output into one vector per patch.
+POOLS = ("model", "cls+mean")
+
+
+@dataclass(frozen=True)
+class FoundationModel:
+    """A pathology foundation model for the probe, built the way its model card says.
+
+    ``timm_kwargs`` are the keyword arguments of ``timm.create_model`` that the card passes (a
+    class is written as its dotted name and imported when the model is built); ``n_features``
+    is the width of the vector the probe reads; ``pool`` says how it is read (see
+    :class:`TimmFeatures`). All five are gated on Hugging Face: request access on the card, then
+    log in (``huggingface-cli login`` or ``HF_TOKEN``).
+    """
+
+    name: str
+    timm_kwargs: Mapping[str, Any]
+    n_features: int
+    card: str
+    pool: str = "model"
+
+    def kwargs(self) -> dict:
+        """``timm_kwargs`` with dotted class names imported."""
+        return {k: _import_dotted(v) if isinstance(v, str) and v.startswith(("timm.", "torch.")) else v
+                for k, v in self.timm_kwargs.items()}
+
+
+def _import_dotted(path: str):
+    import importlib
+
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+#: The foundation models the probe knows by a short name (``linear_probe(encoder="uni")``), with
+#: the ``timm`` arguments of their model cards (huggingface.co/<repository>).
+FOUNDATION_MODELS: dict[str, FoundationModel] = {
+    # ViT-L/16 (Chen et al. 2024, Nature Medicine); card: init_values=1e-5, dynamic_img_size=True
+    "uni": FoundationModel("hf-hub:MahmoodLab/uni", {"init_values": 1e-5, "dynamic_img_size": True}, 1024,
+                           "https://huggingface.co/MahmoodLab/UNI"),
+    # ViT-H/14 with 8 register tokens and a SwiGLU MLP; the card spells the whole architecture out
+    "uni2-h": FoundationModel(
+        "hf-hub:MahmoodLab/UNI2-h",
+        {"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5,
+         "embed_dim": 1536, "mlp_ratio": 2.66667 * 2, "num_classes": 0, "no_embed_class": True,
+         "mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU", "reg_tokens": 8,
+         "dynamic_img_size": True},
+        1536, "https://huggingface.co/MahmoodLab/UNI2-h"),
+    # ViT-g/14 with 4 register tokens (the repository's config.json names the architecture)
+    "h-optimus-0": FoundationModel("hf-hub:bioptimus/H-optimus-0", {"init_values": 1e-5, "dynamic_img_size": False},
+                                   1536, "https://huggingface.co/bioptimus/H-optimus-0"),
+    "h-optimus-1": FoundationModel("hf-hub:bioptimus/H-optimus-1", {"init_values": 1e-5, "dynamic_img_size": False},
+                                   1536, "https://huggingface.co/bioptimus/H-optimus-1"),
+    # ViT-H/14, 4 register tokens; the card's embedding: class token ⊕ mean of the patch tokens
+    "virchow2": FoundationModel("hf-hub:paige-ai/Virchow2",
+                                {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"},
+                                2560, "https://huggingface.co/paige-ai/Virchow2", pool="cls+mean"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# timm weights from the Hugging Face Hub: cached or downloaded, every failure in one message
+# ---------------------------------------------------------------------------------------------
+
+#: Files timm reads a model's weights from in a Hub repository (the first one present).
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
 def _hf_cache_dir() -> Path:
@@ -101,24 +182,60 @@ def _hf_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
+def _hf_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _hf_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hf_repo(name: str) -> str | None:
+    """The Hugging Face repository timm reads ``name``'s weights from (None: another source)."""
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        return name.split(":", 1)[1].split("@")[0]
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else None
+
+
+def _repo_folders(repo: str) -> tuple[Path, Path]:
+    """The cache folder of ``repo`` (huggingface_hub's layout) and its folder of lock files."""
+    folder = f"models--{repo.replace('/', '--')}"
+    return _hf_cache_dir() / folder, _hf_cache_dir() / ".locks" / folder
+
+
+def _hf_cached(repo: str) -> bool:
+    """Whether a snapshot of ``repo`` in the cache holds a weights file."""
+    snapshots = _repo_folders(repo)[0] / "snapshots"
+    return snapshots.is_dir() and any((snap / f).is_file() for snap in snapshots.iterdir() for f in HF_WEIGHT_FILES)
+
+
 def _offline_reason(name: str) -> str | None:
     """Why ``name``'s weights surely cannot be loaded (not cached, source unreachable), else None.
 
     Checked before timm tries, so that an offline machine fails at once instead of after the
-    Hugging Face client's retries.
+    Hugging Face client's retries (five, about 23 s a file).
     """
     from timm.models import get_pretrained_cfg
 
-    if name.startswith(("hf-hub:", "hf_hub:")):
-        repo, url = name.split(":", 1)[1].split("@")[0], None
-    else:
-        cfg = get_pretrained_cfg(name)
-        repo, url = (cfg.hf_hub_id, cfg.url) if cfg is not None else (None, None)
+    repo = hf_repo(name)
     if repo:
-        cached = _hf_cache_dir() / f"models--{repo.replace('/', '--')}"
-        if not cached.is_dir() and not _reachable("https://huggingface.co"):
-            return f"{repo} is not in the Hugging Face cache ({_hf_cache_dir()}) and huggingface.co cannot be reached"
-    elif url:
+        if _hf_cached(repo):
+            return None
+        if _hf_offline():
+            return f"{repo} is not in the Hugging Face cache ({_hf_cache_dir()}) and HF_HUB_OFFLINE is set"
+        if not _reachable(_hf_endpoint()):
+            return f"{repo} is not in the Hugging Face cache ({_hf_cache_dir()}) and {_hf_endpoint()} cannot be reached"
+        return None
+    cfg = get_pretrained_cfg(name)
+    url = cfg.url if cfg is not None else None
+    if url:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
         if not cached.is_file() and not _reachable(url):
             return f"{cached} is not cached and {url} cannot be reached"
@@ -130,47 +247,139 @@ def _weights_message(name: str, detail: str) -> str:
         f"pretrained=True needs the weights of timm model {name!r}, but {detail}. Either pass "
         "pretrained=False (random initialisation, as the offline demo does), or make the weights "
         "available: connect to the internet (and, for a gated Hugging Face model such as UNI or "
-        "H-optimus-0, request access and log in with `huggingface-cli login`), or point HF_HUB_CACHE / "
-        "TORCH_HOME at a cache that holds them."
+        "H-optimus-0, request access on its model page and log in with `huggingface-cli login` or "
+        "HF_TOKEN), or set HF_HOME (or HF_HUB_CACHE) / TORCH_HOME to a cache that holds them."
     )
 
 
-def timm_features(name: str, pretrained: bool = False, stage: int | None = None, **timm_kwargs) -> TimmFeatures:
+def _failure_message(name: str, repo: str | None, kwargs: Mapping, err: Exception) -> str:
+    """One message for a failed ``timm.create_model``: which model, what happened, what to do."""
+    from huggingface_hub import errors as hf_errors
+
+    page = f"{_hf_endpoint()}/{repo}" if repo else None
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if isinstance(err, hf_errors.GatedRepoError):
+        if status == 403:
+            return (f"{name!r}: the Hugging Face Hub refused {repo} (403): the token in use has not been granted "
+                    f"access to this gated model. Request access on {page} with that account and wait for "
+                    f"the approval, or set HF_TOKEN to a token of an account that has access.")
+        return (f"{name!r}: {repo} is a gated model and the request carried no valid token ({status}). "
+                f"Request access on {page}, then log in with `huggingface-cli login` (or set HF_TOKEN to "
+                f"a token of that account).")
+    if isinstance(err, hf_errors.RepositoryNotFoundError):
+        return (f"{name!r}: {_hf_endpoint()} shows no repository {repo} to this request ({status}): it does not "
+                f"exist, or it is gated or private. Check the name; for a gated model request access on "
+                f"{page} and log in with `huggingface-cli login` (or set HF_TOKEN).")
+    if isinstance(err, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled)) or (
+            isinstance(err, OSError) and not isinstance(err, hf_errors.HfHubHTTPError)):
+        where = f"{repo} is not complete in the Hugging Face cache ({_hf_cache_dir()})" if repo else "they are not cached"
+        return _weights_message(name, f"{where} and loading them failed ({type(err).__name__}: "
+                                      f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})")
+    text = str(err)
+    if isinstance(err, RuntimeError) and any(k in text for k in ("size mismatch", "Missing key", "Unexpected key")):
+        detail = state_dict_mismatch(text)
+        folder = _repo_folders(repo)[0] if repo else Path(torch.hub.get_dir()) / "checkpoints"
+        args = ", ".join(f"{k}={getattr(v, '__name__', v)!r}" for k, v in kwargs.items()) or "none"
+        return (f"{name!r}: the pretrained weights (cached under {folder}) do not fit the model built with "
+                f"the timm arguments {args} ({detail[:300]}). Pass the timm arguments its model card "
+                f"gives (the probe sets them for the short names {', '.join(FOUNDATION_MODELS)}); if the "
+                f"file is damaged, delete {folder} so that it is downloaded again, or set HF_HOME (or "
+                f"HF_HUB_CACHE) to a cache that holds the right files.")
+    return _weights_message(name, f"loading them failed ({type(err).__name__}: {text.strip()[:300]})")
+
+
+def _files(*folders: Path) -> set[Path]:
+    return {p for folder in folders if folder.is_dir() for p in folder.rglob("*")}
+
+
+def _remove_partial(before: set[Path], *folders: Path) -> None:
+    """Remove what a failed download added: unfinished files, lock files, empty folders."""
+    added = sorted(_files(*folders) - before, key=lambda p: len(p.parts), reverse=True)
+    for path in added:
+        if path.is_file() and (path.name.endswith(".incomplete") or path.suffix == ".lock"):
+            path.unlink(missing_ok=True)
+    for path in added:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    for folder in folders:
+        if folder.is_dir() and folder not in before and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def load_timm(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=pretrained, **kwargs)``, every failure in one message.
+
+    timm reads a registered model's weights (``resnet50.tv_in1k``) and an ``hf-hub:`` model's
+    ``config.json`` (architecture, ``model_args``, ``pretrained_cfg`` with the input mean/std)
+    and weights (``model.safetensors``, else ``pytorch_model.bin``) through ``huggingface_hub``,
+    which keeps them in ``HF_HUB_CACHE`` (``$HF_HOME/hub``, ``models--<org>--<name>/snapshots/
+    <commit>/``) and asks ``HF_ENDPOINT``. An ``hf-hub:`` model needs its ``config.json`` even
+    with ``pretrained=False``.
+
+    Raises
+    ------
+    PretrainedWeightsUnavailable
+        Naming the model and what to do: not cached and no network (``HF_HUB_OFFLINE``, or the
+        endpoint unreachable; checked before the client's retries), a gated model without access
+        (401: log in; 403: request access), a repository the Hub does not show, or weights that do
+        not fit the architecture built (other timm arguments than the model card's). What a
+        failed download left in the cache (unfinished files, locks, empty folders) is removed.
+    """
+    import timm
+
+    repo = hf_repo(name)
+    from_hub = name.startswith(("hf-hub:", "hf_hub:"))
+    if not pretrained and not from_hub:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    reason = _offline_reason(name)
+    if reason:
+        raise PretrainedWeightsUnavailable(_weights_message(name, reason))
+    folders = _repo_folders(repo) if repo else ()
+    before = _files(*folders)
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as err:  # hub/HTTP/cache/state-dict errors come in many classes
+        if folders:
+            _remove_partial(before, *folders)
+        if not pretrained and not from_hub:
+            raise
+        raise PretrainedWeightsUnavailable(_failure_message(name, repo, kwargs, err)) from err
+
+
+def timm_features(name: str, pretrained: bool = False, stage: int | None = None, pool: str = "model",
+                  **timm_kwargs) -> TimmFeatures:
     """Build a frozen-to-be timm feature extractor (see :class:`TimmFeatures`).
+
+    Patches are normalised with the mean/std of the model's pretrained configuration (timm's
+    registry, or an ``hf-hub:`` repository's ``config.json``).
 
     Raises
     ------
     ValueError
         For a name timm does not know (``hf-hub:`` names are passed through).
     PretrainedWeightsUnavailable
-        When ``pretrained=True`` and the weights cannot be downloaded (offline, or a gated model
-        without access).
+        When the weights (or an ``hf-hub:`` configuration) cannot be loaded: see :func:`load_timm`.
     """
     import timm
 
     if not name.startswith(("hf-hub:", "hf_hub:")) and not timm.is_model(name):
         raise ValueError(f"timm knows no model {name!r} (see timm.list_models())")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     kwargs = dict(timm_kwargs)
-    if stage is None:
-        kwargs.setdefault("num_classes", 0)
-    else:
+    if stage is not None:
         kwargs.update(features_only=True, out_indices=[int(stage)])
-    if pretrained:
-        reason = _offline_reason(name)
-        if reason:
-            raise PretrainedWeightsUnavailable(_weights_message(name, reason))
-    try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except Exception as err:  # hub/HTTP/cache errors come in many classes
-        if not pretrained:
-            raise
-        raise PretrainedWeightsUnavailable(_weights_message(name, f"loading them failed ({err})")) from err
-    if stage is None:
-        n_features = int(model.num_features)
     else:
+        kwargs.setdefault("num_classes", 0)
+        if pool == "cls+mean":
+            kwargs["global_pool"] = ""  # every token out: the class token and the patch tokens
+    model = load_timm(name, pretrained=pretrained, **kwargs)
+    if stage is not None:
         n_features = int(model.feature_info.channels()[-1])
+    else:
+        n_features = int(model.num_features) * (2 if pool == "cls+mean" else 1)
     cfg = timm.data.resolve_model_data_config(model)
-    return TimmFeatures(model, n_features, cfg["mean"], cfg["std"], stage=stage)
+    return TimmFeatures(model, n_features, cfg["mean"], cfg["std"], stage=stage, pool=pool)
 
 
 class LinearProbe(nn.Module):
@@ -459,7 +668,9 @@ def linear_probe(
         :class:`~spared_utils.models.encoders.PretrainedWeightsUnavailable`).
     encoder
         A timm model name; ``"resnet50"`` = HEST's truncated ResNet-50 (``resnet50.tv_in1k``
-        after stage 3, 1024 features); ``None`` = no encoder (fit on precomputed features).
+        after stage 3, 1024 features); a short name of :data:`FOUNDATION_MODELS` (``"uni"``,
+        ``"uni2-h"``, ``"h-optimus-0"``, ``"h-optimus-1"``, ``"virchow2"``: the model card's timm
+        arguments and feature read-out); ``None`` = no encoder (fit on precomputed features).
     n_components, alpha, fit_intercept, random_state, batch_size
         See :class:`LinearProbe` (HEST: 256, ``100 / (256 · n_genes)``, False, the seed).
     stage
@@ -467,18 +678,25 @@ def linear_probe(
         explicit ``features_only`` stage index.
     timm_kwargs
         Extra arguments of ``timm.create_model`` (e.g. ``{"dynamic_img_size": True}`` for a ViT
-        fed patches other than 224 px).
+        fed patches other than 224 px); for a foundation model they update the card's.
     """
     module = None
     if encoder is not None:
-        name, auto_stage = (HEST_RESNET50 if encoder == "resnet50" else (encoder, None))
+        kwargs, pool = dict(timm_kwargs or {}), "model"
+        foundation = FOUNDATION_MODELS.get(encoder.lower())
+        if foundation is not None:
+            name, auto_stage, pool = foundation.name, None, foundation.pool
+            kwargs = {**foundation.kwargs(), **kwargs}
+        else:
+            name, auto_stage = (HEST_RESNET50 if encoder == "resnet50" else (encoder, None))
         module = timm_features(name, pretrained=pretrained, stage=auto_stage if stage == "auto" else stage,
-                               **(timm_kwargs or {}))
+                               pool=pool, **kwargs)
     return LinearProbe(n_genes, module, n_components=n_components, alpha=alpha, fit_intercept=fit_intercept,
                        random_state=random_state, batch_size=batch_size)
 
 
-__all__ = ["CV_ALPHAS", "HEST_RESNET50", "LinearProbe", "ProbeTask", "TimmFeatures", "hest_alpha", "linear_probe", "timm_features"]
+__all__ = ["CV_ALPHAS", "FOUNDATION_MODELS", "HEST_RESNET50", "FoundationModel", "LinearProbe", "ProbeTask",
+           "TimmFeatures", "hest_alpha", "hf_repo", "linear_probe", "load_timm", "timm_features"]
 
 
 class ProbeTask(Task):
