@@ -31,8 +31,8 @@
 # Beyond the paper. The HEST-Benchmark {cite:p}`jaume2024hest` compares pathology foundation
 # models by fitting a ridge regression on their frozen features; it reports mean PCC 0.326 for an
 # ImageNet ResNet-50 and 0.415 for H-optimus-0 on its own tasks. Any timm model name works as
-# `encoder` (e.g. a gated foundation model such as UNI where its weights are available). The
-# probe is fitted in closed form: it has no training steps, so its chapter has no learning
+# `encoder`, and five pathology foundation models by name (the last section says how to run them
+# on a GPU). The probe is fitted in closed form: it has no training steps, so its chapter has no learning
 # curves.
 
 # %% [markdown]
@@ -107,7 +107,8 @@ pretrained = False  # True loads ImageNet weights (needs internet or a timm cach
 completion = "spackle"
 # that completion's budget if it trains (None: the book's CPU budget)
 completion_iterations = None  # type: int
-# None: the budget's ("resnet50" on a CPU); frozen encoder (a torchvision or timm name)
+# None: the budget's ("resnet50" on a CPU); frozen encoder: a timm name, or uni, uni2-h,
+# h-optimus-0, h-optimus-1, virchow2 (gated foundation models)
 encoder = None
 # None: the budget's ("cv" on a CPU); ridge penalty, or "cv": chosen by cross-validation
 alpha = None
@@ -227,6 +228,40 @@ notes.append(
     f"HEST's {hest.alpha_:.2g} gives MSE {hest_m['mse']:.3f}. PCC-Gene "
     f"{ours['pcc_gene']:.3f}; {beside}."
 )
+
+# %% [markdown]
+# ## With a foundation model on a GPU
+#
+# Five pathology foundation models are known by a short name that sets the `timm` arguments of
+# their model cards: `uni` (UNI, ViT-L/16, 1,024 features), `uni2-h` (UNI2-h, 1,536),
+# `h-optimus-0` and `h-optimus-1` (ViT-g/14, 1,536) and `virchow2` (its class token beside the
+# mean of its patch tokens, 2,560). Their weights are gated on Hugging Face: request access on
+# the model's page, log in once (`huggingface-cli login`, or set `HF_TOKEN`), then run this
+# chapter with the paper's budget on a GPU:
+#
+# ```bash
+# python -m spared_utils.run 20_linear_probe --dataset <id> -p budget paper \
+#     -p pretrained True -p encoder h-optimus-0 -p device cuda
+# ```
+#
+# The weights go to the Hugging Face cache (`HF_HOME`). On a machine without internet, set
+# `HF_HOME` to a copy of a cache that holds them and `HF_HUB_OFFLINE=1`. A model without access,
+# a missing network or weights that do not fit stop the run with one message that names the
+# model and what to do.
+#
+# What each encoder is known for on HEST-Benchmark {cite:p}`jaume2024hest`: the mean Pearson
+# correlation over its nine tasks (50 genes each, ridge on 256 PCA components), from the table
+# of 30 August 2024 in the README of the official repository. These are HEST's tasks and
+# splits, not SpaRED's: they rank the encoders; a run here is not expected to reproduce them.
+#
+# | encoder | `encoder` | HEST-Benchmark mean PCC |
+# |---|---|---|
+# | ResNet-50 (ImageNet) | `resnet50` (the default) | 0.326 |
+# | UNI | `uni` | 0.386 |
+# | Virchow2 | `virchow2` | 0.398 |
+# | H-optimus-0 | `h-optimus-0` | 0.415 |
+#
+# UNI2-h and H-optimus-1 have no row in that table, so no figure is given for them.
 
 # %% [markdown]
 # ## What we saw

@@ -19,8 +19,10 @@ One file per family, the architecture beside its task: :mod:`~spared_utils.model
 Adding a predictor = one builder, one task, one record in :data:`RECORDS` and one prose file
 (CONTRIBUTING says how).
 
-``pretrained=True`` loads ImageNet weights (cached by torch.hub, else downloaded); without a
-network it raises :class:`PretrainedWeightsUnavailable`, whose message suggests ``pretrained=False``.
+``pretrained=True`` loads ImageNet weights (torchvision's through torch.hub's cache,
+``TORCH_HOME``; timm's through the Hugging Face cache, ``HF_HOME``; else downloaded). Whatever
+stops it (no network, a gated model without access, a file that does not fit) raises
+:class:`PretrainedWeightsUnavailable`, whose one message names the model and what to do.
 """
 
 from __future__ import annotations
@@ -183,7 +185,8 @@ RECORDS: dict[str, PredictorRecord] = {
         PredictorRecord("linear_probe", "Linear probe", probe.linear_probe, "probe", 0, 0,
                         cpu=Budget(1, 1, 1.0, eval_every=1, val_spots=100, eval_spots=200, train_spots=400),
                         paper=replace(PAPER_BUDGET, iterations=1, batch_size=1, eval_every=1),
-                        options={"encoder": "frozen encoder (a torchvision or timm name)",
+                        options={"encoder": "frozen encoder: a timm name, or uni, uni2-h, h-optimus-0, "
+                                            "h-optimus-1, virchow2 (gated foundation models)",
                                  "alpha": 'ridge penalty, or "cv": chosen by cross-validation'},
                         cpu_options=(("alpha", "cv"),),
                         inputs="patches (B, 3, H, W); fitted in closed form (fit(features, targets, mask))",
