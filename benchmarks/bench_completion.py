@@ -2,11 +2,14 @@
 
 (a) Every completion method at synthetic masking 10–70% (the paper's per-gene rule) on the embedded
     dataset, the embedded suite (``synsuite_*``) and every real dataset of ``../shared/data/real``
-    that the registry can curate: the median, each gene's training mean, SpaCKLE as published and
-    ours (``spackle_plus``) at the same budget (and stLearn's SME unless ``--no-stlearn``). MSE on
-    hidden real values per dataset and level, genes that lost every real value, ours vs SpaCKLE /
-    the mean / the median; on the synthetic datasets also the originally missing entries scored
-    against the expression before dropout.
+    that the registry can curate: the median, each gene's training mean, the mean of each spot's
+    measured neighbours (``neighbour_mean``), SpaCKLE as published and ours (``spackle_plus``) at
+    the same budget (and stLearn's SME unless ``--no-stlearn``). MSE on hidden real values per
+    dataset and level, genes that lost every real value, ours vs SpaCKLE / the mean / the
+    neighbour mean / the median; what each completion keeps of the tissue (Moran's I gap and
+    gene–gene correlation distance per method and level, ours against SpaCKLE); on the synthetic
+    datasets also the originally missing entries (MSE, mean signed error and structure of every
+    method) against the expression before dropout and the expected expression.
 (b) Our SME against the real stLearn 1.2.2 on stLearn's own test slide (316 spots), same features,
     in ``benchmarks/.env-stlearn`` (created here from PyPI; skipped with a message if that fails).
 (c) Side by side with the authors' ``spared`` 2.2.1 SpaCKLE (``benchmarks/.env-spared``: the
@@ -124,9 +127,11 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
     lost = summary.drop_duplicates(["split", "masking"]).set_index(["split", "masking"])["genes_lost"]
     table["genes_lost"] = lost
     table["spackle_vs_median_%"] = 100 * (1 - table["spackle"] / table["median"])
+    table["spackle_vs_neighbour_mean_%"] = 100 * (1 - table["spackle"] / table["neighbour_mean"])
     if ours:
         table["ours_vs_spackle_%"] = 100 * (1 - table["spackle_plus"] / table["spackle"])
         table["ours_vs_mean_%"] = 100 * (1 - table["spackle_plus"] / table["mean"])
+        table["ours_vs_neighbour_mean_%"] = 100 * (1 - table["spackle_plus"] / table["neighbour_mean"])
         table["ours_vs_median_%"] = 100 * (1 - table["spackle_plus"] / table["median"])
     if "stlearn" in table:
         table["stlearn/spackle"] = table["stlearn"] / table["spackle"]
@@ -137,6 +142,7 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
           f"{int((table['spackle'] < table['mean']).sum())}/{len(table)} levels")
     out = {"dataset": dataset, "summary": summary, "reduction": red, "result": result, "table": table,
            "mean_reduction": float(red["reduction_pct"].mean()), "below_all": below == len(red)}
+    out.update(bench_structure(summary, ours))
     if ours:
         vs = table["ours_vs_spackle_%"]
         print(f"  ours vs SpaCKLE: {vs.mean():.1f}% lower MSE on average (min {vs.min():.1f}%); below the training "
@@ -144,11 +150,33 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
               f"{table['ours_vs_median_%'].mean():.1f}% lower")
         out.update(ours_vs_spackle=float(vs.mean()), ours_vs_spackle_min=float(vs.min()),
                    ours_below_mean=bool((table["spackle_plus"] < table["mean"]).all()),
+                   ours_below_neighbour_mean=bool((table["spackle_plus"] < table["neighbour_mean"]).all()),
                    ours_vs_median=float(table["ours_vs_median_%"].mean()))
         spec = datasets.get_spec(dataset)
         if spec.source.kind == "synthetic":
             out["missing"] = bench_missing(adata, spec, methods)
     return out
+
+
+def bench_structure(summary: pd.DataFrame, ours: bool) -> dict:
+    """Print what each completion keeps of the tissue per level (Moran's I gap, gene–gene
+    correlation distance) and, with ours, where it keeps less than SpaCKLE."""
+    from spared_utils.completion import structure_table
+
+    cols = ["moran_gap", "corr_distance"]
+    per_level = summary.pivot_table(index="masking", columns="method", values=cols)
+    print("  structure kept (Moran's I gap | gene-gene correlation distance; 0 = as measured):")
+    print(textwrap.indent(per_level.round(3).to_string(), "    "))
+    print(textwrap.indent(structure_table(summary).round(3).to_string(), "    "))
+    if not ours:
+        return {}
+    worse = {c: [f"{100 * lv:.0f}%" for lv, row in per_level[c].iterrows() if row["spackle_plus"] > row["spackle"]]
+             for c in cols}
+    for c in cols:
+        where = ", ".join(worse[c]) or "none"
+        print(f"  ours vs SpaCKLE, {c}: at least as small at {len(per_level) - len(worse[c])}/{len(per_level)} "
+              f"levels; larger at: {where}")
+    return {"ours_structure_ok": not any(worse.values())}
 
 
 def _masking_job(job, capture: bool = True):
@@ -173,19 +201,14 @@ def _masking_job(job, capture: bool = True):
 
 
 def bench_missing(adata, spec, methods) -> pd.DataFrame:
-    """Score every method on the originally missing entries against the expression before dropout."""
+    """Score every method on the originally missing entries against the expression before dropout
+    and the expected expression: MSE, mean signed error, Moran's I gap, correlation distance."""
     from spared_utils import completion, synthetic
 
     generated = synthetic.make_dataset(**spec.generator, images=False)
-    completion.before_dropout_layer(adata, generated)
-    completion.before_dropout_layer(adata, generated, source="expected_counts")
-    rows = []
-    for truth in ("before_dropout_log1p", "expected_log1p"):
-        table, _ = completion.evaluate_missing(adata, {k: v for k, v in methods.items() if k != "stlearn"},
-                                               truth_layer=truth, splits=("test",))
-        rows.append(table.assign(truth=truth))
-    table = pd.concat(rows).pivot_table(index="method", columns="truth", values=["mse", "mean_signed_error"])
-    print("  originally missing entries of the test slide vs the truth before dropout (MSE, mean signed error):")
+    table = completion.score_missing(adata, methods, generated, splits=("test",))
+    print("  originally missing entries of the test slide vs the truth before dropout and the expected "
+          "expression (MSE, mean signed error, Moran's I gap, correlation distance):")
     print(textwrap.indent(table.round(3).to_string(), "    "))
     return table
 
@@ -543,8 +566,8 @@ def main() -> None:
     sections = set(args.only.split(",")) if not args.quick else {"a"}
     headline = ours_line = None
     if "a" in sections:
-        section("(a) median, training mean, SpaCKLE, ours (and stLearn) under synthetic masking (test slides; "
-                "val/train when absent)")
+        section("(a) median, training mean, neighbour mean, SpaCKLE, ours (and stLearn) under synthetic masking "
+                "(test slides; val/train when absent)")
         if args.cpu_budget:
             from spared_utils.completion import SpackleConfig, budget_options
 
@@ -574,6 +597,8 @@ def main() -> None:
                                   "ours_vs_spackle_%": o.get("ours_vs_spackle"),
                                   "ours_vs_spackle_min_%": o.get("ours_vs_spackle_min"),
                                   "ours_below_mean_everywhere": o.get("ours_below_mean"),
+                                  "ours_below_neighbour_mean_everywhere": o.get("ours_below_neighbour_mean"),
+                                  "ours_structure_as_spackle_everywhere": o.get("ours_structure_ok"),
                                   "ours_vs_median_%": o.get("ours_vs_median")} for o in outs])
             print(summ.round(2).to_string(index=False))
             headline = next((o["mean_reduction"] for o in outs if o["dataset"] == "synthetic"), None)
