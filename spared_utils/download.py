@@ -17,6 +17,12 @@ temporary folder that is renamed only when extraction has finished.
 When a file cannot be downloaded (offline, server down, wrong checksum), the error names the
 URL(s) tried and the exact path where the file can be placed by hand; :func:`fetch` then uses
 it without any network access.
+
+**A mirror** (``SPARED_MIRROR``, :data:`MIRROR_ENV`): a web server that holds the files under the
+same relative paths as the download cache (``source.files[].path`` of ``data/datasets.yml``, e.g.
+a copy of a filled cache behind an institutional proxy). When it is set to the server's URL
+prefix, every file is asked from ``<prefix>/<path>`` first and from its published URLs after;
+checksums are checked as usual, so a mirror cannot hand over a different file.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import pooch
 import requests
@@ -50,6 +57,8 @@ DEFAULT_BACKOFF = 1.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ARCHIVE_SUFFIXES: dict[str, str] = {".tar.gz": "tar.gz", ".tgz": "tar.gz", ".tar": "tar", ".zip": "zip"}
 _DONE_MARKER = ".extracted"
+#: Environment variable holding the URL prefix of a mirror of the download cache (see the module).
+MIRROR_ENV = "SPARED_MIRROR"
 
 
 class DownloadError(RuntimeError):
@@ -211,6 +220,23 @@ def _content_range_start(value: str | None) -> int | None:
         return None
 
 
+def mirrored(urls: Sequence[str], path: str | os.PathLike, mirror: str | None = None) -> list[str]:
+    """The URLs to try for the cache file ``path``: ``<mirror>/<path>`` first, then ``urls``.
+
+    ``mirror`` defaults to the ``SPARED_MIRROR`` environment variable; empty or unset leaves
+    ``urls`` as they are. The path is URL-quoted (spaces, ``#``) and always uses ``/``.
+    """
+    prefix = (os.environ.get(MIRROR_ENV, "") if mirror is None else mirror).strip()
+    if not prefix:
+        return list(urls)
+    if not prefix.startswith(("http://", "https://")):
+        raise ValueError(f"{MIRROR_ENV}={prefix!r} is not an http(s) URL; set it to the URL prefix under which the "
+                         "mirror serves the cache's files (e.g. https://mirror.example.org/spared-cache), or unset it")
+    rel = Path(path).as_posix().lstrip("/")
+    own = f"{prefix.rstrip('/')}/{quote(rel)}"
+    return [own, *(u for u in urls if u != own)]
+
+
 def _hint(target: Path, urls: Sequence[str], sha256: str | None) -> str:
     check = f" with SHA-256 {sha256}" if sha256 else ""
     return (f"If this machine is offline or the server is down, download the file yourself from "
@@ -230,13 +256,14 @@ def fetch(
     retries: int | None = None,
     timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
     backoff: float | None = None,
+    mirror: str | None = None,
 ) -> Path:
     """Download a file into the cache once, verify it, and optionally extract it.
 
     Parameters
     ----------
     urls
-        One URL or several mirrors, tried in order.
+        One URL or several mirrors, tried in order (after ``mirror``'s copy, see :func:`mirrored`).
     path
         Where the file goes, relative to the cache folder (e.g. ``"mendeley/2bh5fchcv6-1.zip"``).
     sha256
@@ -252,6 +279,9 @@ def fetch(
     progressbar, retries, timeout, backoff
         See :class:`ResumableDownloader`; ``None`` takes :data:`DEFAULT_RETRIES` /
         :data:`DEFAULT_BACKOFF`.
+    mirror
+        URL prefix of a mirror of the cache, asked first for ``<mirror>/<path>``; default the
+        ``SPARED_MIRROR`` environment variable (unset: no mirror).
 
     Returns
     -------
@@ -266,7 +296,7 @@ def fetch(
     ChecksumError
         The downloaded file's SHA-256 differs from ``sha256`` (nothing is kept).
     """
-    url_list = [urls] if isinstance(urls, str) else list(urls)
+    url_list = mirrored([urls] if isinstance(urls, str) else list(urls), path, mirror)
     if not url_list:
         raise ValueError(f"fetch needs at least one URL for {path}")
     target = resolve_cache_dir(cache_dir) / Path(path)

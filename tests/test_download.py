@@ -123,6 +123,22 @@ def test_mirrors_are_tried_in_order(http_server, tmp_path):
     assert len(http_server.requests_for("/dead.bin")) == 1
 
 
+def test_mirror_prefix_is_asked_first_for_the_cache_path(http_server, tmp_path, monkeypatch):
+    data = b"mirrored bytes"
+    http_server.add("/copy/geo/GSE1%20x/a%23b.bin", data)
+    published = "http://127.0.0.1:9/a.bin"  # unreachable: only the mirror can answer
+    monkeypatch.setenv(download.MIRROR_ENV, http_server.url("/copy/"))
+    assert download.mirrored([published], "geo/GSE1 x/a#b.bin") == [
+        http_server.url("/copy/geo/GSE1%20x/a%23b.bin"), published]
+    out = fetch(published, "geo/GSE1 x/a#b.bin", hashlib.sha256(data).hexdigest(), cache_dir=tmp_path,
+                progressbar=False)
+    assert out.read_bytes() == data
+    monkeypatch.setenv(download.MIRROR_ENV, "")
+    assert download.mirrored([published], "a.bin") == [published]
+    with pytest.raises(ValueError, match="SPARED_MIRROR='ftp://x' is not an http"):
+        download.mirrored([published], "a.bin", mirror="ftp://x")
+
+
 def test_stale_file_with_wrong_checksum_is_replaced(http_server, tmp_path):
     url = http_server.add("/s.bin", PAYLOAD)
     (tmp_path / "s.bin").write_bytes(b"old content")
