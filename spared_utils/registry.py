@@ -38,6 +38,11 @@ SOURCE_KINDS = ("remote", "local", "synthetic")
 FORMATS = ("spaceranger", "legacy_st", "h5ad")
 EXTRACT_KINDS = ("zip", "tar", "tar.gz")
 LAYOUT_KEYS = ("slide_dir", "counts", "positions", "scalefactors", "hires", "lowres", "fullres")
+#: What ``source.layout_verified`` may say of a remote layout: ``false`` (copied, never exercised),
+#: ``"reader-code"`` (a miniature archive in the layout the authors' reader code expects was
+#: downloaded from a loopback mirror, extracted, read and curated: ``tests/test_mirror.py``),
+#: ``true`` (checked against the real published files).
+LAYOUT_VERIFIED = (False, "reader-code", True)
 
 
 class RegistryError(ValueError):
@@ -112,7 +117,7 @@ class SourceSpec:
     nested: tuple[str, ...] = ()
     root: str | None = None
     provenance: str | None = None
-    layout_verified: bool = False
+    layout_verified: bool | str = False
 
 
 @dataclass(frozen=True)
@@ -469,6 +474,10 @@ def _parse_source(raw: Any, slides: list[str], check: _Checker, where: str, gene
     for slide in source_names:
         if slide not in slides:
             check.fail(check.line_of(source_names, slide), where, f"source_names lists unknown slide {slide!r}")
+    verified = raw.get("layout_verified", False)
+    if not any(verified is v or (isinstance(v, str) and verified == v) for v in LAYOUT_VERIFIED):
+        check.fail(check.line_of(raw, "layout_verified"), where,
+                   f"layout_verified must be one of false, 'reader-code', true; got {verified!r}")
     files: list[RemoteFile] = []
     if kind == "remote":
         if not raw.get("files"):
@@ -505,7 +514,7 @@ def _parse_source(raw: Any, slides: list[str], check: _Checker, where: str, gene
     return SourceSpec(kind=kind, format=fmt, files=tuple(files), layout=dict(layout),
                       source_names={str(k): str(v) for k, v in source_names.items()},
                       nested=tuple(raw.get("nested") or ()), root=raw.get("root"),
-                      provenance=raw.get("provenance"), layout_verified=bool(raw.get("layout_verified", False)))
+                      provenance=raw.get("provenance"), layout_verified=verified)
 
 
 @lru_cache(maxsize=4)

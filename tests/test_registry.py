@@ -189,6 +189,14 @@ def test_minimal_registry_parses():
     assert spec.source.files[0].extract == "zip" and spec.line == line_of(VALID, "  toy:")
 
 
+@pytest.mark.parametrize(("written", "value"), [("", False), ("false", False), ("reader-code", "reader-code"),
+                                                ("true", True)])
+def test_layout_verified_takes_false_reader_code_or_true(written, value):
+    text = VALID.replace("      format: spaceranger",
+                         "      format: spaceranger" + (f"\n      layout_verified: {written}" if written else ""))
+    assert parse(text)["toy"].source.layout_verified == value
+
+
 @pytest.mark.parametrize(
     ("old", "new", "needle", "expected"),
     [
@@ -202,6 +210,8 @@ def test_minimal_registry_parses():
         ("    publication: me", "    publication: you", "publication:", r"publication 'you' is not defined"),
         ("          extract: zip", "          extract: rar", "extract:", r"extract 'rar' is not one of"),
         ("    n_genes: 32", "    n_genes: -3", "n_genes:", r"n_genes must be an integer >= 1"),
+        ("      format: spaceranger", "      format: spaceranger\n      layout_verified: reader_code",
+         "layout_verified:", r"layout_verified must be one of false, 'reader-code', true; got 'reader_code'"),
     ],
 )
 def test_typos_give_an_error_naming_the_line(old, new, needle, expected):
