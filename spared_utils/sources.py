@@ -136,7 +136,13 @@ def read_slide(spec: DatasetSpec, slide: str, root: Path, load_fullres: bool | s
     files = slide_files(spec, slide, root)
     fmt = spec.source.format
     if fmt == "spaceranger":
-        return readers.read_spaceranger(files.pop("slide_dir"), slide_id=slide, load_fullres=load_fullres, **files)
+        folder = files.pop("slide_dir")
+        if {"counts", "positions", "scalefactors"} <= set(files):
+            # every file is named by the layout: read those, without looking for others in a folder
+            # that may hold other slides' files too (GEO's flat RAW tar)
+            folder = files["counts"]
+        return _scaled_images(readers.read_spaceranger(folder, slide_id=slide, load_fullres=load_fullres, **files),
+                              slide)
     if fmt == "legacy_st":
         return readers.read_legacy_st(files["slide_dir"], slide_id=slide, counts=files.get("counts"),
                                       spots=files.get("positions"), image=files.get("fullres"),
@@ -146,6 +152,19 @@ def read_slide(spec: DatasetSpec, slide: str, root: Path, load_fullres: bool | s
         raise FileNotFoundError(f"dataset {spec.id!r}: an h5ad source needs layout.counts (the .h5ad file)")
     return readers.read_h5ad_spatial(counts, slide_id=slide, hires=files.get("hires"), lowres=files.get("lowres"),
                                      require_counts=spec.pipeline_ready)
+
+
+def _scaled_images(adata: ad.AnnData, slide: str) -> ad.AnnData:
+    """Add ``hires``/``lowres`` made from the full-resolution image with the slide's scale factors
+    when the source has only that image (GEO's Parigi deposit; the authors' ``ParigiReader`` does
+    the same), so that every slide carries the images scanpy-style plots read."""
+    library = adata.uns["spatial"][slide]
+    source = library["metadata"].get("source_image_path")
+    for key in ("hires", "lowres"):
+        scale = library["scalefactors"].get(f"tissue_{key}_scalef")
+        if key not in library["images"] and source and scale:
+            library["images"][key] = readers.read_image_scaled(source, float(scale))
+    return adata
 
 
 def _gene_lengths_file(root: Path) -> pd.Series | None:

@@ -59,10 +59,10 @@ def image_size(path: PathLike) -> tuple[int, int]:
     """(width, height) of an image file without decoding its pixels."""
     path = Path(path)
     try:
-        if _stem(path).lower().endswith((".tif", ".tiff", ".btf")) and not path.name.endswith(".gz"):
+        if _is_tiff(path):
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            with tifffile.TiffFile(_tiff_source(path)) as tif:
                 shape = tif.pages[0].shape
                 axes = tif.pages[0].axes
             h, w = (shape[axes.index("Y")], shape[axes.index("X")]) if "Y" in axes else shape[:2]
@@ -74,6 +74,19 @@ def image_size(path: PathLike) -> tuple[int, int]:
     except Exception as err:  # noqa: BLE001 - any decoder failure means the same to the user
         raise ReaderError(f"{path}: cannot read the image ({type(err).__name__}: {err}); the file is "
                           "corrupt or not an image: replace it (download it again)") from err
+
+
+def _is_tiff(path: Path) -> bool:
+    """A TIFF by its name, gzipped or not (GEO deposits gzip every file, 16-bit TIFFs included)."""
+    return _stem(path).lower().endswith((".tif", ".tiff", ".btf"))
+
+
+def _tiff_source(path: Path):
+    """What tifffile opens: the file, or a gzipped TIFF's bytes (PIL cannot decode 16-bit RGB)."""
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as handle:
+            return io.BytesIO(handle.read())
+    return path
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -96,10 +109,10 @@ def read_image(path: PathLike) -> np.ndarray:
         raise ReaderError(f"image {path} not found: put the slide's image there, or point the "
                           "layout in data/datasets.yml at the right file")
     try:
-        if _stem(path).lower().endswith((".tif", ".tiff", ".btf")) and not path.name.endswith(".gz"):
+        if _is_tiff(path):
             import tifffile
 
-            return as_rgb_uint8(tifffile.imread(path), path)
+            return as_rgb_uint8(tifffile.imread(_tiff_source(path)), path)
         with _no_pixel_limit(), _open_image(path) as im:
             im.load()
             return as_rgb_uint8(np.asarray(im.convert("RGB") if im.mode not in ("RGB", "I;16") else im), path)
