@@ -6,6 +6,7 @@ Conventions: seaborn's colour-blind-safe palette, one colour per method everywhe
 (:data:`METHOD_COLOURS`), titles and axis labels with units.
 """
 
+from . import style
 from .benchmark import (
     best_pcc_arrows,
     bias_vs_shift,
@@ -75,8 +76,6 @@ def _check_figures() -> None:
     """Wrap every figure function with :func:`.style.checked` when :data:`FIGURE_CHECK_ENV` is set."""
     import inspect
     import os
-
-    from . import style
 
     log = os.environ.get(style.FIGURE_CHECK_ENV)
     if not log:
