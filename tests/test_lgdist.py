@@ -162,3 +162,17 @@ def test_progress_bars_and_bad_input(data, trained, capsys):
         L.train_lgdist(data, config=L.LgdistConfig.make(**TINY), context=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="context"):
         L.complete_lgdist(data, trained, context=np.zeros((data.n_obs, 2), dtype=np.float32))
+
+
+def test_complete_with_method_lgdist_fills_only_the_missing_entries(data):
+    """``complete(adata, method="lgdist")``: the registered method, its layer and its record."""
+    from spared_utils.completion import METHODS, complete
+
+    assert "lgdist" in METHODS
+    data = data.copy()
+    complete(data, method="lgdist", **TINY, seed=0, device="cpu")
+    real = data.layers["mask"].astype(bool)
+    done = data.layers["c_t_log1p"]
+    assert np.isfinite(done).all()
+    np.testing.assert_array_equal(done[real], np.asarray(data.layers["c_d_log1p"])[real])
+    assert data.uns["completion"]["method"] == "lgdist" and np.isfinite(data.uns["completion"]["best_val_mse"])

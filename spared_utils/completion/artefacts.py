@@ -79,6 +79,11 @@ def address(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", m
     elif method == "stlearn":
         sme, options = sme_config(options)
         settings = asdict(sme)
+    elif method == "lgdist":
+        from .lgdist import LgdistConfig
+
+        options = {k: v for k, v in options.items() if k not in ("device", "progress")}
+        settings, options = LgdistConfig.make(**options).to_dict(), {}
     else:
         settings = {}
     if options:

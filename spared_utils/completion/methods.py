@@ -78,6 +78,8 @@ def budget_options(method: str, seed: int = 0, device: str = "auto", iterations:
     Trained methods (:data:`TRAINED_METHODS`) get :data:`CPU_BUDGET` (``iterations`` overriding
     its length when given), ``seed``, ``device`` and ``progress``; the others need none.
     """
+    if method == "lgdist":  # its CPU budget is LgdistConfig's defaults
+        return {"seed": seed, "device": device, "progress": progress}
     if method not in TRAINED_METHODS:
         return {}
     return {**CPU_BUDGET, "seed": seed, "device": device, "progress": progress,
@@ -154,6 +156,16 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
                     best_iteration=model.best_iteration, n_params=model.n_params,
                     checkpoint=str(model.checkpoint) if model.checkpoint else "",
                     config=json.dumps(asdict(model.config), default=str))
+    elif method == "lgdist":
+        from .lgdist import LgdistConfig, complete_lgdist, train_lgdist
+
+        model = config.pop("model", None)
+        cfg = LgdistConfig.make(**config)  # budget="paper": the authors' defaults
+        if model is None:
+            model = train_lgdist(adata, layer, cfg, hex_geometry=hex_geometry)
+        completed = complete_lgdist(adata, model, layer, hex_geometry=hex_geometry)
+        info.update(best_val_mse=model.best_val, n_params=model.n_params,
+                    config=json.dumps(model.config.to_dict(), default=str))
     elif method == "mean":
         _no_extra(config, method, None)
         completed = evaluate.mean_fill(adata, values, real, np.arange(adata.n_obs))

@@ -69,8 +69,9 @@ def overlapping_text(fig, shrink: float = 1.0) -> list[tuple[str, str]]:
     from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    # the inline backend's canvas has no renderer of its own: lay the figure out without drawing
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer() if hasattr(fig.canvas, "get_renderer") else fig._get_renderer()
     texts = []
     for ax in fig.axes:
         found = [ax.title, *ax.texts]
