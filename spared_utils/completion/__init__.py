@@ -16,7 +16,9 @@ One verb, :func:`complete`, runs any method on a curated dataset and adds the co
   on hidden entries and a warmed-up learning rate (:data:`PLUS_OPTIONS`, the candidate chosen by
   the ablation of chapter 02, whose options and measurements are data: ``data/ablations/``,
   :mod:`spared_utils.completion.ablation`);
-* ``"spackle_authors"`` – SpaCKLE as the authors' code runs it (:data:`AUTHORS_OPTIONS`).
+* ``"spackle_authors"`` – SpaCKLE as the authors' code runs it (:data:`AUTHORS_OPTIONS`);
+* ``"lgdist"`` – LGDiST (Cárdenas et al., arXiv 2509.01864), latent gene diffusion in two rounds
+  (:mod:`spared_utils.completion.lgdist`).
 
 A completion the predictors read is an artefact with an address (:mod:`.artefacts`):
 :func:`ensure` finds ``<processed_dir>/<id>/completion/<method>-<tag>.h5ad`` or makes and stores

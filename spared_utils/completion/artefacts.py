@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .lgdist import LgdistConfig
 from ..preprocess import processed_path
 from ..utils import atomic_path, file_lock
 from .evaluate import NEIGHBOUR_RINGS
@@ -80,8 +81,6 @@ def address(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", m
         sme, options = sme_config(options)
         settings = asdict(sme)
     elif method == "lgdist":
-        from .lgdist import LgdistConfig
-
         options = {k: v for k, v in options.items() if k not in ("device", "progress")}
         settings, options = LgdistConfig.make(**options).to_dict(), {}
     else:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
+from .lgdist import LgdistConfig, complete_lgdist, train_lgdist
 from ..preprocess import deltas
 from . import ablation, evaluate, sme
 from .evaluate import METHODS
@@ -157,8 +158,6 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
                     checkpoint=str(model.checkpoint) if model.checkpoint else "",
                     config=json.dumps(asdict(model.config), default=str))
     elif method == "lgdist":
-        from .lgdist import LgdistConfig, complete_lgdist, train_lgdist
-
         model = config.pop("model", None)
         cfg = LgdistConfig.make(**config)  # budget="paper": the authors' defaults
         if model is None:
