@@ -54,19 +54,26 @@ class FileServer:
             return [r for r in self.requests if r["path"] == path]
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 handler that logs nothing and answers HEAD and GET with ``_serve(head)``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_HEAD(self):  # noqa: N802
+        self._serve(head=True)
+
+    def do_GET(self):  # noqa: N802
+        self._serve(head=False)
+
+    def _serve(self, head: bool) -> None:
+        raise NotImplementedError
+
+
 def _handler(state: FileServer):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep test output quiet
-            pass
-
-        def do_HEAD(self):  # noqa: N802
-            self._serve(head=True)
-
-        def do_GET(self):  # noqa: N802
-            self._serve(head=False)
-
+    class Handler(QuietHandler):
         def _serve(self, head: bool) -> None:
             route = state.routes.get(self.path)
             range_header = self.headers.get("Range")

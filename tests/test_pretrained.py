@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,7 @@ import torch
 from spared_utils import models
 from spared_utils.models import encoders, exemplar, probe
 from spared_utils.models.encoders import PretrainedWeightsUnavailable
+from tests.fixtures_http import QuietHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -71,18 +72,7 @@ class LoopbackHub:
     def start(self) -> LoopbackHub:
         hub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):  # noqa: N802
-                self._serve(head=True)
-
-            def do_GET(self):  # noqa: N802
-                self._serve(head=False)
-
+        class Handler(QuietHandler):
             def _serve(self, head: bool) -> None:
                 auth = self.headers.get("authorization")
                 hub.requests.append((self.command, self.path, auth))
