@@ -299,9 +299,14 @@ pd.Series(
 # %%
 curated_ids = [d for d in su.datasets.registry() if su.io.processed_path(d).is_file()]
 table = su.datasets.summary_table(processed_ids=curated_ids)
-cols = ["abbreviation", "slides", "spots_paper", "spots_ours", "genes", "genes_ours",
-        "missing_pct_paper", "missing_pct_ours"]
-table[cols]
+# the paper's figures beside ours, by abbreviation (the ids: in the full table below)
+pairs = {"spots": ("spots_paper", "spots_ours"), "genes": ("genes_paper", "genes_ours"),
+         "missing %": ("missing_pct_paper", "missing_pct_ours")}
+columns = ["slides", *(c for p in pairs.values() for c in p)]
+shown = table.set_index("abbreviation")[columns]
+shown.columns = pd.MultiIndex.from_tuples(
+    [("slides", "")] + [(k, who) for k in pairs for who in ("paper", "ours")])
+shown
 
 # %%
 su.pl.folded(table, "Every column (organism, tissue, task, patients, ...)")

@@ -309,7 +309,11 @@ ref = min(
 beats_mean = int((table["spackle"] < table["mean"]).sum())
 glue("spackle_beats_mean", beats_mean, display=False)
 glue("n_levels", len(table), display=False)
-table.round(3)
+su.pl.readable(table[shown].round(3))  # MSE per masking level and method
+
+# %%
+# each comparison (rows) at each masking level (columns)
+su.pl.readable(table.drop(columns=shown).T.round(1))
 
 # %% [markdown]
 # The rows go to the results store; once several datasets have been processed, the violin of
@@ -368,7 +372,8 @@ lost = summary.pivot_table(
 )
 genes_lost = summary.groupby("masking")["genes_lost"].first().rename("genes lost")
 # MSE without the genes that lost every real value (with them: folded below)
-pd.concat([genes_lost, lost["mse_kept_genes"][list(shown)].round(3)], axis=1)
+kept = lost["mse_kept_genes"][list(shown)].round(3)
+su.pl.readable(pd.concat([genes_lost, kept], axis=1))
 
 # %%
 both = pd.concat({"genes lost": genes_lost, **{
@@ -391,7 +396,7 @@ su.pl.folded(both.reset_index(), "Each method's MSE with and without those genes
 
 # %%
 structure = su.completion.structure_table(summary, shown)
-structure.round(3)
+su.pl.readable(structure.round(3))
 
 # %% mystnb={"figure": {"caption": "Each method's completion error (x, log) against what its completed maps lose of the measured tissue: the Moran's I gap (left) and the gene\u2013gene correlation distance (right); one point per masking level, larger for more masking.", "name": "fig-completion-structure"}}
 fig, axs = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -439,7 +444,7 @@ spec = su.datasets.get_spec(dataset)
 if spec.source.kind == "synthetic":
     generated = su.synthetic.make_dataset(**spec.generator, images=False)
     missing_table = su.tl.score_missing(adata, methods, generated, splits=eval_splits)
-    display(missing_table.round(3))
+    display(su.pl.readable(missing_table.round(3)))
 else:
     print(f"{dataset} is not synthetic: the truth of its missing entries is unknown")
 

@@ -141,7 +141,9 @@ ax = su.pl.best_pcc_arrows(best) if len(best) else None
 # %%
 completion = analysis.completion_by_dataset(store, split)
 (
-    completion.pivot(index="dataset", columns="method", values="mse").round(3)
+    su.pl.readable(
+        completion.pivot(index="dataset", columns="method", values="mse").round(3)
+    )
     if len(completion)
     else completion
 )

@@ -353,6 +353,29 @@ def explore_prediction(
                  {"prediction": next(iter(predictions)), "gene": gene}, draw)
 
 
+def readable(table):
+    """``table`` with the labels a reader sees in the book's figures: completion methods by their
+    legend names (``neighbour_mean`` → "neighbour mean", :data:`~spared_utils.plots.style.
+    COMPLETION_LABELS`), other column labels and every axis name with spaces for underscores.
+    Index values other than methods (dataset ids, slides) are kept. Headers with spaces wrap, so
+    the table fits the book's column; the values are not touched."""
+    from .plots.style import COMPLETION_LABELS
+
+    def column(label):
+        return COMPLETION_LABELS.get(label, label.replace("_", " ")) if isinstance(label, str) else label
+
+    def row(label):
+        return COMPLETION_LABELS.get(label, label) if isinstance(label, str) else label
+
+    def names(index):
+        return [n.replace("_", " ") if isinstance(n, str) else n for n in index.names]
+
+    out = table.rename(columns=column, index=row)
+    out.columns = out.columns.set_names(names(out.columns))
+    out.index = out.index.set_names(names(out.index))
+    return out
+
+
 def folded(table, summary: str, digits: int = 4):
     """The whole ``table`` inside a closed ``<details>`` block whose line reads ``summary``: what a
     chapter shows under a narrower table, so that no column hides behind a horizontal scroll (a

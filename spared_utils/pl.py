@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from . import _lazy_face
 
 if TYPE_CHECKING:  # the face's names, each imported from its module on first use (see _lazy_face)
-    from .explore import Explorer, explore_prediction, explore_slide, folded  # noqa: F401  (re-exported)
+    from .explore import Explorer, explore_prediction, explore_slide, folded, readable  # noqa: F401  (re-exported)
     from .plots import *  # noqa: F403  (listed in plots.__all__)
 
 __getattr__, __dir__ = _lazy_face(__name__)

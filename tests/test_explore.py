@@ -163,3 +163,26 @@ def test_the_kernel_free_page_draws_each_view_beforehand_and_its_dropdowns_swap_
     assert page.count("<select") == 2 and "addEventListener('change'" in page
     assert base64.b64decode(bundle["image/png"])[:4] == b"\x89PNG", "the PNG stays for renderers without HTML"
     assert ex.values() == {"prediction": "good, completed", "gene": views["gene"][0]}, "controls unchanged"
+
+
+def test_readable_labels_methods_as_the_figures_do_and_keeps_values_and_other_ids():
+    import pandas as pd
+
+    from spared_utils import pl
+    from spared_utils.plots.style import COMPLETION_LABELS
+
+    table = pd.DataFrame(
+        {"neighbour_mean": [0.5, 0.25], "mean_signed_error": [-0.1, 0.2]},
+        index=pd.Index(["spackle_plus", "synsuite_base"], name="completion_method"),
+    )
+    shown = pl.readable(table)
+    assert list(shown.columns) == [COMPLETION_LABELS["neighbour_mean"], "mean signed error"]
+    # a method row gets its legend name, a dataset id stays as it is (readers look it up)
+    assert list(shown.index) == [COMPLETION_LABELS["spackle_plus"], "synsuite_base"]
+    assert shown.index.name == "completion method"
+    assert (shown.to_numpy() == table.to_numpy()).all()
+    assert list(table.columns) == ["neighbour_mean", "mean_signed_error"]  # the input is untouched
+    pairs = pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples(
+        [("moran_gap", "before_dropout"), ("moran_gap", "expected")], names=["score", "the_truth"]))
+    assert pl.readable(pairs).columns.tolist() == [("moran gap", "before dropout"), ("moran gap", "expected")]
+    assert pl.readable(pairs).columns.names == ["score", "the truth"]

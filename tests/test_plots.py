@@ -211,3 +211,44 @@ def test_the_overlap_check_sees_two_labels_on_top_of_each_other():
     ax.set_xlim(-0.5, 0.5)
     assert overlapping_text(fig) == []
     plt.close(fig)
+
+
+def test_models_at_the_same_point_get_labels_apart():
+    """ViT-B and its delta variant have almost the same parameter count and MSE: their labels
+    would be printed on top of each other; they are moved apart (adjustText)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from spared_utils import plots
+    from spared_utils.plots.style import overlapping_text
+
+    summary = pd.DataFrame({"model": ["vit_b", "vit_b_delta", "stnet", "shufflenet"],
+                            "n_params": [86.0e6, 86.1e6, 7.0e6, 1.3e6],
+                            "mean": [1.01, 1.012, 0.95, 0.97]})
+    ax = plots.mse_vs_parameters(summary)
+    assert sorted(t.get_text() for t in ax.texts) == sorted(summary["model"])
+    assert overlapping_text(ax.figure) == []
+    plt.close(ax.figure)
+
+
+def test_the_neighbourhood_legend_stays_clear_of_a_panel_beside_it(tiny_adata):
+    """Chapter 02 draws the 2-hop neighbourhood with a histogram to its right: the legend must not
+    fall on the histogram's tick labels."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from spared_utils import plots, pp
+    from spared_utils.plots.style import overlapping_text
+
+    adata = tiny_adata  # the tiny book's size: few spots, so the histogram's ticks are close
+    index = pp.neighbour_index(adata, n_hops=2, hex_geometry=True)
+    n_nb = pp.n_neighbours(index)
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.8))
+    plots.hex_neighbourhood(adata, index, int(np.argmax(n_nb == n_nb.max())), ax=axs[0])
+    axs[1].hist(n_nb, bins=np.arange(-0.5, 19.5))
+    axs[1].set(xlabel="neighbours present (of 18)", ylabel="spots", title="Neighbourhood sizes")
+    fig.tight_layout()
+    labels = [t.get_text() for t in axs[0].get_legend().get_texts()]
+    assert labels[0].startswith("ring 1") and labels[-1] == "centre spot"
+    assert overlapping_text(fig) == []
+    plt.close(fig)

@@ -78,11 +78,17 @@ def mse_vs_parameters(summary, ax: plt.Axes | None = None) -> plt.Axes:
     ax = ax or plt.subplots(figsize=(6, 4))[1]
     shown = summary[summary["n_params"] > 0]
     ax.scatter(shown["n_params"], shown["mean"], color=PALETTE[1], s=40, zorder=3)
-    for row in shown.itertuples():
-        ax.annotate(row.model, (row.n_params, row.mean), fontsize=8, xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel("mean normalised MSE")
+    # models of one backbone sit on top of each other (ViT-B and its delta variant): adjustText
+    # moves the labels apart and draws a line back to each point
+    labels = [ax.text(row.n_params, row.mean, row.model, fontsize=8) for row in shown.itertuples()]
+    if len(labels) > 1:
+        from adjustText import adjust_text
+
+        adjust_text(labels, x=shown["n_params"].to_numpy(float), y=shown["mean"].to_numpy(float), ax=ax,
+                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
     return ax
 
 

@@ -100,7 +100,8 @@ def hex_neighbourhood(adata: AnnData, index: np.ndarray, spot: int, ax: plt.Axes
     ax.scatter([c0 / 2], [y(r0)], s=260, marker="h", color=PALETTE[3], label="centre spot")
     ax.set_aspect("equal")
     ax.set_axis_off()
-    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
+    # below the grid, not beside it: a panel drawn to the right keeps its tick labels clear
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False, fontsize=8)
     ax.set_title("A spot's 2-hop hexagonal neighbourhood")
     return ax
 

@@ -32,12 +32,13 @@ METHOD_COLOURS = {
     "neighbour_mean": PALETTE[8],
     "spackle_plus": PALETTE[5],
     "spackle_authors": PALETTE[6],
+    "lgdist": "black",  # the colour-blind palette's ten colours are taken
 }
 SPLIT_COLOURS = {"train": PALETTE[0], "val": PALETTE[1], "test": PALETTE[2]}
 
 COMPLETION_LABELS = {"median": "median", "spackle": "SpaCKLE", "stlearn": "stLearn (SME)", "mean": "training mean",
                      "neighbour_mean": "neighbour mean", "spackle_plus": "ours (SpaCKLE+)",
-                     "spackle_authors": "SpaCKLE (authors' code)"}
+                     "spackle_authors": "SpaCKLE (authors' code)", "lgdist": "LGDiST"}
 
 
 def spot_size(adata: AnnData, slide: str, ax: plt.Axes) -> float:
