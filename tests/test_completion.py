@@ -332,6 +332,19 @@ def test_missing_mask_layer_is_a_clear_error(data):
         completion.complete(a, method="median")
 
 
+def test_an_uncurated_slide_is_pointed_to_the_one_call_that_curates_it(data):
+    """A slide read by scanpy has counts but no curated layer: the error names the layer and the
+    call that curates, trains and completes it (su.tl.complete_slide), which exists."""
+    from spared_utils import tl
+
+    a = data.copy()
+    del a.layers["c_d_log1p"]
+    with pytest.raises(KeyError, match="'c_d_log1p' not found") as err:
+        completion.complete(a, method="spackle_plus")
+    assert "su.tl.complete_slide(" in str(err.value)
+    assert callable(tl.complete_slide)
+
+
 def test_nan_values_are_refused(data):
     a = data.copy()
     a.layers["c_d_log1p"][3, 2] = np.nan

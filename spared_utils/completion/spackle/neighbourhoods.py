@@ -29,8 +29,10 @@ def check_input(adata: AnnData, layer: str = DEFAULT_LAYER, mask_layer: str = MA
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"the dataset is empty ({adata.n_obs} spots × {adata.n_vars} genes): nothing to complete")
     if layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found (layers: {list(adata.layers)}); run the curation pipeline "
-                       "(spared_utils.preprocess.run_pipeline) or pass layer= the median-completed layer")
+        raise KeyError(f"layer {layer!r} not found (layers: {list(adata.layers)}). For a slide of your own "
+                       "(raw counts and spatial coordinates, e.g. read by sc.read_visium), "
+                       "su.tl.complete_slide(adata, method=...) curates, trains and completes in one call; "
+                       "otherwise pass layer= the median-completed layer")
     if mask_layer not in adata.layers:
         raise KeyError(f"the dataset has no {mask_layer!r} layer (True = real measurement, False = median-completed), "
                        f"so completion cannot tell missing values from real ones; run "
