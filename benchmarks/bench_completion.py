@@ -4,7 +4,8 @@
     dataset, the embedded suite (``synsuite_*``) and every real dataset of ``../shared/data/real``
     that the registry can curate: the median, each gene's training mean, the mean of each spot's
     measured neighbours (``neighbour_mean``), SpaCKLE as published and ours (``spackle_plus``) at
-    the same budget (and stLearn's SME unless ``--no-stlearn``). MSE on hidden real values per
+    the same budget, LGDiST (two rounds, its CPU budget; unless ``--no-lgdist``) (and stLearn's SME
+    unless ``--no-stlearn``). MSE on hidden real values per
     dataset and level, genes that lost every real value, ours vs SpaCKLE / the mean / the
     neighbour mean / the median; what each completion keeps of the tissue (Moran's I gap and
     gene–gene correlation distance per method and level, ours against SpaCKLE); on the synthetic
@@ -36,7 +37,9 @@ SpaCKLE's time and 0.87× its peak memory).
 Both modes print ``spackle_vs_median_mse_reduction: <percent>`` (SpaCKLE's MSE reduction over the
 median on the embedded dataset's test slides, averaged over the masking levels) and end with
 ``ours_vs_spackle_mse_reduction: <mean %> min <smallest per-level %>`` (ours vs SpaCKLE, averaged
-over datasets and levels, and the smallest reduction at any dataset and level).
+over datasets and levels, and the smallest reduction at any dataset and level) and, unless
+``--no-lgdist``, ``ours_vs_lgdist_mse_reduction: <mean %> min <smallest per-level %>`` (ours vs
+LGDiST at its CPU budget, :class:`~spared_utils.completion.lgdist.LgdistConfig`, same masks).
 """
 
 from __future__ import annotations
@@ -101,8 +104,10 @@ def spackle_config(quick: bool, iterations: int | None, lr_grid, seed: int, devi
                          lr_grid=grid, seed=seed, device=device, progress=False)
 
 
-def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("test",), ours: bool = True) -> dict:
-    """Train SpaCKLE (and ours, same budget) on one dataset and score every method at every masking level."""
+def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("test",), ours: bool = True,
+                  lgdist: bool = True) -> dict:
+    """Train SpaCKLE (and ours, same budget; LGDiST at its CPU budget) on one dataset and score every
+    method at every masking level, on the same masks."""
     from spared_utils import completion, datasets
     from spared_utils.completion import SmeConfig
 
@@ -115,6 +120,14 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
     if ours:
         plus_cfg = config.updated(**completion.PLUS_OPTIONS)
         models["spackle_plus"] = completion.train_spackle(adata, config=plus_cfg, hex_geometry=hexg)
+    lgdist_s = ""
+    if lgdist:
+        from spared_utils.completion.lgdist import LgdistConfig, train_lgdist
+
+        t1 = time.perf_counter()
+        models["lgdist"] = train_lgdist(adata, config=LgdistConfig.cpu(seed=config.train.seed),
+                                        hex_geometry=hexg)
+        lgdist_s = f"; LGDiST (CPU budget, 2 rounds) trained in {time.perf_counter() - t1:.1f} s"
     sme = SmeConfig(backbone="resnet18", pretrained=False, tile_size=64) if with_stlearn else None
     methods = completion.masking_methods(result, sme, hex_geometry=hexg, models=models)
     summary, per_gene, _ = completion.evaluate_masking(adata, methods, levels=levels, splits=splits, progress=False)
@@ -122,7 +135,8 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
     plus_s = f"; ours trained in {models['spackle_plus'].wall_time_s:.1f} s" if ours else ""
     print(f"{dataset}: {adata.n_obs} spots × {adata.n_vars} genes, {100 * (1 - adata.layers['mask'].mean()):.1f}% "
           f"missing; loaded in {load_s:.1f} s; SpaCKLE lr {result.learning_rate:g}, {config.train.iterations} iterations, "
-          f"trained in {result.wall_time_s:.1f} s (best val MSE {result.best_val:.4f} at {result.best_iteration}){plus_s}")
+          f"trained in {result.wall_time_s:.1f} s (best val MSE {result.best_val:.4f} at {result.best_iteration})"
+          f"{plus_s}{lgdist_s}")
     table = summary.pivot_table(index=["split", "masking"], columns="method", values="mse")
     lost = summary.drop_duplicates(["split", "masking"]).set_index(["split", "masking"])["genes_lost"]
     table["genes_lost"] = lost
@@ -133,6 +147,10 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
         table["ours_vs_mean_%"] = 100 * (1 - table["spackle_plus"] / table["mean"])
         table["ours_vs_neighbour_mean_%"] = 100 * (1 - table["spackle_plus"] / table["neighbour_mean"])
         table["ours_vs_median_%"] = 100 * (1 - table["spackle_plus"] / table["median"])
+    if ours and lgdist:
+        table["ours_vs_lgdist_%"] = 100 * (1 - table["spackle_plus"] / table["lgdist"])
+    if lgdist:
+        table["lgdist_vs_spackle_%"] = 100 * (1 - table["lgdist"] / table["spackle"])
     if "stlearn" in table:
         table["stlearn/spackle"] = table["stlearn"] / table["spackle"]
     print(table.round(3).to_string())
@@ -152,6 +170,12 @@ def bench_masking(dataset: str, config, levels, with_stlearn: bool, splits=("tes
                    ours_below_mean=bool((table["spackle_plus"] < table["mean"]).all()),
                    ours_below_neighbour_mean=bool((table["spackle_plus"] < table["neighbour_mean"]).all()),
                    ours_vs_median=float(table["ours_vs_median_%"].mean()))
+    if ours and lgdist:
+        vs = table["ours_vs_lgdist_%"]
+        print(f"  ours vs LGDiST: {vs.mean():.1f}% lower MSE on average (min {vs.min():.1f}%); LGDiST vs SpaCKLE "
+              f"{table['lgdist_vs_spackle_%'].mean():.1f}% lower (its paper: 18% over SpaRED)")
+        out.update(ours_vs_lgdist=float(vs.mean()), ours_vs_lgdist_min=float(vs.min()),
+                   lgdist_vs_spackle=float(table["lgdist_vs_spackle_%"].mean()))
         spec = datasets.get_spec(dataset)
         if spec.source.kind == "synthetic":
             out["missing"] = bench_missing(adata, spec, methods)
@@ -186,12 +210,12 @@ def _masking_job(job, capture: bool = True):
 
     import torch
 
-    ds, config, levels, with_stlearn, threads = job
+    ds, config, levels, with_stlearn, threads, lgdist = job
     torch.set_num_threads(threads)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf) if capture else contextlib.nullcontext():
         try:
-            out = bench_masking(ds, config, levels, with_stlearn=with_stlearn)
+            out = bench_masking(ds, config, levels, with_stlearn=with_stlearn, lgdist=lgdist)
             for key in ("result",):  # the trained model stays in the worker
                 out.pop(key, None)
         except Exception as err:  # a real dataset that cannot be read here is reported, not fatal
@@ -555,6 +579,7 @@ def main() -> None:
                         help="(a) at the book's CPU budget (chapter 02: 200 iterations, lr 3e-3, feed-forward 512)")
     parser.add_argument("--datasets", default=None, help="(a) on these datasets only, e.g. 'synthetic,synsuite_base'")
     parser.add_argument("--no-stlearn", action="store_true", help="(a) without stLearn's SME (faster)")
+    parser.add_argument("--no-lgdist", action="store_true", help="(a) without LGDiST (much faster)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="(a) datasets in this many processes at once (each with --threads threads)")
     args = parser.parse_args()
@@ -564,7 +589,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     sections = set(args.only.split(",")) if not args.quick else {"a"}
-    headline = ours_line = None
+    headline = ours_line = lgdist_line = None
     if "a" in sections:
         section("(a) median, training mean, neighbour mean, SpaCKLE, ours (and stLearn) under synthetic masking "
                 "(test slides; val/train when absent)")
@@ -578,7 +603,8 @@ def main() -> None:
         ids = ["synthetic"] if args.quick else available_datasets()
         if args.datasets:
             ids = args.datasets.split(",")
-        jobs = [(ds, config, levels, not (args.quick or args.no_stlearn), args.threads) for ds in ids]
+        jobs = [(ds, config, levels, not (args.quick or args.no_stlearn), args.threads, not args.no_lgdist)
+                for ds in ids]
         if args.jobs > 1:
             import multiprocessing as mp
 
@@ -599,12 +625,18 @@ def main() -> None:
                                   "ours_below_mean_everywhere": o.get("ours_below_mean"),
                                   "ours_below_neighbour_mean_everywhere": o.get("ours_below_neighbour_mean"),
                                   "ours_structure_as_spackle_everywhere": o.get("ours_structure_ok"),
-                                  "ours_vs_median_%": o.get("ours_vs_median")} for o in outs])
+                                  "ours_vs_median_%": o.get("ours_vs_median"),
+                                  "ours_vs_lgdist_%": o.get("ours_vs_lgdist"),
+                                  "ours_vs_lgdist_min_%": o.get("ours_vs_lgdist_min"),
+                                  "lgdist_vs_spackle_%": o.get("lgdist_vs_spackle")} for o in outs])
             print(summ.round(2).to_string(index=False))
             headline = next((o["mean_reduction"] for o in outs if o["dataset"] == "synthetic"), None)
             if all("ours_vs_spackle" in o for o in outs):
                 per_level = pd.concat([o["table"]["ours_vs_spackle_%"] for o in outs])
                 ours_line = (float(per_level.mean()), float(per_level.min()))
+            if all("ours_vs_lgdist" in o for o in outs):
+                per_level = pd.concat([o["table"]["ours_vs_lgdist_%"] for o in outs])
+                lgdist_line = (float(per_level.mean()), float(per_level.min()))
     if "b" in sections:
         section("(b) our SME imputation vs the real stLearn")
         bench_stlearn_check()
@@ -623,6 +655,8 @@ def main() -> None:
         print(f"spackle_vs_median_mse_reduction: {headline:.1f}")
     if ours_line is not None:
         print(f"ours_vs_spackle_mse_reduction: {ours_line[0]:.1f} min {ours_line[1]:.1f}")
+    if lgdist_line is not None:
+        print(f"ours_vs_lgdist_mse_reduction: {lgdist_line[0]:.1f} min {lgdist_line[1]:.1f}")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ class PipelineParams:
     organism: str | None = None
     n_rings: int = 4
     slide_key: str = "slide_id"
+    #: context genes kept beside the panel (``obsm["context_log1p"]``): the genes with the next
+    #: highest Moran's I, which LGDiST's autoencoder reads (LGDiST widens to 1,024 genes in all:
+    #: ``1024 - n_genes``); 0, the default, keeps none (:mod:`spared_utils.preprocess.context`)
+    n_context: int = 0
 
     def with_overrides(self, **overrides) -> PipelineParams:
         """A copy with some fields changed (an unknown name raises with the valid ones)."""

@@ -360,3 +360,30 @@ def test_pipeline_leaves_its_input_untouched(tiny_adata):
     assert set(raw.uns) == uns_keys and "preprocessing" not in raw.uns
     assert raw.n_obs == tiny_adata.n_obs and raw.n_vars == tiny_adata.n_vars
     assert out.uns["spatial"].keys() == raw.uns["spatial"].keys()
+
+
+def test_pipeline_keeps_context_genes_beside_the_panel_when_asked(processed, tiny_adata):
+    """``n_context``: the next genes by Moran's I (not in the panel), their values on the curated
+    spots and a mask of their real values; the default keeps none and leaves the stamp of files
+    curated before the field unchanged."""
+    from dataclasses import replace
+
+    from spared_utils import datasets
+    from spared_utils.preprocess.context import CONTEXT_KEY
+    from spared_utils.preprocess.store import curation_fingerprint
+
+    with_context = pp.run_pipeline(tiny_adata.copy(), Spec(n_context=6), progress=False)
+    genes = with_context.uns["context_genes"]
+    assert len(genes) == 6 and not set(genes) & set(with_context.var_names)
+    np.testing.assert_array_equal(with_context.var_names, processed.var_names)  # the panel is the same
+    np.testing.assert_array_equal(with_context.layers["c_d_log1p"], processed.layers["c_d_log1p"])
+    moran = processed.uns["preprocessing"]["moran"]
+    mean = (moran["mean"] if "mean" in moran else moran.mean(axis=1)).drop(processed.var_names)
+    assert genes == list(mean.sort_values(ascending=False, kind="stable").index[:6])
+    values = with_context.obsm[CONTEXT_KEY]
+    assert values.shape == (with_context.n_obs, 6) and np.isfinite(values).all()
+    assert with_context.obsm[CONTEXT_KEY + "_mask"].dtype == bool
+    assert CONTEXT_KEY not in processed.obsm and "context_genes" not in processed.uns
+    spec = datasets.get_spec("synthetic")
+    assert "n_context" not in curation_fingerprint(spec)
+    assert '"n_context": 6' in curation_fingerprint(replace(spec, curation=replace(spec.curation, n_context=6)))

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..registry import PipelineParams
 from ..utils import dense
 from .collection import collect
+from .context import add_context
 from .filters import filter_dataset
 from .layers import add_mask, combat, deltas
 from .median import median_complete
@@ -90,7 +91,9 @@ def run_pipeline(adata: AnnData, params: Any = None, *, progress: bool = True, f
         after each step with timings (``steps``), spots per slide after each step
         (``spots_per_slide``), Moran's I of every candidate gene per slide (``moran``), what the
         filters saw for every in-tissue spot (``spot_qc``) and gene (``gene_qc``), and the
-        fraction of missing values (``missing_fraction``).
+        fraction of missing values (``missing_fraction``). With ``n_context`` > 0, also the
+        context genes (:func:`~spared_utils.preprocess.context.add_context`: ``obsm["context_log1p"]``,
+        its ``_mask`` and ``uns["context_genes"]``).
 
     Raises
     ------
@@ -136,7 +139,11 @@ def run_pipeline(adata: AnnData, params: Any = None, *, progress: bool = True, f
     advance("4 adaptive median completion", data)
     if fewer_genes_ok and data.n_vars < p.n_genes:
         p = p.with_overrides(n_genes=data.n_vars)
+    collection = data
     data = select_top_moran(data, p.n_genes, "d_log1p", p.hex_geometry, p.slide_key, progress)
+    if p.n_context > 0:  # the next genes by Moran's I, before ComBat (they get their own)
+        add_context(collection, data, p.n_context, "d_log1p", p.combat_key, p.hex_geometry, p.slide_key)
+    del collection
     for key in ("counts", "tpm", "log1p"):
         data.layers[key] = np.asarray(dense(data.layers[key]), dtype=np.float32)
     advance("5 top Moran's I genes", data)

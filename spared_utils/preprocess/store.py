@@ -32,6 +32,8 @@ def curation_fingerprint(spec: DatasetSpec) -> str:
     """
     params: dict = {**asdict(spec.curation), "splits": spec.splits, "patients": spec.patients,
                     "generator": spec.generator}
+    if not params.get("n_context"):  # no context genes: the stamp of files curated before the field
+        params.pop("n_context", None)
     if spec.generator is not None:
         params["generator_version"] = synthetic.GENERATOR_VERSION
     return json.dumps(params, sort_keys=True, default=str)
