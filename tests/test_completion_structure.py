@@ -225,6 +225,15 @@ def test_comparison_table_puts_the_neighbour_mean_beside_mean_and_median():
     table = E.comparison_table(summary, ["median", "mean", "neighbour_mean", "spackle_plus"])
     assert table.loc[0.1, "ours vs neighbour mean (% lower MSE)"] == pytest.approx(50.0)
     assert list(table.columns[:3]) == ["median", "mean", "neighbour_mean"]
+    assert "ours vs LGDiST (% lower MSE)" not in table  # only where both are present
+
+
+def test_comparison_table_sets_lgdist_against_spackle_and_ours():
+    summary = pd.DataFrame({"masking": [0.1] * 3, "method": ["spackle", "lgdist", "spackle_plus"],
+                            "mse": [2.0, 1.6, 0.4]})
+    table = E.comparison_table(summary)
+    assert table.loc[0.1, "LGDiST vs SpaCKLE (% lower MSE)"] == pytest.approx(20.0)
+    assert table.loc[0.1, "ours vs LGDiST (% lower MSE)"] == pytest.approx(75.0)
 
 
 def test_structure_figure_draws_one_series_per_method_without_overlapping_labels():

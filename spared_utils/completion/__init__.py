@@ -39,9 +39,10 @@ import pandas as pd
 from anndata import AnnData
 
 from ..preprocess import write_processed
-from . import ablation, evaluate, sme, spackle
+from . import ablation, evaluate, lgdist, sme, spackle
 from .ablation import recorded_ablation
 from .artefacts import COMPLETION_DIR, address, completion_dir, ensure, stored
+from .lgdist import LgdistConfig, LgdistResult, complete_lgdist, train_lgdist
 from .evaluate import (
     BEST_LAYER,
     MASKING_LEVELS,
@@ -121,11 +122,11 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
 
 __all__ = [
     "AUTHORS_OPTIONS", "BEST_LAYER", "COMPLETED_LAYER", "COMPLETION_DIR", "CPU_BUDGET", "CompletionMethod",
-    "MASKING_LEVELS", "METHODS",
+    "LgdistConfig", "LgdistResult", "MASKING_LEVELS", "METHODS",
     "PLUS_ABLATION", "PLUS_OPTIONS", "SCHEMES", "SmeConfig", "SpackleConfig", "SpackleResult", "TRAINED_METHODS",
     "ablation", "ablation_table", "add_best_completion", "address", "authors_config", "before_dropout_layer",
-    "best_method", "budget_options", "comparison_table", "complete", "completion_dir", "delta_key", "ensure",
+    "best_method", "budget_options", "comparison_table", "complete", "complete_lgdist", "completion_dir", "delta_key", "ensure",
     "evaluate", "evaluate_masking", "evaluate_missing", "hex_geometry_of", "load_checkpoint", "masking_methods",
     "plus_config", "recorded_ablation", "relative_reduction", "results_rows", "save_checkpoint", "save_completed",
-    "score_missing", "sme", "spackle", "spackle_config", "stored", "structure_table", "train_plus", "train_spackle",
+    "score_missing", "sme", "spackle", "spackle_config", "stored", "structure_table", "lgdist", "train_lgdist", "train_plus", "train_spackle",
 ]

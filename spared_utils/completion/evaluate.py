@@ -575,8 +575,9 @@ def comparison_table(summary: pd.DataFrame, methods: Sequence[str] | None = None
     """MSE per masking level (rows) and method (columns), with the comparisons chapter 02 shows.
 
     Added where both methods are present: SpaCKLE vs the median, the training mean and the
-    neighbour mean, ours (``spackle_plus``) vs SpaCKLE, the mean, the neighbour mean and the median
-    (``% lower MSE``: ``100 · (1 − a / b)``), and stLearn / SpaCKLE (MSE ratio). Several splits are
+    neighbour mean, ours (``spackle_plus``) vs SpaCKLE, the mean, the neighbour mean and the median,
+    LGDiST vs SpaCKLE and ours vs LGDiST (``% lower MSE``: ``100 · (1 − a / b)``), and stLearn /
+    SpaCKLE (MSE ratio). Several splits are
     averaged.
     """
     table = summary.pivot_table(index="masking", columns="method", values="mse").rename_axis(columns=None)
@@ -587,7 +588,8 @@ def comparison_table(summary: pd.DataFrame, methods: Sequence[str] | None = None
              ("ours vs authors' SpaCKLE", "spackle_plus", "spackle_authors"),
              ("ours vs SpaCKLE", "spackle_plus", "spackle"), ("ours vs mean", "spackle_plus", "mean"),
              ("ours vs neighbour mean", "spackle_plus", "neighbour_mean"),
-             ("ours vs median", "spackle_plus", "median")]
+             ("ours vs median", "spackle_plus", "median"), ("LGDiST vs SpaCKLE", "lgdist", "spackle"),
+             ("ours vs LGDiST", "spackle_plus", "lgdist")]
     for label, a, b in pairs:
         if a in table and b in table:
             table[f"{label} (% lower MSE)"] = 100 * (1 - table[a] / table[b])
