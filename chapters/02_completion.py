@@ -79,8 +79,8 @@ pretrained = False  # True loads ImageNet weights (needs internet or a timm cach
 ours = True  # also train our completion (SpaCKLE+) at the same budget
 authors = True  # also train SpaCKLE as the authors' code runs it, same budget
 lgdist = True  # also train LGDiST (latent gene diffusion, two rounds) at its CPU budget
-# LgdistConfig fields over its CPU budget, e.g. {"dit_epochs": 300} (its paper: 3000)
-lgdist_options = {}
+# "cpu": LgdistConfig.cpu(); "paper": the authors' (a GPU's work); "smoke": seconds
+lgdist_budget = "cpu"
 # retrain every candidate of SpaCKLE+'s ablation here (slow);
 # otherwise the recorded table
 run_ablation = False
@@ -237,7 +237,7 @@ if authors:
 # %%
 lgdist_run = None
 if lgdist:
-    lgdist_config = LgdistConfig.make("cpu", seed=seed, device=device, **lgdist_options)
+    lgdist_config = LgdistConfig.make(lgdist_budget, seed=seed, device=device)
     lgdist_run = su.completion.train_lgdist(
         adata, config=lgdist_config, hex_geometry=hex_geometry)
     print(f"LGDiST: {lgdist_config.rounds} rounds, "

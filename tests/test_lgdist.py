@@ -87,6 +87,11 @@ def test_config_round_trip_budgets_and_refusals():
         (128, 12, 1500, 50, 1024)
     assert L.LgdistConfig.make("paper", seed=3).seed == 3
     assert L.LgdistConfig.make().dit_width < paper.dit_width
+    smoke = L.LgdistConfig.make("smoke", seed=5)
+    assert smoke.seed == 5 and smoke.dit_epochs < L.LgdistConfig.cpu().dit_epochs
+    assert smoke.rounds == paper.rounds == 2  # the smoke budget still runs both rounds
+    with pytest.raises(ValueError, match="budget must be one of"):
+        L.LgdistConfig.make("gpu")
     with pytest.raises(TypeError, match="unknown LGDiST option"):
         L.LgdistConfig.make(iterationz=3)
     with pytest.raises(ValueError, match="sample_steps"):

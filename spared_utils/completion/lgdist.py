@@ -158,20 +158,28 @@ class LgdistConfig:
         return replace(cls(), **{**authors, **options})
 
     @classmethod
+    def smoke(cls, **options: Any) -> LgdistConfig:
+        """Seconds on a CPU: a check that every stage runs (the tests' tiny book), not a model."""
+        tiny = dict(ae_width=16, ae_feedforward=32, latent_dim=8, ae_epochs=2, dit_width=16, dit_depth=1,
+                    dit_epochs=2, lr_step_epochs=2, sample_steps=2, n_evals=1, val_max_spots=32)
+        return replace(cls(), **{**tiny, **options})
+
+    @classmethod
     def make(cls, budget: str = "cpu", **options: Any) -> LgdistConfig:
-        """A config from a budget (``"cpu"`` or ``"paper"``) and flat options.
+        """A config from a budget (``"cpu"``, ``"paper"`` or ``"smoke"``) and flat options.
 
         Raises
         ------
         TypeError
             An option that is not a field.
         """
-        if budget not in ("cpu", "paper"):
-            raise ValueError(f"budget must be 'cpu' or 'paper', got {budget!r}")
+        makers = {"cpu": cls.cpu, "paper": cls.paper, "smoke": cls.smoke}
+        if budget not in makers:
+            raise ValueError(f"budget must be one of {sorted(makers)}, got {budget!r}")
         unknown = set(options) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown LGDiST option(s) {sorted(unknown)}; valid: {sorted(f.name for f in fields(cls))}")
-        return (cls.paper if budget == "paper" else cls.cpu)(**options)
+        return makers[budget](**options)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
