@@ -23,10 +23,10 @@ from matplotlib.figure import Figure
 
 from .metrics import per_gene_pcc
 from .paths import STATIC_VIEWS_ENV
-from .plots.style import _touching_hex_size
+from .plots.style import COMPLETION_LABELS, _touching_hex_size
 from .utils import dense
 
-__all__ = ["Explorer", "explore_prediction", "explore_slide", "folded", "SLIDE_PANELS"]
+__all__ = ["Explorer", "explore_prediction", "explore_slide", "folded", "readable", "SLIDE_PANELS"]
 
 #: The slide explorer's default panels: (title, layer, kind); ``kind`` is ``"measured"`` (the
 #: layer where ``mask`` is True, missing spots grey), ``"mask"`` or ``"values"`` (every spot).
@@ -359,8 +359,6 @@ def readable(table):
     COMPLETION_LABELS`), other column labels and every axis name with spaces for underscores.
     Index values other than methods (dataset ids, slides) are kept. Headers with spaces wrap, so
     the table fits the book's column; the values are not touched."""
-    from .plots.style import COMPLETION_LABELS
-
     def column(label):
         return COMPLETION_LABELS.get(label, label.replace("_", " ")) if isinstance(label, str) else label
 
