@@ -22,6 +22,7 @@ completion it is given), which stores it under an address of its method and conf
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import completion, sources
-from .patches import IMAGE_PATH_KEYS, PatchStore, extract_patches
+from .patches import IMAGE_PATH_KEYS, PatchStore, extract_patches, write_patch_store
 from .preprocess import curation_fingerprint, processed_path, run_pipeline, write_processed
 from .registry import SPLITS, DatasetSpec, RegistryError, UnknownDatasetError, get_spec, registry
 from .utils import file_lock
@@ -127,6 +128,8 @@ def _curated(spec: DatasetSpec, cache_dir, force: bool, redownload: bool, progre
         raise ValueError(f"dataset {spec.id!r} cannot be curated: {spec.notes or 'pipeline_ready is false'} "
                          f"(data/datasets.yml line {spec.line}); load it with stage='raw'")
     path = processed_path(spec.id)
+    if spec.source.kind == "authors_processed":
+        return _authors_curated(spec, path, cache_dir, force, redownload, progress)
     with file_lock(path):  # parallel jobs: one curates, the others read its file
         if path.is_file() and not force and not redownload:
             cached = ad.read_h5ad(path)
@@ -138,6 +141,42 @@ def _curated(spec: DatasetSpec, cache_dir, force: bool, redownload: bool, progre
         curated = run_pipeline(raw, spec, progress=progress)
         write_processed(curated, spec.id, spec=spec)  # stamps uns["dataset_spec"] and uns["dataset_id"]
     return curated
+
+
+def authors_stamp(spec: DatasetSpec, file: Path) -> str:
+    """The ``uns["dataset_spec"]`` of an authors-processed dataset: the registry's entry and their file."""
+    stat = file.stat()
+    return json.dumps({"authors_processed": str(file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                       "spec": curation_fingerprint(spec)}, sort_keys=True)
+
+
+def _authors_curated(spec: DatasetSpec, path: Path, cache_dir, force: bool, redownload: bool,
+                     progress: bool) -> ad.AnnData:
+    """Their processed file in the book's conventions, cached with its patch store (never curated here)."""
+    file = sources.prepare_source(spec, cache_dir, redownload=redownload, progress=progress)
+    stamp = authors_stamp(spec, file)
+    with file_lock(path):
+        if path.is_file() and not force and not redownload:
+            cached = ad.read_h5ad(path)
+            if cached.uns.get("dataset_spec") == stamp:
+                return cached
+        adata, patches, info = sources.load_authors(spec, cache_dir, progress=progress)
+        params = {**spec.curation.as_uns(), "source": "authors_processed"}
+        theirs = info["parameters"]
+        if "hex_geometry" in theirs:  # their grid, which their median and SpaCKLE used
+            params["hex_geometry"] = bool(theirs["hex_geometry"])
+        adata.uns["preprocessing"] = {"params": params,
+                                      "missing_fraction": float(1 - adata.layers["mask"].mean())}
+        adata.uns["authors_processed"] = {"file": info["file"], "patch_key": info["patch_key"],
+                                          "left_out_layers": list(info["left_out_layers"]),
+                                          "parameters": json.dumps(theirs, sort_keys=True)}
+        adata.uns["dataset_spec"] = stamp
+        if patches is not None:
+            write_patch_store(patches, adata.obs_names, processed_path(spec.id, "patches"),
+                              patch_scale=float(theirs.get("patch_scale", spec.patch_scale)), source_id=stamp,
+                              image_source=f"{info['file']} obsm[{info['patch_key']!r}]")
+        write_processed(adata, spec.id)
+    return adata
 
 
 def _completed(spec: DatasetSpec, adata: ad.AnnData, method: str) -> ad.AnnData:
@@ -180,6 +219,8 @@ def _patch_store(dataset_id: str, adata: ad.AnnData, path: Path, progress: bool)
             return store
     except (FileNotFoundError, KeyError):
         pass  # no store, or one without these spots: cut it
+    if get_spec(dataset_id).source.kind == "authors_processed":  # their patches, never re-cut
+        return PatchStore(_authors_store(dataset_id, adata, path, progress))
     source = adata
     if not _has_fullres(adata):  # the cached curated file drops full-resolution images: read them again
         raw = load(dataset_id, stage="raw", load_fullres=True, progress=progress)
@@ -192,6 +233,22 @@ def _patch_store(dataset_id: str, adata: ad.AnnData, path: Path, progress: bool)
     extract_patches(source, path, patch_scale=spec.patch_scale, patch_size=spec.patch_size,
                     source_id=adata.uns.get("dataset_spec"), progress=progress)
     return PatchStore(path)
+
+
+def _authors_store(dataset_id: str, adata: ad.AnnData, path: Path, progress: bool) -> Path:
+    """Write the store again from their file's patches (it was removed, or holds other spots)."""
+    curated, patches, info = sources.load_authors(get_spec(dataset_id), progress=progress)
+    if patches is None:
+        raise KeyError(f"{info['file']} holds no obsm['patches_scale_*']: the authors' file of {dataset_id!r} has no "
+                       "patches to train the image models on")
+    order = curated.obs_names.get_indexer(adata.obs_names)
+    if (order < 0).any():
+        raise KeyError(f"{int((order < 0).sum())} spot(s) of {dataset_id!r} are not in {info['file']}; "
+                       f"load it again with datasets.load({dataset_id!r}, force=True)")
+    params = json.loads(adata.uns.get("authors_processed", {}).get("parameters", "{}"))
+    return write_patch_store(patches[order], adata.obs_names, path, patch_scale=float(params.get("patch_scale", 1.0)),
+                             source_id=adata.uns.get("dataset_spec"),
+                             image_source=f"{info['file']} obsm[{info['patch_key']!r}]")
 
 
 def _has_fullres(adata: ad.AnnData) -> bool:

@@ -430,3 +430,75 @@ def _extract_tar(archive: Path, dest: Path, mode: str) -> None:
             tf.extractall(dest, filter="data")  # refuses absolute paths, '..', device files
         except tarfile.FilterError as err:
             raise ArchiveError(f"{archive}: unsafe member ({err}); refusing to extract") from err
+
+
+# ------------------------------------------------------------------------------------------------
+# Google Drive (the authors' shared folder of processed datasets)
+# ------------------------------------------------------------------------------------------------
+
+#: Hosts whose links need ``gdown``: Google Drive answers a large file with a confirmation page
+#: instead of the file, which ``gdown`` (PyPI) gets past.
+DRIVE_HOSTS = ("drive.google.com", "drive.usercontent.google.com", "docs.google.com")
+
+
+def is_drive_url(url: str) -> bool:
+    """Whether ``url`` is a Google Drive link (downloaded with ``gdown``)."""
+    from urllib.parse import urlparse
+
+    return urlparse(url).hostname in DRIVE_HOSTS
+
+
+def fetch_any(urls: str | Sequence[str], path: str | os.PathLike, sha256: str | None = None, *,
+              cache_dir: str | os.PathLike | None = None, extract: str | None = None, force: bool = False,
+              progressbar: bool = True) -> Path:
+    """:func:`fetch`, with Google Drive links downloaded by ``gdown`` (progress bar, resumed transfers).
+
+    Other URLs go through :func:`fetch` (mirror, retries, resume, checksum). A Drive link is
+    tried after them; a missing ``gdown`` or a failed download raises :class:`DownloadError`
+    naming the link, the cache path to put the file at by hand, and ``pip install gdown``.
+    """
+    url_list = [urls] if isinstance(urls, str) else list(urls)
+    plain = [u for u in url_list if not is_drive_url(u)]
+    drive = [u for u in url_list if is_drive_url(u)]
+    target = resolve_cache_dir(cache_dir) / Path(path)
+    failure: Exception | None = None
+    if plain or not drive:
+        try:
+            return fetch(plain, path, sha256, cache_dir=cache_dir, extract=extract, force=force,
+                         progressbar=progressbar)
+        except DownloadError as err:
+            if not drive or isinstance(err, ChecksumError):
+                raise
+            failure = err
+    if target.exists() and not force and (sha256 is None or sha256sum(target) == sha256):
+        return extract_archive(target, extract, force=force) if extract else target
+    errors = [str(failure)] if failure else []
+    for url in drive:
+        try:
+            _drive_download(url, target, progressbar)
+        except DownloadError as err:
+            errors.append(str(err))
+            continue
+        if sha256 is not None and sha256sum(target) != sha256:
+            target.unlink()
+            raise ChecksumError(f"{url} downloaded, but its SHA-256 is not the expected {sha256}; nothing was kept. "
+                                + _hint(target, url_list, sha256))
+        return extract_archive(target, extract, force=force) if extract else target
+    raise DownloadError(f"could not download {target.name} ({'; '.join(errors)}). " + _hint(target, url_list, sha256))
+
+
+def _drive_download(url: str, target: Path, progressbar: bool) -> None:
+    """One Google Drive file to ``target`` with ``gdown`` (a partial file is resumed next time)."""
+    try:
+        import gdown
+    except ImportError as err:
+        raise DownloadError(f"{url} is a Google Drive link, which needs gdown: pip install gdown") from err
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    try:
+        got = gdown.download(url, str(partial), quiet=not progressbar, fuzzy=True, resume=True)
+    except Exception as err:  # noqa: BLE001 - gdown raises requests' and its own errors
+        raise DownloadError(f"{url}: {type(err).__name__}: {err} (offline, or the link is no longer shared)") from err
+    if not got or not partial.is_file():
+        raise DownloadError(f"{url}: gdown fetched nothing (offline, or the link is no longer shared)")
+    partial.replace(target)

@@ -166,6 +166,29 @@ def _store_matches(path: Path, adata: AnnData, patch_scale: float, patch_size: i
             and store.meta.get("source_id") == source_id and store.obs_names.equals(pd.Index(adata.obs_names)))
 
 
+def write_patch_store(patches: np.ndarray, obs_names: Sequence[str], out_path: str | os.PathLike,
+                      patch_scale: float = 1.0, source_id: str | None = None, **meta) -> Path:
+    """Store patches that were cut elsewhere (the authors' ``obsm["patches_scale_1.0"]``), not re-cut.
+
+    ``patches`` is ``(n_spots, size, size, 3)`` uint8 in the order of ``obs_names``; ``meta``
+    adds entries to ``meta.json`` (e.g. where the patches come from). Written atomically, as
+    :func:`extract_patches` writes its store, and opened with :class:`PatchStore`.
+    """
+    patches = np.asarray(patches)
+    if patches.ndim != 4 or patches.shape[3] != 3 or patches.shape[1] != patches.shape[2] or patches.dtype != np.uint8:
+        raise ValueError(f"patches must be a (n, size, size, 3) uint8 array, got {patches.dtype} {patches.shape}")
+    if len(obs_names) != len(patches):
+        raise ValueError(f"{len(patches)} patches but {len(obs_names)} spot names")
+    out_path = Path(out_path)
+    with atomic_path(out_path, directory=True) as tmp:
+        np.save(tmp / ARRAY_NAME, patches)
+        (tmp / NAMES_NAME).write_text("".join(f"{name}\n" for name in obs_names))
+        info = {"n_patches": int(len(patches)), "patch_scale": patch_scale, "patch_size": int(patches.shape[1]),
+                "source_id": source_id, "dtype": "uint8", "layout": "NHWC", **meta}
+        (tmp / META_NAME).write_text(json.dumps(info, indent=2))
+    return out_path
+
+
 def extract_patches(
     adata: AnnData,
     out_path: str | os.PathLike,

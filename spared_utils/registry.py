@@ -34,7 +34,9 @@ __all__ = [
 SPLITS = ("train", "val", "test")
 ORGANISMS = ("human", "mouse", "synthetic")
 COMBAT_KEYS = ("slide_id", "patient")
-SOURCE_KINDS = ("remote", "local", "synthetic")
+#: ``authors_processed``: a dataset processed by the authors' ``spared`` package (their
+#: ``adata.h5ad``), read by :func:`spared_utils.readers.read_authors_processed` instead of curated.
+SOURCE_KINDS = ("remote", "local", "synthetic", "authors_processed")
 FORMATS = ("spaceranger", "legacy_st", "h5ad")
 EXTRACT_KINDS = ("zip", "tar", "tar.gz")
 LAYOUT_KEYS = ("slide_dir", "counts", "positions", "scalefactors", "hires", "lowres", "fullres")
@@ -483,10 +485,16 @@ def _parse_source(raw: Any, slides: list[str], check: _Checker, where: str, gene
         check.fail(check.line_of(raw, "layout_verified"), where,
                    f"layout_verified must be one of false, 'reader-code', true; got {verified!r}")
     files: list[RemoteFile] = []
-    if kind == "remote":
-        if not raw.get("files"):
-            check.fail(check.line_of(raw), where, "a remote source needs 'files' (path, urls, sha256)")
-        for item in raw["files"]:
+    if kind == "remote" and not raw.get("files"):
+        check.fail(check.line_of(raw), where, "a remote source needs 'files' (path, urls, sha256)")
+    if kind == "authors_processed":
+        if fmt != "h5ad":
+            check.fail(check.line_of(raw, "format"), where, "the authors' processed files are h5ad: set format: h5ad")
+        if not isinstance(raw.get("root"), str) and not raw.get("files"):
+            check.fail(check.line_of(raw), where, "an authors_processed source needs 'root' (their adata.h5ad or its "
+                       "folder, e.g. '{authors_data}/<id>') or 'files' (its download link)")
+    if kind in ("remote", "authors_processed"):
+        for item in raw.get("files") or ():
             check.keys(item, FILE_KEYS, f"{where} file", required=("path", "urls"))
             urls = item["urls"] if isinstance(item["urls"], list) else [item["urls"]]
             if not urls or not all(isinstance(u, str) and re.match(r"https?://", u) for u in urls):
@@ -507,7 +515,7 @@ def _parse_source(raw: Any, slides: list[str], check: _Checker, where: str, gene
             if path.startswith("/") or ".." in Path(path).parts:
                 check.fail(check.line_of(item, "path"), where, f"path {path!r} must stay inside the cache")
             files.append(RemoteFile(path=path, urls=tuple(urls), sha256=sha, extract=extract, slide=slide))
-        if "slide_dir" not in layout:
+        if kind == "remote" and "slide_dir" not in layout:
             check.fail(check.line_of(raw), where, "layout.slide_dir is required to find each slide's files")
     elif kind == "local":
         if not isinstance(raw.get("root"), str):

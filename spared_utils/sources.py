@@ -28,14 +28,66 @@ from .registry import LAYOUT_KEYS, SPLITS, DatasetSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["combine_slides", "dataset_cache_dir", "load_raw", "prepare_source", "read_slide", "real_data_dir",
-           "slide_files"]
+__all__ = ["AUTHORS_DATA_ENV", "authors_data_dir", "combine_slides", "dataset_cache_dir", "load_authors", "load_raw",
+           "prepare_source", "read_slide", "real_data_dir", "slide_files"]
+
+#: Environment variable naming the folder of the authors' processed datasets (``{authors_data}``).
+AUTHORS_DATA_ENV = "SPARED_AUTHORS_DATA_DIR"
 
 
 def real_data_dir() -> Path:
     """Folder of the real sample slides: ``SPARED_REAL_DATA_DIR``, else ``<root>/../shared/data/real``."""
     env = os.environ.get("SPARED_REAL_DATA_DIR")
     return Path(env).expanduser().resolve() if env else paths.project_root().parent / "shared" / "data" / "real"
+
+
+def authors_data_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``{authors_data}`` points: ``SPARED_AUTHORS_DATA_DIR``, else ``<cache>/authors_processed``."""
+    env = os.environ.get(AUTHORS_DATA_ENV)
+    return Path(env).expanduser().resolve() if env else download.resolve_cache_dir(cache_dir) / "authors_processed"
+
+
+def _authors_root(spec: DatasetSpec, cache_dir) -> Path | None:
+    if not spec.source.root:
+        return None
+    root = Path(spec.source.root.replace("{authors_data}", str(authors_data_dir(cache_dir)))
+                .replace("{real_data}", str(real_data_dir())))
+    return root if root.is_absolute() else paths.project_root() / root
+
+
+def _prepare_authors(spec: DatasetSpec, cache_dir, redownload: bool, progress: bool) -> Path:
+    """The authors' ``adata.h5ad`` of the dataset: ``source.root`` if there, else downloaded from ``source.files``."""
+    root = _authors_root(spec, cache_dir)
+    if root is not None and root.exists() and not redownload:
+        return readers.authors_file(root)
+    for item in spec.source.files:
+        got = download.fetch_any(list(item.urls), item.path, item.sha256, cache_dir=cache_dir, extract=item.extract,
+                                 force=redownload, progressbar=progress)
+        return readers.authors_file(got)
+    raise FileNotFoundError(
+        f"dataset {spec.id!r}: the authors' processed file is expected at {root}, which does not exist. Download "
+        f"the dataset's adata.h5ad from the shared folder linked in the README of github.com/BCV-Uniandes/SpaRED "
+        f"and put it there (or set {AUTHORS_DATA_ENV} to the folder holding <dataset>/adata.h5ad), or give "
+        f"source.files a download link in data/datasets.yml (line {spec.line})")
+
+
+def load_authors(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None, *, redownload: bool = False,
+                 progress: bool = True) -> tuple[ad.AnnData, np.ndarray | None, dict]:
+    """A dataset processed by the authors, in the book's curated conventions (``source.kind: authors_processed``).
+
+    Returns :func:`spared_utils.readers.read_authors_processed`'s ``(adata, patches, info)``,
+    checked against the registry's splits and with its patients; ``uns["dataset_id"]`` and
+    ``uns["organism"]`` are set as for every dataset.
+    """
+    file = _prepare_authors(spec, cache_dir, redownload, progress)
+    adata, patches, info = readers.read_authors_processed(file, spec.splits, spec.patients)
+    missing = sorted(set(spec.slides) - set(adata.obs["slide_id"].astype(str)))
+    if missing:
+        raise readers.ReaderError(f"{file} has no spots of slide(s) {missing} that data/datasets.yml (line {spec.line}) "
+                                  f"lists for {spec.id!r}; remove them from its splits")
+    adata.uns["dataset_id"] = spec.id
+    adata.uns["organism"] = spec.organism
+    return adata, patches, info
 
 
 def dataset_cache_dir(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -52,6 +104,8 @@ def prepare_source(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None
     the Space Ranger layout under ``<cache>/<id>/raw``.
     """
     source = spec.source
+    if source.kind == "authors_processed":  # their adata.h5ad itself (see load_authors)
+        return _prepare_authors(spec, cache_dir, redownload, progress)
     if source.kind == "local":
         root = Path(source.root.replace("{real_data}", str(real_data_dir())))
         if not root.is_absolute():
@@ -211,6 +265,8 @@ def load_raw(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None, *, r
     slides; ``var["gene_length"]`` for the synthetic dataset (its generator writes the lengths).
     ``regenerate`` rewrites a synthetic dataset's files, ``redownload`` fetches remote files again.
     """
+    if spec.source.kind == "authors_processed":
+        return _authors_raw(spec, cache_dir, redownload, progress)
     root = prepare_source(spec, cache_dir, redownload=redownload, regenerate=regenerate, progress=progress)
     pieces = {}
     for slide in tqdm(spec.slides, desc=f"{spec.id}: reading slides", disable=not progress, leave=False):
@@ -220,3 +276,17 @@ def load_raw(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None, *, r
     if lengths is not None:
         adata.var["gene_length"] = lengths.reindex(adata.var_names).to_numpy()
     return adata
+
+
+def _authors_raw(spec: DatasetSpec, cache_dir, redownload: bool, progress: bool) -> ad.AnnData:
+    """The raw stage of an authors-processed dataset: their ``counts`` layer (their spots and genes)."""
+    import scipy.sparse as sp
+
+    adata, _, info = load_authors(spec, cache_dir, redownload=redownload, progress=progress)
+    counts = sp.csr_matrix(adata.layers["counts"])
+    keep = [k for k in ("gene_length", "gene_symbol", "gene_ids") if k in adata.var]
+    raw = ad.AnnData(X=counts.copy(), obs=adata.obs.copy(), var=adata.var[keep].copy(), layers={"counts": counts},
+                     obsm={"spatial": adata.obsm["spatial"]}, uns={k: adata.uns[k] for k in
+                                                                    ("spatial", "dataset_id", "organism")})
+    raw.uns["authors_processed"] = {"file": info["file"], "stage": "their counts of the spots and genes they kept"}
+    return raw

@@ -19,6 +19,8 @@ One verb, :func:`complete`, runs any method on a curated dataset and adds the co
 * ``"spackle_authors"`` – SpaCKLE as the authors' code runs it (:data:`AUTHORS_OPTIONS`);
 * ``"lgdist"`` – LGDiST (Cárdenas et al., arXiv 2509.01864), latent gene diffusion in two rounds
   (:mod:`spared_utils.completion.lgdist`).
+* ``"authors"`` – the authors' own SpaCKLE completion, as stored in their processed file
+  (``c_t_log1p`` of a dataset whose source kind is ``authors_processed``; nothing is trained).
 
 A completion the predictors read is an artefact with an address (:mod:`.artefacts`):
 :func:`ensure` finds ``<processed_dir>/<id>/completion/<method>-<tag>.h5ad`` or makes and stores
@@ -62,6 +64,7 @@ from .evaluate import (
     structure_table,
 )
 from .methods import (
+    AUTHORS_LAYERS,
     AUTHORS_OPTIONS,
     COMPLETED_LAYER,
     CPU_BUDGET,
@@ -121,7 +124,7 @@ def results_rows(summary: pd.DataFrame, dataset: str, seed: int = 0, spackle_res
 
 
 __all__ = [
-    "AUTHORS_OPTIONS", "BEST_LAYER", "COMPLETED_LAYER", "COMPLETION_DIR", "CPU_BUDGET", "CompletionMethod",
+    "AUTHORS_LAYERS", "AUTHORS_OPTIONS", "BEST_LAYER", "COMPLETED_LAYER", "COMPLETION_DIR", "CPU_BUDGET", "CompletionMethod",
     "LgdistConfig", "LgdistResult", "MASKING_LEVELS", "METHODS",
     "PLUS_ABLATION", "PLUS_OPTIONS", "SCHEMES", "SmeConfig", "SpackleConfig", "SpackleResult", "TRAINED_METHODS",
     "ablation", "ablation_table", "add_best_completion", "address", "authors_config", "before_dropout_layer",

@@ -64,7 +64,7 @@ from . import spackle as S
 MASKING_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 #: Every completion method of :func:`spared_utils.completion.complete`.
 CompletionMethod = Literal["median", "mean", "neighbour_mean", "spackle", "stlearn", "spackle_plus",
-                           "spackle_authors", "lgdist"]
+                           "spackle_authors", "lgdist", "authors"]
 METHODS: tuple[str, ...] = get_args(CompletionMethod)
 #: Masking schemes of :func:`evaluate_masking` (see the module's docstring).
 SCHEMES: tuple[str, ...] = ("per_gene", "uniform", "lgdist")

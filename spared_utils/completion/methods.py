@@ -13,6 +13,7 @@ from anndata import AnnData
 
 from .lgdist import LgdistConfig, complete_lgdist, train_lgdist
 from ..preprocess import deltas
+from ..readers.authors import COMPLETION_LAYERS
 from . import ablation, evaluate, sme
 from .evaluate import METHODS
 from .sme import SmeConfig
@@ -32,6 +33,10 @@ COMPLETED_LAYER = "c_t_log1p"
 #: completion the predictors read runs at (:func:`budget_options`; the paper: 10,000 iterations,
 #: learning rate searched, feed-forward width 2048).
 CPU_BUDGET: dict[str, Any] = {"iterations": 200, "learning_rate": 3e-3, "dim_feedforward": 512}
+#: ``method="authors"``: the completion the authors' ``spared`` package stored in their processed
+#: file (their SpaCKLE's ``c_t_log1p`` / ``c_t_deltas``), kept under these names by
+#: :func:`spared_utils.readers.read_authors_processed` (source kind ``authors_processed``).
+AUTHORS_LAYERS: dict[str, str] = COMPLETION_LAYERS
 #: The methods that train a model (SpaCKLE's), and so take a budget, a seed and a device.
 TRAINED_METHODS: tuple[str, ...] = ("spackle", "spackle_plus", "spackle_authors")
 #: ``method="spackle_plus"``: the :class:`SpackleConfig` options that make our completion (on top
@@ -165,6 +170,10 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         completed = complete_lgdist(adata, model, layer, hex_geometry=hex_geometry)
         info.update(best_val_mse=model.best_val, n_params=model.n_params,
                     config=json.dumps(model.config.to_dict(), default=str))
+    elif method == "authors":
+        _no_extra(config, method, None)
+        completed = _authors_layer(adata, AUTHORS_LAYERS["c_t_log1p"])
+        info.update(config="{}", source="the authors' processed file")
     elif method == "mean":
         _no_extra(config, method, None)
         completed = evaluate.mean_fill(adata, values, real, np.arange(adata.n_obs))
@@ -188,11 +197,23 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         completed = sme.sme_fill(adata, values, real, None, cfg_sme, hex_geometry=hex_geometry)
         info.update(config=json.dumps(asdict(cfg_sme), default=str))
     adata.layers[key_added] = completed
-    deltas(adata, key_added, delta_key(key_added))
+    if method == "authors" and AUTHORS_LAYERS["c_t_deltas"] in adata.layers:  # theirs, as their file has it
+        adata.layers[delta_key(key_added)] = _authors_layer(adata, AUTHORS_LAYERS["c_t_deltas"])
+    else:
+        deltas(adata, key_added, delta_key(key_added))
     info["seconds"] = time.perf_counter() - t0
     info["missing_completed"] = int((~real).sum())
     adata.uns["completion"] = info
     return adata
+
+
+def _authors_layer(adata: AnnData, key: str) -> np.ndarray:
+    """A layer of the authors' processed file (``method="authors"``); a clear error where there is none."""
+    if key not in adata.layers:
+        raise ValueError(f"complete(method='authors') reads layers[{key!r}], the authors' own SpaCKLE completion, "
+                         "which only a dataset read from their processed file has (source kind authors_processed "
+                         "in data/datasets.yml); choose another method for this dataset")
+    return np.asarray(adata.layers[key], dtype=np.float32).copy()
 
 
 def sme_config(config: Mapping[str, Any]) -> tuple[SmeConfig, dict]:
@@ -208,6 +229,6 @@ def _no_extra(rest: Mapping, method: str, cls, allowed: tuple = ()) -> None:
 
 
 __all__ = [
-    "AUTHORS_OPTIONS", "COMPLETED_LAYER", "CPU_BUDGET", "PLUS_OPTIONS", "TRAINED_METHODS", "authors_config",
+    "AUTHORS_LAYERS", "AUTHORS_OPTIONS", "COMPLETED_LAYER", "CPU_BUDGET", "PLUS_OPTIONS", "TRAINED_METHODS", "authors_config",
     "budget_options", "complete", "delta_key", "plus_config", "sme_config", "spackle_config", "train_plus",
 ]

@@ -13,6 +13,8 @@ Formats the SpaRED sources use:
   (spots × genes, spot ids ``"XxY"``), ``spots.tsv`` (array x/y, pixel_x/pixel_y, selected) and
   the full-resolution ``he.jpg``.
 * **AnnData with** ``uns["spatial"]`` (:func:`read_h5ad_spatial`, e.g. stLearn's test data).
+* **A dataset processed by the authors** (:func:`read_authors_processed`): their ``spared``
+  package's ``adata.h5ad``, already curated (source kind ``authors_processed``).
 
 Every reader returns: in-tissue spots only; ``obs_names`` = barcodes; ``obs`` with ``in_tissue``,
 ``array_row``, ``array_col``; ``obsm["spatial"]`` = full-resolution pixel (x, y); raw counts in
@@ -25,6 +27,7 @@ disk, which :func:`spared_utils.patches.slide_image` reads when ``fullres`` is n
 Errors (:class:`ReaderError`) name the file and what to do about it.
 """
 
+from .authors import authors_file, authors_parameters, read_authors_processed
 from .counts import check_counts, read_counts
 from .files import PathLike, ReaderError
 from .h5ad import read_h5ad_spatial
@@ -40,9 +43,12 @@ __all__ = [
     "PathLike",
     "ReaderError",
     "as_rgb_uint8",
+    "authors_file",
+    "authors_parameters",
     "check_counts",
     "discover_spaceranger",
     "image_size",
+    "read_authors_processed",
     "read_counts",
     "read_h5ad_spatial",
     "read_image",
