@@ -38,8 +38,10 @@ from .panel import PanelMismatchError, check_panel, package_versions, panel_info
 from .own_slide import SlideFieldError, fill_slide_fields, infer_organism, prepare_slide
 from .pipeline import DELTA_LAYERS, curate_slide, run_pipeline
 from .store import curation_fingerprint, processed_path, read_processed, write_processed
+from .authors import COMPARED_LAYERS, compare_with_authors, difference_reasons, fixture_comparison, with_reasons
 
 __all__ = [
+    "COMPARED_LAYERS",
     "DELTA_LAYERS",
     "PanelMismatchError",
     "PipelineParams",
@@ -50,14 +52,17 @@ __all__ = [
     "check_panel",
     "collect",
     "combat",
+    "compare_with_authors",
     "curate_slide",
     "curation_fingerprint",
     "deltas",
+    "difference_reasons",
     "embed",
     "expression_fractions",
     "fill_slide_fields",
     "filter_dataset",
     "filter_spots",
+    "fixture_comparison",
     "gene_lengths_for",
     "harmonise_gene_ids",
     "infer_organism",
@@ -83,5 +88,6 @@ __all__ = [
     "table_totals",
     "tpm",
     "window_tables",
+    "with_reasons",
     "write_processed",
 ]
