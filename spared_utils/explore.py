@@ -316,8 +316,9 @@ def explore_prediction(
         real = np.asarray(dense(adata.layers[mask_layer][rows])).astype(bool)
         return per_gene_pcc(np.asarray(pred), truth, real)
 
-    if gene is None:
-        gene = str(adata.var_names[int(np.nanargmax(pcc(next(iter(predictions)))))])
+    if gene is None:  # the best-predicted gene; the first when no PCC is defined (constant predictions)
+        scores = np.asarray(pcc(next(iter(predictions))), dtype=np.float64)
+        gene = str(adata.var_names[int(np.nanargmax(scores)) if np.isfinite(scores).any() else 0])
 
     def draw(fig: Figure, prediction: str, gene: str) -> None:
         rows, pred = predictions[prediction]

@@ -270,3 +270,26 @@ def test_their_code_makes_the_same_fixture_again(tmp_path):
     for layer in ("counts", "tpm", "log1p", "d_log1p", "c_d_log1p", "mask"):
         np.testing.assert_array_equal(np.asarray(again.layers[layer]), np.asarray(ref.layers[layer]))
     np.testing.assert_array_equal(again.obsm["patches_scale_1.0"], ref.obsm["patches_scale_1.0"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", ["01_curation", "02_completion", "10_shufflenet"])
+def test_chapters_run_on_the_authors_fixture(chapter, tmp_path):
+    """A chapter on exactly their data: ``--dataset authors_tiny`` (plus ``completion="authors"``
+    for a predictor), with the tiny parameters of tests/chapter_params.yml."""
+    import nbformat
+    import yaml
+
+    from spared_utils import run
+
+    tiny = yaml.safe_load((ROOT / "tests" / "chapter_params.yml").read_text())
+    params = {k: v for k, v in {**tiny["all"], **(tiny.get(chapter) or {})}.items() if k != "dataset"}
+    if "completion" in run.chapter_parameters(run.chapter_source(chapter)):
+        params["completion"] = "authors"
+    out = run.execute(chapter, "authors_tiny", params, output=tmp_path / f"{chapter}.ipynb", progress=False)
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    text = "".join(str(o.get("text", "")) for c in nb.cells for o in c.get("outputs", []))
+    if "completion" in params:
+        assert "found completion authors-" in text or "completing with authors" in text

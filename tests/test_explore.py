@@ -186,3 +186,12 @@ def test_readable_labels_methods_as_the_figures_do_and_keeps_values_and_other_id
         [("moran_gap", "before_dropout"), ("moran_gap", "expected")], names=["score", "the_truth"]))
     assert pl.readable(pairs).columns.tolist() == [("moran gap", "before dropout"), ("moran gap", "expected")]
     assert pl.readable(pairs).columns.names == ["score", "the truth"]
+
+
+def test_prediction_explorer_shows_the_first_gene_when_no_pcc_is_defined(curated_like):
+    """A predictor trained a few steps can predict every spot alike (e.g. on tiny patches): no
+    per-gene PCC exists, and the explorer shows the first gene instead of failing."""
+    rows = np.arange(curated_like.n_obs)
+    constant = np.ones((len(rows), curated_like.n_vars))
+    ex = pl.explore_prediction(curated_like, {"constant": (rows, constant)})
+    assert ex.controls["gene"].value == str(curated_like.var_names[0])
