@@ -565,6 +565,14 @@ def bench_chapter() -> float | None:
 # ------------------------------------------------------------------------------------------- main
 
 
+def _over_levels(outs: list[dict], key: str) -> tuple[float, float] | None:
+    """Mean and smallest ``<key>_%`` over every dataset and level; None unless every dataset has it."""
+    if not all(key in o for o in outs):
+        return None
+    per_level = pd.concat([o["table"][f"{key}_%"] for o in outs])
+    return float(per_level.mean()), float(per_level.min())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="(a) on the embedded dataset with a small budget")
@@ -631,12 +639,8 @@ def main() -> None:
                                   "lgdist_vs_spackle_%": o.get("lgdist_vs_spackle")} for o in outs])
             print(summ.round(2).to_string(index=False))
             headline = next((o["mean_reduction"] for o in outs if o["dataset"] == "synthetic"), None)
-            if all("ours_vs_spackle" in o for o in outs):
-                per_level = pd.concat([o["table"]["ours_vs_spackle_%"] for o in outs])
-                ours_line = (float(per_level.mean()), float(per_level.min()))
-            if all("ours_vs_lgdist" in o for o in outs):
-                per_level = pd.concat([o["table"]["ours_vs_lgdist_%"] for o in outs])
-                lgdist_line = (float(per_level.mean()), float(per_level.min()))
+            ours_line = _over_levels(outs, "ours_vs_spackle")
+            lgdist_line = _over_levels(outs, "ours_vs_lgdist")
     if "b" in sections:
         section("(b) our SME imputation vs the real stLearn")
         bench_stlearn_check()

@@ -172,9 +172,7 @@ def _authors_curated(spec: DatasetSpec, path: Path, cache_dir, force: bool, redo
                                           "parameters": json.dumps(theirs, sort_keys=True)}
         adata.uns["dataset_spec"] = stamp
         if patches is not None:
-            write_patch_store(patches, adata.obs_names, processed_path(spec.id, "patches"),
-                              patch_scale=float(theirs.get("patch_scale", spec.patch_scale)), source_id=stamp,
-                              image_source=f"{info['file']} obsm[{info['patch_key']!r}]")
+            _write_authors_patches(spec, patches, adata.obs_names, processed_path(spec.id, "patches"), info, stamp)
         write_processed(adata, spec.id)
     return adata
 
@@ -245,10 +243,16 @@ def _authors_store(dataset_id: str, adata: ad.AnnData, path: Path, progress: boo
     if (order < 0).any():
         raise KeyError(f"{int((order < 0).sum())} spot(s) of {dataset_id!r} are not in {info['file']}; "
                        f"load it again with datasets.load({dataset_id!r}, force=True)")
-    params = json.loads(adata.uns.get("authors_processed", {}).get("parameters", "{}"))
-    return write_patch_store(patches[order], adata.obs_names, path, patch_scale=float(params.get("patch_scale", 1.0)),
-                             source_id=adata.uns.get("dataset_spec"),
-                             image_source=f"{info['file']} obsm[{info['patch_key']!r}]")
+    return _write_authors_patches(get_spec(dataset_id), patches[order], adata.obs_names, path, info,
+                                  adata.uns.get("dataset_spec"))
+
+
+def _write_authors_patches(spec: DatasetSpec, patches, obs_names, path: Path, info: dict, stamp: str | None) -> Path:
+    """Their ``obsm["patches_scale_*"]`` as the patch store, at their patch scale (the registry's
+    when their parameters do not say), marked with the file they come from."""
+    return write_patch_store(patches, obs_names, path,
+                             patch_scale=float(info["parameters"].get("patch_scale", spec.patch_scale)),
+                             source_id=stamp, image_source=f"{info['file']} obsm[{info['patch_key']!r}]")
 
 
 def _has_fullres(adata: ad.AnnData) -> bool:

@@ -182,11 +182,18 @@ def write_patch_store(patches: np.ndarray, obs_names: Sequence[str], out_path: s
     out_path = Path(out_path)
     with atomic_path(out_path, directory=True) as tmp:
         np.save(tmp / ARRAY_NAME, patches)
-        (tmp / NAMES_NAME).write_text("".join(f"{name}\n" for name in obs_names))
-        info = {"n_patches": int(len(patches)), "patch_scale": patch_scale, "patch_size": int(patches.shape[1]),
-                "source_id": source_id, "dtype": "uint8", "layout": "NHWC", **meta}
-        (tmp / META_NAME).write_text(json.dumps(info, indent=2))
+        _write_index(tmp, obs_names, patch_scale=patch_scale, patch_size=int(patches.shape[1]),
+                     source_id=source_id, **meta)
     return out_path
+
+
+def _write_index(folder: Path, obs_names: Sequence[str], **meta) -> None:
+    """A store's spot names (one per line, the array's order) and ``meta.json`` (``meta`` with
+    the count, dtype and layout every store has), beside its array."""
+    names = list(obs_names)
+    (folder / NAMES_NAME).write_text("".join(f"{name}\n" for name in names))
+    info = {"n_patches": len(names), **meta, "dtype": "uint8", "layout": "NHWC"}
+    (folder / META_NAME).write_text(json.dumps(info, indent=2))
 
 
 def extract_patches(
@@ -256,9 +263,6 @@ def extract_patches(
         bar.close()
         array.flush()
         del array
-        (tmp / NAMES_NAME).write_text("".join(f"{name}\n" for name in adata.obs_names))
-        meta = {"n_patches": int(adata.n_obs), "patch_scale": patch_scale, "patch_size": patch_size,
-                "window_px": windows, "image_source": sources, "source_id": source_id, "dtype": "uint8",
-                "layout": "NHWC"}
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
+        _write_index(tmp, adata.obs_names, patch_scale=patch_scale, patch_size=patch_size, window_px=windows,
+                     image_source=sources, source_id=source_id)
     return out_path

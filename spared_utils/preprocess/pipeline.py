@@ -139,11 +139,10 @@ def run_pipeline(adata: AnnData, params: Any = None, *, progress: bool = True, f
     advance("4 adaptive median completion", data)
     if fewer_genes_ok and data.n_vars < p.n_genes:
         p = p.with_overrides(n_genes=data.n_vars)
-    collection = data
-    data = select_top_moran(data, p.n_genes, "d_log1p", p.hex_geometry, p.slide_key, progress)
+    selected = select_top_moran(data, p.n_genes, "d_log1p", p.hex_geometry, p.slide_key, progress)
     if p.n_context > 0:  # the next genes by Moran's I, before ComBat (they get their own)
-        add_context(collection, data, p.n_context, "d_log1p", p.combat_key, p.hex_geometry, p.slide_key)
-    del collection
+        add_context(data, selected, p.n_context, "d_log1p", p.combat_key, p.hex_geometry, p.slide_key)
+    data = selected
     for key in ("counts", "tpm", "log1p"):
         data.layers[key] = np.asarray(dense(data.layers[key]), dtype=np.float32)
     advance("5 top Moran's I genes", data)
