@@ -498,3 +498,50 @@ def test_scenario_names_with_a_completion_method_are_checked():
             predict.parse_scenarios(bad)
     with pytest.raises(ValueError, match="distinct"):
         predict.RunSpec.make("shufflenet", seed=[0, 0])
+
+
+#: The predictors whose runs share frozen features within a process (the exemplar banks, the
+#: probe), and ShuffleNet for what every run goes through (all eleven cost CI minutes more).
+SHARING = ("shufflenet", "egn", "eggn", "linear_probe")
+
+#: Runs each of ``names`` at one seed in a fresh process, on the tiny dataset, and prints its metrics.
+_ALONE = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from spared_utils import models, predict
+kw, names = json.loads(sys.argv[1]), sys.argv[2:]
+out = {}
+for name in names:
+    spec = predict.RunSpec.make(name, seed=1, **kw)
+    out[name] = predict.run_chapter(spec).runs["masked"].metrics.to_dict("records")
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_gives_the_same_numbers_after_other_runs_of_its_process_as_alone(tmp_path):
+    """A published row is re-run alone (tests/test_benchmark.py), but a chapter makes it after the
+    runs of earlier seeds in the same process: whatever those leave behind (a shared cache, a random
+    stream) must not change it. Seed 1 after seed 0 in one process against seed 1 alone in a fresh
+    one (another results folder, so nothing is resumed)."""
+    import json
+    import subprocess
+    import sys
+
+    kw = dict(dataset="synthetic_tiny", scenario=["masked"], learning_rate=1e-3, progress=False, device="cpu",
+              costs={"iterations": 2, "batch_size": 16, "eval_every": 1, "val_spots": 8, "eval_spots": 16,
+                     "train_spots": 64})
+    together = {}
+    for name in SHARING:
+        run = predict.run_chapter(predict.RunSpec.make(name, seed=[0, 1], out_dir=str(tmp_path / "together"), **kw))
+        together[name] = run.other_seeds[1]["masked"]
+    done = subprocess.run([sys.executable, "-c", _ALONE, json.dumps({**kw, "out_dir": str(tmp_path / "alone")}),
+                           *SHARING],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = json.loads(done.stdout.strip().splitlines()[-1])
+    differ = {name: (together[name]["mse"].tolist(), [m["mse"] for m in alone[name]])
+              for name in SHARING
+              if together[name]["mse"].tolist() != pytest.approx([m["mse"] for m in alone[name]], rel=1e-9, abs=1e-12)}
+    assert not differ, f"seed 1 after seed 0 in one process is not seed 1 alone (MSE per split): {differ}"

@@ -450,15 +450,25 @@ class ExpressionRange(nn.Module):
 
 
 def frozen_features(task: Task) -> FrozenCache:
-    """The frozen ResNet features of the model's exemplar bank (shared by the runs of a process)."""
+    """The frozen ResNet features of the model's exemplar bank (shared by the runs of a process).
+
+    Without ImageNet weights the frozen ResNet is a random one: its weights are drawn from the
+    run's seed on a generator of their own, so a run gets the same bank whether it is the first
+    of its process or follows others (which share the features of their seed), and the run's
+    own random stream does not depend on whether the features were already there.
+    """
     backbone, pretrained = task.model.exemplar_backbone, bool(task.model.exemplar_pretrained)
 
     def make() -> FrozenCache:
-        frozen = FrozenEncoder(backbone, pretrained).to(task.device)
+        with torch.random.fork_rng(devices=[]):
+            if not pretrained:
+                torch.manual_seed(int(task.seed))
+            frozen = FrozenEncoder(backbone, pretrained).to(task.device)
         return FrozenCache(task.data, frozen, task.device, name=f"frozen {backbone} features", progress=task.progress,
                            module=frozen)
 
-    return shared_cache(task.data, (backbone, pretrained, str(task.device)), make)
+    return shared_cache(task.data, (backbone, pretrained, str(task.device), None if pretrained else int(task.seed)),
+                        make)
 
 
 def training_bank(task: Task, features: FrozenCache, metric: str) -> ExemplarBank:
