@@ -87,6 +87,19 @@ print(
 )
 
 # %% [markdown]
+# ## The answers
+#
+# The chapter's two questions, answered from the runs below: every sentence is computed from
+# the pooled differences of {ref}`sec-benchmark-why` and the completion errors of Fig. 3, with
+# the generated datasets and the real one apart. An interval that holds 0 is "no difference".
+
+# %%
+diffs = su.tl.scenario_differences(store, split=split)
+completion = analysis.completion_by_dataset(store, split)
+answers = analysis.completion_answers(diffs, completion)
+display(Markdown("\n\n".join(f"**{q}**\n\n" + "\n".join(lines) for q, lines in answers.items())))
+
+# %% [markdown]
 # ## Where the rows come from
 #
 # One line per dataset and source: `published` rows come from the benchmark in
@@ -139,10 +152,9 @@ ax = su.pl.best_pcc_arrows(best) if len(best) else None
 # masking protocol of chapter 02, every masking level averaged), one point per dataset.
 
 # %%
-completion = analysis.completion_by_dataset(store, split)
 (
     su.pl.readable(
-        completion.pivot(index="dataset", columns="method", values="mse").round(3)
+        completion.pivot(index="method", columns="dataset", values="mse").round(3)
     )
     if len(completion)
     else completion
@@ -157,6 +169,7 @@ ax = (
 )
 
 # %% [markdown]
+# (sec-benchmark-why)=
 # ## Does completion help, and why?
 #
 # Differences of test MSE between scenarios, per model and pooled over models, with the
@@ -170,7 +183,6 @@ ax = (
 # (`unit` says so). Negative: the first scenario is better.
 
 # %%
-diffs = su.tl.scenario_differences(store, split=split)
 ci = diffs.apply(
     lambda r: "" if r["n"] < 2 else f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}", axis=1
 )

@@ -156,20 +156,85 @@ def scenario_verdicts(table: pd.DataFrame, metric: str = "MSE") -> list[str]:
     lines = []
     for row in table[table["model"] == ALL_MODELS].itertuples():
         a, b = row.pair.split(" − ")
-        units = {"dataset": "datasets", "seed": "seeds of one dataset", "run": "runs"}[row.unit]
-        if row.n < 2 or np.isnan(row.ci_low):
-            verdict = "one unit only: no interval"
-        elif row.ci_high < 0:
-            verdict = f"`{a}` is better than `{b}`"
-        elif row.ci_low > 0:
-            verdict = f"`{a}` is worse than `{b}`"
-        else:
-            verdict = "no difference at 95% (the interval holds 0)"
-        ci = "" if np.isnan(row.ci_low) else f" (95% CI {row.ci_low:+.3f} to {row.ci_high:+.3f})"
-        p = "" if np.isnan(row.p_wilcoxon) else f", Wilcoxon p {row.p_wilcoxon:.2g}"
-        lines.append(f"- {row.kind} data, {row.pair}: {row.mean_diff:+.3f} test {metric}{ci} over {row.n} {units}"
-                     f"{p}: {verdict}.")
+        verdict = {"single": "one unit only: no interval", "better": f"`{a}` is better than `{b}`",
+                   "worse": f"`{a}` is worse than `{b}`",
+                   "none": "no difference at 95% (the interval holds 0)"}[_direction(row)]
+        lines.append(f"- {row.kind} data, {row.pair}: {_evidence(row, metric)}: {verdict}.")
     return lines
+
+
+def _direction(row) -> str:
+    """``"better"`` when the interval of an MSE difference ``a − b`` lies below 0, ``"worse"``
+    above, ``"none"`` when it holds 0, ``"single"`` without an interval (one unit)."""
+    if row.n < 2 or np.isnan(row.ci_low):
+        return "single"
+    return "better" if row.ci_high < 0 else "worse" if row.ci_low > 0 else "none"
+
+
+def _evidence(row, metric: str = "MSE") -> str:
+    """``+0.123 test MSE (95% CI … to …) over n units, Wilcoxon p …`` for one pooled row."""
+    units = {"dataset": "datasets", "seed": "seeds of one dataset", "run": "runs"}[row.unit]
+    ci = "" if np.isnan(row.ci_low) else f" (95% CI {row.ci_low:+.3f} to {row.ci_high:+.3f})"
+    p = "" if np.isnan(row.p_wilcoxon) else f", Wilcoxon p {row.p_wilcoxon:.2g}"
+    return f"{row.mean_diff:+.3f} test {metric}{ci} over {row.n} {units}{p}"
+
+
+def completion_answers(differences: pd.DataFrame, completion: pd.DataFrame | None = None,
+                       better: str = "spackle_plus", baseline: str = "spackle") -> dict[str, list[str]]:
+    """The benchmark's two questions answered from its numbers, one sentence per kind of data.
+
+    ``"Does completion help?"``: the pooled ``completed − raw`` difference (the paper's
+    comparison: SpaCKLE's completion against zero-filled targets) and ``completed − masked``
+    (against a loss that skips the missing values). ``"Does a better completion help more?"``:
+    how much lower the completion error of ``better`` is than ``baseline``'s on hidden values
+    (``completion``: :func:`completion_by_dataset`, the median over datasets of the relative
+    difference), then the pooled ``completed:<better> − completed`` difference of the predictors
+    trained on each. ``differences``: :func:`scenario_differences`. A question without the runs
+    to answer it says which runs are missing.
+    """
+    pooled = differences[differences["model"] == ALL_MODELS] if len(differences) else differences
+
+    def rows(pair):
+        return [] if pooled.empty else list(pooled[pooled["pair"] == pair].itertuples())
+
+    def said(row, yes: str, no: str, worse: str) -> str:
+        word = {"better": yes, "none": no, "worse": worse, "single": "not answerable from one unit"}[_direction(row)]
+        return f"{word} ({_evidence(row)})"
+
+    help_ = []
+    for row in rows("completed − raw"):
+        masked = {r.kind: r for r in rows("completed − masked")}.get(row.kind)
+        line = (f"- **{row.kind.capitalize()} data.** Against zero-filled targets (`raw`), completion "
+                + said(row, "helps", "makes no difference at 95%", "hurts") + ".")
+        if masked is not None:
+            line += (" Against skipping the missing values in the loss (`masked`), it "
+                     + said(masked, "helps", "makes no difference at 95%", "hurts") + ".")
+        help_.append(line)
+    if not help_:
+        help_.append("- Not answerable: the store has no matched `raw` and `completed` runs.")
+
+    more = []
+    gain = {}
+    if completion is not None and len(completion):
+        wide = completion.pivot_table(index="dataset", columns="method", values="mse")
+        if better in wide and baseline in wide:
+            both = wide[[better, baseline]].dropna()
+            kinds = dataset_kinds(both.index)
+            for kind in sorted(set(kinds.values())):
+                part = both[[kinds[d] == kind for d in both.index]]
+                gain[kind] = (float(np.median(1 - part[better] / part[baseline])), len(part))
+    for row in rows(f"completed:{better} − completed"):
+        line = f"- **{row.kind.capitalize()} data.**"
+        if row.kind in gain:
+            g, n = gain[row.kind]
+            line += (f" `{better}` fills hidden values with a {abs(g):.0%} {'lower' if g >= 0 else 'higher'} "
+                     f"error than `{baseline}` ({f'median over {n} datasets' if n > 1 else 'its one dataset'}).")
+        line += (" Predictors trained on its completion instead: "
+                 + said(row, "better", "no difference at 95%", "worse") + ".")
+        more.append(line)
+    if not more:
+        more.append(f"- Not answerable: the store has no matched `completed` and `completed:{better}` runs.")
+    return {"Does completion help?": help_, "Does a better completion help more?": more}
 
 
 def normalised_mse(store: pd.DataFrame, scenario: str = "completed", split: str = "test") -> pd.DataFrame:

@@ -295,3 +295,33 @@ def test_run_sources_counts_each_datasets_runs_by_source_and_kind():
          "mse": 2.0} for d in ("her2st_patient_c", "synsuite_base")]))
     assert list(wide.index) == ["synsuite_base (generated)", "her2st_patient_c (real)"], "generated first"
     assert list(wide["shufflenet"]) == [0.5, 1.5]
+
+
+def _pooled(pair, kind, mean, low, high, n=7, unit="dataset"):
+    return {"kind": kind, "model": analysis.ALL_MODELS, "pair": pair, "unit": unit, "n": n, "mean_diff": mean,
+            "ci_low": low, "ci_high": high, "p_wilcoxon": 0.02}
+
+
+def test_the_benchmarks_two_questions_are_answered_from_the_intervals_per_kind_of_data():
+    diffs = pd.DataFrame([
+        _pooled("completed − raw", "generated", -9.0, -11.0, -7.0),
+        _pooled("completed − masked", "generated", 0.03, -0.03, 0.1),
+        _pooled("completed − raw", "real", 0.5, 0.2, 0.8, n=3, unit="seed"),
+        _pooled("completed:spackle_plus − completed", "generated", -0.2, -0.3, -0.1),
+    ])
+    completion = pd.DataFrame({"dataset": ["synthetic", "synthetic", "synsuite_base", "synsuite_base"],
+                               "method": ["spackle", "spackle_plus"] * 2, "mse": [2.0, 1.0, 4.0, 3.0]})
+    answers = analysis.completion_answers(diffs, completion)
+    helps, more = answers["Does completion help?"], answers["Does a better completion help more?"]
+    generated = next(line for line in helps if "Generated" in line)
+    assert "completion helps (-9.000" in generated and "it makes no difference at 95% (+0.030" in generated
+    real = next(line for line in helps if "Real" in line)
+    assert "completion hurts (+0.500" in real and "over 3 seeds of one dataset" in real and "`masked`" not in real
+    # 1 − 1/2 and 1 − 3/4: the median of 50% and 25%
+    assert "38% lower error than `spackle` (median over 2 datasets)" in more[0] and "instead: better (-0.200" in more[0]
+
+
+def test_a_question_without_its_runs_says_what_is_missing():
+    answers = analysis.completion_answers(pd.DataFrame([_pooled("median − masked", "generated", 0.1, -0.1, 0.3)]))
+    assert answers["Does completion help?"] == ["- Not answerable: the store has no matched `raw` and `completed` runs."]
+    assert "`completed:spackle_plus`" in answers["Does a better completion help more?"][0]
