@@ -97,7 +97,8 @@ print(
 diffs = su.tl.scenario_differences(store, split=split)
 completion = analysis.completion_by_dataset(store, split)
 answers = analysis.completion_answers(diffs, completion)
-display(Markdown("\n\n".join(f"**{q}**\n\n" + "\n".join(lines) for q, lines in answers.items())))
+for question, lines in answers.items():
+    display(Markdown(f"**{question}**\n\n" + "\n".join(lines)))
 
 # %% [markdown]
 # ## Where the rows come from
