@@ -482,6 +482,7 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
     with their provenance, each file in one atomic step.
 
     ``results.csv``: the rows of :data:`PUBLISHED_STAGES` on the plan's datasets.
+    Each result once: the newest row of a run made again (:func:`newest_rows`).
     ``provenance.yml``: the plan (file and SHA-256), the commit (and whether the work tree had
     changes), the date, the machine, the threads per run, the budgets, the package versions, how
     many notebooks and runs of the plan are finished and the driver's time on them. ``notebooks.csv``
@@ -498,7 +499,7 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
         raise ValueError(f"{len(planned) - len(done)} of {len(planned)} notebooks of {plan.source} are not finished; "
                          "run the plan first (or publish with --partial)")
     store = results.read(root / results.STORE_NAME)
-    rows = store[store["stage"].isin(PUBLISHED_STAGES) & store["dataset"].isin(plan.datasets)]
+    rows = newest_rows(store[store["stage"].isin(PUBLISHED_STAGES) & store["dataset"].isin(plan.datasets)])
     if rows.empty:
         raise ValueError(f"the results store under {root} holds no row of the plan's datasets: nothing to publish")
     seconds = [notebook_seconds(j.output) if finished(j) else before[_notebook_key(j)]["seconds"] for j in done]
@@ -529,6 +530,24 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
     with atomic_path(target / RECEIPTS) as tmp:
         listed.to_csv(tmp, index=False)
     return target
+
+
+#: What makes two rows of the store the same result: a notebook run again (after a fix, or each
+#: chapter's baseline rows of a dataset and seed) writes rows with these values again.
+ROW_IDENTITY = ("stage", "dataset", "model", "scenario", "seed", "split", "config_hash", "completion", "masking")
+
+
+def newest_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The newest row (by ``timestamp``) of each result (:data:`ROW_IDENTITY`), in the store's
+    order: a publication holds each result once, as the code last made it."""
+    if rows.empty:
+        return rows
+    key = [c for c in ROW_IDENTITY if c in rows]
+    when = pd.to_datetime(rows["timestamp"], utc=True, errors="coerce", format="mixed") if "timestamp" in rows \
+        else pd.Series(0, index=rows.index)
+    order = when.sort_values(kind="stable").index
+    keep = ~rows.loc[order].duplicated(key, keep="last")
+    return rows[keep.reindex(rows.index).to_numpy()]
 
 
 def _provenance_common(rows: pd.DataFrame) -> dict:

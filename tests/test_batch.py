@@ -367,3 +367,21 @@ def test_publish_writes_the_plans_rows_and_provenance_and_refuses_an_unfinished_
     assert len(results.read(fresh / "results.csv")) == 1
     batch.publish(plan, fresh, target, partial=True)
     assert yaml.safe_load((target / "provenance.yml").read_text())["notebooks"]["finished"] == 6
+
+
+def test_a_publication_holds_each_result_once_as_last_made():
+    import pandas as pd
+
+    run = {"stage": "predict", "dataset": "d", "model": "egn", "scenario": "masked", "seed": 2, "split": "test",
+           "config_hash": "abc", "completion": None, "masking": None}
+    rows = pd.DataFrame([
+        {**run, "timestamp": "2026-12-05T09:58:13", "mse": 2.54},             # the first run
+        {**run, "split": "val", "timestamp": "2026-12-05T09:58:13", "mse": 2.7},
+        {**run, "seed": 1, "timestamp": "2026-12-05T09:50:00", "mse": 2.9},   # another run: kept
+        {**run, "timestamp": "2026-12-05T17:20:00", "mse": 2.55},             # made again after a fix
+        {**run, "stage": "predict_baseline", "model": "training_mean", "timestamp": "2026-12-05T10:00:00", "mse": 4.0},
+        {**run, "stage": "predict_baseline", "model": "training_mean", "timestamp": "2026-12-05T11:00:00", "mse": 4.0},
+    ])
+    kept = batch.newest_rows(rows)
+    assert list(kept.index) == [1, 2, 3, 5], "the store's order, one row per result"
+    assert kept.loc[3, "mse"] == 2.55 and 0 not in kept.index, "the newer row of the run made again"
