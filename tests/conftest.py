@@ -20,13 +20,9 @@ TINY = {"n_rows": 16, "n_cols": 32, "n_genes": 64}
 def pytest_collection_modifyitems(config, items):
     """Tests that read ``../shared`` (real sample slides, the paper's tables) carry the ``shared``
     marker; where the folder is absent (a public clone) they are skipped with the reason, which
-    ``-ra`` lists at the end of the run. Tests of the tiny book share one xdist group."""
+    ``-ra`` lists at the end of the run."""
     skip = pytest.mark.skip(reason=f"needs ../shared beside the repository ({SHARED} not found)")
     for item in items:
-        if "tiny_book" in getattr(item, "fixturenames", ()):
-            # one worker builds the tiny book and runs every test that reads it (pytest-xdist's
-            # --dist loadgroup, as `make test` runs); the other workers take the rest
-            item.add_marker(pytest.mark.xdist_group("tiny_book"))
         if "shared_real" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared)
         if item.get_closest_marker("shared") and not SHARED.is_dir():

@@ -12,6 +12,10 @@ import pytest
 
 from spared_utils.book import chapters_in_toc
 
+#: The tiny book is built once per worker that reads it: `make test` (pytest-xdist, --dist
+#: loadgroup) keeps every test of this group on one worker.
+pytestmark = pytest.mark.xdist_group("tiny_book")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -16,6 +16,10 @@ from spared_utils import browser
 from .conftest import skip_or_fail_in_ci
 from .test_chapters import WIDTH_PENDING
 
+#: The tiny book is built once per worker that reads it: `make test` (pytest-xdist, --dist
+#: loadgroup) keeps every test of this group on one worker.
+pytestmark = pytest.mark.xdist_group("tiny_book")
+
 CHROMIUM = browser.find_chromium()
 needs_chromium = pytest.mark.usefixtures("chromium")
 
