@@ -533,8 +533,11 @@ def publish(plan: Plan, results_dir: str | Path | None = None, target: str | Pat
 
 
 #: What makes two rows of the store the same result: a notebook run again (after a fix, or each
-#: chapter's baseline rows of a dataset and seed) writes rows with these values again.
-ROW_IDENTITY = ("stage", "dataset", "model", "scenario", "seed", "split", "config_hash", "completion", "masking")
+#: chapter's baseline rows of a dataset and seed) writes rows with these values again. The
+#: baselines and references have no configuration hash: the spots they are scored on
+#: (``eval_spots``, each predictor's own) tell theirs apart.
+ROW_IDENTITY = ("stage", "dataset", "model", "scenario", "seed", "split", "config_hash", "completion", "masking",
+                "eval_spots")
 
 
 def newest_rows(rows: pd.DataFrame) -> pd.DataFrame:

@@ -179,6 +179,12 @@ def _notebook(record: models.PredictorRecord, root: Path):
     return nb
 
 
+def _without_version(text: str) -> str:
+    """A chapter's text without jupytext's version line (``#       jupytext_version: 1.19.6``):
+    the version of jupytext that wrote a file is not part of what the template makes."""
+    return re.sub(r"(?m)^#\s+jupytext_version:.*\n", "", text)
+
+
 def write_chapters(root: Path | None = None, check: bool = False, names=None) -> list[Path]:
     """Write (or with ``check``, only compare) every predictor chapter's ``.py`` and ``.ipynb``.
 
@@ -193,7 +199,7 @@ def write_chapters(root: Path | None = None, check: bool = False, names=None) ->
         for suffix, fmt in ((".py", "py:percent"), (".ipynb", "ipynb")):
             target = root / "chapters" / f"{record.chapter}{suffix}"
             text = jupytext.writes(nb, fmt=fmt)
-            if not target.is_file() or target.read_text() != text:
+            if not target.is_file() or _without_version(target.read_text()) != _without_version(text):
                 changed.append(target)
                 if not check:
                     target.write_text(text)

@@ -373,7 +373,7 @@ def test_a_publication_holds_each_result_once_as_last_made():
     import pandas as pd
 
     run = {"stage": "predict", "dataset": "d", "model": "egn", "scenario": "masked", "seed": 2, "split": "test",
-           "config_hash": "abc", "completion": None, "masking": None}
+           "config_hash": "abc", "completion": None, "masking": None, "eval_spots": None}
     rows = pd.DataFrame([
         {**run, "timestamp": "2026-12-05T09:58:13", "mse": 2.54},             # the first run
         {**run, "split": "val", "timestamp": "2026-12-05T09:58:13", "mse": 2.7},
@@ -381,7 +381,10 @@ def test_a_publication_holds_each_result_once_as_last_made():
         {**run, "timestamp": "2026-12-05T17:20:00", "mse": 2.55},             # made again after a fix
         {**run, "stage": "predict_baseline", "model": "training_mean", "timestamp": "2026-12-05T10:00:00", "mse": 4.0},
         {**run, "stage": "predict_baseline", "model": "training_mean", "timestamp": "2026-12-05T11:00:00", "mse": 4.0},
+        # the baseline on the spots another predictor is scored on: another result
+        {**run, "stage": "predict_baseline", "model": "training_mean", "timestamp": "2026-12-05T11:00:00", "mse": 4.2,
+         "eval_spots": 60},
     ])
     kept = batch.newest_rows(rows)
-    assert list(kept.index) == [1, 2, 3, 5], "the store's order, one row per result"
+    assert list(kept.index) == [1, 2, 3, 5, 6], "the store's order, one row per result"
     assert kept.loc[3, "mse"] == 2.55 and 0 not in kept.index, "the newer row of the run made again"

@@ -229,3 +229,20 @@ def test_a_twelfth_predictor_needs_a_builder_a_task_a_record_and_a_prose_file(to
     assert params["dataset"] == "synthetic" and params["iterations"] is None
     text = (root / "chapters" / "21_mean_colour.py").read_text()
     assert 'RunSpec.from_parameters("mean_colour", globals())' in text and "## The colour head" in text
+
+
+def test_the_template_check_ignores_which_jupytext_version_wrote_a_chapter(tmp_path):
+    """A fresh environment may install a newer jupytext, which writes its version in the header;
+    the chapter is the same, and only a change below the header counts."""
+    record = models.record("shufflenet")
+    for rel in ("_config.yml", str(template.TEMPLATE), record.prose):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    py = tmp_path / "chapters" / f"{record.chapter}.py"
+    assert template.write_chapters(tmp_path, names=["shufflenet"]) == [py, py.with_suffix(".ipynb")]
+    text = py.read_text()
+    assert "jupytext_version:" in text
+    py.write_text(re.sub(r"jupytext_version: \S+", "jupytext_version: 99.0.0", text))
+    assert template.write_chapters(tmp_path, check=True, names=["shufflenet"]) == []
+    py.write_text(text.replace("# %% [markdown]", "# %% [markdown]\n# an edit", 1))
+    assert template.write_chapters(tmp_path, check=True, names=["shufflenet"]) == [py]
