@@ -32,10 +32,10 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. chapters/00_tour.py
 
 # pytest's exit code 5 ("no tests collected") is non-zero, so it fails here as it should.
-# Two worker processes (pytest-xdist), one per core of the CI machine; the tests of the tiny book
-# share one worker (their xdist group), which builds the book once.
+# Two worker processes (pytest-xdist), one per core of the CI machine, each taking whole files:
+# the tests of the tiny book are one file (tests/test_book.py), so one worker builds it, once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "slow or not slow" -p no:cacheprovider -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -m "slow or not slow" -p no:cacheprovider -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

@@ -16,13 +16,20 @@ SHARED_REAL = SHARED / "data" / "real"
 
 TINY = {"n_rows": 16, "n_cols": 32, "n_genes": 64}
 
+#: The one file whose tests read the tiny book (``make test`` gives a file to one worker).
+BOOK_TESTS = "test_book.py"
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests that read ``../shared`` (real sample slides, the paper's tables) carry the ``shared``
     marker; where the folder is absent (a public clone) they are skipped with the reason, which
-    ``-ra`` lists at the end of the run."""
+    ``-ra`` lists at the end of the run. A test outside :data:`BOOK_TESTS` that reads the tiny book
+    is refused: another worker would build the book a second time."""
     skip = pytest.mark.skip(reason=f"needs ../shared beside the repository ({SHARED} not found)")
     for item in items:
+        if "tiny_book" in getattr(item, "fixturenames", ()) and item.path.name != BOOK_TESTS:
+            raise pytest.UsageError(f"{item.nodeid} reads the tiny book: move it to tests/{BOOK_TESTS}, where "
+                                    "every such test runs on one worker (`make test`, --dist loadfile)")
         if "shared_real" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared)
         if item.get_closest_marker("shared") and not SHARED.is_dir():

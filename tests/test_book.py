@@ -1,20 +1,27 @@
-"""The whole book: every chapter executes with papermill (tiny parameters) and renders to HTML."""
+"""The whole book: every chapter executes with papermill (tiny parameters), renders to HTML, and
+shows right when its pages are opened in Chromium (driven by Playwright).
+
+Every test that reads the tiny book (the session fixture ``tiny_book``) lives in this file:
+``make test`` hands whole files to its two workers (pytest-xdist, ``--dist loadfile``), so one
+worker builds the book, once (``tests/conftest.py`` refuses a test elsewhere that asks for it).
+"""
 
 from __future__ import annotations
 
 import inspect
 import json
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from spared_utils import browser
 from spared_utils.book import chapters_in_toc
 
-#: The tiny book is built once per worker that reads it: `make test` (pytest-xdist, --dist
-#: loadgroup) keeps every test of this group on one worker.
-pytestmark = pytest.mark.xdist_group("tiny_book")
+from .test_browser import chromium, needs_chromium  # noqa: F401 - the fixture the page check uses
+from .test_chapters import WIDTH_PENDING
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +103,42 @@ def test_no_figure_of_the_book_prints_a_label_over_another(tiny_book):
     functions = {n for n in plots.__all__ if inspect.isfunction(getattr(plots, n)) and n != "spot_size"}
     unchecked = functions - {c["function"] for c in calls} - set(BENCHMARK_FIGURES)
     assert unchecked == set(), f"su.pl functions no chapter of the tiny book draws: {sorted(unchecked)}"
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_every_page_of_the_book_in_chromium(tiny_book):
+    assert tiny_book.returncode == 0, tiny_book.log
+    html = tiny_book.html
+    static = browser.static_problems(html)
+    assert static == {}, f"broken links, missing files or error outputs: {static}"
+    shots = tiny_book.build_dir / "screenshots"
+    shutil.rmtree(shots, ignore_errors=True)
+    reports = browser.browse(html, shots)
+    pages = browser.html_pages(html)
+    assert len(reports) == len(pages) >= 16
+    bad = {r.page: r.problems for r in reports if r.problems}
+    assert bad == {}, f"pages that do not show right in Chromium: {bad}"
+    by_page = {r.page: r for r in reports}
+    assert by_page["index.html"].redirect == "intro.html"
+    for page, report in by_page.items():
+        if report.redirect:
+            continue
+        assert report.screenshot is not None and report.screenshot.stat().st_size > 1000, page
+        if page.startswith("chapters/"):
+            figures = [img for img in report.images if "_images/" in img[0] and img[0].endswith(".png")]
+            assert figures, f"{page} shows no figure"
+            assert all(min(img[3:]) > 0 for img in figures), f"{page}: a figure laid out with zero size"
+    wide = {page: r.wide_code for page, r in by_page.items()
+            if r.wide_code and not any(name in page for name in WIDTH_PENDING)}
+    assert wide == {}, f"code cells wider than the page (longest line of each): {wide}"
+    # figures are numbered per chapter (Fig. <chapter>.<figure>), and every chapter's first is .1
+    numbers = {page: r.figure_numbers for page, r in by_page.items() if r.figure_numbers and page.startswith("chapters/")}
+    assert numbers, "no numbered figure caption found"
+    for page, found in numbers.items():
+        assert all(re.fullmatch(r"Fig\. \d+\.\d+", n.strip()) for n in found), f"{page}: {found}"
+        assert found[0].strip().endswith(".1"), f"{page}: numbering does not restart per chapter: {found}"
+    # the explorers answer a reader without a kernel (every one changed its view: else a problem above)
+    assert sum(len(r.explorers) for r in reports) >= 2, "no kernel-free explorer found in the book"
+    overview = [img for img in by_page["intro.html"].images if img[0].endswith("pipeline.svg")]
+    assert overview and min(overview[0][1:]) > 0, "the intro's overview figure"

@@ -1,24 +1,17 @@
 """The rendered book as a reader sees it: every page opened in headless Chromium.
 
 Chromium is Debian's ``chromium`` package; ``.ci/run`` installs it with apt when it is missing.
-The tiny book is the one ``test_book`` checks (the session fixture ``tiny_book``, built once).
+The check of every page of the tiny book is in ``test_book`` (with the other tests that read
+that book); this file tests the check itself.
 """
 
 from __future__ import annotations
-
-import re
-import shutil
 
 import pytest
 
 from spared_utils import browser
 
 from .conftest import skip_or_fail_in_ci
-from .test_chapters import WIDTH_PENDING
-
-#: The tiny book is built once per worker that reads it: `make test` (pytest-xdist, --dist
-#: loadgroup) keeps every test of this group on one worker.
-pytestmark = pytest.mark.xdist_group("tiny_book")
 
 CHROMIUM = browser.find_chromium()
 needs_chromium = pytest.mark.usefixtures("chromium")
@@ -99,45 +92,6 @@ def test_playwright_drives_chromium_and_reports_stderr_machine_paths_and_wide_ta
     assert len(report.problems) == 3
     assert browser.machine_paths("see data/benchmark/results.csv and chapter 02") == []
     assert browser.machine_paths("in /usr/lib/python3/site-packages/x.py") == ["/usr/lib/python3/site-packages/x.py"]
-
-
-@pytest.mark.slow
-@needs_chromium
-def test_every_page_of_the_book_in_chromium(tiny_book):
-    assert tiny_book.returncode == 0, tiny_book.log
-    html = tiny_book.html
-    static = browser.static_problems(html)
-    assert static == {}, f"broken links, missing files or error outputs: {static}"
-    shots = tiny_book.build_dir / "screenshots"
-    shutil.rmtree(shots, ignore_errors=True)
-    reports = browser.browse(html, shots)
-    pages = browser.html_pages(html)
-    assert len(reports) == len(pages) >= 16
-    bad = {r.page: r.problems for r in reports if r.problems}
-    assert bad == {}, f"pages that do not show right in Chromium: {bad}"
-    by_page = {r.page: r for r in reports}
-    assert by_page["index.html"].redirect == "intro.html"
-    for page, report in by_page.items():
-        if report.redirect:
-            continue
-        assert report.screenshot is not None and report.screenshot.stat().st_size > 1000, page
-        if page.startswith("chapters/"):
-            figures = [img for img in report.images if "_images/" in img[0] and img[0].endswith(".png")]
-            assert figures, f"{page} shows no figure"
-            assert all(min(img[3:]) > 0 for img in figures), f"{page}: a figure laid out with zero size"
-    wide = {page: r.wide_code for page, r in by_page.items()
-            if r.wide_code and not any(name in page for name in WIDTH_PENDING)}
-    assert wide == {}, f"code cells wider than the page (longest line of each): {wide}"
-    # figures are numbered per chapter (Fig. <chapter>.<figure>), and every chapter's first is .1
-    numbers = {page: r.figure_numbers for page, r in by_page.items() if r.figure_numbers and page.startswith("chapters/")}
-    assert numbers, "no numbered figure caption found"
-    for page, found in numbers.items():
-        assert all(re.fullmatch(r"Fig\. \d+\.\d+", n.strip()) for n in found), f"{page}: {found}"
-        assert found[0].strip().endswith(".1"), f"{page}: numbering does not restart per chapter: {found}"
-    # the explorers answer a reader without a kernel (every one changed its view: else a problem above)
-    assert sum(len(r.explorers) for r in reports) >= 2, "no kernel-free explorer found in the book"
-    overview = [img for img in by_page["intro.html"].images if img[0].endswith("pipeline.svg")]
-    assert overview and min(overview[0][1:]) > 0, "the intro's overview figure"
 
 
 def test_the_check_takes_the_build_folder_or_its_html_and_refuses_a_missing_book_in_one_line(tmp_path, capsys):
