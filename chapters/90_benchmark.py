@@ -83,7 +83,8 @@ generated = store[store["dataset"].map(kinds) == "generated"]
 names = analysis.display_names()
 print(
     f"{len(runs)} predictor runs on {split}: {runs['dataset'].nunique()} datasets, "
-    f"{runs['model'].nunique()} models, scenarios {sorted(runs['scenario'].unique())}"
+    f"{runs['model'].nunique()} models, {runs['scenario'].nunique()} scenarios:\n"
+    + ", ".join(sorted(runs["scenario"].unique()))
 )
 
 # %% [markdown]

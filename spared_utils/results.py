@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import textwrap
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -169,23 +170,26 @@ def benchmark_provenance(published: bool | str | os.PathLike = True) -> dict:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
-def describe_provenance(provenance: Mapping) -> str:
-    """A few lines on where the published rows come from (for a chapter to print)."""
+def describe_provenance(provenance: Mapping, width: int = 88) -> str:
+    """A few lines on where the published rows come from (for a chapter to print), each wrapped
+    at ``width`` characters (a printed line wider than the page hides behind a scroll)."""
     if not provenance:
         return "no published benchmark: every row is from the local store (make benchmark publishes one)"
     runs, machine = provenance.get("runs", {}), provenance.get("machine", {})
     state = "complete" if provenance.get("complete") else (
         f"partial: {runs.get('finished', '?')} of {runs.get('planned', '?')} runs")
     threads = provenance.get("threads_per_run") or ["?"]
-    return "\n".join([
+    lines = [
         f"published benchmark: {provenance.get('rows', '?')} rows from plan {provenance.get('plan')} ({state}), "
         f"published {provenance.get('date')}",
         f"code: commit {str(provenance.get('commit') or '?')[:12]}; rows written by "
         f"{', '.join(str(c) for c in provenance.get('row_commits', [])) or '?'}",
         f"machine: {machine.get('cpus', '?')} CPUs, {machine.get('memory_gib', '?')} GiB, devices "
         f"{', '.join(provenance.get('devices', [])) or '?'}, {'/'.join(str(t) for t in threads)} thread(s) per run",
-        f"software: {'; '.join(provenance.get('versions', [])) or '?'}",
-    ])
+        f"software: {'; '.join(v.replace(';', '; ') for v in provenance.get('versions', [])) or '?'}",
+    ]
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="  ", break_on_hyphens=False,
+                                     break_long_words=False) for line in lines)
 
 
 def select(path: str | os.PathLike | None = None, **where) -> pd.DataFrame:

@@ -78,3 +78,13 @@ def test_a_row_without_a_value_in_a_numeric_column_appends_without_a_pandas_warn
     table = results.read(store)
     assert table["mse"].dtype == float and table["mse"].tolist()[0] == 0.5 and table["mse"].isna().tolist() == [False, True]
     assert list(table["model"]) == ["m", "n"]
+
+
+def test_the_provenance_a_chapter_prints_fits_the_page():
+    prov = {"rows": 2166, "plan": "workflow/benchmark.yml", "complete": True, "date": "2026-12-05",
+            "commit": "f288d0f8c874", "row_commits": [f"{k:012x}" for k in range(6)],
+            "machine": {"cpus": 2, "memory_gib": 23.5}, "devices": ["cpu"], "threads_per_run": [1],
+            "versions": ["spared-utils=0.1.0;torch=2.14.1;timm=1.0.31;scanpy=1.11.5;squidpy=1.8.2;anndata=0.12.19"]}
+    text = results.describe_provenance(prov)
+    assert max(len(line) for line in text.splitlines()) <= 88
+    assert "000000000005" in text and "anndata=0.12.19" in text.split(), "wrapped between words, nothing cut"
