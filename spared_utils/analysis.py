@@ -20,6 +20,7 @@ from scipy import stats
 from . import models
 from .predict.harness import row_hash
 from .registry import registry
+from .results import newest
 
 __all__ = ["ALL_MODELS", "DIFFERENCE_COLUMNS", "SCENARIO_PAIRS", "beats_training_mean", "best_pcc", "dataset_kinds",
            "run_sources", "scenario_verdicts", "stale", "completion_by_dataset", "completion_reduction", "latest_runs", "model_summary",
@@ -51,8 +52,9 @@ def latest_runs(store: pd.DataFrame, stage: str = "predict", split: str = "test"
 
 def _newest(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """The newest row (by ``timestamp``) of each combination of ``keys``."""
+    rows = newest(rows, keys)
     rows = rows.assign(timestamp=pd.to_datetime(rows["timestamp"], utc=True, errors="coerce", format="mixed"))
-    return rows.sort_values("timestamp").drop_duplicates(list(keys), keep="last").reset_index(drop=True)
+    return rows.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 
 def dataset_kinds(names: Sequence[str]) -> dict[str, str]:

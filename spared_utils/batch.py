@@ -543,14 +543,7 @@ ROW_IDENTITY = ("stage", "dataset", "model", "scenario", "seed", "split", "confi
 def newest_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """The newest row (by ``timestamp``) of each result (:data:`ROW_IDENTITY`), in the store's
     order: a publication holds each result once, as the code last made it."""
-    if rows.empty:
-        return rows
-    key = [c for c in ROW_IDENTITY if c in rows]
-    when = pd.to_datetime(rows["timestamp"], utc=True, errors="coerce", format="mixed") if "timestamp" in rows \
-        else pd.Series(0, index=rows.index)
-    order = when.sort_values(kind="stable").index
-    keep = ~rows.loc[order].duplicated(key, keep="last")
-    return rows[keep.reindex(rows.index).to_numpy()]
+    return results.newest(rows, [c for c in ROW_IDENTITY if c in rows])
 
 
 def _provenance_common(rows: pd.DataFrame) -> dict:

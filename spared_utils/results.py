@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import functools
 import os
-import textwrap
 import subprocess
+import textwrap
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +168,20 @@ def benchmark_provenance(published: bool | str | os.PathLike = True) -> dict:
         return {}
     path = (published_dir() if published is True else Path(published)) / "provenance.yml"
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def newest(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The newest row (by ``timestamp``; on a tie, the later in the store) of each combination of
+    ``keys``, in ``rows``' order and with their values unchanged."""
+    if rows.empty:
+        return rows
+    when = (pd.to_datetime(rows["timestamp"], utc=True, errors="coerce", format="mixed").reset_index(drop=True)
+            if "timestamp" in rows else pd.Series(0, index=range(len(rows))))
+    order = when.sort_values(kind="stable").index.to_numpy()  # positions, oldest first
+    last = ~rows.iloc[order].reset_index(drop=True).duplicated(list(keys), keep="last").to_numpy()
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[order[last]] = True
+    return rows[keep]
 
 
 def describe_provenance(provenance: Mapping, width: int = 88) -> str:
