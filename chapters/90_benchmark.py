@@ -127,8 +127,9 @@ print(f"stale predictor rows on {split}: {n_stale}")
 
 # %% mystnb={"figure": {"caption": "Spots of the 26 SpaRED datasets per organism and tissue (the paper's Fig. 1a, from the registry).", "name": "fig-benchmark-spots"}}
 spots = analysis.registry_spots()
+spots["label"] = spots["tissue"] + " (" + spots["organism"] + ")"
 ax = spots.plot.barh(
-    x="tissue", y="spots", legend=False, figsize=(6, 6), color="#0173b2"
+    x="label", y="spots", legend=False, figsize=(6, 6), color="#0173b2"
 )
 ax.invert_yaxis()
 ax.set_xlabel("spots")
