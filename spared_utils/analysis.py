@@ -204,8 +204,9 @@ def completion_answers(differences: pd.DataFrame, completion: pd.DataFrame | Non
         return f"{word} ({_evidence(row)})"
 
     help_ = []
+    against_masked = {r.kind: r for r in rows("completed − masked")}
     for row in rows("completed − raw"):
-        masked = {r.kind: r for r in rows("completed − masked")}.get(row.kind)
+        masked = against_masked.get(row.kind)
         line = (f"- **{row.kind.capitalize()} data.** Against zero-filled targets (`raw`), completion "
                 + said(row, "helps", "makes no difference at 95%", "hurts") + ".")
         if masked is not None:
