@@ -14,7 +14,11 @@ help:
 	@echo "make lab    # open the chapters in JupyterLab with the project's environment"
 	@echo "make benchmark  # run workflow/benchmark.yml (hours; resumable) and publish it to data/benchmark"
 
+# The environment (torch's CUDA build among it) needs about 8 GB; pip's own message on a full
+# disk comes minutes later and names neither, so look first.
 $(STAMP): pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); if [ "$$free" -lt 9 ]; then \
+	  echo "error: $(VENV) needs about 9 GB free on $$(df -P . | awk 'NR==2 {print $$6}'), which has $$free GB; free some space and run make again" >&2; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
