@@ -7,9 +7,10 @@
    parameters; key ``all`` applies to every chapter). A chapter whose source, parameters,
    dataset and package are unchanged since its last successful run is not executed again: a
    stamp beside the executed notebook records them (:func:`chapter_stamp`; ``--force`` re-runs).
-   ``--jobs N`` runs up to N chapters of a part of the table of contents at once, each in its own
-   process with the cores shared out; a part starts when the parts before it have finished (the
-   benchmark part reads what the prediction chapters wrote).
+   ``--jobs N`` runs up to N chapters at once, each in its own process with the cores shared out.
+   A chapter waits only for the parts of the table of contents it reads (:data:`PART_NEEDS`: the
+   predictors read chapter 02's completion, the benchmark reads the predictors' rows); the others
+   start as soon as a worker is free, those that others wait for first (:func:`chapter_needs`).
 2. A staging folder ``_build/src`` receives ``_config.yml``, ``_toc.yml``, the markdown pages and
    the *executed* notebooks; Jupyter Book 1.x renders it with execution turned off (our papermill
    runs play the role of a pre-executed cache), into ``_build/html``.
@@ -165,15 +166,56 @@ def stamp_path(notebook: Path) -> Path:
     return notebook.with_name(f".{notebook.name}.stamp")
 
 
-def chapter_parts(root: Path) -> list[list[str]]:
-    """The chapters of ``_toc.yml`` grouped by part, in order (parts without chapters left out)."""
+def chapter_parts(root: Path) -> list[tuple[str, list[str]]]:
+    """The chapters of ``_toc.yml`` grouped by part, in order, each part with its caption (a table
+    of contents without parts is one part captioned ``""``; parts without chapters are left out)."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     parts = []
     for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
         names = [Path(c["file"]).name for c in part.get("chapters", []) if str(c.get("file", "")).startswith("chapters/")]
         if names:
-            parts.append(names)
+            parts.append((str(part.get("caption", "")), names))
     return parts
+
+
+#: What each part of the book's table of contents reads from the others (by caption). Its
+#: chapters start once every chapter of those parts has finished; a part not named here waits for
+#: all the parts before it. Curation and completions are made under file locks, so two chapters
+#: that need the same one never both write it; these waits are for what a chapter *reads*.
+PART_NEEDS: dict[str, tuple[str, ...]] = {
+    "Data": (),
+    # chapter 02 trains the SpaCKLE whose stored completion every predictor's `completed` reads
+    "Completion": (),
+    "Prediction": ("Completion",),
+    # chapters 90 and 91 aggregate the rows the predictor chapters wrote
+    "Benchmark": ("Prediction",),
+    # chapter 95 applies chapter 02's SpaCKLE and chapter 10's predictor checkpoints
+    "Your data": ("Completion", "Prediction"),
+    # the reliability matrix builds its own slides and checkpoints
+    "Appendix": (),
+}
+
+
+def chapter_needs(root: Path) -> dict[str, set[str]]:
+    """Each chapter of the table of contents → the chapters it waits for (:data:`PART_NEEDS`), in
+    the order of the table of contents."""
+    parts = chapter_parts(root)
+    needs: dict[str, set[str]] = {}
+    for i, (caption, names) in enumerate(parts):
+        read = PART_NEEDS.get(caption)
+        earlier = parts[:i] if read is None else [p for p in parts[:i] if p[0] in read]
+        for name in names:
+            needs[name] = {c for _, chapters in earlier for c in chapters}
+    return needs
+
+
+def waited_for(needs: dict[str, set[str]]) -> dict[str, int]:
+    """How many chapters wait, directly or not, for each chapter: the build starts those with the
+    most first, so that a long chapter others need (02) does not run last."""
+    def after(chapter: str, seen: set[str]) -> set[str]:
+        direct = {c for c, n in needs.items() if chapter in n} - seen
+        return direct.union(*(after(c, seen | direct) for c in direct)) if direct else set()
+    return {chapter: len(after(chapter, {chapter})) for chapter in needs}
 
 
 #: Environment variables that set the thread count of the numerical libraries a chapter uses.
@@ -216,60 +258,76 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
     A chapter whose executed notebook exists with a stamp (:func:`chapter_stamp`) equal to this
     run's is reused, not executed again, unless ``force``: a second build with nothing changed
     only renders. The stamp is written after a successful run, so a failed chapter re-runs.
-    ``jobs`` > 1 runs that many chapters of a part at once (:func:`chapter_parts`), each in its
-    own process with the machine's cores shared out; the next part starts when a part is done.
-    """
-    from concurrent.futures import ThreadPoolExecutor
 
-    executed = {}
+    ``jobs`` > 1 runs that many chapters at once, each in its own process with the machine's cores
+    shared out. A chapter starts when a worker is free and the chapters it waits for
+    (:func:`chapter_needs`) have succeeded, those that most chapters wait for first, then in the
+    order of the table of contents. A chapter that fails does not stop the others; those that wait
+    for it are not run, and the build raises at the end, naming every failure.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    executed: dict[str, Path] = {}
     package = package_digest()
     check_all(dataset, params, root)
-    for part in chapter_parts(root):
-        pending = []
-        for chapter in part:
-            chosen = {**params.get("all", {}), **params.get(chapter, {})}
-            ds = chosen.pop("dataset", dataset)
-            stamp = chapter_stamp(root, chapter, ds, chosen, package)
-            out = output_path(chapter, ds)
-            if not force and out.is_file() and stamp_path(out).is_file() and stamp_path(out).read_text() == stamp:
-                print(f"[book] {chapter} on {ds} unchanged: reusing {out}", flush=True)
-                executed[chapter] = out
-                continue
-            stamp_path(out).unlink(missing_ok=True)
-            pending.append((chapter, ds, chosen, stamp, out))
-        at_once = max(1, min(jobs, len(pending)))
-        threads = max(1, (os.cpu_count() or 1) // at_once)
-
-        def run_one(item, apart: bool = at_once > 1):
-            chapter, ds, chosen, stamp, out = item
-            t0 = time.perf_counter()
-            print(f"[book] running {chapter} on {ds} {chosen or ''}", flush=True)
-            if apart:
-                code, tail = _execute_apart(chapter, ds, chosen, threads)
-                if code != 0:
-                    raise RuntimeError(f"chapter {chapter} failed on {ds}:\n{tail}")
-                path = out
-            else:
-                path = execute(chapter, ds, chosen, progress=False)
-            with atomic_path(stamp_path(path)) as tmp:
-                tmp.write_text(stamp)
-            print(f"[book] {chapter} done in {time.perf_counter() - t0:.0f} s", flush=True)
-            return chapter, path
-
-        if at_once == 1:
-            executed.update(run_one(item) for item in pending)
+    needs = chapter_needs(root)
+    pending = {}
+    for chapter in needs:
+        chosen = {**params.get("all", {}), **params.get(chapter, {})}
+        ds = chosen.pop("dataset", dataset)
+        stamp = chapter_stamp(root, chapter, ds, chosen, package)
+        out = output_path(chapter, ds)
+        if not force and out.is_file() and stamp_path(out).is_file() and stamp_path(out).read_text() == stamp:
+            print(f"[book] {chapter} on {ds} unchanged: reusing {out}", flush=True)
+            executed[chapter] = out
             continue
-        with ThreadPoolExecutor(max_workers=at_once) as pool:
-            futures = [pool.submit(run_one, item) for item in pending]
-            errors = []
-            for future in futures:
+        stamp_path(out).unlink(missing_ok=True)
+        pending[chapter] = (chapter, ds, chosen, stamp, out)
+    at_once = max(1, min(jobs, len(pending)))
+    threads = max(1, (os.cpu_count() or 1) // at_once)
+
+    def run_one(item) -> tuple[str, Path]:
+        chapter, ds, chosen, stamp, out = item
+        t0 = time.perf_counter()
+        print(f"[book] running {chapter} on {ds} {chosen or ''}", flush=True)
+        if at_once > 1:
+            code, tail = _execute_apart(chapter, ds, chosen, threads)
+            if code != 0:
+                raise RuntimeError(f"chapter {chapter} failed on {ds}:\n{tail}")
+            path = out
+        else:
+            path = execute(chapter, ds, chosen, progress=False)
+        with atomic_path(stamp_path(path)) as tmp:
+            tmp.write_text(stamp)
+        print(f"[book] {chapter} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        return chapter, path
+
+    if at_once == 1:  # in this process, in the order of the table of contents
+        executed.update(run_one(pending.pop(c)) for c in list(pending))
+    first = waited_for(needs)
+    order = sorted(pending, key=lambda c: (-first[c], list(needs).index(c)))
+    errors = []
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        running: dict = {}
+        while True:
+            for chapter in order:
+                if chapter in pending and len(running) < at_once and needs[chapter] <= executed.keys():
+                    running[pool.submit(run_one, pending.pop(chapter))] = chapter
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                running.pop(future)
                 try:
                     executed.__setitem__(*future.result())
                 except RuntimeError as error:
                     errors.append(str(error))
-        if errors:
-            raise RuntimeError("\n".join(errors))
-    return {c: executed[c] for c in chapters_in_toc(root) if c in executed}
+    for chapter in pending:  # left because a chapter it waits for did not succeed
+        missing = ", ".join(sorted(needs[chapter] - executed.keys()))
+        errors.append(f"chapter {chapter} was not run: it waits for {missing}, which did not succeed")
+    if errors:
+        raise RuntimeError("\n".join(errors))
+    return {c: executed[c] for c in needs if c in executed}
 
 
 def hide_injected_parameters(notebook: Path) -> bool:
@@ -438,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="re-run every chapter, even those whose source, parameters and package are unchanged")
     parser.add_argument("--jobs", type=int, default=default_jobs(),
-                        help="chapters of a part run at once, each in its own process (default: %(default)s)")
+                        help="chapters run at once, each in its own process (default: %(default)s)")
     parser.add_argument("--execute-one", metavar="CHAPTER", help=argparse.SUPPRESS)
     parser.add_argument("--chapter-params", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -111,27 +111,31 @@ def test_a_wrong_dataset_or_parameter_is_refused_before_any_chapter_runs(fake_bo
     assert calls == [], "a chapter ran before the parameters of every chapter were checked"
 
 
-def test_parts_run_in_order_and_chapters_of_a_part_together(tmp_path, monkeypatch):
-    """With ``jobs`` > 1 the chapters of a part run at once, each in its own process with the cores
-    shared out; the next part waits for them (it may read what they wrote)."""
+def _parted_book(tmp_path: Path, parts: dict[str, list[str]]) -> Path:
+    root = tmp_path / "book"
+    (root / "chapters").mkdir(parents=True)
+    toc = "format: jb-book\nroot: intro\nparts:\n"
+    for caption, names in parts.items():
+        toc += f"  - caption: {caption}\n    chapters:\n" + "".join(f"      - file: chapters/{n}\n" for n in names)
+        for name in names:
+            (root / "chapters" / f"{name}.py").write_text(PARAMETERS)
+    (root / "_toc.yml").write_text(toc)
+    return root
+
+
+def _recording_workers(monkeypatch, seconds: dict[str, float], fail: tuple[str, ...] = ()):
+    """Chapters run apart as sleeps of ``seconds[chapter]`` (``fail`` exit 1); returns the events."""
     import threading
     import time
 
-    root = tmp_path / "book"
-    (root / "chapters").mkdir(parents=True)
-    (root / "_toc.yml").write_text(
-        "format: jb-book\nroot: intro\nparts:\n"
-        "  - caption: One\n    chapters:\n      - file: chapters/00_a\n      - file: chapters/01_b\n"
-        "  - caption: Two\n    chapters:\n      - file: chapters/90_c\n")
-    for name in ("00_a", "01_b", "90_c"):
-        (root / "chapters" / f"{name}.py").write_text(PARAMETERS)
-    assert book.chapter_parts(root) == [["00_a", "01_b"], ["90_c"]]
     events, lock = [], threading.Lock()
 
     def apart(chapter, dataset, parameters, threads):
         with lock:
             events.append(("start", chapter, threads))
-        time.sleep(0.3)
+        time.sleep(seconds.get(chapter, 0.1))
+        if chapter in fail:
+            return 1, "boom"
         out = book.output_path(chapter, dataset)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("{}")
@@ -139,24 +143,60 @@ def test_parts_run_in_order_and_chapters_of_a_part_together(tmp_path, monkeypatc
             events.append(("end", chapter, threads))
         return 0, ""
 
-    def here(chapter, dataset, parameters, progress=True):
-        events.append(("start", chapter, None))
-        out = book.output_path(chapter, dataset)
-        out.write_text("{}")
-        events.append(("end", chapter, None))
-        return out
-
     monkeypatch.setattr(book, "_execute_apart", apart)
-    monkeypatch.setattr(book, "execute", here)
     monkeypatch.setattr(book.os, "cpu_count", lambda: 4)
+    return events
+
+
+def test_a_part_waits_only_for_the_parts_it_reads_and_an_unlisted_part_for_all_before_it(tmp_path, monkeypatch):
+    root = _parted_book(tmp_path, {"A": ["00_a"], "B": ["02_b"], "C": ["10_c"], "D": ["99_d"], "E": ["90_e"]})
+    monkeypatch.setattr(book, "PART_NEEDS", {"A": (), "B": (), "C": ("B",), "D": ()})
+    assert book.chapter_parts(root)[2] == ("C", ["10_c"])
+    assert book.chapter_needs(root) == {"00_a": set(), "02_b": set(), "10_c": {"02_b"}, "99_d": set(),
+                                        "90_e": {"00_a", "02_b", "10_c", "99_d"}}
+    assert book.waited_for(book.chapter_needs(root)) == {"00_a": 1, "02_b": 2, "10_c": 1, "99_d": 1, "90_e": 0}
+
+
+def test_chapters_start_when_what_they_read_is_done_the_most_awaited_first(tmp_path, monkeypatch):
+    """With two workers: the long chapter others wait for (02_b) starts at once although it is not
+    first in the table of contents, an independent later chapter (99_d) fills the free worker
+    meanwhile, and the chapter that reads 02_b starts only after it."""
+    root = _parted_book(tmp_path, {"A": ["00_a", "01_b"], "B": ["02_b"], "C": ["10_c"], "D": ["99_d"]})
+    monkeypatch.setattr(book, "PART_NEEDS", {"A": (), "B": (), "C": ("B",), "D": ()})
+    events = _recording_workers(monkeypatch, {"02_b": 0.8})
     done = book.execute_all("synthetic_tiny", {}, root, jobs=2)
-    assert list(done) == ["00_a", "01_b", "90_c"]
-    starts = [e for e in events if e[0] == "start"]
-    assert {e[1] for e in starts[:2]} == {"00_a", "01_b"}, "the first part's chapters run together"
-    assert all(e[2] == 2 for e in starts[:2]), "two chapters at once share four cores out"
-    assert events.index(("start", "90_c", None)) > max(events.index(e) for e in events if e[0] == "end"
-                                                      and e[1] != "90_c"), "the second part waited"
+    assert list(done) == ["00_a", "01_b", "02_b", "10_c", "99_d"], "the table of contents' order"
+    starts = [e[1] for e in events if e[0] == "start"]
+    at = {(kind, chapter): i for i, (kind, chapter, _) in enumerate(events)}
+    assert set(starts[:2]) == {"02_b", "00_a"}, starts
+    assert at["start", "99_d"] < at["end", "02_b"], "the free worker idled while 02_b ran"
+    assert at["start", "10_c"] > at["end", "02_b"], "10_c started before what it reads was written"
+    assert all(e[2] == 2 for e in events), "two chapters at once share four cores out"
     assert all(book.stamp_path(p).is_file() for p in done.values())
+
+
+def test_a_failed_chapter_skips_those_waiting_for_it_and_not_the_others(tmp_path, monkeypatch):
+    root = _parted_book(tmp_path, {"A": ["00_a"], "B": ["02_b"], "C": ["10_c"], "D": ["99_d"]})
+    monkeypatch.setattr(book, "PART_NEEDS", {"A": (), "B": (), "C": ("B",), "D": ()})
+    events = _recording_workers(monkeypatch, {}, fail=("02_b",))
+    with pytest.raises(RuntimeError) as error:
+        book.execute_all("synthetic_tiny", {}, root, jobs=2)
+    assert "chapter 02_b failed" in str(error.value)
+    assert "chapter 10_c was not run: it waits for 02_b" in str(error.value)
+    assert {e[1] for e in events if e[0] == "end"} == {"00_a", "99_d"}
+    assert book.stamp_path(book.output_path("99_d", "synthetic_tiny")).is_file()
+
+
+def test_every_part_of_the_book_says_what_it_reads():
+    """A part missing from PART_NEEDS (a new or renamed caption) would silently wait for all before it."""
+    from spared_utils import paths
+
+    root = paths.project_root()
+    parts = book.chapter_parts(root)
+    assert {caption for caption, _ in parts} <= book.PART_NEEDS.keys()
+    needs = book.chapter_needs(root)
+    predictors = next(names for caption, names in parts if caption == "Prediction")
+    assert set(predictors) <= needs["90_benchmark"] and "02_completion" in needs["10_shufflenet"]
 
 
 def test_a_chapter_that_fails_in_a_parallel_part_stops_the_build_and_keeps_no_stamp(fake_book, monkeypatch):
