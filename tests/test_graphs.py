@@ -70,7 +70,7 @@ def test_slides_are_never_connected():
 def test_matches_squidpy_grid_graph(tiny_adata):
     a = tiny_adata[tiny_adata.obs["slide_id"] == "SYN_A1"].copy()
     ours = graphs.adjacency(a)
-    sq.gr.spatial_neighbors(a, coord_type="grid", n_neighs=6)
+    sq.gr.spatial_neighbors_grid(a, n_neighs=6)  # squidpy 1.8+ (spatial_neighbors is deprecated)
     theirs = a.obsp["spatial_connectivities"].astype(bool)
     assert (ours != theirs).nnz == 0
 

@@ -59,7 +59,7 @@ def test_spatial_genes_more_autocorrelated_than_noise(tiny_adata):
     a.X = a.layers["counts"].copy()
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
-    sq.gr.spatial_neighbors(a, coord_type="grid", n_neighs=6)
+    sq.gr.spatial_neighbors_grid(a, n_neighs=6)  # squidpy 1.8+ (spatial_neighbors is deprecated)
     sq.gr.spatial_autocorr(a, mode="moran", n_perms=None, n_jobs=1, show_progress_bar=False)
     moran = a.uns["moranI"]["I"]
     spatial = a.var["spatial_gene"]
