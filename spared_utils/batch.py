@@ -44,6 +44,7 @@ import yaml
 from . import models, paths, results
 from .utils import atomic_path, file_lock
 from .predict.harness import parse_scenarios
+from .registry import is_known
 from .run import (
     ChapterError,
     chapter_parameters,
@@ -51,7 +52,6 @@ from .run import (
     check_parameters,
     declared_types,
     execute,
-    known_datasets,
 )
 from .run import failed_path as run_failed_path
 
@@ -137,9 +137,8 @@ def load_plan(path: str | Path) -> Plan:
     )
     if not plan.chapters:
         raise ValueError(f"{path}: the plan names no chapter ('chapters: [10_shufflenet, ...]')")
-    known = known_datasets()
     for d in plan.datasets:
-        if d not in known:
+        if not is_known(d):
             raise ValueError(f"{path}: unknown dataset {d!r} (not in data/datasets.yml)")
     for c in plan.chapter_parameters:
         if c not in plan.chapters:

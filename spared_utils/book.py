@@ -37,6 +37,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from . import paths, plots
+from .registry import is_known
 from .run import ChapterError, execute, known_datasets, output_path, typed_parameters
 from .utils import atomic_path
 
@@ -242,12 +243,12 @@ def _execute_apart(chapter: str, dataset: str, parameters: dict, threads: int) -
 def check_all(dataset: str, params: dict[str, dict], root: Path) -> None:
     """Refuse, before any chapter runs, an unknown dataset or a parameter that a chapter does not
     declare or whose value does not fit its declared type (:func:`spared_utils.run.typed_parameters`)."""
-    datasets = known_datasets()
     for chapter in chapters_in_toc(root):
         chosen = {**params.get("all", {}), **params.get(chapter, {})}
         ds = chosen.pop("dataset", dataset)
-        if ds not in datasets:
-            raise ChapterError(f"unknown dataset {ds!r}: it is not in data/datasets.yml; known: {', '.join(datasets)}")
+        if not is_known(ds):
+            raise ChapterError(f"unknown dataset {ds!r}: it is not in data/datasets.yml; known: "
+                               f"{', '.join(known_datasets())} (and <id>_authors for a dataset of the paper)")
         typed_parameters(root / "chapters" / f"{chapter}.py", {**chosen, "dataset": ds})
 
 

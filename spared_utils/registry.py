@@ -28,7 +28,8 @@ from . import paths
 
 __all__ = [
     "DatasetSpec", "PaperStats", "PipelineParams", "RegistryError", "RemoteFile", "SPLITS", "SourceSpec",
-    "UnknownDatasetError", "get_spec", "parse_registry", "registry", "registry_path",
+    "AUTHORS_SUFFIX", "UnknownDatasetError", "authors_spec", "get_spec", "is_known", "parse_registry", "registry",
+    "registry_path",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -45,6 +46,9 @@ LAYOUT_KEYS = ("slide_dir", "counts", "positions", "scalefactors", "hires", "low
 #: downloaded from a loopback mirror, extracted, read and curated: ``tests/test_mirror.py``),
 #: ``true`` (checked against the real published files).
 LAYOUT_VERIFIED = (False, "reader-code", True)
+#: ``<id>_authors``: the dataset ``<id>`` of the paper as the authors processed it
+#: (:func:`authors_spec`), known without an entry of its own.
+AUTHORS_SUFFIX = "_authors"
 
 
 class RegistryError(ValueError):
@@ -559,9 +563,44 @@ def registry(path: str | os.PathLike | None = None) -> dict[str, DatasetSpec]:
     return copy.deepcopy(_registry_cached(str(path.resolve()), path.stat().st_mtime_ns))
 
 
-def get_spec(dataset_id: str, path: str | os.PathLike | None = None) -> DatasetSpec:
-    """The :class:`DatasetSpec` of one dataset; an unknown id raises with the closest ids."""
+def authors_spec(spec: DatasetSpec) -> DatasetSpec:
+    """The dataset ``spec`` of the paper as the authors processed it, id ``<id>_authors``.
+
+    The authors share one processed ``adata.h5ad`` per SpaRED dataset (a shared folder linked
+    from the README of github.com/BCV-Uniandes/SpaRED). This entry reads it from
+    ``{authors_data}/<id>`` (the folder ``SPARED_AUTHORS_DATA_DIR`` names, one sub-folder per
+    dataset) with source kind ``authors_processed``: their layers are the curated stage, their
+    patches the patch store and their SpaCKLE completion the completion ``"authors"``. Splits,
+    patients and everything else are ``spec``'s, so the reader refuses a file whose slides or
+    splits contradict the registry. It is not counted among the paper's datasets (``in_paper``
+    False): it is one of them, read another way.
+    """
+    source = SourceSpec(kind="authors_processed", format="h5ad", root=f"{{authors_data}}/{spec.id}",
+                        provenance=f"the authors' processed adata.h5ad of {spec.id} (spared 2.2.1), from the shared "
+                                   "folder linked in the README of github.com/BCV-Uniandes/SpaRED")
+    return replace(spec, id=spec.id + AUTHORS_SUFFIX, in_paper=False, source=source, pipeline_ready=True,
+                   notes=f"{spec.id} as the authors processed it; data/datasets.yml line {spec.line} holds {spec.id}")
+
+
+def _derived(dataset_id: str, specs: dict[str, DatasetSpec]) -> DatasetSpec | None:
+    base = dataset_id[: -len(AUTHORS_SUFFIX)] if dataset_id.endswith(AUTHORS_SUFFIX) else None
+    return authors_spec(specs[base]) if base in specs and specs[base].in_paper else None
+
+
+def is_known(dataset_id: str, path: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`get_spec` knows ``dataset_id``: an entry of the registry, or ``<id>_authors``
+    for a dataset ``<id>`` of the paper (:func:`authors_spec`)."""
     specs = registry(path)
+    return dataset_id in specs or _derived(str(dataset_id), specs) is not None
+
+
+def get_spec(dataset_id: str, path: str | os.PathLike | None = None) -> DatasetSpec:
+    """The :class:`DatasetSpec` of one dataset (an entry of the registry, or ``<id>_authors`` for a
+    dataset of the paper, :func:`authors_spec`); an unknown id raises with the closest ids."""
+    specs = registry(path)
+    derived = _derived(str(dataset_id), specs) if dataset_id not in specs else None
+    if derived is not None:
+        return derived
     if dataset_id not in specs:
         close = difflib.get_close_matches(str(dataset_id), list(specs), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from . import paths
-from .registry import registry
+from .registry import is_known, registry
 
 
 class ChapterError(ValueError):
@@ -217,9 +217,9 @@ def execute(
     source = chapter_source(chapter)
     params = dict(parameters or {})
     params["dataset"] = dataset
-    datasets = known_datasets()
-    if dataset not in datasets:
-        raise ChapterError(f"unknown dataset {dataset!r}: it is not in data/datasets.yml; known: {', '.join(datasets)}")
+    if not is_known(dataset):
+        raise ChapterError(f"unknown dataset {dataset!r}: it is not in data/datasets.yml; known: "
+                           f"{', '.join(known_datasets())} (and <id>_authors for a dataset of the paper)")
     params = typed_parameters(source, params)
     out = Path(output) if output else output_path(source.stem, dataset)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -293,3 +293,51 @@ def test_chapters_run_on_the_authors_fixture(chapter, tmp_path):
     text = "".join(str(o.get("text", "")) for c in nb.cells for o in c.get("outputs", []))
     if "completion" in params:
         assert "found completion authors-" in text or "completing with authors" in text
+
+
+def test_every_dataset_of_the_paper_is_known_as_the_authors_processed_it(theirs, tmp_path, monkeypatch):
+    """``<id>_authors`` needs no entry of its own: it reads ``{authors_data}/<id>/adata.h5ad`` with
+    the registry's splits and patients, and the run, the book and the batch driver accept it."""
+    from spared_utils import registry, run
+
+    spec = registry.get_spec("villacampa_lung_organoid_authors")
+    base = registry.get_spec("villacampa_lung_organoid")
+    assert spec.source.kind == "authors_processed" and spec.source.root == "{authors_data}/villacampa_lung_organoid"
+    assert spec.splits == base.splits and spec.patients == base.patients and not spec.in_paper
+    assert registry.is_known(spec.id) and "villacampa_lung_organoid_authors" not in registry.registry()
+    assert sum(s.in_paper for s in registry.registry().values()) == 26, "derived ids are not counted twice"
+    for unknown in ("authors_tiny_authors", "no_such_dataset_authors", "synthetic_authors"):
+        assert not registry.is_known(unknown)  # only datasets of the paper have one
+        with pytest.raises(registry.UnknownDatasetError):
+            registry.get_spec(unknown)
+    with pytest.raises(run.ChapterError, match="<id>_authors"):
+        run.execute("00_tour", "no_such_dataset_authors", {})
+
+    # their file with the dataset's four slides (the fixture's train slide twice), in the folder
+    # SPARED_AUTHORS_DATA_DIR names
+    names = {"SYN_A1": "V19D02-088_A1", "SYN_B1": "V19D02-088_C1", "SYN_C1": "V19D02-088_D1"}
+    renamed = theirs.copy()
+    renamed.obs["slide_id"] = renamed.obs["slide_id"].astype(str).map(names)
+    renamed.obs_names = [f"{names[s]}_{n[len(s) + 1:]}" for s, n in zip(theirs.obs["slide_id"].astype(str),
+                                                                        theirs.obs_names)]
+    twin = renamed[renamed.obs["slide_id"] == "V19D02-088_A1"].copy()
+    twin.obs["slide_id"] = "V19D02-088_B1"
+    twin.obs_names = [n.replace("_A1_", "_B1_") for n in twin.obs_names]
+    mine = ad.concat([renamed, twin], merge="same")
+    mine.uns["spatial"] = {**{names[k]: v for k, v in theirs.uns["spatial"].items()},
+                           "V19D02-088_B1": theirs.uns["spatial"]["SYN_A1"]}
+    folder = tmp_path / "authors" / "villacampa_lung_organoid"
+    folder.mkdir(parents=True)
+    mine.write_h5ad(folder / "adata.h5ad")
+    monkeypatch.setenv(sources.AUTHORS_DATA_ENV, str(tmp_path / "authors"))
+    adata = datasets.load(spec.id, progress=False)
+    assert dict(zip(adata.obs["slide_id"].astype(str), adata.obs["split"].astype(str))) == {
+        "V19D02-088_A1": "train", "V19D02-088_B1": "train", "V19D02-088_C1": "val", "V19D02-088_D1": "test"}
+    np.testing.assert_array_equal(adata.layers["c_d_log1p"], np.asarray(mine.layers["c_d_log1p"], np.float32))
+
+    # a file whose split contradicts the registry is refused, naming the slide
+    mine.obs["split"] = mine.obs["split"].astype(str).replace({"train": "val", "val": "train"})
+    mine.write_h5ad(folder / "adata.h5ad")
+    monkeypatch.setenv("SPARED_PROCESSED_DIR", str(tmp_path / "processed-again"))
+    with pytest.raises(readers.ReaderError, match="V19D02-088_A1"):
+        datasets.load(spec.id, progress=False)
