@@ -190,16 +190,19 @@ PART_NEEDS: dict[str, tuple[str, ...]] = {
     "Prediction": ("Completion",),
     # chapters 90 and 91 aggregate the rows the predictor chapters wrote
     "Benchmark": ("Prediction",),
-    # chapter 95 applies chapter 02's SpaCKLE and chapter 10's predictor checkpoints
+    # chapter 95 reads checkpoints (CHAPTER_NEEDS names which)
     "Your data": ("Completion", "Prediction"),
     # the reliability matrix builds its own slides and checkpoints
     "Appendix": (),
 }
+#: Chapters that read fewer chapters than their part's :data:`PART_NEEDS`: chapter 95 applies
+#: chapter 02's SpaCKLE and chapter 10's predictor (its default) and waits for nothing else.
+CHAPTER_NEEDS: dict[str, tuple[str, ...]] = {"95_your_slide": ("02_completion", "10_shufflenet")}
 
 
 def chapter_needs(root: Path) -> dict[str, set[str]]:
-    """Each chapter of the table of contents → the chapters it waits for (:data:`PART_NEEDS`), in
-    the order of the table of contents."""
+    """Each chapter of the table of contents → the chapters it waits for (:data:`PART_NEEDS`,
+    narrowed by :data:`CHAPTER_NEEDS`), in the order of the table of contents."""
     parts = chapter_parts(root)
     needs: dict[str, set[str]] = {}
     for i, (caption, names) in enumerate(parts):
@@ -207,6 +210,8 @@ def chapter_needs(root: Path) -> dict[str, set[str]]:
         earlier = parts[:i] if read is None else [p for p in parts[:i] if p[0] in read]
         for name in names:
             needs[name] = {c for _, chapters in earlier for c in chapters}
+            if name in CHAPTER_NEEDS:
+                needs[name] &= set(CHAPTER_NEEDS[name])
     return needs
 
 
@@ -261,7 +266,7 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
     only renders. The stamp is written after a successful run, so a failed chapter re-runs.
 
     ``jobs`` > 1 runs that many chapters at once, each in its own process with the machine's cores
-    shared out. A chapter starts when a worker is free and the chapters it waits for
+    shared out, except the chapter that most others wait for, which gets them all. A chapter starts when a worker is free and the chapters it waits for
     (:func:`chapter_needs`) have succeeded, those that most chapters wait for first, then in the
     order of the table of contents. A chapter that fails does not stop the others; those that wait
     for it are not run, and the build raises at the end, naming every failure.
@@ -285,14 +290,20 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
         stamp_path(out).unlink(missing_ok=True)
         pending[chapter] = (chapter, ds, chosen, stamp, out)
     at_once = max(1, min(jobs, len(pending)))
-    threads = max(1, (os.cpu_count() or 1) // at_once)
+    cores = os.cpu_count() or 1
+    first = waited_for(needs)
+    # the chapter most others wait for (02) gates the rest: it gets every core, sharing them with
+    # the independent chapters that run beside it; the others get their share
+    counts = sorted((first[c] for c in pending), reverse=True)
+    gate = next((c for c in pending if first[c] == counts[0]), None) if counts and counts[0] > 0 and (
+        len(counts) == 1 or counts[1] < counts[0]) else None
 
     def run_one(item) -> tuple[str, Path]:
         chapter, ds, chosen, stamp, out = item
         t0 = time.perf_counter()
         print(f"[book] running {chapter} on {ds} {chosen or ''}", flush=True)
         if at_once > 1:
-            code, tail = _execute_apart(chapter, ds, chosen, threads)
+            code, tail = _execute_apart(chapter, ds, chosen, cores if chapter == gate else max(1, cores // at_once))
             if code != 0:
                 raise RuntimeError(f"chapter {chapter} failed on {ds}:\n{tail}")
             path = out
@@ -305,7 +316,6 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
 
     if at_once == 1:  # in this process, in the order of the table of contents
         executed.update(run_one(pending.pop(c)) for c in list(pending))
-    first = waited_for(needs)
     order = sorted(pending, key=lambda c: (-first[c], list(needs).index(c)))
     errors = []
     with ThreadPoolExecutor(max_workers=at_once) as pool:

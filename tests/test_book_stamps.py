@@ -171,8 +171,18 @@ def test_chapters_start_when_what_they_read_is_done_the_most_awaited_first(tmp_p
     assert set(starts[:2]) == {"02_b", "00_a"}, starts
     assert at["start", "99_d"] < at["end", "02_b"], "the free worker idled while 02_b ran"
     assert at["start", "10_c"] > at["end", "02_b"], "10_c started before what it reads was written"
-    assert all(e[2] == 2 for e in events), "two chapters at once share four cores out"
+    threads = {chapter: n for _, chapter, n in events}
+    assert threads == {"02_b": 4, "00_a": 2, "01_b": 2, "10_c": 2, "99_d": 2}, \
+        "two chapters at once share four cores out; the one others wait for has all four"
     assert all(book.stamp_path(p).is_file() for p in done.values())
+
+
+def test_no_chapter_gets_every_core_when_several_gate_the_same_number(tmp_path, monkeypatch):
+    root = _parted_book(tmp_path, {"A": ["00_a", "01_b"], "C": ["10_c"]})
+    monkeypatch.setattr(book, "PART_NEEDS", {"A": (), "C": ("A",)})
+    events = _recording_workers(monkeypatch, {})
+    book.execute_all("synthetic_tiny", {}, root, jobs=2)
+    assert {chapter: n for _, chapter, n in events} == {"00_a": 2, "01_b": 2, "10_c": 2}
 
 
 def test_a_failed_chapter_skips_those_waiting_for_it_and_not_the_others(tmp_path, monkeypatch):
@@ -184,6 +194,7 @@ def test_a_failed_chapter_skips_those_waiting_for_it_and_not_the_others(tmp_path
     assert "chapter 02_b failed" in str(error.value)
     assert "chapter 10_c was not run: it waits for 02_b" in str(error.value)
     assert {e[1] for e in events if e[0] == "end"} == {"00_a", "99_d"}
+    assert {chapter: n for _, chapter, n in events} == {"02_b": 4, "00_a": 2, "99_d": 2}
     assert book.stamp_path(book.output_path("99_d", "synthetic_tiny")).is_file()
 
 
@@ -197,6 +208,7 @@ def test_every_part_of_the_book_says_what_it_reads():
     needs = book.chapter_needs(root)
     predictors = next(names for caption, names in parts if caption == "Prediction")
     assert set(predictors) <= needs["90_benchmark"] and "02_completion" in needs["10_shufflenet"]
+    assert needs["95_your_slide"] == {"02_completion", "10_shufflenet"}
 
 
 def test_a_chapter_that_fails_in_a_parallel_part_stops_the_build_and_keeps_no_stamp(fake_book, monkeypatch):
