@@ -425,6 +425,32 @@ def write_overview_figure(target: Path) -> Path:
     return target
 
 
+#: The intro's answers to the benchmark's two questions, written into the staged book from the
+#: published benchmark (``intro.md`` includes it), so the front page states them from data.
+ANSWERS_INCLUDE = "_benchmark_answers.md"
+
+
+def benchmark_answers(published: str | os.PathLike | None = None) -> str:
+    """The published benchmark's answers (:func:`spared_utils.analysis.completion_answers` on its
+    test split, as chapter 90 opens with) as markdown, with where they come from; only the
+    published store (``data/benchmark/``, or ``published``) is read, never the local one."""
+    from . import analysis, results
+
+    folder = Path(published) if published is not None else results.published_dir()
+    store = results.read(folder / results.STORE_NAME)
+    if store.empty:
+        return ("The published benchmark (`data/benchmark/`) holds no runs yet: `make benchmark` writes it, and "
+                "[chapter 90](chapters/90_benchmark) answers from it.")
+    prov = results.benchmark_provenance(folder)
+    answers = analysis.completion_answers(analysis.scenario_differences(store, split="test"),
+                                          analysis.completion_by_dataset(store, "test"))
+    where = (f"From the published benchmark ({store['dataset'].nunique()} datasets, "
+             f"{prov.get('runs', {}).get('finished', '?')} runs, {prov.get('date', 'undated')}, commit "
+             f"`{str(prov.get('commit', '?'))[:7]}`; the figures and intervals are in "
+             "[chapter 90](chapters/90_benchmark)):")
+    return "\n\n".join([where, *(f"**{q}**\n\n" + "\n".join(lines) for q, lines in answers.items())]) + "\n"
+
+
 def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
     """Copy the book's sources, with executed notebooks in place of the chapters, to a staging folder."""
     src = build_dir / "src"
@@ -454,6 +480,7 @@ def stage(root: Path, executed: dict[str, Path], build_dir: Path) -> Path:
     if figures.is_dir():
         shutil.copytree(figures, src / "chapters" / "figures")
     write_overview_figure(src / OVERVIEW_FIGURE)
+    (src / ANSWERS_INCLUDE).write_text(benchmark_answers())
     add_results_part(src, batch_notebooks(paths.results_dir()))
     return src
 

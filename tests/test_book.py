@@ -77,6 +77,9 @@ def test_book_pages_for_readers(tiny_book):
     assert 'href="../bibliography.html#id' in tour, "citations link to the bibliography page"
     intro = (html / "intro.html").read_text()
     assert 'src="_images/pipeline.svg"' in intro or "pipeline.svg" in intro
+    # the front page answers the benchmark's questions from the published store (book.benchmark_answers)
+    assert "Does completion help?" in intro and "Does a better completion help more?" in intro
+    assert "From the published benchmark (" in intro and "_benchmark_answers" not in intro
     assert "colab.research.google.com/github/spared-book/spared-book" in tour, "Colab launch button"
     assert "mybinder.org" in tour, "Binder launch button"
     assert "tag_setup" in tour and "tag_hide-cell" in tour, "the setup cell is folded away"

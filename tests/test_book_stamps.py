@@ -221,3 +221,21 @@ def test_a_chapter_that_fails_in_a_parallel_part_stops_the_build_and_keeps_no_st
         book.execute_all("synthetic_tiny", {}, root, jobs=2)
     assert not book.stamp_path(book.output_path("00_a", "synthetic_tiny")).exists()
     assert book.stamp_path(book.output_path("01_b", "synthetic_tiny")).exists()
+
+
+def test_the_front_page_answers_come_from_the_published_store_only(tmp_path, monkeypatch):
+    from spared_utils import analysis, results
+
+    text = book.benchmark_answers()
+    store = results.read(results.published_dir() / results.STORE_NAME)
+    answers = analysis.completion_answers(analysis.scenario_differences(store, split="test"),
+                                          analysis.completion_by_dataset(store, "test"))
+    assert all(line in text for lines in answers.values() for line in lines)
+    assert f"{store['dataset'].nunique()} datasets" in text
+    # a local store with other numbers changes nothing; an empty published folder says so
+    local = store.copy()
+    local["mse"] = local["mse"] + 1.0
+    local.to_csv(tmp_path / "results.csv", index=False)
+    monkeypatch.setenv("SPARED_RESULTS_DIR", str(tmp_path))
+    assert book.benchmark_answers() == text
+    assert "holds no runs yet" in book.benchmark_answers(tmp_path / "empty")
