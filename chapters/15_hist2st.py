@@ -118,6 +118,9 @@ pretrained = False  # True loads ImageNet weights (needs internet or a timm cach
 completion = "spackle"
 # that completion's budget if it trains (None: the book's CPU budget)
 completion_iterations = None  # type: int
+# None: the budget's (56 on a CPU); px each spot's patch is read at (paper: 112); at
+# most the dataset's
+patch_size = None
 
 # %%
 from IPython.display import Markdown, display

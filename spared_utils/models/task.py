@@ -104,7 +104,10 @@ def load_patches(data: PredictionData, rows: np.ndarray, size: int | None = None
         x = torch.from_numpy(np.ascontiguousarray(part)).permute(0, 3, 1, 2)
         if size is not None and tuple(x.shape[-2:]) != (size, size):
             if min(x.shape[-2:]) < size:
-                raise ValueError(f"patches are {tuple(x.shape[-2:])} px but the model reads {size} px")
+                raise ValueError(f"patches are {tuple(x.shape[-2:])} px but the model reads {size} px (upsampling "
+                                 f"would invent detail): give the model a patch_size or input_size of at most "
+                                 f"{min(x.shape[-2:])} (a chapter: -p patch_size {min(x.shape[-2:])}), or cut "
+                                 "larger patches")
             x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
             x = x.round().clamp(0, 255).to(torch.uint8)
         out.append(x.contiguous())
