@@ -266,7 +266,8 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
     only renders. The stamp is written after a successful run, so a failed chapter re-runs.
 
     ``jobs`` > 1 runs that many chapters at once, each in its own process with the machine's cores
-    shared out, except the chapter that most others wait for, which gets them all. A chapter starts when a worker is free and the chapters it waits for
+    shared out, except the chapter that most others wait for, which runs first, alone, on all of
+    them (the rest wait for it anyway). A chapter starts when a worker is free and the chapters it waits for
     (:func:`chapter_needs`) have succeeded, those that most chapters wait for first, then in the
     order of the table of contents. A chapter that fails does not stop the others; those that wait
     for it are not run, and the build raises at the end, naming every failure.
@@ -292,8 +293,8 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
     at_once = max(1, min(jobs, len(pending)))
     cores = os.cpu_count() or 1
     first = waited_for(needs)
-    # the chapter most others wait for (02) gates the rest: it gets every core, sharing them with
-    # the independent chapters that run beside it; the others get their share
+    # the chapter most others wait for (02) gates the rest: it runs alone on every core (beside
+    # others on one thread each it took as long as alone on one thread); the others get their share
     counts = sorted((first[c] for c in pending), reverse=True)
     gate = next((c for c in pending if first[c] == counts[0]), None) if counts and counts[0] > 0 and (
         len(counts) == 1 or counts[1] < counts[0]) else None
@@ -322,6 +323,8 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
         running: dict = {}
         while True:
             for chapter in order:
+                if gate in running.values():  # the gate runs alone on every core
+                    break
                 if chapter in pending and len(running) < at_once and needs[chapter] <= executed.keys():
                     running[pool.submit(run_one, pending.pop(chapter))] = chapter
             if not running:
