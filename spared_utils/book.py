@@ -266,10 +266,10 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
     only renders. The stamp is written after a successful run, so a failed chapter re-runs.
 
     ``jobs`` > 1 runs that many chapters at once, each in its own process with the machine's cores
-    shared out, except the chapter that most others wait for, which runs first, alone, on all of
-    them (the rest wait for it anyway). A chapter starts when a worker is free and the chapters it waits for
-    (:func:`chapter_needs`) have succeeded, those that most chapters wait for first, then in the
-    order of the table of contents. A chapter that fails does not stop the others; those that wait
+    shared out, except the one chapter that more chapters wait for than any other, which runs
+    first and alone on all of them (most of the book waits for it). A chapter starts when a worker
+    is free and the chapters it waits for (:func:`chapter_needs`) have succeeded, those that most
+    chapters wait for first, then in the order of the table of contents. A chapter that fails does not stop the others; those that wait
     for it are not run, and the build raises at the end, naming every failure.
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
