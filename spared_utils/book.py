@@ -36,7 +36,7 @@ import matplotlib
 import yaml
 from matplotlib.figure import Figure
 
-from . import paths, plots
+from . import analysis, paths, plots, results
 from .registry import is_known
 from .run import ChapterError, execute, known_datasets, output_path, typed_parameters
 from .utils import atomic_path
@@ -437,8 +437,6 @@ def benchmark_answers(published: str | os.PathLike | None = None) -> str:
     """The published benchmark's answers (:func:`spared_utils.analysis.completion_answers` on its
     test split, as chapter 90 opens with) as markdown, with where they come from; only the
     published store (``data/benchmark/``, or ``published``) is read, never the local one."""
-    from . import analysis, results
-
     folder = Path(published) if published is not None else results.published_dir()
     store = results.read(folder / results.STORE_NAME)
     if store.empty:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spared_utils import batch, paths, run
+from spared_utils.registry import registry
 
 ROOT = paths.project_root()
 
@@ -142,7 +143,7 @@ def test_cli_dry_run_prints_one_line_per_run_and_bad_plan_exits_2(tmp_path, caps
     per_dataset = sum((4 if "scenario" in chapter_parameters(chapter_source(c)) else 1) * len(default.seeds)
                       for c in default.chapters)
     assert len(lines) == len(batch.jobs(default)) == len(default.datasets) * per_dataset
-    assert set(default.datasets) == {k for k in batch.known_datasets() if k.startswith("synsuite_")}
+    assert set(default.datasets) == {k for k in registry() if k.startswith("synsuite_")}
 
 
 def test_dry_run_estimates_the_remaining_time_from_finished_notebooks(tmp_path, capsys):
