@@ -234,12 +234,18 @@ def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+#: What a worker process of a parallel build runs: :func:`spared_utils.run.execute` on one chapter.
+#: It imports the runner only, not this module (whose rendering side imports the analysis, seconds
+#: that every chapter's worker would pay again).
+_WORKER = ("import json, sys; from spared_utils.run import execute; "
+           "execute(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), progress=False)")
+
+
 def _execute_apart(chapter: str, dataset: str, parameters: dict, threads: int) -> tuple[int, str]:
-    """One chapter in its own process (``--execute-one``) with ``threads`` threads; its exit code
+    """One chapter in its own process (:data:`_WORKER`) with ``threads`` threads; its exit code
     and its last lines of output."""
     env = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
-    cmd = [sys.executable, "-m", "spared_utils.book", "--execute-one", chapter, "--dataset", dataset,
-           "--chapter-params", json.dumps(parameters)]
+    cmd = [sys.executable, "-c", _WORKER, chapter, dataset, json.dumps(parameters)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     return done.returncode, "\n".join(lines[-6:])
@@ -269,8 +275,9 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
     shared out, except the one chapter that more chapters wait for than any other, which runs
     first and alone on all of them (most of the book waits for it). A chapter starts when a worker
     is free and the chapters it waits for (:func:`chapter_needs`) have succeeded, those that most
-    chapters wait for first, then in the order of the table of contents. A chapter that fails does not stop the others; those that wait
-    for it are not run, and the build raises at the end, naming every failure.
+    chapters wait for first, then in the order of the table of contents. A chapter that fails does
+    not stop the others; those that wait for it are not run, and the build raises at the end,
+    naming every failure.
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -295,9 +302,9 @@ def execute_all(dataset: str, params: dict[str, dict], root: Path, force: bool =
     first = waited_for(needs)
     # the chapter most others wait for (02) gates the rest: it runs alone on every core (beside
     # others on one thread each it took as long as alone on one thread); the others get their share
-    counts = sorted((first[c] for c in pending), reverse=True)
-    gate = next((c for c in pending if first[c] == counts[0]), None) if counts and counts[0] > 0 and (
-        len(counts) == 1 or counts[1] < counts[0]) else None
+    most = max((first[c] for c in pending), default=0)
+    leaders = [c for c in pending if first[c] == most]
+    gate = leaders[0] if most > 0 and len(leaders) == 1 else None
 
     def run_one(item) -> tuple[str, Path]:
         chapter, ds, chosen, stamp, out = item
@@ -536,12 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-run every chapter, even those whose source, parameters and package are unchanged")
     parser.add_argument("--jobs", type=int, default=default_jobs(),
                         help="chapters run at once, each in its own process (default: %(default)s)")
-    parser.add_argument("--execute-one", metavar="CHAPTER", help=argparse.SUPPRESS)
-    parser.add_argument("--chapter-params", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.execute_one:  # one chapter of a parallel build (execute_all's worker)
-        execute(args.execute_one, args.dataset, json.loads(args.chapter_params), progress=False)
-        return 0
     try:
         build(args.dataset, args.params, args.render_only, args.build_dir, args.force, jobs=args.jobs)
     except ChapterError as error:  # a wrong dataset or parameter: one line, before anything ran
