@@ -1,7 +1,8 @@
 """Every chapter of the book on the authors' processed fixture (prints a table; not a test).
 
-``tests/test_authors_processed.py`` runs three chapters on ``authors_tiny`` in CI (curation,
-completion, one predictor); CI's time budget leaves no room for all of them. This script runs
+``tests/test_authors_processed.py`` runs four chapters on ``authors_tiny`` in CI (curation,
+completion, a patch predictor, a slide predictor) with :func:`tiny_parameters`; CI's time budget
+leaves no room for all of them. This script runs
 every chapter of ``_toc.yml`` there with papermill, at the tiny parameters of
 ``tests/chapter_params.yml`` and with ``completion="authors"`` wherever a chapter takes a
 completion (their SpaCKLE layer, :mod:`spared_utils.readers.authors`) and their 32 px patch size

@@ -276,18 +276,17 @@ def test_their_code_makes_the_same_fixture_again(tmp_path):
 @pytest.mark.parametrize("chapter", ["01_curation", "02_completion", "10_shufflenet", "15_hist2st"])
 def test_chapters_run_on_the_authors_fixture(chapter, tmp_path):
     """A chapter on exactly their data: ``--dataset authors_tiny`` (plus ``completion="authors"``
-    for a predictor), with the tiny parameters of tests/chapter_params.yml."""
+    for a predictor, and their 32 px patch size for a slide model), with the tiny parameters of
+    tests/chapter_params.yml, as benchmarks/authors_chapters.py runs every chapter."""
     import nbformat
-    import yaml
 
     from spared_utils import run
 
-    tiny = yaml.safe_load((ROOT / "tests" / "chapter_params.yml").read_text())
-    params = {k: v for k, v in {**tiny["all"], **(tiny.get(chapter) or {})}.items() if k != "dataset"}
-    if "completion" in run.chapter_parameters(run.chapter_source(chapter)):
-        params["completion"] = "authors"
-    if "patch_size" in run.chapter_parameters(run.chapter_source(chapter)):  # their fixture's patches: 32 px
-        params["patch_size"] = 32
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import authors_chapters
+
+    params = authors_chapters.tiny_parameters(chapter)
+    assert params.get("patch_size", 32) == 32
     out = run.execute(chapter, "authors_tiny", params, output=tmp_path / f"{chapter}.ipynb", progress=False)
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
