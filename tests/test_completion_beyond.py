@@ -306,3 +306,62 @@ def test_new_options_leave_earlier_checkpoint_tags_unchanged():
     assert S.config_tag(S.SpackleConfig(), *args) == "468c96423f"
     assert S.config_tag(S.SpackleConfig(centre_input=True), *args) != "468c96423f"
     assert S.config_tag(S.SpackleConfig.make(warmup_iterations=5), *args) != "468c96423f"
+
+
+def test_neighbour_path_mixes_the_centre_with_its_ring_means():
+    cfg = S.SpackleConfig.make(d_model=8, dim_feedforward=16, n_layers=1, dropout=0.0, neighbour_skip=True)
+    torch.manual_seed(0)
+    model = S.Spackle(2, 19, cfg).eval()  # hexagonal 2-ring neighbourhood: ring 1 = tokens 1..6
+    assert model.ring1 == 6 and model.skip_logit.shape == (7, 3)
+    assert S.Spackle(2, 13, cfg).ring1 == 4  # the square grid's 2 rings: 4 + 8
+    x = torch.zeros(1, 19, 2)
+    x[0, 1:4, 0] = torch.tensor([2.0, 4.0, 6.0])  # gene 0: three ring-1 values (mean 4)
+    x[0, 7:9, 0] = torch.tensor([100.0, 100.0])  # ... and two in ring 2
+    x[0, 10, 1] = 5.0  # gene 1: ring 2 only
+    with torch.no_grad():
+        model.skip_logit.zero_()
+        model.skip_logit[:, 1] = 5.0  # all the weight on the ring-1 mean where it exists
+        out = model(x)
+        bare = S.Spackle(2, 19, replace(cfg, neighbour_skip=False)).eval()
+        bare.load_state_dict({k: v for k, v in model.state_dict().items() if k != "skip_logit"})
+        plain = bare(x)
+    assert float(out[0, 0, 0]) == pytest.approx(4.0, abs=1e-4)
+    # no ring-1 value of gene 1: the transformer and the ring-2 mean share the weight equally
+    assert float(out[0, 0, 1]) == pytest.approx(0.5 * float(plain[0, 0, 1]) + 2.5, abs=1e-4)
+    torch.testing.assert_close(out[0, 1:], plain[0, 1:])  # other tokens are the transformer's
+    empty = torch.zeros(1, 19, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(empty)[0, 0], bare(empty)[0, 0])  # no neighbour: the model stands
+
+
+def test_blend_weights_are_least_squares_per_bin_and_fall_back_to_the_model():
+    from spared_utils.completion.spackle import blend
+
+    rng = np.random.default_rng(0)
+    pred, mean = rng.normal(size=400), rng.normal(size=400)
+    bins = np.repeat([2, 5], 200)
+    truth = np.where(bins == 2, 0.3 * pred + 0.7 * mean, 0.8 * pred + 0.2 * mean)
+    mean_nan = mean.copy()
+    mean_nan[:5] = np.nan  # no neighbour within the rings: left out of the fit
+    w = blend.fit_weights([(pred, mean_nan, truth, bins)])
+    assert w.shape == (blend.N_BINS,)
+    assert w[2] == pytest.approx(0.3, abs=1e-6) and w[5] == pytest.approx(0.8, abs=1e-6)
+    assert w[0] == 1 and w[1] == 1  # no sample (or no neighbour): the model alone
+    assert blend.fit_weights([(pred, mean, 2 * pred - mean, bins)])[2] == 1  # clipped to [0, 1]
+    out = blend.blend(pred[:10], mean_nan[:10], bins[:10], w)
+    np.testing.assert_allclose(out[:5], pred[:5], rtol=1e-6)
+    np.testing.assert_allclose(out[5:], 0.3 * pred[5:10] + 0.7 * mean[5:10], rtol=1e-5)
+
+
+def test_blend_bins_count_the_ring_one_spots_that_hold_the_gene():
+    from spared_utils.completion.spackle import blend
+
+    values = np.arange(1, 11, dtype=np.float32)[:, None]
+    real = np.ones((10, 1), bool)
+    real[1, 0] = real[3, 0] = False
+    a = _grid_adata(values, real, ["train"])  # one row: ring 1 = the spots to the left and right
+    rings = blend.neighbour_rings(a, hex_geometry=True)
+    mean, bins = blend.neighbour_mean(values, real, rings, np.array([0, 2, 4, 5]))
+    # spots 0 and 2: no ring-1 neighbour holds the gene, ring 2 does; spot 4: one of two; spot 5: both
+    assert bins.ravel().tolist() == [blend.RING1 + 1, blend.RING1 + 1, 1, 2]
+    np.testing.assert_allclose(mean.ravel(), [3.0, 3.0, 6.0, 6.0])

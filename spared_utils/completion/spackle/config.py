@@ -27,7 +27,7 @@ _CHOICES = {
 
 #: Fields added after checkpoints were first written, left out of :func:`config_tag` at these
 #: defaults (so that earlier runs keep their tags and are reused).
-LATER_DEFAULTS: dict[str, Any] = {"centre_input": False}
+LATER_DEFAULTS: dict[str, Any] = {"centre_input": False, "neighbour_skip": False, "neighbour_blend": False}
 
 
 @dataclass
@@ -71,6 +71,14 @@ class SpackleConfig:
     #: log2(TPM + 1) values are 10–20 with spot-to-spot deviations of about 1, so the deviations
     #: are a small part of each token's embedding.
     centre_input: bool = False
+    #: ours: the centre token's output is pulled towards the mean of the gene's given values in
+    #: the nearest ring that has one (ring 1 of the neighbourhood, else ring 2), by a learned weight
+    #: per availability (how many ring-1 neighbours hold the gene; ring 2 only): a spatial-mean path
+    #: beside the transformer, trained with it. ``neighbourhood="knn"`` reads its 6 nearest spots as ring 1.
+    neighbour_skip: bool = False
+    #: ours: after training, the centre's prediction is blended with the neighbour mean (rings
+    #: 1–3), one weight per availability bin fitted on the validation slides (:mod:`.blend`)
+    neighbour_blend: bool = False
     #: whole matrix (paper); ``"hidden"``: hidden entries only; ``"real"``: every real entry
     #: (the median guesses stay in the input but are not targets)
     loss_on: str = "all"

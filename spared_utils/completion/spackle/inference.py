@@ -7,6 +7,7 @@ import torch
 from anndata import AnnData
 
 from ... import training
+from . import blend
 from .checkpoints import check_genes
 from .config import DEFAULT_LAYER
 from .masking import spackle_input
@@ -32,6 +33,7 @@ def complete_with(result: SpackleResult, adata: AnnData, layer: str = DEFAULT_LA
     centres = torch.arange(adata.n_obs, device=device)
     pred = predict_centres(result.model, inputs, torch.as_tensor(index, device=device), centres,
                            cfg.predict_batch, cfg.train.amp).cpu().numpy()
+    pred = _blended(result, adata, values, real, np.arange(adata.n_obs), pred, hex_geometry, slide_key)
     return np.where(real, values, pred).astype(np.float32)
 
 
@@ -49,10 +51,23 @@ def predict_hidden(result: SpackleResult, adata: AnnData, hidden: np.ndarray, ro
                                slide_key=slide_key)
     device = next(result.model.parameters()).device
     inputs = torch.as_tensor(spackle_input(values, real, hidden, result.config), device=device)
+    rows = np.asarray(rows, dtype=np.int64)
     pred = predict_centres(result.model, inputs, torch.as_tensor(index, device=device),
-                           torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device),
-                           result.config.predict_batch, result.config.train.amp)
-    return pred.cpu().numpy()
+                           torch.as_tensor(rows, device=device),
+                           result.config.predict_batch, result.config.train.amp).cpu().numpy()
+    return _blended(result, adata, values, real & ~np.asarray(hidden, dtype=bool), rows, pred, hex_geometry, slide_key)
+
+
+def _blended(result: SpackleResult, adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: np.ndarray,
+             pred: np.ndarray, hex_geometry: bool | None, slide_key: str) -> np.ndarray:
+    """``pred`` blended with the neighbour mean of the ``observed`` values where the model carries
+    blend weights (``SpackleConfig.neighbour_blend``), else ``pred`` itself."""
+    weights = blend.blend_weights(result.model)
+    if weights is None:
+        return pred
+    rings = blend.neighbour_rings(adata, resolve_hex_geometry(adata, hex_geometry), slide_key)
+    mean, bins = blend.neighbour_mean(values, observed, rings, rows)
+    return blend.blend(pred, mean, bins, weights)
 
 
 @torch.no_grad()

@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from ...training import count_parameters
+from .blend import N_BINS
 from .config import SpackleConfig
+
+#: The neighbour-mean weights are ``sigmoid(SKIP_GAIN · logit)``: a few hundred Adam steps at the
+#: transformer's learning rate then move a weight across its whole range, not a few hundredths.
+SKIP_GAIN = 10.0
+
 
 class Spackle(nn.Module):
     """Linear adapter → transformer encoder → linear adapter, over neighbourhood tokens.
@@ -46,6 +52,13 @@ class Spackle(nn.Module):
         ones = torch.ones(n_genes)
         self.register_buffer("gene_scale", ones.clone() if gene_scale is None else torch.as_tensor(gene_scale).float().clone())
         self.register_buffer("out_scale", ones.clone() if out_scale is None else torch.as_tensor(out_scale).float().clone())
+        # The neighbour-mean path (``config.neighbour_skip``): one weight per availability bin.
+        self.ring1 = ring1_size(n_tokens, cfg)
+        self.skip_logit = nn.Parameter(torch.zeros(self.ring1 + 1, 3)) if cfg.neighbour_skip else None
+        if cfg.neighbour_blend:  # fitted after training (train_spackle), saved with the weights
+            self.register_buffer("blend_weight", torch.ones(N_BINS))
+        else:
+            self.blend_weight = None
         if cfg.centre_input:  # only then, so that checkpoints without it still load
             centre = torch.zeros(n_genes) if gene_centre is None else torch.as_tensor(gene_centre).float().clone()
             self.register_buffer("gene_centre", centre)
@@ -66,7 +79,41 @@ class Spackle(nn.Module):
         else:
             # The authors' layout: a (batch, tokens, d) tensor read as (sequence, batch, d).
             h = self.encoder(h)
-        return self.adapter_out(h) * self.out_scale
+        out = self.adapter_out(h) * self.out_scale
+        if self.skip_logit is not None:
+            out = self._neighbour_skip(x, given, out)
+        return out
+
+    def _neighbour_skip(self, x: torch.Tensor, given: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The centre token's output mixed with the neighbour means of each gene's given values.
+
+        Three candidates per gene: the transformer's output, the mean of the gene's given values
+        in ring 1 (tokens ``1..ring1``) and the mean in the rest of the neighbourhood (ring 2).
+        Their weights are a softmax of learned logits, one set per availability bin (how many
+        ring-1 spots hold the gene, ``0..ring1``); a mean with no value behind it gets no weight.
+        """
+        g = given.to(out.dtype)
+        near, far = slice(1, 1 + self.ring1), slice(1 + self.ring1, None)
+        c1, c2 = g[:, near].sum(1), g[:, far].sum(1)
+        m1 = (x[:, near] * g[:, near]).sum(1) / c1.clamp_min(1)
+        m2 = (x[:, far] * g[:, far]).sum(1) / c2.clamp_min(1)
+        logits = SKIP_GAIN * self.skip_logit[c1.long()]  # (B, genes, 3)
+        absent = torch.stack([torch.zeros_like(c1, dtype=torch.bool), c1 == 0, c2 == 0], dim=-1)
+        weight = torch.softmax(logits.masked_fill(absent, float("-inf")), dim=-1)
+        candidates = torch.stack([out[:, 0], m1.to(out.dtype), m2.to(out.dtype)], dim=-1)
+        centre = (weight * candidates).sum(-1)
+        return torch.cat([centre[:, None], out[:, 1:]], dim=1)
+
+
+def ring1_size(n_tokens: int, config: SpackleConfig) -> int:
+    """How many tokens after the centre form ring 1: 6 on the hexagonal grid, 4 on the square one
+    (told apart by the token count of ``config.n_hops`` rings), 6 for ``neighbourhood="knn"``."""
+    k = n_tokens - 1
+    if config.neighbourhood == "hex":
+        h = config.n_hops
+        if k == 2 * h * (h + 1):  # square grid: 4 h (h + 1) / 2 positions
+            return min(4, k)
+    return max(1, min(6, k))
 
 
 @dataclass
@@ -99,4 +146,4 @@ def gene_scales(values: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             torch.as_tensor(np.where(sd > 1e-6, sd, 1.0), dtype=torch.float32))
 
 
-__all__ = ["Spackle", "SpackleResult", "gene_scales"]
+__all__ = ["Spackle", "SpackleResult", "gene_scales", "ring1_size"]

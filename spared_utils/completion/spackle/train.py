@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from ... import training
 from ...preprocess.panel import panel_info
+from . import blend
 from .checkpoints import save_checkpoint
 from .config import DEFAULT_LAYER, SpackleConfig, config_tag
 from .masking import spackle_input, synthetic_hidden
@@ -101,6 +102,8 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
         run(lr)
     model, res = runs[lr]
     model.eval()
+    if cfg.neighbour_blend:
+        fit_blend(model, adata, values, real, data, val_spots, cfg, hex_geometry, slide_key)
     result = SpackleResult(
         model=model, config=replace(cfg, train=replace(cfg.train, learning_rate=lr)), genes=genes, learning_rate=lr,
         best_val=res.best_val, best_iteration=res.best_iteration, history=res.history,
@@ -113,4 +116,28 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
     return result
 
 
-__all__ = ["train_spackle"]
+def fit_blend(model: Spackle, adata: AnnData, values: np.ndarray, real: np.ndarray, data: Neighbourhoods,
+              rows: np.ndarray, cfg: SpackleConfig, hex_geometry: bool, slide_key: str = "slide_id") -> np.ndarray:
+    """Fit the weights of :mod:`.blend` on the validation spots ``rows`` and store them in the model.
+
+    At each of :data:`.blend.BLEND_LEVELS` a fixed uniform mask (seeded by ``cfg.train.seed``)
+    hides real entries of ``rows``; the model and the neighbour mean predict them from the rest.
+    """
+    rings = blend.neighbour_rings(adata, hex_geometry, slide_key)
+    device = data.values.device
+    centres = torch.as_tensor(rows, device=device)
+    samples = []
+    for i, level in enumerate(blend.BLEND_LEVELS):
+        hidden = synthetic_hidden(real, level, cfg.train.seed + 200 + i, "uniform", rows=rows)
+        inputs = spackle_input(data.values, data.real, torch.as_tensor(hidden, device=device), cfg)
+        pred = predict_centres(model, inputs, data.index, centres, cfg.predict_batch, cfg.train.amp).cpu().numpy()
+        mean, bins = blend.neighbour_mean(values, real & ~hidden, rings, rows)
+        h = hidden[rows]
+        samples.append((pred[h], mean[h], values[rows][h], bins[h]))
+    weights = blend.fit_weights(samples)
+    with torch.no_grad():
+        model.blend_weight.copy_(torch.as_tensor(weights))
+    return weights
+
+
+__all__ = ["fit_blend", "train_spackle"]
