@@ -365,3 +365,61 @@ def test_blend_bins_count_the_ring_one_spots_that_hold_the_gene():
     # spots 0 and 2: no ring-1 neighbour holds the gene, ring 2 does; spot 4: one of two; spot 5: both
     assert bins.ravel().tolist() == [blend.RING1 + 1, blend.RING1 + 1, 1, 2]
     np.testing.assert_allclose(mean.ravel(), [3.0, 3.0, 6.0, 6.0])
+
+
+def test_zero_counts_move_to_their_expected_expression_given_the_count(tiny_adata):
+    from spared_utils.completion.spackle import zeros
+    from spared_utils.preprocess import run_pipeline
+    from tests.test_preprocess import Spec
+
+    curated = run_pipeline(tiny_adata.copy(), Spec(), progress=False)
+    cmap = zeros.CurationMap.of(curated, "c_d_log1p")
+    rows = np.arange(curated.n_obs)
+    y, real = curated.layers["c_d_log1p"], curated.layers["mask"]
+    counts = np.asarray(curated.layers["counts"].todense() if hasattr(curated.layers["counts"], "todense")
+                        else curated.layers["counts"], dtype=np.float64)
+    # the recovered curation takes measured counts to the curated values and back
+    np.testing.assert_allclose(cmap.from_counts(counts, rows)[real], y[real], atol=1e-3)
+    np.testing.assert_allclose(cmap.to_counts(y, rows)[real], counts[real], rtol=1e-3)
+    # E[μ | 0] = λ k / (k + λ): below the prediction, the more so the flatter the prior
+    lam = np.full((3, curated.n_vars), 4.0)
+    pred = cmap.from_counts(lam, rows[:3])
+    for k, expected in ((1.0, 0.8), (4.0, 2.0)):
+        np.testing.assert_allclose(cmap.to_counts(zeros.zero_posterior(pred, k, cmap, rows[:3]), rows[:3]),
+                                   expected, rtol=1e-4)
+    # the shape is read back from counts scattered as a gamma around the predictions
+    rng = np.random.default_rng(0)
+    lam = rng.uniform(20, 200, size=(curated.n_obs, curated.n_vars))
+    mu = rng.gamma(5.0, lam / 5.0)
+    obs = np.maximum(rng.poisson(mu), 1)
+    k = zeros.prior_shape(cmap.from_counts(lam, rows), cmap.from_counts(obs, rows), cmap, rows,
+                          np.ones_like(real))
+    assert 4.0 < k < 6.0
+    assert np.isnan(zeros.prior_shape(y, y, cmap, rows, np.zeros_like(real)))  # nothing held out
+    assert zeros.curation_map(ad.AnnData(np.ones((2, 2), np.float32)), "c_d_log1p") is None
+
+
+def test_ours_completes_zero_counts_lower_and_keeps_what_it_fitted(tiny_adata, tmp_path):
+    from spared_utils.preprocess import run_pipeline
+    from tests.test_preprocess import Spec
+
+    data = run_pipeline(tiny_adata.copy(), Spec(), progress=False)
+    a = data.copy()
+    completion.complete(a, method="spackle_plus", **FAST, seed=2, checkpoint_dir=str(tmp_path))
+    loaded = S.load_checkpoint(next(tmp_path.glob("spackle_*.pt")), device="cpu")
+    shape, weights = float(loaded.model.zero_shape), loaded.model.blend_weight.numpy()
+    assert np.isfinite(shape) and shape > 0
+    assert ((weights >= 0) & (weights <= 1)).all()
+    without = S.SpackleResult(**{**loaded.__dict__})
+    without.model = S.Spackle(data.n_vars, loaded.model.n_tokens, loaded.config)
+    without.model.load_state_dict({**loaded.model.state_dict(), "zero_shape": torch.tensor(float("nan"))})
+    without.model.eval()
+    real = data.layers["mask"]
+    b, c = data.copy(), data.copy()
+    completion.complete(b, method="spackle", model=loaded)
+    completion.complete(c, method="spackle", model=without)
+    np.testing.assert_allclose(b.layers["c_t_log1p"], a.layers["c_t_log1p"], rtol=1e-5, atol=1e-5)
+    # only the zero counts change, and they move down
+    np.testing.assert_array_equal(b.layers["c_t_log1p"][real], c.layers["c_t_log1p"][real])
+    assert (b.layers["c_t_log1p"][~real] <= c.layers["c_t_log1p"][~real] + 1e-5).all()
+    assert (b.layers["c_t_log1p"][~real] < c.layers["c_t_log1p"][~real] - 1e-3).mean() > 0.5

@@ -59,6 +59,7 @@ from ..preprocess import median_complete
 from ..utils import dense
 from . import sme
 from . import spackle as S
+from .spackle.zeros import CurationMap
 
 #: The masking levels of Fig. 3 (fraction of a gene's entries hidden).
 MASKING_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -437,39 +438,14 @@ def before_dropout_layer(adata: AnnData, generated: AnnData, source: str = "coun
         raise KeyError(f"the generated dataset has no layers[{source!r}]; make it with "
                        "spared_utils.synthetic.make_dataset from the dataset's generator arguments")
     key_added = key_added or TRUTH_SOURCES.get(source, f"{source}_log1p")
-    for need in ("counts", "tpm", "d_log1p", layer, S.MASK_LAYER):
-        if need not in adata.layers:
-            raise KeyError(f"layer {need!r} is missing from the curated dataset; curate it with spared_utils.datasets.load")
+    cmap = CurationMap.of(adata, layer, batch_key)
     spots = generated.obs_names.get_indexer(adata.obs_names)
     genes = generated.var_names.get_indexer(adata.var_names)
     if (spots < 0).any() or (genes < 0).any():
         raise KeyError(f"{int((spots < 0).sum())} spots and {int((genes < 0).sum())} genes of the curated dataset are "
                        "not in the generated one: generate it with the dataset's own generator arguments")
     before = dense(generated.layers[source][spots][:, genes]).astype(np.float64)
-    counts = dense(adata.layers["counts"]).astype(np.float64)
-    tpm = dense(adata.layers["tpm"]).astype(np.float64)
-    length = np.asarray(adata.var["gene_length"], dtype=np.float64)
-    per_len = counts / length
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(per_len > 0, tpm / per_len, np.nan)
-    scale = np.nanmedian(np.where(np.isfinite(ratio), ratio, np.nan), axis=1) if np.isfinite(ratio).any() else None
-    if scale is None:
-        raise ValueError("no spot has a measured value: the TPM factors cannot be recovered")
-    scale = np.where(np.isfinite(scale), scale, np.nanmedian(scale))
-    logged = np.log2(before / length * scale[:, None] + 1.0)
-    x = dense(adata.layers["d_log1p"]).astype(np.float64)
-    y = dense(adata.layers[layer]).astype(np.float64)
-    key = batch_key or (adata.uns.get("preprocessing", {}).get("params", {}) or {}).get("combat_key")
-    groups = (adata.obs[key].astype(str).to_numpy() if isinstance(key, str) and key in adata.obs
-              else np.zeros(adata.n_obs, dtype=int))
-    out = np.empty_like(logged)
-    for g in np.unique(groups):
-        sel = groups == g
-        xm, ym = x[sel].mean(axis=0), y[sel].mean(axis=0)
-        var = ((x[sel] - xm) ** 2).mean(axis=0)
-        cov = ((x[sel] - xm) * (y[sel] - ym)).mean(axis=0)
-        slope = np.where(var > 1e-12, cov / np.maximum(var, 1e-12), 1.0)
-        out[sel] = slope * (logged[sel] - xm) + ym
+    out = cmap.from_counts(before, np.arange(adata.n_obs))
     adata.layers[key_added] = out.astype(np.float32)
     return adata
 

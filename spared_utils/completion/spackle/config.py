@@ -27,7 +27,8 @@ _CHOICES = {
 
 #: Fields added after checkpoints were first written, left out of :func:`config_tag` at these
 #: defaults (so that earlier runs keep their tags and are reused).
-LATER_DEFAULTS: dict[str, Any] = {"centre_input": False, "neighbour_skip": False, "neighbour_blend": False}
+LATER_DEFAULTS: dict[str, Any] = {"centre_input": False, "neighbour_skip": False, "neighbour_blend": False,
+                                   "zero_posterior": False}
 
 
 @dataclass
@@ -79,6 +80,10 @@ class SpackleConfig:
     #: ours: after training, the centre's prediction is blended with the neighbour mean (rings
     #: 1–3), one weight per availability bin fitted on the validation slides (:mod:`.blend`)
     neighbour_blend: bool = False
+    #: ours: an originally missing entry (a zero count) is completed with the expected expression
+    #: given that count, under a gamma–Poisson model around the prediction whose spread is fitted
+    #: on the validation slides (:mod:`.zeros`); values hidden on purpose are predicted as before
+    zero_posterior: bool = False
     #: whole matrix (paper); ``"hidden"``: hidden entries only; ``"real"``: every real entry
     #: (the median guesses stay in the input but are not targets)
     loss_on: str = "all"

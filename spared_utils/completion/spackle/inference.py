@@ -7,7 +7,7 @@ import torch
 from anndata import AnnData
 
 from ... import training
-from . import blend
+from . import blend, zeros
 from .checkpoints import check_genes
 from .config import DEFAULT_LAYER
 from .masking import spackle_input
@@ -33,7 +33,9 @@ def complete_with(result: SpackleResult, adata: AnnData, layer: str = DEFAULT_LA
     centres = torch.arange(adata.n_obs, device=device)
     pred = predict_centres(result.model, inputs, torch.as_tensor(index, device=device), centres,
                            cfg.predict_batch, cfg.train.amp).cpu().numpy()
-    pred = _blended(result, adata, values, real, np.arange(adata.n_obs), pred, hex_geometry, slide_key)
+    rows = np.arange(adata.n_obs)
+    pred = _blended(result, adata, values, real, rows, pred, hex_geometry, slide_key)
+    pred = _zero_counts(result, adata, layer, pred, rows, ~real)
     return np.where(real, values, pred).astype(np.float32)
 
 
@@ -42,7 +44,9 @@ def predict_hidden(result: SpackleResult, adata: AnnData, hidden: np.ndarray, ro
                    hex_geometry: bool | None = None, slide_key: str = "slide_id") -> np.ndarray:
     """Predictions for the spots ``rows`` when the entries ``hidden`` (spots × genes) are hidden.
 
-    Used by the synthetic-masking evaluation; returns a ``(len(rows), genes)`` array.
+    Used by the synthetic-masking evaluation; returns a ``(len(rows), genes)`` array. Hidden
+    entries that are not real (originally missing, zero counts) are predicted as
+    :func:`complete_with` completes them.
     """
     check_genes(result, adata)
     values, real = check_input(adata, layer, slide_key=slide_key)
@@ -55,7 +59,22 @@ def predict_hidden(result: SpackleResult, adata: AnnData, hidden: np.ndarray, ro
     pred = predict_centres(result.model, inputs, torch.as_tensor(index, device=device),
                            torch.as_tensor(rows, device=device),
                            result.config.predict_batch, result.config.train.amp).cpu().numpy()
-    return _blended(result, adata, values, real & ~np.asarray(hidden, dtype=bool), rows, pred, hex_geometry, slide_key)
+    hidden = np.asarray(hidden, dtype=bool)
+    pred = _blended(result, adata, values, real & ~hidden, rows, pred, hex_geometry, slide_key)
+    return _zero_counts(result, adata, layer, pred, rows, (hidden & ~real)[rows])
+
+
+def _zero_counts(result: SpackleResult, adata: AnnData, layer: str, pred: np.ndarray, rows: np.ndarray,
+                 zero: np.ndarray) -> np.ndarray:
+    """``pred`` with the entries ``zero`` (originally missing: zero counts) replaced by
+    :func:`.zeros.zero_posterior` where the model carries a fitted shape (``zero_posterior``)."""
+    shape = getattr(result.model, "zero_shape", None)
+    if shape is None or not np.isfinite(float(shape)) or not zero.any():
+        return pred
+    cmap = zeros.curation_map(adata, layer)
+    if cmap is None:
+        return pred
+    return np.where(zero, zeros.zero_posterior(pred, float(shape), cmap, rows), pred).astype(np.float32)
 
 
 def _blended(result: SpackleResult, adata: AnnData, values: np.ndarray, observed: np.ndarray, rows: np.ndarray,

@@ -59,6 +59,10 @@ class Spackle(nn.Module):
             self.register_buffer("blend_weight", torch.ones(N_BINS))
         else:
             self.blend_weight = None
+        if cfg.zero_posterior:  # the gamma shape of zeros.py, fitted after training (NaN: not fitted)
+            self.register_buffer("zero_shape", torch.tensor(float("nan")))
+        else:
+            self.zero_shape = None
         if cfg.centre_input:  # only then, so that checkpoints without it still load
             centre = torch.zeros(n_genes) if gene_centre is None else torch.as_tensor(gene_centre).float().clone()
             self.register_buffer("gene_centre", centre)

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from ... import training
 from ...preprocess.panel import panel_info
-from . import blend
+from . import blend, zeros
 from .checkpoints import save_checkpoint
 from .config import DEFAULT_LAYER, SpackleConfig, config_tag
 from .masking import spackle_input, synthetic_hidden
@@ -102,8 +102,8 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
         run(lr)
     model, res = runs[lr]
     model.eval()
-    if cfg.neighbour_blend:
-        fit_blend(model, adata, values, real, data, val_spots, cfg, hex_geometry, slide_key)
+    if cfg.neighbour_blend or cfg.zero_posterior:
+        fit_after(model, adata, layer, values, real, data, val_spots, cfg, hex_geometry, slide_key)
     result = SpackleResult(
         model=model, config=replace(cfg, train=replace(cfg.train, learning_rate=lr)), genes=genes, learning_rate=lr,
         best_val=res.best_val, best_iteration=res.best_iteration, history=res.history,
@@ -116,28 +116,48 @@ def train_spackle(adata: AnnData, layer: str = DEFAULT_LAYER, config: SpackleCon
     return result
 
 
-def fit_blend(model: Spackle, adata: AnnData, values: np.ndarray, real: np.ndarray, data: Neighbourhoods,
-              rows: np.ndarray, cfg: SpackleConfig, hex_geometry: bool, slide_key: str = "slide_id") -> np.ndarray:
-    """Fit the weights of :mod:`.blend` on the validation spots ``rows`` and store them in the model.
+def fit_after(model: Spackle, adata: AnnData, layer: str, values: np.ndarray, real: np.ndarray,
+              data: Neighbourhoods, rows: np.ndarray, cfg: SpackleConfig, hex_geometry: bool,
+              slide_key: str = "slide_id") -> None:
+    """Fit what ours adds after training on the validation spots ``rows``, stored in the model:
+    the weights of :mod:`.blend` (``neighbour_blend``) and the gamma shape of :mod:`.zeros`
+    (``zero_posterior``; left NaN where the dataset has no counts to map back to).
 
     At each of :data:`.blend.BLEND_LEVELS` a fixed uniform mask (seeded by ``cfg.train.seed``)
     hides real entries of ``rows``; the model and the neighbour mean predict them from the rest.
+    The shape is fitted on the blended predictions of the levels up to 30%, the share of entries
+    a slide itself typically misses.
     """
     rings = blend.neighbour_rings(adata, hex_geometry, slide_key)
     device = data.values.device
     centres = torch.as_tensor(rows, device=device)
-    samples = []
+    samples, levels = [], []
     for i, level in enumerate(blend.BLEND_LEVELS):
         hidden = synthetic_hidden(real, level, cfg.train.seed + 200 + i, "uniform", rows=rows)
         inputs = spackle_input(data.values, data.real, torch.as_tensor(hidden, device=device), cfg)
         pred = predict_centres(model, inputs, data.index, centres, cfg.predict_batch, cfg.train.amp).cpu().numpy()
         mean, bins = blend.neighbour_mean(values, real & ~hidden, rings, rows)
-        h = hidden[rows]
-        samples.append((pred[h], mean[h], values[rows][h], bins[h]))
-    weights = blend.fit_weights(samples)
-    with torch.no_grad():
-        model.blend_weight.copy_(torch.as_tensor(weights))
-    return weights
+        samples.append((pred, mean, bins, hidden[rows]))
+        levels.append(level)
+    if cfg.neighbour_blend:
+        weights = blend.fit_weights([(p[h], m[h], values[rows][h], b[h]) for p, m, b, h in samples])
+        with torch.no_grad():
+            model.blend_weight.copy_(torch.as_tensor(weights))
+    if cfg.zero_posterior:
+        cmap = zeros.curation_map(adata, layer)
+        shapes = []
+        if cmap is not None:
+            for (p, m, b, h), level in zip(samples, levels):
+                if level <= 0.3:
+                    p = blend.blend(p, m, b, blend.blend_weights(model)) if cfg.neighbour_blend else p
+                    shapes.append((p, h))
+            pred = np.concatenate([p for p, _ in shapes])
+            hid = np.concatenate([h for _, h in shapes])
+            reps = np.tile(rows, len(shapes))
+            truth = values[reps]
+            shape = zeros.prior_shape(pred, truth, cmap, reps, hid)
+            with torch.no_grad():
+                model.zero_shape.fill_(shape)
 
 
-__all__ = ["fit_blend", "train_spackle"]
+__all__ = ["fit_after", "train_spackle"]
