@@ -255,6 +255,46 @@ def missing_checks(table: pd.DataFrame) -> dict[str, tuple[bool, bool, str]]:
     return out
 
 
+def dataset_rows(summ: pd.DataFrame, outs: list[dict], run: str) -> pd.DataFrame:
+    """Section (a)'s data file: ``summ`` (one row per dataset) with its kind, the originally missing
+    entries against the expected expression (MSE and mean signed error of ours, SpaCKLE and LGDiST;
+    whether ours has the lowest MSE and the smallest |bias|), the date, machine and command."""
+    from spared_utils import datasets
+
+    rows = []
+    for (_, row), out in zip(summ.round(2).iterrows(), outs):
+        extra = {"kind": "generated" if datasets.get_spec(row["dataset"]).source.kind == "synthetic" else "real"}
+        table = out.get("missing")
+        truth = "expected expression"
+        if table is not None and ("mse", truth) in table:
+            lowest, smallest, _ = missing_checks(table)[truth]
+            extra.update(missing_ours_lowest_mse=lowest, missing_ours_smallest_bias=smallest)
+            for m, name in (("spackle_plus", "ours"), ("spackle", "spackle"), ("lgdist", "lgdist")):
+                if m in table.index:
+                    extra[f"missing_mse_{name}"] = f"{table.loc[m, ('mse', truth)]:.3f}"
+                    extra[f"missing_bias_{name}"] = f"{table.loc[m, ('mean_signed_error', truth)]:+.3f}"
+        rows.append({"dataset": row["dataset"], **extra, **row.drop("dataset").to_dict()})
+    frame = pd.DataFrame(rows)
+    frame["date"] = time.strftime("%Y-%m-%d")
+    frame["machine"] = f"{os.cpu_count()} cores, no GPU" if not _has_cuda() else f"{os.cpu_count()} cores, CUDA"
+    frame["run"] = run + "; test slides, masking 10-70%, seed 0; missing entries vs the expected expression"
+    return frame
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def missing_verdicts(table: pd.DataFrame) -> list[str]:
     """:func:`missing_checks` as printed lines."""
     return [f"missing entries vs {truth}: ours lowest MSE {'yes' if a else 'NO'}, smallest |bias| "
@@ -629,6 +669,8 @@ def main() -> None:
     parser.add_argument("--no-lgdist", action="store_true", help="(a) without LGDiST (much faster)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="(a) datasets in this many processes at once (each with --threads threads)")
+    parser.add_argument("--csv", default=None,
+                        help="(a) also write one row per dataset here (data/completion/completion_vs_lgdist_<date>.csv)")
     args = parser.parse_args()
 
     import torch
@@ -678,6 +720,10 @@ def main() -> None:
                                   "lgdist_vs_spackle_%": o.get("lgdist_vs_spackle")} for o in outs])
             print(summ.round(2).to_string(index=False))
             checks = {o["dataset"]: missing_checks(o["missing"]) for o in outs if o.get("missing") is not None}
+            if args.csv:
+                run = f"python benchmarks/bench_completion.py {' '.join(sys.argv[1:])} (commit {_commit()})"
+                dataset_rows(summ, outs, run).to_csv(args.csv, index=False)
+                print(f"wrote {args.csv}")
             for truth in sorted({t for c in checks.values() for t in c}):
                 n_mse = sum(c[truth][0] for c in checks.values() if truth in c)
                 n_bias = sum(c[truth][1] for c in checks.values() if truth in c)

@@ -423,3 +423,26 @@ def test_ours_completes_zero_counts_lower_and_keeps_what_it_fitted(tiny_adata, t
     np.testing.assert_array_equal(b.layers["c_t_log1p"][real], c.layers["c_t_log1p"][real])
     assert (b.layers["c_t_log1p"][~real] <= c.layers["c_t_log1p"][~real] + 1e-5).all()
     assert (b.layers["c_t_log1p"][~real] < c.layers["c_t_log1p"][~real] - 1e-3).mean() > 0.5
+
+
+def test_completion_bench_writes_one_row_per_dataset_with_the_missing_verdicts():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_completion
+
+    cols = pd.MultiIndex.from_product([["mse", "mean_signed_error"], ["expected expression"]])
+    missing = pd.DataFrame([[2.0, 0.1], [3.0, 0.9], [2.5, -0.2]], index=["spackle_plus", "spackle", "lgdist"],
+                           columns=cols)
+    summ = pd.DataFrame({"dataset": ["synthetic", "her2st_patient_c"], "ours_vs_lgdist_%": [30.123, 50.0]})
+    rows = bench_completion.dataset_rows(summ, [{"missing": missing}, {}], "python benchmarks/bench_completion.py")
+    assert rows["kind"].tolist() == ["generated", "real"]
+    first = rows.iloc[0]
+    # lowest MSE of the three, but LGDiST's |bias| (0.2) is not above ours (0.1): both verdicts read off the table
+    assert bool(first["missing_ours_lowest_mse"]) and bool(first["missing_ours_smallest_bias"])
+    assert first["missing_bias_lgdist"] == "-0.200" and first["ours_vs_lgdist_%"] == 30.12
+    assert pd.isna(rows.iloc[1]["missing_mse_ours"]) and rows["run"].str.contains("seed 0").all()
+    worse = missing.copy()
+    worse.loc["lgdist", ("mean_signed_error", "expected expression")] = 0.05
+    assert not bool(bench_completion.dataset_rows(summ[:1], [{"missing": worse}], "x").iloc[0]["missing_ours_smallest_bias"])

@@ -44,8 +44,11 @@ TRAINED_METHODS: tuple[str, ...] = ("spackle", "spackle_plus", "spackle_authors"
 #: (chapter 02's ablation). Half of the training neighbourhoods draw ρ from a range of rates, the
 #: other half are masked at ``mask_prob`` (also the validation mask), every real value under the
 #: paper's uniform rule; the input adapter reads given entries as deviations from their gene's
-#: training mean and which entries are given; the loss is on the hidden entries only; and the
-#: learning rate is warmed up.
+#: training mean and which entries are given; the loss is on the hidden entries only; the
+#: learning rate is warmed up; the centre's output is mixed with its ring means by learned weights
+#: and then blended with the neighbour mean by weights fitted on the validation slides; and
+#: originally missing entries (zero counts) get their expected expression given the count
+#: (:mod:`spared_utils.completion.spackle.zeros`).
 PLUS_OPTIONS: dict[str, Any] = ablation.chosen_options()
 #: ``method="spackle_authors"``: SpaCKLE as the authors' ``spared`` 2.2.1 code runs it, where it
 #: differs from the paper's text (:class:`SpackleConfig` documents each field): adapters as wide
@@ -159,7 +162,7 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
             model = train_spackle(adata, layer, cfg, hex_geometry=hex_geometry)
         completed = complete_with(model, adata, layer, hex_geometry=hex_geometry)
         info.update(learning_rate=model.learning_rate, best_val_mse=model.best_val,
-                    best_iteration=model.best_iteration, n_params=model.n_params,
+                    best_iteration=model.best_iteration, n_params=model.n_params, **_fitted_after(model),
                     checkpoint=str(model.checkpoint) if model.checkpoint else "",
                     config=json.dumps(asdict(model.config), default=str))
     elif method == "lgdist":
@@ -205,6 +208,19 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
     info["missing_completed"] = int((~real).sum())
     adata.uns["completion"] = info
     return adata
+
+
+def _fitted_after(result: SpackleResult) -> dict[str, Any]:
+    """What ours fitted after training, for ``uns["completion"]``: the blend's weights per
+    availability bin and the gamma shape of the zero-count posterior (NaN: not applied)."""
+    out: dict[str, Any] = {}
+    weights = getattr(result.model, "blend_weight", None)
+    if weights is not None:
+        out["blend_weights"] = [round(float(w), 4) for w in weights]
+    shape = getattr(result.model, "zero_shape", None)
+    if shape is not None:
+        out["zero_shape"] = float(shape)
+    return out
 
 
 def _authors_layer(adata: AnnData, key: str) -> np.ndarray:

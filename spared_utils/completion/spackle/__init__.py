@@ -30,8 +30,9 @@ the gene``, capped at 1), ``attention="batch"`` (the authors' ``batch_first=Fals
 ``missing_in_training="zero"`` (median-completed entries hidden from the input and the loss),
 ``gene_scaling`` (per-gene input/output scales around the adapters, the same function class), and
 the options of our ``spackle_plus``: ``mask_prob_range`` / ``mask_range_share`` (training over a
-range of masking rates), ``mask_indicator``, ``loss_on="real"`` and ``centre_input`` (given
-entries read as deviations from their gene's training mean).
+range of masking rates), ``mask_indicator``, ``loss_on="real"``, ``centre_input`` (given
+entries read as deviations from their gene's training mean), ``neighbour_skip``,
+``neighbour_blend`` and ``zero_posterior``.
 
 One choice of ours is on by default: ``init_output_bias="mean"`` starts the output adapter's bias
 at each gene's training mean (PyTorch initialises it near 0). Values of log2(TPM + 1) are about
@@ -43,8 +44,10 @@ Training goes through :func:`spared_utils.training.fit` (budget, Adam, validatio
 One module per job: :mod:`.config` (:class:`SpackleConfig`, :func:`config_tag`), :mod:`.model`
 (:class:`Spackle`), :mod:`.neighbourhoods` (input checks, neighbourhoods, batches),
 :mod:`.masking` (what is hidden), :mod:`.train` (:func:`train_spackle`), :mod:`.checkpoints`
-(:func:`save_checkpoint`, :func:`load_checkpoint`) and :mod:`.inference` (:func:`complete_with`,
-:func:`predict_hidden`, :func:`predict_centres`).
+(:func:`save_checkpoint`, :func:`load_checkpoint`), :mod:`.inference` (:func:`complete_with`,
+:func:`predict_hidden`, :func:`predict_centres`), and two steps of ours after training:
+:mod:`.blend` (the blend with the neighbour mean) and :mod:`.zeros` (zero counts completed with
+their expected expression given the count).
 """
 
 from __future__ import annotations
