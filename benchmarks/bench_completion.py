@@ -670,7 +670,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="(a) datasets in this many processes at once (each with --threads threads)")
     parser.add_argument("--csv", default=None,
-                        help="(a) also write one row per dataset here (data/completion/completion_vs_lgdist_<date>.csv)")
+                        help="(a) also write one row per dataset here (data/completion/completion_vs_lgdist_<date>_<commit>.csv)")
     args = parser.parse_args()
 
     import torch
