@@ -34,7 +34,8 @@
 # was missing is a zero and the loss reads it — and on SpaCKLE-completed data, and reports that
 # completion helps. The book adds `masked` (the loss skips missing values; nothing is filled
 # in), `median` (the curation's own completion) and `completed:spackle_plus` (the book's
-# completion, chapter 02). A result on generated data says little about real tissue unless a
+# completion, chapter 02, as it stood at the commit `provenance.yml` names: SpaCKLE+ has changed
+# since, see the ablation in chapter 02). A result on generated data says little about real tissue unless a
 # real dataset agrees, so every table that pools datasets keeps the two kinds apart.
 
 # %% tags=["setup", "hide-cell"]
