@@ -147,6 +147,8 @@ def test_spackle_plus_trains_over_masking_range_reproducibly(data):
     completion.complete(a, method="spackle_plus", **FAST, seed=3)
     completion.complete(b, method="spackle_plus", **FAST, seed=3)
     np.testing.assert_array_equal(a.layers["c_t_log1p"], b.layers["c_t_log1p"])
+    # no counts to map back to: zero counts are left as the model predicts them, and uns says so
+    assert np.isnan(a.uns["completion"]["zero_shape"]) and not a.uns["completion"]["zero_counts_completed"]
     real = data.layers["mask"]
     np.testing.assert_array_equal(a.layers["c_t_log1p"][real], data.layers["c_d_log1p"][real])
     cfg = completion.plus_config(**FAST)
@@ -419,6 +421,8 @@ def test_ours_completes_zero_counts_lower_and_keeps_what_it_fitted(tiny_adata, t
     completion.complete(b, method="spackle", model=loaded)
     completion.complete(c, method="spackle", model=without)
     np.testing.assert_allclose(b.layers["c_t_log1p"], a.layers["c_t_log1p"], rtol=1e-5, atol=1e-5)
+    assert a.uns["completion"]["zero_counts_completed"] and len(a.uns["completion"]["blend_weights"]) == 9
+    assert not c.uns["completion"]["zero_counts_completed"]  # no fitted shape: said so
     # only the zero counts change, and they move down
     np.testing.assert_array_equal(b.layers["c_t_log1p"][real], c.layers["c_t_log1p"][real])
     assert (b.layers["c_t_log1p"][~real] <= c.layers["c_t_log1p"][~real] + 1e-5).all()

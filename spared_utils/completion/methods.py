@@ -17,6 +17,7 @@ from ..readers.authors import COMPLETION_LAYERS
 from . import ablation, evaluate, sme
 from .evaluate import METHODS
 from .sme import SmeConfig
+from .spackle.zeros import NEEDED_LAYERS
 from .spackle import (
     SpackleConfig,
     SpackleResult,
@@ -132,7 +133,9 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
     -------
     AnnData
         ``adata`` itself with the two new layers and ``uns["completion"]`` (method, parameters,
-        learning rate and validation MSE for SpaCKLE, seconds).
+        learning rate and validation MSE for SpaCKLE, seconds; for ours also ``blend_weights``,
+        ``zero_shape`` and ``zero_counts_completed``, whether zero counts got their expected
+        expression given the count, which needs the curated ``counts``/``tpm``/``d_log1p`` layers).
 
     Raises
     ------
@@ -163,6 +166,7 @@ def complete(adata: AnnData, method: str = "spackle", layer: str = "c_d_log1p", 
         completed = complete_with(model, adata, layer, hex_geometry=hex_geometry)
         info.update(learning_rate=model.learning_rate, best_val_mse=model.best_val,
                     best_iteration=model.best_iteration, n_params=model.n_params, **_fitted_after(model),
+                    zero_counts_completed=_zero_counts_applied(model, adata, layer),
                     checkpoint=str(model.checkpoint) if model.checkpoint else "",
                     config=json.dumps(asdict(model.config), default=str))
     elif method == "lgdist":
@@ -221,6 +225,13 @@ def _fitted_after(result: SpackleResult) -> dict[str, Any]:
     if shape is not None:
         out["zero_shape"] = float(shape)
     return out
+
+
+def _zero_counts_applied(result: SpackleResult, adata: AnnData, layer: str) -> bool:
+    """Whether :func:`complete_with` moved zero counts (a fitted shape and what the curation map reads)."""
+    shape = getattr(result.model, "zero_shape", None)
+    return (shape is not None and bool(np.isfinite(float(shape))) and "gene_length" in adata.var
+            and all(k in adata.layers for k in (*NEEDED_LAYERS, layer)))
 
 
 def _authors_layer(adata: AnnData, key: str) -> np.ndarray:
