@@ -30,10 +30,8 @@ Usage::
 
     python benchmarks/bench_completion.py --only a,d --cpu-budget --no-stlearn --jobs 2 --threads 1
 
-(the last, on a 2-core machine, 2026-12-02: 11.7 minutes; ``ours_vs_spackle_mse_reduction: 45.7 min
-8.4`` — ours is below SpaCKLE by 34.7–61.7% on average per dataset and at every level on all 9
-datasets, and below the training mean at every level on all 9; at 43,804 spots ours took 1.01×
-SpaCKLE's time and 0.87× its peak memory).
+(the last, on a 2-core machine, with ``--csv data/completion/completion_vs_lgdist_<date>_<commit>.csv``
+writes the per-dataset file; the measured runs are in ``data/completion/``).
 
 Both modes print ``spackle_vs_median_mse_reduction: <percent>`` (SpaCKLE's MSE reduction over the
 median on the embedded dataset's test slides, averaged over the masking levels) and end with
