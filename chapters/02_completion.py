@@ -283,8 +283,8 @@ if lgdist:
 #   validation slides: how far measured counts scatter around the predictions. Values hidden on
 #   purpose are real measurements and are predicted as before.
 #
-# Everything else (neighbourhoods, model, the uniform masking rule) is SpaCKLE's; validation is
-# at ρ = 0.2.
+# Everything else (neighbourhoods, the transformer and its adapters, the uniform masking rule) is
+# SpaCKLE's; validation is at ρ = 0.2.
 
 # %%
 plus = None
