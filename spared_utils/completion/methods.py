@@ -17,7 +17,7 @@ from ..readers.authors import COMPLETION_LAYERS
 from . import ablation, evaluate, sme
 from .evaluate import METHODS
 from .sme import SmeConfig
-from .spackle.zeros import NEEDED_LAYERS
+from .spackle import blend, zeros
 from .spackle import (
     SpackleConfig,
     SpackleResult,
@@ -218,7 +218,7 @@ def _fitted_after(result: SpackleResult) -> dict[str, Any]:
     """What ours fitted after training, for ``uns["completion"]``: the blend's weights per
     availability bin and the gamma shape of the zero-count posterior (NaN: not applied)."""
     out: dict[str, Any] = {}
-    weights = getattr(result.model, "blend_weight", None)
+    weights = blend.blend_weights(result.model)
     if weights is not None:
         out["blend_weights"] = [round(float(w), 4) for w in weights]
     shape = getattr(result.model, "zero_shape", None)
@@ -230,8 +230,8 @@ def _fitted_after(result: SpackleResult) -> dict[str, Any]:
 def _zero_counts_applied(result: SpackleResult, adata: AnnData, layer: str) -> bool:
     """Whether :func:`complete_with` moved zero counts (a fitted shape and what the curation map reads)."""
     shape = getattr(result.model, "zero_shape", None)
-    return (shape is not None and bool(np.isfinite(float(shape))) and "gene_length" in adata.var
-            and all(k in adata.layers for k in (*NEEDED_LAYERS, layer)))
+    return (shape is not None and bool(np.isfinite(float(shape)))
+            and zeros.missing_requirement(adata, layer) is None)
 
 
 def _authors_layer(adata: AnnData, key: str) -> np.ndarray:

@@ -131,31 +131,26 @@ def fit_after(model: Spackle, adata: AnnData, layer: str, values: np.ndarray, re
     rings = blend.neighbour_rings(adata, hex_geometry, slide_key)
     device = data.values.device
     centres = torch.as_tensor(rows, device=device)
-    samples, levels = [], []
+    samples = []
     for i, level in enumerate(blend.BLEND_LEVELS):
         hidden = synthetic_hidden(real, level, cfg.train.seed + 200 + i, "uniform", rows=rows)
         inputs = spackle_input(data.values, data.real, torch.as_tensor(hidden, device=device), cfg)
         pred = predict_centres(model, inputs, data.index, centres, cfg.predict_batch, cfg.train.amp).cpu().numpy()
         mean, bins = blend.neighbour_mean(values, real & ~hidden, rings, rows)
         samples.append((pred, mean, bins, hidden[rows]))
-        levels.append(level)
     if cfg.neighbour_blend:
         weights = blend.fit_weights([(p[h], m[h], values[rows][h], b[h]) for p, m, b, h in samples])
         with torch.no_grad():
             model.blend_weight.copy_(torch.as_tensor(weights))
     if cfg.zero_posterior:
         cmap = zeros.curation_map(adata, layer)
-        shapes = []
         if cmap is not None:
-            for (p, m, b, h), level in zip(samples, levels):
-                if level <= 0.3:
-                    p = blend.blend(p, m, b, blend.blend_weights(model)) if cfg.neighbour_blend else p
-                    shapes.append((p, h))
-            pred = np.concatenate([p for p, _ in shapes])
-            hid = np.concatenate([h for _, h in shapes])
-            reps = np.tile(rows, len(shapes))
-            truth = values[reps]
-            shape = zeros.prior_shape(pred, truth, cmap, reps, hid)
+            weights = blend.blend_weights(model)
+            low = [(blend.blend(p, m, b, weights) if weights is not None else p, h)
+                   for (p, m, b, h), level in zip(samples, blend.BLEND_LEVELS) if level <= 0.3]
+            reps = np.tile(rows, len(low))
+            shape = zeros.prior_shape(np.concatenate([p for p, _ in low]), values[reps], cmap, reps,
+                                      np.concatenate([h for _, h in low]))
             with torch.no_grad():
                 model.zero_shape.fill_(shape)
 

@@ -58,11 +58,9 @@ class CurationMap:
         ValueError
             No spot has a measured value.
         """
-        for need in (*NEEDED_LAYERS, layer):
-            if need not in adata.layers:
-                raise KeyError(f"layer {need!r} is missing from the curated dataset; curate it with spared_utils.datasets.load")
-        if "gene_length" not in adata.var:
-            raise KeyError("var['gene_length'] is missing; curate the dataset with spared_utils.datasets.load")
+        problem = missing_requirement(adata, layer)
+        if problem:
+            raise KeyError(problem)
         counts = dense(adata.layers["counts"]).astype(np.float64)
         tpm = dense(adata.layers["tpm"]).astype(np.float64)
         length = np.asarray(adata.var["gene_length"], dtype=np.float64)
@@ -105,6 +103,16 @@ def trigamma(k: float) -> float:
     return float(polygamma(1, k))
 
 
+def missing_requirement(adata: AnnData, layer: str) -> str | None:
+    """What :meth:`CurationMap.of` lacks in ``adata`` (a layer or the gene lengths), or ``None``."""
+    for need in (*NEEDED_LAYERS, layer):
+        if need not in adata.layers:
+            return f"layer {need!r} is missing from the curated dataset; curate it with spared_utils.datasets.load"
+    if "gene_length" not in adata.var:
+        return "var['gene_length'] is missing; curate the dataset with spared_utils.datasets.load"
+    return None
+
+
 def curation_map(adata: AnnData, layer: str) -> CurationMap | None:
     """:meth:`CurationMap.of`, or ``None`` where the dataset lacks what it needs (no correction then)."""
     try:
@@ -137,5 +145,6 @@ def zero_posterior(pred: np.ndarray, shape: float, cmap: CurationMap, rows: np.n
     return cmap.from_counts(lam * shape / (shape + lam), rows).astype(np.float32)
 
 
-__all__ = ["MAX_SHAPE", "MIN_COUNTS", "NEEDED_LAYERS", "CurationMap", "curation_map", "prior_shape", "trigamma",
+__all__ = ["MAX_SHAPE", "MIN_COUNTS", "NEEDED_LAYERS", "CurationMap", "curation_map", "missing_requirement", "prior_shape",
+           "trigamma",
            "zero_posterior"]
