@@ -14,8 +14,8 @@ from ...training import count_parameters
 from .blend import N_BINS
 from .config import SpackleConfig
 
-#: The neighbour-mean weights are ``sigmoid(SKIP_GAIN · logit)``: a few hundred Adam steps at the
-#: transformer's learning rate then move a weight across its whole range, not a few hundredths.
+#: The neighbour-mean path's weights are ``softmax(SKIP_GAIN · logits)``: a few hundred Adam steps
+#: at the transformer's learning rate then move a weight across its whole range, not a few hundredths.
 SKIP_GAIN = 10.0
 
 
